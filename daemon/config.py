@@ -1,0 +1,192 @@
+"""The one typed, frozen config tree, loaded once from ``config.toml``.
+
+Each section is a frozen dataclass; :mod:`daemon.cfgbase` checks keys, types and ranges. Secrets never live
+here: API keys and the control token are read from the environment (or systemd credentials) by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.cfgbase import ConfigError, build_section, load_toml, opt
+from daemon.events import TIMEFRAME_SECONDS
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    symbols: tuple[str, ...] = opt(("BTCUSDT",), "Symbols to trade, venue spelling (upper case).")
+    timeframes: tuple[str, ...] = opt(("1m", "5m", "15m", "1h"), "Bar timeframes built and traded.",
+                                      choices=tuple(TIMEFRAME_SECONDS))
+    data_dir: str = opt("var", "Root for the store, recordings and models when their paths are relative.")
+
+    def validate(self) -> None:
+        if not self.symbols:
+            raise ValueError("symbols: at least one symbol is required")
+        if not self.timeframes:
+            raise ValueError("timeframes: at least one timeframe is required")
+        for s in self.symbols:
+            if not s.isalnum() or s.upper() != s:
+                raise ValueError(f"symbols: {s!r} must be upper-case alphanumeric, e.g. BTCUSDT")
+
+
+@dataclass(frozen=True)
+class VenueConfig:
+    mode: str = opt("simulate", "simulate: start the local venue's market simulator on loopback; replay: start "
+                    "the local venue replaying `recording`; remote: connect to ws_url/rest_url.",
+                    choices=("simulate", "replay", "remote"))
+    ws_url: str = opt("wss://stream.binance.com:9443", "Websocket base URL (remote mode). Testnet: "
+                      "wss://stream.testnet.binance.vision")
+    rest_url: str = opt("https://api.binance.com", "REST base URL (remote mode). Testnet: "
+                        "https://testnet.binance.vision")
+    host: str = opt("127.0.0.1", "Local venue bind address (simulate/replay).")
+    port: int = opt(0, "Local venue port; 0 picks a free port.", ge=0, le=65535)
+    recording: str = opt("", "Recording to replay (replay mode): a file or directory of .gz frame files.")
+    speed: float = opt(1.0, "Replay speed factor (replay mode); 0 = as fast as possible.", ge=0.0)
+    api_key_env: str = opt("TRADINGD_API_KEY", "Environment variable holding the venue API key (never the key).")
+    api_secret_env: str = opt("TRADINGD_API_SECRET", "Environment variable holding the venue API secret.")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    drop_prob: float = opt(0.0, "Probability that the local venue drops a depth frame (creates a gap).", ge=0, le=1)
+    dup_prob: float = opt(0.0, "Probability that a frame is sent twice.", ge=0, le=1)
+    garbage_prob: float = opt(0.0, "Probability that a garbage (non-JSON) frame is sent.", ge=0, le=1)
+    stall_every_s: float = opt(0.0, "Every this many seconds the stream stalls (0 = never).", ge=0)
+    stall_s: float = opt(0.0, "Length of a stall in seconds.", ge=0)
+    close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).", ge=0)
+    seed: int = opt(1, "Seed of the fault injector's random stream.")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    seed: int = opt(7, "Seed of the market simulator (same seed, same market).")
+    start_price: float = opt(60000.0, "Initial mid price.", gt=0)
+    history_days: int = opt(30, "Days of 1m klines history served before the live stream starts.", ge=1, le=400)
+    vol_low: float = opt(0.35, "Annualised volatility of the calm regime.", gt=0, le=10)
+    vol_high: float = opt(1.2, "Annualised volatility of the turbulent regime.", gt=0, le=10)
+    regime_switch_per_hour: float = opt(0.2, "Expected regime switches per hour.", ge=0)
+    trades_per_s: float = opt(8.0, "Mean trade arrival rate (Poisson).", gt=0, le=10000)
+    depth_levels: int = opt(50, "Price levels on each side of the simulated book.", ge=5, le=5000)
+    tick_size: float = opt(0.01, "Price tick (exchangeInfo PRICE_FILTER).", gt=0)
+    lot_step: float = opt(0.00001, "Quantity step (exchangeInfo LOT_SIZE).", gt=0)
+    min_notional: float = opt(5.0, "Minimum order notional (exchangeInfo NOTIONAL).", ge=0)
+    depth_interval_ms: int = opt(100, "Depth diff cadence, as in <sym>@depth@100ms.", ge=10, le=1000)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    stale_after_s: float = opt(10.0, "A stream silent this long counts as dead: reconnect and mark books stale.", gt=0)
+    reconnect_initial_s: float = opt(0.5, "First reconnect delay; doubles each failure, with jitter.", gt=0)
+    reconnect_max_s: float = opt(30.0, "Cap of the reconnect delay.", gt=0)
+    snapshot_limit: int = opt(1000, "Levels asked for in the REST depth snapshot.",
+                              choices=(5, 10, 20, 50, 100, 500, 1000, 5000))
+    max_buffered_updates: int = opt(20000, "Diffs buffered while waiting for a snapshot before giving up.", ge=10)
+    queue_size: int = opt(10000, "Bound of the decoded-event queue between the socket and the cores.", ge=10)
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    enabled: bool = opt(False, "Record every raw frame received (with its receive time) for replay.")
+    dir: str = opt("recordings", "Recording directory (relative to general.data_dir).")
+    rotate_mb: float = opt(64.0, "Start a new file after this many MB of uncompressed frames.", gt=0)
+    rotate_minutes: float = opt(60.0, "Start a new file after this many minutes.", gt=0)
+
+
+@dataclass(frozen=True)
+class BarsConfig:
+    emit_empty: bool = opt(True, "Quiet period: close bars with no trades as flat bars at the previous close "
+                           "with zero volume (so every timeframe has one bar per period).")
+    late_grace_ms: int = opt(0, "A trade older than the open bar's start by more than this is dropped and "
+                             "counted as late (bars are never reopened).", ge=0)
+
+
+@dataclass(frozen=True)
+class EnginesConfig:
+    registry: str = opt("models", "Model registry directory (relative to general.data_dir).")
+    lstm_backend: str = opt("auto", "LSTM inference backend; auto takes the best available and reports it.",
+                            choices=("auto", "tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu"))
+    xgb_backend: str = opt("auto", "XGBoost inference backend; auto takes the best available and reports it.",
+                           choices=("auto", "native-cuda", "native-cpu", "compiled-cpu"))
+    warmup_iters: int = opt(20, "Warm-up predictions run on each engine before it is marked ready.", ge=1)
+    train_on_first_run: bool = opt(True, "Train the first models from venue klines if the registry is empty.")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    kind: str = opt("paper", "paper: fill against the live book; testnet: the venue's test order API.",
+                    choices=("paper", "testnet"))
+    starting_cash: float = opt(100000.0, "Paper account's starting quote balance.", gt=0)
+    taker_fee: float = opt(0.001, "Taker fee rate (0.001 = 0.1 %).", ge=0, lt=0.1)
+    maker_fee: float = opt(0.001, "Maker fee rate.", ge=0, lt=0.1)
+    latency_ms: float = opt(0.0, "Simulated order latency before an order reaches the book.", ge=0)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = opt("tradingd.sqlite", "SQLite store (WAL mode), relative to general.data_dir.")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = opt("127.0.0.1", "Bind address of /metrics, /healthz, /readyz, /status.")
+    port: int = opt(8000, "HTTP port (the seed's port); 0 picks a free one.", ge=0, le=65535)
+    control_token_env: str = opt("TRADINGD_CONTROL_TOKEN", "Environment variable with the bearer token for "
+                                 "control endpoints (halt/resume/flatten); unset disables them.")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    enabled: bool = opt(True, "Retrain in a background process on the recorded bars.")
+    interval_minutes: float = opt(360.0, "Minutes between scheduled retrains.", gt=0)
+    nice: int = opt(10, "Niceness of the retraining process.", ge=0, le=19)
+    threads: int = opt(1, "Threads the retraining process may use.", ge=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    json: bool = opt(True, "JSON log lines (structlog); false for human-readable console output.")
+
+
+@dataclass(frozen=True)
+class Config:
+    general: GeneralConfig = GeneralConfig()
+    venue: VenueConfig = VenueConfig()
+    faults: FaultConfig = FaultConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    feed: FeedConfig = FeedConfig()
+    recorder: RecorderConfig = RecorderConfig()
+    bars: BarsConfig = BarsConfig()
+    engines: EnginesConfig = EnginesConfig()
+    broker: BrokerConfig = BrokerConfig()
+    store: StoreConfig = StoreConfig()
+    http: HttpConfig = HttpConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def path(self, p: str) -> Path:
+        """Resolve a path option against general.data_dir."""
+        q = Path(p)
+        return q if q.is_absolute() else Path(self.general.data_dir) / q
+
+
+def config_from_dict(raw: dict, source: str = "<config>") -> Config:
+    return build_section(Config, raw, "", source)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and check ``config.toml``; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    return config_from_dict(load_toml(path), str(path))
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """A copy of ``cfg`` with some options changed, e.g. ``replace(cfg, venue={"mode": "replay"})``."""
+    new = {}
+    for name, changes in sections.items():
+        new[name] = dataclasses.replace(getattr(cfg, name), **changes)
+    return dataclasses.replace(cfg, **new)

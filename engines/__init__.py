@@ -1,0 +1,1 @@
+"""Features, models (XGBoost, LSTM), inference backends and the model registry."""

@@ -1,0 +1,1 @@
+"""Pure trading logic: DollarProfitOptimizer, risk limits, peak detection, performance metrics."""

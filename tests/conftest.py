@@ -1,0 +1,33 @@
+"""Shared fixtures: the real recorded data in ../shared/data (skip with a reason when it is absent)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+BINANCE_WS = SHARED_DATA / "binance-ws"
+KLINES = SHARED_DATA / "klines"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real recorded data not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def binance_recording() -> list[Path]:
+    """The two BTCUSDT spot recording files, in order (they join with no gap)."""
+    return [_need(BINANCE_WS / "spot_btcusdt_20240808.gz"), _need(BINANCE_WS / "spot_btcusdt_20240809.gz")]
+
+
+@pytest.fixture(scope="session")
+def btc_klines_path() -> Path:
+    return _need(KLINES / "BTC_USDT-1m_2025-05-20_2025-08-18.csv.gz")
+
+
+@pytest.fixture(scope="session")
+def eth_klines_path() -> Path:
+    return _need(KLINES / "ETH_USDT-1m_2025-05-20_2025-08-18.csv.gz")
