@@ -1,0 +1,87 @@
+"""HTTP surface: /metrics (Prometheus), /healthz, /readyz, /status, and bearer-token control endpoints.
+
+The server knows nothing of the daemon's internals: it is handed callables. Control endpoints are disabled
+(403) when no token is configured, and compare tokens in constant time.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class HttpHooks:
+    render_metrics: Callable[[], bytes]
+    health: Callable[[], tuple[bool, dict]]      # alive? (loop running, no fatal task failure)
+    ready: Callable[[], tuple[bool, dict]]       # books synced, models warm
+    status: Callable[[], dict]
+    control: Callable[[str], Awaitable[dict]] | None = None  # "halt" | "resume" | "flatten" | "retrain"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+                        status=status, content_type="application/json")
+
+
+def make_app(hooks: HttpHooks, control_token: str | None) -> web.Application:
+    async def metrics(_req: web.Request) -> web.Response:
+        return web.Response(body=hooks.render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_req: web.Request) -> web.Response:
+        ok, info = hooks.health()
+        return _json({"ok": ok, **info}, 200 if ok else 503)
+
+    async def readyz(_req: web.Request) -> web.Response:
+        ok, info = hooks.ready()
+        return _json({"ready": ok, **info}, 200 if ok else 503)
+
+    async def status(_req: web.Request) -> web.Response:
+        return _json(hooks.status())
+
+    async def control(req: web.Request) -> web.Response:
+        action = req.match_info["action"]
+        if hooks.control is None or not control_token:
+            return _json({"error": "control endpoints disabled: no token configured"}, 403)
+        auth = req.headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), control_token.encode()):
+            log.warning("control request refused", action=action, remote=req.remote)
+            return _json({"error": "unauthorized"}, 401)
+        if action not in ("halt", "resume", "flatten", "retrain"):
+            return _json({"error": f"unknown action {action!r}"}, 404)
+        log.info("control request", action=action, remote=req.remote)
+        return _json(await hooks.control(action))
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
+                    web.get("/status", status), web.post("/control/{action}", control)])
+    return app
+
+
+class HttpServer:
+    def __init__(self, hooks: HttpHooks, host: str, port: int, control_token: str | None) -> None:
+        self.app = make_app(hooks, control_token)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # report the port the OS picked
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("http listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,63 @@
+"""Every Prometheus metric the daemon exports, in one registry per daemon (tests can run several).
+
+Names follow Prometheus conventions (`tradingd_` prefix, base units: seconds, quote currency). Counters the pure
+cores keep as plain ints (book stats, decode errors, risk counters) are copied in by the daemon's collector
+tick, so the cores stay free of prometheus-client.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.exposition import generate_latest
+
+disable_created_metrics()  # the *_created series double the scrape size for no use here
+
+LAT_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.frames = Counter("tradingd_frames_total", "Frames received", ["venue", "symbol", "stream"], registry=r)
+        self.decode_errors = Counter("tradingd_decode_errors_total", "Frames dropped as undecodable",
+                                     ["venue", "reason"], registry=r)
+        self.book_resyncs = Counter("tradingd_book_resyncs_total", "Order book resyncs", ["symbol"], registry=r)
+        self.book_gaps = Counter("tradingd_book_gaps_total", "Sequence gaps detected", ["symbol"], registry=r)
+        self.book_rejects = Counter("tradingd_book_rejected_total", "Book updates rejected", ["symbol", "reason"],
+                                    registry=r)
+        self.book_synced = Gauge("tradingd_book_synced", "1 when the book is synced and tradeable", ["symbol"],
+                                 registry=r)
+        self.reconnects = Counter("tradingd_reconnects_total", "Websocket reconnects", ["venue"], registry=r)
+        self.queue_depth = Gauge("tradingd_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
+        self.loop_lag = Histogram("tradingd_event_loop_lag_seconds", "Event-loop scheduling lag",
+                                  buckets=LAT_BUCKETS, registry=r)
+        self.tick_to_decision = Histogram("tradingd_tick_to_decision_seconds",
+                                          "Receive time of the bar-closing trade to order decision",
+                                          buckets=LAT_BUCKETS, registry=r)
+        self.inference_latency = Histogram("tradingd_inference_latency_seconds", "Model inference latency",
+                                           ["engine", "backend"], buckets=LAT_BUCKETS, registry=r)
+        self.bars = Counter("tradingd_bars_total", "Bars closed", ["symbol", "timeframe"], registry=r)
+        self.predictions = Counter("tradingd_predictions_total", "Predictions made", ["timeframe", "engine"],
+                                   registry=r)
+        self.orders = Counter("tradingd_orders_total", "Orders submitted", ["symbol", "side", "reason"], registry=r)
+        self.fills = Counter("tradingd_fills_total", "Fills", ["symbol", "side"], registry=r)
+        self.rejections = Counter("tradingd_order_rejections_total", "Orders refused by risk or broker",
+                                  ["reason"], registry=r)
+        self.position = Gauge("tradingd_position", "Signed position (base units)", ["symbol"], registry=r)
+        self.equity = Gauge("tradingd_equity", "Account equity (quote)", registry=r)
+        self.realised = Gauge("tradingd_realised_pnl", "Realised P&L (quote)", registry=r)
+        self.unrealised = Gauge("tradingd_unrealised_pnl", "Unrealised P&L (quote)", registry=r)
+        self.daily_pnl = Gauge("tradingd_daily_pnl", "P&L since 00:00 UTC (quote)", registry=r)
+        self.fees = Gauge("tradingd_fees_paid", "Fees paid (quote)", registry=r)
+        self.risk_state = Gauge("tradingd_risk_state", "0 active, 1 reducing, 2 halted", registry=r)
+        self.model_info = Info("tradingd_model", "Model versions and backends in use", registry=r)
+        self.model_version = Gauge("tradingd_model_version_info", "1 for the model version in use",
+                                   ["timeframe", "engine", "version", "backend"], registry=r)
+        self.retrain_runs = Counter("tradingd_retrain_runs_total", "Retraining runs", ["outcome"], registry=r)
+        self.retrain_duration = Histogram("tradingd_retrain_duration_seconds", "Retraining run duration",
+                                          buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
+        self.task_restarts = Counter("tradingd_task_restarts_total", "Background tasks restarted after a crash",
+                                     ["task"], registry=r)
+        self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
