@@ -100,7 +100,10 @@ class BarsConfig:
     emit_empty: bool = opt(True, "Quiet period: close bars with no trades as flat bars at the previous close "
                            "with zero volume (so every timeframe has one bar per period).")
     late_grace_ms: int = opt(0, "A trade older than the open bar's start by more than this is dropped and "
-                             "counted as late (bars are never reopened).", ge=0)
+                             "counted as late (bars are never reopened); a trade late by at most this much is "
+                             "folded into the open bar.", ge=0)
+    max_fill_bars: int = opt(10080, "Most flat 1m bars filled for one quiet gap (emit_empty); a longer jump in "
+                             "event time (a bad timestamp, not a quiet market) restarts the series, counted.", ge=1)
 
 
 @dataclass(frozen=True)
