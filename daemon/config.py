@@ -125,11 +125,16 @@ class BrokerConfig:
     taker_fee: float = opt(0.001, "Taker fee rate (0.001 = 0.1 %).", ge=0, lt=0.1)
     maker_fee: float = opt(0.001, "Maker fee rate.", ge=0, lt=0.1)
     latency_ms: float = opt(0.0, "Simulated order latency before an order reaches the book.", ge=0)
+    fill_at_touch: bool = opt(True, "Paper: a resting limit order fills on a trade printed AT its price (front of "
+                              "the queue); false = only a trade through the price fills (back of the queue).")
+    book_depth: int = opt(1000, "Paper: book levels per side a market order may walk.", ge=1)
+    quote_asset: str = opt("USDT", "Quote currency of the account (the balances row the cash lives in).")
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     path: str = opt("tradingd.sqlite", "SQLite store (WAL mode), relative to general.data_dir.")
+    busy_timeout_ms: int = opt(5000, "How long a store connection waits for another's write lock.", ge=0)
 
 
 @dataclass(frozen=True)

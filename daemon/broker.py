@@ -1,0 +1,203 @@
+"""Broker adapters the daemon calls. ``PaperBroker``: the matching core + portfolio + store.
+
+Every change (a new order, fills, the positions and cash they move, stops, the caller's replay cursor) is
+committed to the store in ONE transaction before the broker returns it: what the strategy has been told
+survives a crash. The in-memory portfolio is updated only after the commit succeeds; if the store fails the
+broker refuses further work (``StoreError`` is "stop for a human"; a restart recovers from the store).
+
+There is no ``TestnetBroker`` yet: the signed REST adapter is left out (see docs/STORE.md).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from daemon.config import BrokerConfig
+from daemon.events import Fill, OrderIntent, OrderType, Side, Trade
+from daemon.matching import Levels, MatchingEngine, Order, OrderError, Stops
+from daemon.portfolio import Portfolio
+from daemon.store import Store, StoreError
+
+__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of"]
+
+log = structlog.get_logger(__name__)
+
+
+class BrokerHalted(RuntimeError):
+    """The broker stopped after a store failure; restart (which recovers from the store)."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One order's new state and the fills that produced it (``is_new`` False for an idempotent replay)."""
+
+    order: Order
+    fills: tuple[Fill, ...] = ()
+    is_new: bool = True
+
+
+def levels_of(book: Any, depth: int) -> Levels | None:
+    """Levels from an ``OrderBook`` (``depth(n)``; None unless tradeable) or a ``(bids, asks)`` pair."""
+    if book is None:
+        return None
+    if hasattr(book, "depth"):
+        if not getattr(book, "is_tradeable", True):
+            return None
+        return book.depth(depth)
+    bids, asks = book
+    return bids, asks
+
+
+@dataclass
+class PaperBroker:
+    """Paper trading against the live (or replayed) book. Recovers its state from ``store`` on construction."""
+
+    cfg: BrokerConfig
+    store: Store
+    symbols: tuple[str, ...] | None = None
+    filters: Mapping[str, Any] | None = None
+    portfolio: Portfolio = field(init=False)
+    recovery_discrepancies: list[str] = field(init=False)
+    stats: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = MatchingEngine(taker_fee=self.cfg.taker_fee, maker_fee=self.cfg.maker_fee,
+                                     latency_ns=int(round(self.cfg.latency_ms * 1_000_000)),
+                                     fill_at_touch=self.cfg.fill_at_touch, symbols=self.symbols,
+                                     filters=self.filters)
+        rec = self.store.recover(self.cfg.starting_cash)
+        self.portfolio = rec.portfolio
+        self.recovery_discrepancies = rec.discrepancies
+        self.cursor = rec.cursor
+        self.engine.restore(rec.open_orders, rec.stops)
+        self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
+                      "duplicates": 0}
+        self._halted: str | None = None
+        log.info("paper_broker_recovered", open_orders=len(rec.open_orders), fills=self.portfolio.n_fills,
+                 cash=self.portfolio.cash, discrepancies=len(rec.discrepancies), cursor=rec.cursor)
+
+    # ------------------------------------------------------------------------------------------- API
+    def submit(self, intent: OrderIntent, book: Any, ts: int, *, cursor: str | None = None) -> Execution:
+        """Place an order at ``ts`` against ``book`` (an OrderBook or ``(bids, asks)`` levels).
+
+        A client order id already known (this session or in the store) returns that order, unchanged.
+        A bad order raises :class:`OrderError` and nothing is written."""
+        self._check_halted()
+        known = self.engine.get(intent.client_order_id) or self.store.get_order(intent.client_order_id)
+        if known is not None:
+            self.stats["duplicates"] += 1
+            return Execution(known, (), False)
+        levels = levels_of(book, self.cfg.book_depth)
+        if intent.order_type == OrderType.MARKET and levels is None and book is not None:
+            self.stats["rejected"] += 1
+            raise OrderError("book_not_tradeable", f"order {intent.client_order_id}: the book is not synced")
+        if intent.reduce_only:
+            intent = self._reduce_only(intent)
+        try:
+            order, fills, _ = self.engine.submit(intent, levels, ts)
+        except OrderError:
+            self.stats["rejected"] += 1
+            raise
+        self.stats["orders"] += 1
+        return self._commit([(order, fills)], cursor=cursor)[0]
+
+    def cancel(self, client_order_id: str, ts: int, *, cursor: str | None = None) -> Order:
+        self._check_halted()
+        before = self.engine.get(client_order_id)
+        o = self.engine.cancel(client_order_id, ts)
+        if before is not None and before.is_open:
+            self._commit([(o, [])], cursor=cursor)
+        return o
+
+    def on_book(self, symbol: str, book: Any, ts: int, *, cursor: str | None = None) -> list[Execution]:
+        """A book update: activates latency-delayed orders and fills resting orders the book crosses."""
+        self._check_halted()
+        levels = levels_of(book, self.cfg.book_depth)
+        if levels is None or not self.engine.open:
+            return []
+        return self._commit(self.engine.on_book(symbol, levels, ts), cursor=cursor)
+
+    def on_trade(self, trade: Trade, book: Any = None, *, cursor: str | None = None) -> list[Execution]:
+        """A venue trade: fills resting limit orders, then checks stops (exit = market order on ``book``)."""
+        self._check_halted()
+        sym = trade.symbol
+        pending = any(not o.active for o in self.engine.open.values() if o.symbol == sym)
+        levels = levels_of(book, self.cfg.book_depth) if pending else None  # the book walk is not free
+        out = self._commit(self.engine.on_trade(trade, levels), cursor=cursor) if self.engine.open else []
+        intent = self.engine.stop_intent(trade, self.portfolio.qty(sym))
+        if intent is not None:
+            levels = levels if levels is not None else levels_of(book, self.cfg.book_depth)
+            if levels is None:
+                self.stats["stops_deferred"] += 1  # no tradeable book: try again on the next trade
+            else:
+                intent = self._reduce_only(intent)
+                order, fills, _ = self.engine.submit(intent, levels, trade.ts_recv)
+                self.stats["stops_triggered"] += 1
+                self.engine.stops.pop(sym, None)
+                out += self._commit([(order, fills)], cursor=cursor, stops={sym: None})
+        return out
+
+    def set_stops(self, symbol: str, stop_loss: float | None, take_profit: float | None, tag: str,
+                  *, cursor: str | None = None) -> Stops:
+        """Attach stops to ``symbol``'s position (replacing earlier ones); exit ids are ``tag-sl`` / ``tag-tp``."""
+        self._check_halted()
+        s = self.engine.set_stops(symbol, stop_loss, take_profit, tag)
+        self._commit([], cursor=cursor, stops={symbol: s})
+        return s
+
+    def mark(self, prices: Mapping[str, float]) -> tuple[float, float]:
+        return self.portfolio.mark(prices)
+
+    def open_orders(self) -> list[Order]:
+        return list(self.engine.open.values())
+
+    # -------------------------------------------------------------------------------------- internals
+    def _check_halted(self) -> None:
+        if self._halted:
+            raise BrokerHalted(f"paper broker halted after a store failure: {self._halted}")
+
+    def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
+        pos = self.portfolio.qty(intent.symbol)
+        if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
+            raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
+                             f"reduce the {intent.symbol} position ({pos!r})")
+        if math.isfinite(intent.qty) and intent.qty > abs(pos):
+            from msgspec.structs import replace
+            return replace(intent, qty=abs(pos))
+        return intent
+
+    def _commit(self, results: list[tuple[Order, list[Fill]]], *, cursor: str | None,
+                stops: Mapping[str, Stops | None] | None = None) -> list[Execution]:
+        if not results and not stops:
+            return []  # no state change, nothing to make durable (the cursor may lag: replay is idempotent)
+        pf = self.portfolio.copy()
+        all_fills: list[Fill] = []
+        realised: list[float] = []
+        latest: dict[str, Order] = {}
+        for order, fills in results:
+            latest[order.client_order_id] = order
+            for f in fills:
+                realised.append(pf.apply_fill(f))
+                all_fills.append(f)
+        # a position that went flat drops its stops
+        stop_changes = dict(stops or {})
+        for sym in {f.symbol for f in all_fills}:
+            if pf.qty(sym) == 0.0 and sym in self.engine.stops:
+                self.engine.stops.pop(sym)
+                stop_changes[sym] = None
+        try:
+            self.store.commit_execution(list(latest.values()), all_fills, realised, pf, stops=stop_changes,
+                                        cursor=cursor)
+        except StoreError as e:
+            self._halted = str(e)
+            log.error("paper_broker_halted", error=str(e))
+            raise
+        self.portfolio = pf
+        if cursor is not None:
+            self.cursor = cursor
+        self.stats["fills"] += len(all_fills)
+        return [Execution(o, tuple(f), True) for o, f in results]
