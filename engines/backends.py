@@ -18,7 +18,10 @@ import structlog
 
 from engines.base import BackendUnavailable, InferenceEngine
 
-log = structlog.get_logger(__name__)
+
+def _log():
+    # fetched per call (rare): a logger cached at import time would ignore later logging configuration
+    return structlog.get_logger(__name__)
 
 __all__ = [
     "LSTM_PREFERENCE", "XGB_PREFERENCE", "KINDS", "BackendChoice", "probe", "choose_backend", "select_backend",
@@ -156,7 +159,7 @@ def choose_backend(kind: str, requested: str = "auto") -> BackendChoice:
             reason = f"{b}: {why}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
             choice = BackendChoice(kind, requested, b, reason, requested != "auto")
             if choice.fallback:
-                log.warning("backend_fallback", kind=kind, requested=requested, chosen=b, reason=reason)
+                _log().warning("backend_fallback", kind=kind, requested=requested, chosen=b, reason=reason)
             return choice
         skipped.append(f"{b}: {why}")
     raise BackendUnavailable(f"no {kind} backend can run here: {'; '.join(skipped)}")
@@ -164,7 +167,7 @@ def choose_backend(kind: str, requested: str = "auto") -> BackendChoice:
 
 def select_backend(kind: str, requested: str = "auto") -> str:
     choice = choose_backend(kind, requested)
-    log.info("backend_selected", kind=kind, requested=requested, backend=choice.backend, reason=choice.reason)
+    _log().info("backend_selected", kind=kind, requested=requested, backend=choice.backend, reason=choice.reason)
     return choice.backend
 
 
