@@ -8,7 +8,8 @@ compressed byte zlib emits straight to the OS (an unbuffered file), and forces t
 (``Z_SYNC_FLUSH``) at least every ``flush_seconds``. A crash of the process therefore loses at most the frames
 still inside zlib's current block: at most ``flush_seconds`` worth. The file is then a gzip stream without its
 trailer; :class:`RecordingReader` reads every complete line of it, counts the truncation and goes on with the
-next file. Nothing is fsync'ed: an OS crash can lose what the page cache held (rotation/close does fsync).
+next file. (A file corrupt in the middle, rather than cut short, may also lose the lines of the read buffer
+holding the corruption; the reader still goes on with the next file.) Nothing is fsync'ed: an OS crash can lose what the page cache held (rotation/close does fsync).
 
 Pure synchronous file I/O: the daemon calls it from a thread or batches writes off the event loop.
 """
