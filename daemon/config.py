@@ -115,6 +115,15 @@ class EnginesConfig:
                            choices=("auto", "native-cuda", "native-cpu", "compiled-cpu"))
     warmup_iters: int = opt(20, "Warm-up predictions run on each engine before it is marked ready.", ge=1)
     train_on_first_run: bool = opt(True, "Train the first models from venue klines if the registry is empty.")
+    ort_threads: int = opt(1, "ONNX Runtime intra-op threads for the LSTM (1 = lowest batch-1 latency).",
+                           ge=1, le=64)
+    cuda_graph_batches: tuple[int, ...] = opt((1, 64), "Batch sizes captured as CUDA graphs at warm-up "
+                                              "(torch-cuda LSTM backend); other sizes pad up or chunk.",
+                                              choices=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    tensorrt_fp16: bool = opt(True, "Build the TensorRT LSTM engine with fp16 kernels where the GPU has them.")
+    tensorrt_max_batch: int = opt(256, "Largest batch in the TensorRT optimisation profile (bigger is chunked).",
+                                  ge=1, le=65536)
+    tensorrt_workspace_mb: int = opt(1024, "TensorRT builder workspace memory pool limit (MiB).", ge=16)
 
 
 @dataclass(frozen=True)
