@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from daemon.config import BrokerConfig
@@ -122,24 +123,36 @@ class PaperBroker:
         return self._commit(self.engine.on_book(symbol, levels, ts), cursor=cursor)
 
     def on_trade(self, trade: Trade, book: Any = None, *, cursor: str | None = None) -> list[Execution]:
-        """A venue trade: fills resting limit orders, then checks stops (exit = market order on ``book``)."""
+        """A venue trade: fills resting limit orders, then checks stops (exit = market order on ``book``).
+
+        Everything one trade causes commits in ONE transaction, so a crash never keeps half of it."""
         self._check_halted()
         sym = trade.symbol
         pending = any(not o.active for o in self.engine.open.values() if o.symbol == sym)
         levels = levels_of(book, self.cfg.book_depth) if pending else None  # the book walk is not free
-        out = self._commit(self.engine.on_trade(trade, levels), cursor=cursor) if self.engine.open else []
-        intent = self.engine.stop_intent(trade, self.portfolio.qty(sym))
+        results = self.engine.on_trade(trade, levels) if self.engine.open else []
+        pos = self.portfolio.qty(sym)
+        if sym in self.engine.stops and results:
+            after = self.portfolio.copy()
+            for _, fills in results:
+                for f in fills:
+                    after.apply_fill(f)
+            pos = after.qty(sym)
+        intent = self.engine.stop_intent(trade, pos)
+        stop_change: dict[str, Stops | None] = {}
         if intent is not None:
             levels = levels if levels is not None else levels_of(book, self.cfg.book_depth)
             if levels is None:
                 self.stats["stops_deferred"] += 1  # no tradeable book: try again on the next trade
             else:
-                intent = self._reduce_only(intent)
+                if intent.qty > abs(pos):
+                    intent = msgspec.structs.replace(intent, qty=abs(pos))
                 order, fills, _ = self.engine.submit(intent, levels, trade.ts_recv)
                 self.stats["stops_triggered"] += 1
                 self.engine.stops.pop(sym, None)
-                out += self._commit([(order, fills)], cursor=cursor, stops={sym: None})
-        return out
+                stop_change[sym] = None
+                results.append((order, fills))
+        return self._commit(results, cursor=cursor, stops=stop_change)
 
     def set_stops(self, symbol: str, stop_loss: float | None, take_profit: float | None, tag: str,
                   *, cursor: str | None = None) -> Stops:
@@ -166,8 +179,7 @@ class PaperBroker:
             raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
                              f"reduce the {intent.symbol} position ({pos!r})")
         if math.isfinite(intent.qty) and intent.qty > abs(pos):
-            from msgspec.structs import replace
-            return replace(intent, qty=abs(pos))
+            return msgspec.structs.replace(intent, qty=abs(pos))
         return intent
 
     def _commit(self, results: list[tuple[Order, list[Fill]]], *, cursor: str | None,
