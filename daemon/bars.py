@@ -7,7 +7,9 @@ Rules (tests/daemon/test_bars.py checks each one):
   live and replay build the same bars.
 * **Closing.** A trade at or after the end of the open bar closes it (and every period in between, see below);
   ``on_time(ts)`` closes bars whose period ended by ``ts`` when no trade comes (the daemon drives it from its
-  clock, replay from venue time). Nothing is emitted before the first accepted trade.
+  clock, replay from venue time). Nothing is emitted before the first accepted trade. A wall clock should be
+  passed a little behind (``now - expected venue latency``, e.g. 2 s): a trade stamped before a boundary that
+  arrives after ``on_time`` closed it is late (see below).
 * **One base.** Trades build 1m bars; every higher timeframe is the aggregate of its 1m bars (open = first open,
   high = max, low = min, close = last close, volume / quote_volume / trades / taker_buy_volume = sums added in time
   order). Higher bars therefore equal the aggregate of their 1m bars *exactly*, also across quiet minutes, and
