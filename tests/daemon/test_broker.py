@@ -280,3 +280,16 @@ def test_latency_and_resting_orders_survive_restart(tmp_path):
     assert b.portfolio.realised == pytest.approx(49.0)
     b.store.close()
     assert make(tmp_path, cfg).portfolio == b.portfolio
+
+
+def test_cancel_after_restart(tmp_path):
+    b = make(tmp_path)
+    b.submit(OrderIntent("done", "BTCUSDT", Side.BUY, 0.5), LV, ts=1)
+    b.submit(OrderIntent("rest", "BTCUSDT", Side.BUY, 0.5, OrderType.LIMIT, 90.0), LV, ts=1)
+    b.store.close()
+    b = make(tmp_path)
+    assert b.cancel("done", 2).status == OrderStatus.FILLED      # closed before the restart: no-op
+    assert b.cancel("rest", 2).status == OrderStatus.CANCELED
+    assert b.store.get_order("rest").status == OrderStatus.CANCELED and not b.open_orders()
+    with pytest.raises(OrderError, match="no order"):
+        b.cancel("never", 3)
