@@ -65,13 +65,13 @@ class BookStats:
         return d
 
 
-def _bad_levels(levels: list[Level]) -> str | None:
+def _bad_levels(levels: list[Level], _inf: float = _INF) -> str | None:
     """Reason a level list cannot be applied, or None. Prices must be finite > 0, sizes finite >= 0."""
     for p, q in levels:
-        if not (0.0 < p < _INF and 0.0 <= q < _INF):
+        if not (0.0 < p < _inf and 0.0 <= q < _inf):
             if p != p or q != q:
                 return "nan"
-            if p == _INF or q == _INF:
+            if p == _inf or q == _inf:
                 return "inf"
             return "negative" if (p < 0 or q < 0) else "zero_price"
     return None
@@ -249,23 +249,25 @@ class OrderBook:
         self._apply(u)
         return True
 
-    def _apply(self, u: DepthUpdate) -> None:
+    def _apply(self, u: DepthUpdate, _push=heapq.heappush) -> None:
         bids, h = self._bids, self._bid_heap
         for p, q in u.bids:
             if q == 0.0:
                 bids.pop(p, None)
-            else:
-                if p not in bids:
-                    heapq.heappush(h, -p)
+            elif p in bids:
                 bids[p] = q
+            else:
+                bids[p] = q
+                _push(h, -p)
         asks, h = self._asks, self._ask_heap
         for p, q in u.asks:
             if q == 0.0:
                 asks.pop(p, None)
-            else:
-                if p not in asks:
-                    heapq.heappush(h, p)
+            elif p in asks:
                 asks[p] = q
+            else:
+                asks[p] = q
+                _push(h, p)
         self.last_update_id = u.final_id
         self._first_pending = False
         self.stats.applied += 1
