@@ -11,6 +11,8 @@ from pathlib import Path
 
 from daemon.cfgbase import ConfigError, build_section, load_toml, opt
 from daemon.events import TIMEFRAME_SECONDS
+from strategies.optimizer import OptimizerConfig
+from strategies.risk import RiskConfig
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
 
@@ -183,6 +185,8 @@ class Config:
     http: HttpConfig = HttpConfig()
     retrain: RetrainConfig = RetrainConfig()
     logging: LoggingConfig = LoggingConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    risk: RiskConfig = RiskConfig()
 
     def path(self, p: str) -> Path:
         """Resolve a path option against general.data_dir."""

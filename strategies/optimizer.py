@@ -1,0 +1,643 @@
+"""DollarProfitOptimizer: timeframe selection -> combined signal -> size -> ATR stop/TP -> exits -> OrderIntents.
+
+Pure core (no I/O, no clock; time is the ``ts`` passed in, int ns), driven identically by the daemon and the
+backtest: call :meth:`DollarProfitOptimizer.on_bar_close` at every bar close and :meth:`~.on_fill` for every
+fill; send the returned intents through :class:`strategies.risk.RiskManager` first.
+
+Formulas (one place; the config options named are in :class:`OptimizerConfig`):
+
+* combined P(up): ``p = (w_xgboost * p_xgb + w_lstm * p_lstm) / (w_xgboost + w_lstm)`` over the models that gave a
+  finite prediction in [0, 1].
+* expected move (fraction of price) ``m = expected_move_atr_mult * ATR / price``; expected edge
+  ``e = |p - 0.5| * 2 * m``; cost ``c = 2 * fee_rate + spread / mid`` (taker fee on entry and exit, plus one full
+  spread crossed over the round trip). A direction ``sign(p - 0.5)`` is taken only when ``e > edge_cost_multiple
+  * c``; its strength is ``|2p - 1|`` in [0, 1].
+* size: seed §7.3, see :func:`strategies.sizing.position_size`; stop/take profit: seed §7.4, see
+  :func:`strategies.sizing.risk_levels`.
+* timeframe score: weighted mean of five components in [0, 1] (see :meth:`~.select_optimal_timeframe`).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.cfgbase import opt
+from daemon.events import TIMEFRAME_SECONDS, Bar, Fill, OrderIntent, Side, timeframe_ns
+from strategies.peaks import TrailingPeakDetector
+from strategies.performance import ClosedTrade, PerformanceMetrics, PerformanceTracker
+from strategies.risk import AccountState, RiskConfig
+from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order_id, parse_tf_pairs,
+                               position_size, risk_levels)
+
+__all__ = ["OptimizerConfig", "MarketMetrics", "TimeframeScore", "TimeframeChoice", "Signal", "BookTop",
+           "ManagedPosition", "ExitDecision", "DollarProfitOptimizer", "MODELS"]
+
+log = structlog.get_logger(__name__)
+
+MODELS = ("xgboost", "lstm")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """DollarProfitOptimizer: signal thresholds, sizing, exits and timeframe selection (strategies/optimizer.py)."""
+
+    client_id_prefix: str = opt("td", "Prefix of client order ids (alphanumeric, at most 8 characters used).")
+    w_xgboost: float = opt(0.5, "Weight of the XGBoost P(up) in the combined signal.", ge=0, le=1)
+    w_lstm: float = opt(0.5, "Weight of the LSTM P(up) in the combined signal.", ge=0, le=1)
+    expected_move_atr_mult: float = opt(2.0, "Expected move per trade in ATRs (edge = |p-0.5|*2*move; 2 ATR is "
+                                        "the stop distance the trade is sized for).", gt=0, le=100)
+    edge_cost_multiple: float = opt(1.0, "The expected edge must exceed this multiple of round-trip fees + "
+                                    "spread to trade.", ge=1, le=100)
+    assumed_spread_bps: float = opt(1.0, "Spread assumed when no book snapshot is given, in basis points.",
+                                    ge=0, le=1000)
+    risk_per_trade: float = opt(0.01, "Fraction of equity lost if the stop is hit (before strength/timeframe "
+                                "scaling).", gt=0, le=0.2)
+    stop_atr_mult: float = opt(2.0, "Stop distance in ATRs.", gt=0, le=100)
+    take_profit_ratio: float = opt(1.5, "Take-profit distance as a multiple of the stop distance.", gt=0, le=100)
+    max_position_fraction: float = opt(0.25, "Largest position per symbol as a fraction of equity (the hard "
+                                       "notional cap is risk.max_position_notional).", gt=0, le=10)
+    timeframe_factors: tuple[str, ...] = opt(("1m=0.5", "5m=0.75", "15m=1.0", "1h=1.0"),
+                                             "Size factor per timeframe, 'tf=factor' (unlisted: 1.0).")
+    max_bars_held: tuple[str, ...] = opt(("1m=60", "5m=48", "15m=32", "1h=24"),
+                                         "Time exit after this many bars of the position's timeframe, "
+                                         "'tf=bars' (unlisted or 0: no time exit).")
+    allow_short: bool = opt(True, "Open short positions on down signals (paper/futures; off for spot).")
+    trade_selected_timeframe_only: bool = opt(True, "Enter only on the timeframe currently selected for the "
+                                              "symbol (exits are managed on the position's own timeframe).")
+    exit_on_reversal: bool = opt(True, "Exit when the signal on the position's timeframe points the other way.")
+    peak_exit: bool = opt(True, "Exit near peaks (longs) / troughs (shorts) by trailing retracement.")
+    peak_min_favourable_atr: float = opt(1.0, "Favourable move, in ATRs at entry, that arms the peak exit.",
+                                         ge=0, le=100)
+    peak_retrace_atr: float = opt(1.0, "Retracement from the best price since entry, in ATRs, that fires the "
+                                  "peak exit.", gt=0, le=100)
+    metrics_ema_bars: int = opt(20, "Bars in the EMA of each timeframe's volatility/volume/spread metrics.",
+                                ge=1, le=10000)
+    target_volatility: float = opt(0.005, "Per-bar ATR/price at which the volatility component scores 1.",
+                                   gt=0, le=1)
+    hit_rate_window: int = opt(100, "Recent predictions per timeframe in the model hit rate.", ge=1, le=100000)
+    hit_rate_prior: int = opt(20, "Pseudo-observations at 0.5 (hit rate) / 0 P&L that shrink few-sample "
+                              "performance towards neutral.", ge=0, le=100000)
+    hit_rate_span: float = opt(0.1, "Hit-rate distance from 0.5 that maps to a component score of 0 or 1.",
+                               gt=0, le=0.5)
+    pnl_scale: float = opt(50.0, "P&L per trade (quote) at which the P&L component reaches ~0.88 (tanh).", gt=0)
+    sel_w_volatility: float = opt(0.15, "Selection weight: volatility component.", ge=0)
+    sel_w_cost: float = opt(0.3, "Selection weight: expected move vs fees + spread.", ge=0)
+    sel_w_volume: float = opt(0.15, "Selection weight: traded volume per hour relative to the best timeframe.",
+                              ge=0)
+    sel_w_hit_rate: float = opt(0.2, "Selection weight: recent model hit rate on the timeframe.", ge=0)
+    sel_w_pnl: float = opt(0.2, "Selection weight: realised dollar P&L per trade on the timeframe.", ge=0)
+
+    def validate(self) -> None:
+        if self.w_xgboost + self.w_lstm <= 0:
+            raise ValueError("w_xgboost + w_lstm must be > 0")
+        if (self.sel_w_volatility + self.sel_w_cost + self.sel_w_volume + self.sel_w_hit_rate
+                + self.sel_w_pnl) <= 0:
+            raise ValueError("the sel_w_* weights must not all be 0")
+        parse_tf_pairs(self.timeframe_factors, "timeframe_factors")
+        bars = parse_tf_pairs(self.max_bars_held, "max_bars_held")
+        for tf, v in bars.items():
+            if v != int(v):
+                raise ValueError(f"max_bars_held: {tf}={v} must be a whole number of bars")
+        if not any(c.isalnum() for c in self.client_id_prefix):
+            raise ValueError("client_id_prefix must contain at least one letter or digit")
+
+
+# ------------------------------------------------------------------------------------------- value types
+@dataclass(frozen=True)
+class MarketMetrics:
+    """Recent market conditions on one timeframe."""
+
+    volatility: float  # ATR / price per bar (fraction)
+    volume: float  # quote volume per hour (a rate, so timeframes compare)
+    spread: float  # spread / mid (fraction)
+
+
+@dataclass(frozen=True)
+class TimeframeScore:
+    timeframe: str
+    score: float
+    components: dict[str, float]  # volatility, cost, volume, hit_rate, pnl: each in [0, 1]
+    weights: dict[str, float]
+    eligible: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TimeframeChoice:
+    """The chosen timeframe (None when no timeframe has usable metrics) and the full explanation."""
+
+    timeframe: str | None
+    score: float
+    breakdown: dict[str, TimeframeScore]
+    ranking: tuple[str, ...]  # best first; ties keep the fixed timeframe order
+
+
+@dataclass(frozen=True)
+class Signal:
+    direction: int  # +1 / -1 / 0
+    strength: float  # [0, 1]
+    p_up: float
+    edge: float  # |p - 0.5| * 2 * expected_move (fraction of price)
+    cost: float  # 2 * fee + spread / mid (fraction of price)
+    expected_move: float
+    reason: str  # ok | no_prediction | below_cost | bad_input
+
+
+@dataclass(frozen=True)
+class BookTop:
+    """Best bid/ask at decision time (from daemon.book.OrderBook.best_bid/best_ask)."""
+
+    bid: float
+    ask: float
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2
+
+    @property
+    def spread(self) -> float:
+        return self.ask - self.bid
+
+    @property
+    def valid(self) -> bool:
+        return math.isfinite(self.bid) and math.isfinite(self.ask) and 0 < self.bid <= self.ask
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    reason: str  # stop | take_profit | peak | reversal | time
+    price: float  # the reference price that triggered it (the level, or the close)
+
+
+@dataclass
+class ManagedPosition:
+    """The optimizer's exit plan for one open position (quantities absolute, ``direction`` the sign)."""
+
+    symbol: str
+    timeframe: str
+    direction: int
+    qty: float
+    entry_price: float
+    entry_ns: int
+    atr: float
+    stop: float
+    take_profit: float
+    peak: TrailingPeakDetector
+    entry_fees: float = 0.0
+    exit_qty: float = 0.0
+    exit_value: float = 0.0
+    exit_fees: float = 0.0
+    pending_exit: OrderIntent | None = None
+
+
+@dataclass
+class _PendingEntry:
+    intent: OrderIntent
+    direction: int
+    atr: float
+    filled: float = 0.0
+
+
+@dataclass
+class _TfMetrics:
+    volatility: float
+    volume: float
+    spread: float
+    n: int = 1
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+class DollarProfitOptimizer:
+    """See the module docstring. One net position per symbol; exits are managed on its entry timeframe.
+
+    ``filters``: exchange filters per tradeable symbol; ``fee_rate``: taker fee (broker.taker_fee);
+    ``timeframes``: the traded timeframes in their fixed tie-break order (general.timeframes).
+    """
+
+    def __init__(self, cfg: OptimizerConfig, risk_cfg: RiskConfig, *, filters: Mapping[str, FiltersLike],
+                 fee_rate: float, timeframes: Sequence[str], starting_equity: float) -> None:
+        cfg.validate()
+        if not (math.isfinite(fee_rate) and 0 <= fee_rate < 0.1):
+            raise ValueError(f"fee_rate must be in [0, 0.1), got {fee_rate!r}")
+        self.cfg = cfg
+        self.risk_cfg = risk_cfg
+        self.filters = dict(filters)
+        self.fee_rate = fee_rate
+        for tf in timeframes:
+            timeframe_ns(tf)
+        self.timeframes = tuple(timeframes)
+        self._tf_factor = parse_tf_pairs(cfg.timeframe_factors, "timeframe_factors")
+        self._max_bars = {k: int(v) for k, v in parse_tf_pairs(cfg.max_bars_held, "max_bars_held").items()}
+        self.performance = PerformanceTracker(starting_equity, hit_rate_window=cfg.hit_rate_window)
+        self.counters: Counter[str] = Counter()
+        self.positions: dict[str, ManagedPosition] = {}
+        self.selected: dict[str, TimeframeChoice] = {}
+        self._pending: dict[str, _PendingEntry] = {}
+        self._metrics: dict[str, dict[str, _TfMetrics]] = {}
+        self._last_pred: dict[tuple[str, str], tuple[float, float]] = {}
+        self._last_bar: dict[tuple[str, str], tuple[int, list[OrderIntent]]] = {}
+        self._weights = {"volatility": cfg.sel_w_volatility, "cost": cfg.sel_w_cost, "volume": cfg.sel_w_volume,
+                         "hit_rate": cfg.sel_w_hit_rate, "pnl": cfg.sel_w_pnl}
+
+    # ---------------------------------------------------------------------------------- small helpers
+    def timeframe_factor(self, tf: str) -> float:
+        return self._tf_factor.get(tf, 1.0)
+
+    def _order_index(self, tf: str) -> tuple[int, int]:
+        if tf in self.timeframes:
+            return (0, self.timeframes.index(tf))
+        return (1, TIMEFRAME_SECONDS.get(tf, 1 << 40))
+
+    def _cost(self, spread: float) -> float:
+        return 2 * self.fee_rate + spread
+
+    # ---------------------------------------------------------------------------------- selection
+    def select_optimal_timeframe(self, metrics: Mapping[str, MarketMetrics], symbol: str | None = None
+                                 ) -> TimeframeChoice:
+        """Score each timeframe in [0, 1] as the weighted mean (weights ``sel_w_*``) of:
+
+        * volatility = min(1, volatility / target_volatility)
+        * cost = clamp(1 - (2*fee + spread) / (expected_move_atr_mult * volatility), 0, 1): how far the expected
+          move clears the round-trip costs
+        * volume = volume per hour / the largest volume per hour among the timeframes
+        * hit_rate = clamp(0.5 + (h - 0.5) / (2 * hit_rate_span), 0, 1) with the model's recent hit rate
+          shrunk to 0.5 by ``hit_rate_prior`` pseudo-predictions: h = (hits + prior/2) / (n + prior)
+        * pnl = 0.5 + 0.5 * tanh(pnl_total / (trades + hit_rate_prior) / pnl_scale)
+
+        Highest score wins; ties go to the earlier timeframe in the fixed order. Timeframes with non-finite
+        or non-positive volatility are not eligible. With ``symbol`` the choice is remembered for entries.
+        """
+        cfg = self.cfg
+        wsum = sum(self._weights.values())
+        vols = [m.volume for m in metrics.values() if math.isfinite(m.volume) and m.volume > 0]
+        vmax = max(vols) if vols else 0.0
+        breakdown: dict[str, TimeframeScore] = {}
+        for tf, m in metrics.items():
+            if not (math.isfinite(m.volatility) and m.volatility > 0 and math.isfinite(m.spread) and m.spread >= 0):
+                breakdown[tf] = TimeframeScore(tf, 0.0, {}, dict(self._weights), False, "bad_metrics")
+                continue
+            st = self.performance.timeframe_stats(tf)
+            prior = cfg.hit_rate_prior
+            n = st.predictions + prior
+            h = (st.hits + prior * 0.5) / n if n else 0.5
+            pnl_pt = st.pnl / (st.trades + prior) if (st.trades + prior) else 0.0
+            comp = {
+                "volatility": min(1.0, m.volatility / cfg.target_volatility),
+                "cost": min(1.0, max(0.0, 1 - self._cost(m.spread) / (cfg.expected_move_atr_mult * m.volatility))),
+                "volume": (m.volume / vmax) if (vmax > 0 and math.isfinite(m.volume) and m.volume > 0) else 0.0,
+                "hit_rate": min(1.0, max(0.0, 0.5 + (h - 0.5) / (2 * cfg.hit_rate_span))),
+                "pnl": 0.5 + 0.5 * math.tanh(pnl_pt / cfg.pnl_scale),
+            }
+            score = sum(self._weights[k] * v for k, v in comp.items()) / wsum
+            breakdown[tf] = TimeframeScore(tf, score, comp, dict(self._weights))
+        eligible = [s for s in breakdown.values() if s.eligible]
+        ranked = sorted(eligible, key=lambda s: (-round(s.score, 12), self._order_index(s.timeframe)))
+        best = ranked[0] if ranked else None
+        choice = TimeframeChoice(best.timeframe if best else None, best.score if best else 0.0, breakdown,
+                                 tuple(s.timeframe for s in ranked))
+        if symbol is not None:
+            prev = self.selected.get(symbol)
+            if prev is None or prev.timeframe != choice.timeframe:
+                self.counters["timeframe_switches"] += 1
+                log.info("timeframe_selected", symbol=symbol, timeframe=choice.timeframe,
+                         score=round(choice.score, 4))
+            self.selected[symbol] = choice
+        return choice
+
+    def market_metrics(self, symbol: str) -> dict[str, MarketMetrics]:
+        """The EMA metrics tracked from the bars seen so far for ``symbol``, per timeframe."""
+        return {tf: MarketMetrics(m.volatility, m.volume, m.spread)
+                for tf, m in self._metrics.get(symbol, {}).items()}
+
+    def _update_metrics(self, symbol: str, tf: str, vol: float, volume_ph: float, spread: float) -> None:
+        per = self._metrics.setdefault(symbol, {})
+        m = per.get(tf)
+        if m is None:
+            per[tf] = _TfMetrics(vol, volume_ph, spread)
+            return
+        a = 2.0 / (self.cfg.metrics_ema_bars + 1)
+        m.volatility += a * (vol - m.volatility)
+        m.volume += a * (volume_ph - m.volume)
+        m.spread += a * (spread - m.spread)
+        m.n += 1
+
+    # ---------------------------------------------------------------------------------- signal
+    def combine_signal(self, predictions: Mapping[str, float], *, atr: float, price: float,
+                       spread: float) -> Signal:
+        """Combined direction and strength (see the module docstring for the fee/spread-aware threshold).
+        ``spread`` is a fraction of the mid price."""
+        if not (math.isfinite(atr) and atr > 0 and math.isfinite(price) and price > 0
+                and math.isfinite(spread) and spread >= 0):
+            return Signal(0, 0.0, 0.5, 0.0, 0.0, 0.0, "bad_input")
+        weights = {"xgboost": self.cfg.w_xgboost, "lstm": self.cfg.w_lstm}
+        num = den = 0.0
+        for k, w in weights.items():
+            p = predictions.get(k)
+            if w > 0 and isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0:
+                num += w * p
+                den += w
+        move = self.cfg.expected_move_atr_mult * atr / price
+        cost = self._cost(spread)
+        if den == 0:
+            return Signal(0, 0.0, 0.5, 0.0, cost, move, "no_prediction")
+        p = num / den
+        edge = abs(p - 0.5) * 2 * move
+        if p == 0.5 or edge <= self.cfg.edge_cost_multiple * cost:
+            return Signal(0, 0.0, p, edge, cost, move, "below_cost")
+        return Signal(1 if p > 0.5 else -1, min(1.0, abs(2 * p - 1)), p, edge, cost, move, "ok")
+
+    # ---------------------------------------------------------------------------------- sizing / levels
+    def size(self, symbol: str, timeframe: str, signal: Signal, price: float, atr: float,
+             account: AccountState) -> SizeResult:
+        f = self.filters[symbol]
+        others = [s for s in account.open_symbols() if s != symbol]
+        return position_size(equity=account.equity, price=price, atr=atr, strength=signal.strength,
+                             timeframe_factor=self.timeframe_factor(timeframe),
+                             risk_per_trade=self.cfg.risk_per_trade, stop_atr_mult=self.cfg.stop_atr_mult,
+                             max_position_notional=self.risk_cfg.max_position_notional,
+                             max_position_fraction=self.cfg.max_position_fraction, filters=f,
+                             existing_qty=0.0, open_positions=len(others),
+                             max_positions=self.risk_cfg.max_open_positions)
+
+    def levels(self, symbol: str, direction: int, entry: float, atr: float) -> RiskLevels | None:
+        f = self.filters.get(symbol)
+        return risk_levels(direction, entry, atr, stop_atr_mult=self.cfg.stop_atr_mult,
+                           take_profit_ratio=self.cfg.take_profit_ratio, tick_size=f.tick_size if f else 0.0)
+
+    def _new_position(self, symbol: str, tf: str, direction: int, qty: float, entry: float, entry_ns: int,
+                      atr: float, fees: float) -> ManagedPosition | None:
+        lv = self.levels(symbol, direction, entry, atr)
+        if lv is None:
+            return None
+        peak = TrailingPeakDetector(direction, entry, retrace=self.cfg.peak_retrace_atr * atr,
+                                    min_favourable=self.cfg.peak_min_favourable_atr * atr)
+        return ManagedPosition(symbol, tf, direction, qty, entry, entry_ns, atr, lv.stop, lv.take_profit, peak,
+                               entry_fees=fees)
+
+    # ---------------------------------------------------------------------------------- exits
+    def check_exit(self, position: ManagedPosition, bar: Bar | None = None, *, price: float | None = None,
+                   ts: int, signal: Signal | None = None) -> ExitDecision | None:
+        """First exit that applies, in order: stop, take profit, peak, signal reversal, time limit.
+
+        With a bar, the stop/take profit are touched by its low/high (both in one bar: the stop, the
+        conservative assumption) and the peak detector sees (high, low, close); with a ``price`` only the price.
+        Updates the position's peak detector (streaming), so feed each bar once.
+        """
+        if bar is not None:
+            hi, lo, close = bar.high, bar.low, bar.close
+        elif price is not None:
+            hi = lo = close = price
+        else:
+            raise ValueError("check_exit needs a bar or a price")
+        if not all(math.isfinite(v) and v > 0 for v in (hi, lo, close)):
+            self.counters["bad_exit_price"] += 1
+            return None
+        d, p = position.direction, position
+        if (d == 1 and lo <= p.stop) or (d == -1 and hi >= p.stop):
+            return ExitDecision("stop", p.stop)
+        if (d == 1 and hi >= p.take_profit) or (d == -1 and lo <= p.take_profit):
+            return ExitDecision("take_profit", p.take_profit)
+        if bar is not None and self.cfg.peak_exit and p.peak.update(hi, lo, close):
+            return ExitDecision("peak", close)
+        if self.cfg.exit_on_reversal and signal is not None and signal.direction == -d:
+            return ExitDecision("reversal", close)
+        max_bars = self._max_bars.get(p.timeframe, 0)
+        if max_bars > 0:
+            tfn = timeframe_ns(p.timeframe)
+            held = (ts - p.entry_ns + tfn // 2) // tfn
+            if held >= max_bars:
+                return ExitDecision("time", close)
+        return None
+
+    def _exit_intent(self, pos: ManagedPosition, dec: ExitDecision, account: AccountState, ts: int,
+                     key: object) -> OrderIntent:
+        qty = abs(account.qty(pos.symbol)) or (pos.qty - pos.exit_qty)
+        intent = OrderIntent(
+            client_order_id=client_order_id(self.cfg.client_id_prefix, pos.symbol, pos.timeframe, key, dec.reason),
+            symbol=pos.symbol, side=Side(-pos.direction), qty=qty, reduce_only=True, timeframe=pos.timeframe,
+            reason=dec.reason, ts=ts)
+        pos.pending_exit = intent
+        self.counters[f"exit.{dec.reason}"] += 1
+        log.info("exit_intent", symbol=pos.symbol, timeframe=pos.timeframe, reason=dec.reason, qty=qty,
+                 ref_price=dec.price, coid=intent.client_order_id)
+        return intent
+
+    # ---------------------------------------------------------------------------------- reconcile
+    def _reconcile(self, symbol: str, tf: str, account: AccountState, price: float, atr: float, ts: int) -> None:
+        """The account (portfolio) is the truth for quantities; the optimizer keeps the exit plan."""
+        acct = account.qty(symbol)
+        pos = self.positions.get(symbol)
+        pending = self._pending.get(symbol)
+        if pos is not None:
+            if acct == 0.0 and pending is None:
+                self.counters["reconcile_dropped"] += 1
+                log.warning("position_gone", symbol=symbol, qty=pos.qty)
+                del self.positions[symbol]
+                pos = None
+            elif acct != 0.0 and (acct > 0) != (pos.direction > 0):
+                self.counters["reconcile_dropped"] += 1
+                del self.positions[symbol]
+                pos = None
+            elif acct != 0.0 and pos.pending_exit is None and abs(abs(acct) - (pos.qty - pos.exit_qty)) > 1e-12:
+                self.counters["reconcile_qty"] += 1
+                pos.qty = abs(acct) + pos.exit_qty
+        if pos is None and acct != 0.0 and pending is None:
+            p = account.positions[symbol]
+            entry = p.avg_price if (math.isfinite(p.avg_price) and p.avg_price > 0) else price
+            new = self._new_position(symbol, tf, 1 if acct > 0 else -1, abs(acct), entry, ts, atr, 0.0)
+            if new is not None:
+                self.positions[symbol] = new
+                self.counters["reconcile_adopted"] += 1
+                log.warning("position_adopted", symbol=symbol, qty=acct, entry=entry, timeframe=tf)
+
+    # ---------------------------------------------------------------------------------- the entry point
+    def on_bar_close(self, symbol: str, timeframe: str, bar: Bar, predictions: Mapping[str, float], atr: float,
+                     book: BookTop | None, account: AccountState, ts: int, *, book_stale: bool = False
+                     ) -> list[OrderIntent]:
+        """Decide at the close of ``bar``: exits for the symbol's position (on its own timeframe) or an entry.
+
+        Idempotent: the same bar fed again returns the same intents (same client order ids) without changing
+        state; an older bar is ignored (counted). A known-stale book returns no intents (counted).
+        """
+        c = self.counters
+        key = (symbol, timeframe)
+        last = self._last_bar.get(key)
+        if last is not None and bar.open_ns <= last[0]:
+            if bar.open_ns == last[0]:
+                c["replayed_bar"] += 1
+                return list(last[1])
+            c["old_bar"] += 1
+            return []
+        out = self._decide(symbol, timeframe, bar, predictions, atr, book, account, ts, book_stale)
+        self._last_bar[key] = (bar.open_ns, list(out))
+        return out
+
+    def _decide(self, symbol: str, tf: str, bar: Bar, predictions: Mapping[str, float], atr: float,
+                book: BookTop | None, account: AccountState, ts: int, book_stale: bool) -> list[OrderIntent]:
+        c = self.counters
+        c["bars"] += 1
+        if symbol not in self.filters:
+            c["unknown_symbol"] += 1
+            return []
+        price = bar.close
+        if not (all(math.isfinite(v) and v > 0 for v in (bar.open, bar.high, bar.low, price))
+                and math.isfinite(atr) and atr > 0 and tf in TIMEFRAME_SECONDS and bar.timeframe == tf):
+            c["bad_input"] += 1
+            return []
+        if book is not None and book.valid:
+            spread = book.spread / book.mid
+        else:
+            spread = self.cfg.assumed_spread_bps * 1e-4
+        qv = bar.quote_volume if bar.quote_volume > 0 else bar.volume * price
+        hours = TIMEFRAME_SECONDS[tf] / 3600
+        self._update_metrics(symbol, tf, atr / price, qv / hours if math.isfinite(qv) else 0.0, spread)
+        signal = self.combine_signal(predictions, atr=atr, price=price, spread=spread)
+        # model hit rate: was the previous bar's call on this timeframe right?
+        prev = self._last_pred.get((symbol, tf))
+        if prev is not None and prev[0] != 0.5 and price != prev[1]:
+            self.performance.record_prediction(tf, (price > prev[1]) == (prev[0] > 0.5))
+        if signal.reason != "no_prediction":
+            self._last_pred[(symbol, tf)] = (signal.p_up, price)
+        choice = self.select_optimal_timeframe(self.market_metrics(symbol), symbol=symbol)
+        self._reconcile(symbol, tf, account, price, atr, ts)
+        pos = self.positions.get(symbol)
+        if pos is not None:
+            self.performance.set_unrealised(symbol, pos.direction * (price - pos.entry_price)
+                                            * (pos.qty - pos.exit_qty))
+        if book_stale:
+            c["stale_book"] += 1
+            return []
+        if pos is not None:
+            if pos.timeframe != tf or pos.pending_exit is not None:
+                return []
+            dec = self.check_exit(pos, bar, ts=ts, signal=signal)
+            return [self._exit_intent(pos, dec, account, ts, bar.open_ns)] if dec else []
+        if symbol in self._pending:
+            c["entry_pending"] += 1
+            return []
+        if signal.direction == 0:
+            c[f"no_signal.{signal.reason}"] += 1
+            return []
+        if signal.direction < 0 and not self.cfg.allow_short:
+            c["short_disabled"] += 1
+            return []
+        if self.cfg.trade_selected_timeframe_only and choice.timeframe != tf:
+            c["not_selected_timeframe"] += 1
+            return []
+        entry = price
+        if book is not None and book.valid:
+            entry = book.ask if signal.direction > 0 else book.bid
+        sz = self.size(symbol, tf, signal, entry, atr, account)
+        if not sz.ok:
+            c[f"no_size.{sz.reason}"] += 1
+            return []
+        if self.levels(symbol, signal.direction, entry, atr) is None:
+            c["no_levels"] += 1
+            return []
+        intent = OrderIntent(
+            client_order_id=client_order_id(self.cfg.client_id_prefix, symbol, tf, bar.open_ns, "entry"),
+            symbol=symbol, side=Side(signal.direction), qty=sz.qty, timeframe=tf, reason="entry", ts=ts)
+        self._pending[symbol] = _PendingEntry(intent, signal.direction, atr)
+        c["entry"] += 1
+        log.info("entry_intent", symbol=symbol, timeframe=tf, side=int(signal.direction), qty=sz.qty,
+                 p_up=round(signal.p_up, 4), edge=signal.edge, cost=signal.cost, limited_by=sz.limited_by,
+                 coid=intent.client_order_id)
+        return [intent]
+
+    def on_price(self, symbol: str, price: float, account: AccountState, ts: int, *, book_stale: bool = False
+                 ) -> list[OrderIntent]:
+        """Between bars (e.g. on each trade): stop and take-profit only, so they fire without waiting for
+        the bar close. Peaks, reversals and time limits are decided at bar closes."""
+        pos = self.positions.get(symbol)
+        if pos is None or pos.pending_exit is not None or book_stale:
+            if book_stale and pos is not None:
+                self.counters["stale_book"] += 1
+            return []
+        if account.qty(symbol) == 0.0:
+            return []
+        if not (math.isfinite(price) and price > 0):
+            self.counters["bad_input"] += 1
+            return []
+        dec = self.check_exit(pos, price=price, ts=ts)
+        if dec is None or dec.reason not in ("stop", "take_profit"):
+            return []
+        return [self._exit_intent(pos, dec, account, ts, f"px{pos.entry_ns}")]
+
+    # ---------------------------------------------------------------------------------- fills / orders
+    def on_fill(self, fill: Fill) -> ClosedTrade | None:
+        """Entry fills open/extend the managed position (stop/TP from the fill price); fills against the
+        position (exits, stops, flatten) close it. Returns the ClosedTrade when the position is closed."""
+        sym = fill.symbol
+        if not (math.isfinite(fill.price) and fill.price > 0 and math.isfinite(fill.qty) and fill.qty > 0
+                and math.isfinite(fill.fee)):
+            self.counters["bad_fill"] += 1
+            return None
+        pe = self._pending.get(sym)
+        pos = self.positions.get(sym)
+        if pe is not None and fill.client_order_id == pe.intent.client_order_id:
+            if pos is None:
+                pos = self._new_position(sym, pe.intent.timeframe, pe.direction, fill.qty, fill.price, fill.ts,
+                                         pe.atr, fill.fee)
+                if pos is None:
+                    self.counters["fill_no_levels"] += 1
+                else:
+                    self.positions[sym] = pos
+            else:
+                total = pos.qty + fill.qty
+                entry = (pos.entry_price * pos.qty + fill.price * fill.qty) / total
+                fresh = self._new_position(sym, pos.timeframe, pos.direction, total, entry, pos.entry_ns, pe.atr,
+                                           pos.entry_fees + fill.fee)
+                if fresh is not None:
+                    fresh.peak = pos.peak
+                    self.positions[sym] = pos = fresh
+            pe.filled += fill.qty
+            if pe.filled >= pe.intent.qty * (1 - 1e-9):
+                del self._pending[sym]
+            return None
+        if pos is not None and int(Side(fill.side)) == -pos.direction:
+            remaining = pos.qty - pos.exit_qty
+            closing = min(fill.qty, remaining)
+            pos.exit_qty += closing
+            pos.exit_value += closing * fill.price
+            pos.exit_fees += fill.fee
+            if pos.qty - pos.exit_qty <= 1e-9 * pos.qty:
+                reason = (pos.pending_exit.reason if pos.pending_exit is not None
+                          and fill.client_order_id == pos.pending_exit.client_order_id else "external")
+                trade = ClosedTrade(sym, pos.timeframe, pos.direction, pos.qty, pos.entry_price,
+                                    pos.exit_value / pos.exit_qty, pos.entry_ns, fill.ts,
+                                    pos.entry_fees + pos.exit_fees, reason)
+                self.performance.update_performance(trade)
+                self.performance.set_unrealised(sym, 0.0)
+                del self.positions[sym]
+                self.counters["closed_trades"] += 1
+                log.info("trade_closed", symbol=sym, timeframe=trade.timeframe, reason=reason,
+                         pnl=round(trade.pnl, 4))
+                return trade
+            return None
+        self.counters["unmatched_fill"] += 1
+        return None
+
+    def on_order_done(self, client_order_id: str, filled: bool = False) -> None:
+        """The venue/broker finished an order (rejected, canceled, expired, or fully filled): forget it as
+        pending so a new decision can be made."""
+        for sym, pe in list(self._pending.items()):
+            if pe.intent.client_order_id == client_order_id:
+                del self._pending[sym]
+                if not filled:
+                    self.counters["entry_not_filled"] += 1
+        for pos in self.positions.values():
+            if pos.pending_exit is not None and pos.pending_exit.client_order_id == client_order_id:
+                pos.pending_exit = None
+                if not filled:
+                    self.counters["exit_not_filled"] += 1
+
+    # ---------------------------------------------------------------------------------- performance
+    def update_performance(self, trade: ClosedTrade) -> bool:
+        return self.performance.update_performance(trade)
+
+    def get_performance_metrics(self, ts: int) -> PerformanceMetrics:
+        return self.performance.get_performance_metrics(ts)
