@@ -47,6 +47,10 @@ class VenueConfig:
     port: int = opt(0, "Local venue port; 0 picks a free port.", ge=0, le=65535)
     recording: str = opt("", "Recording to replay (replay mode): a file or directory of .gz frame files.")
     speed: float = opt(1.0, "Replay speed factor (replay mode); 0 = as fast as possible.", ge=0.0)
+    start_on: str = opt("snapshot", "When the replay starts: immediately, at the first subscriber, or when the "
+                        "first subscriber has also fetched its depth snapshot (replays the whole recording to a "
+                        "synced book). The replay pauses while no client is subscribed.",
+                        choices=("immediate", "subscriber", "snapshot"))
     api_key_env: str = opt("TRADINGD_API_KEY", "Environment variable holding the venue API key (never the key).")
     api_secret_env: str = opt("TRADINGD_API_SECRET", "Environment variable holding the venue API secret.")
 
@@ -59,6 +63,8 @@ class FaultConfig:
     stall_every_s: float = opt(0.0, "Every this many seconds the stream stalls (0 = never).", ge=0)
     stall_s: float = opt(0.0, "Length of a stall in seconds.", ge=0)
     close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).", ge=0)
+    close_after_frames: int = opt(0, "Close each connection abruptly after it was sent this many frames "
+                                  "(0 = never); deterministic, for tests.", ge=0)
     seed: int = opt(1, "Seed of the fault injector's random stream.")
 
 

@@ -1,0 +1,125 @@
+"""The market simulator is pure and seeded: same seed, same market; its diffs chain, its book never crosses, its
+trades print at the best prices of the book the clients hold, and its klines history is contiguous and flows
+into the live bars."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.config import SimulatorConfig
+from daemon.venue.simulator import MINUTE_MS, MarketSimulator
+
+START = 1_700_000_030_000_000_000  # 50 s into a minute
+SEC = 1_000_000_000
+
+
+def _sim(**kw) -> MarketSimulator:
+    cfg = dataclasses.replace(SimulatorConfig(), **{"history_days": 2, **kw})
+    return MarketSimulator(cfg, "BTCUSDT", START)
+
+
+def _replay_client_book(sim: MarketSimulator, seconds: float) -> dict:
+    """Follow the simulator like a client: snapshot, then diffs; check every invariant on the way."""
+    snap = sim.snapshot(5000)
+    bids = {float(p): float(q) for p, q in snap["bids"]}
+    asks = {float(p): float(q) for p, q in snap["asks"]}
+    last_u = snap["lastUpdateId"]
+    last_trade = None
+    counts = {"trade": 0, "depth": 0, "bookTicker": 0}
+    for ev in sim.advance(START + int(seconds * SEC)):
+        d = ev.payload
+        counts[ev.kind] += 1
+        if ev.kind == "depth":
+            assert d["U"] == last_u + 1, "depth ids must chain: U = previous u + 1"
+            assert d["u"] - d["U"] + 1 == len(d["b"]) + len(d["a"])
+            last_u = d["u"]
+            for side, key in ((bids, "b"), (asks, "a")):
+                for p, q in d[key]:
+                    if float(q) == 0.0:
+                        side.pop(float(p), None)
+                    else:
+                        side[float(p)] = float(q)
+            assert max(bids) < min(asks), "book crossed"
+            assert len(bids) == len(asks) == sim.cfg.depth_levels
+        elif ev.kind == "trade":
+            price = float(d["p"])
+            if d["m"]:  # seller was the aggressor: hits the best bid
+                assert price == max(bids)
+                assert float(d["q"]) < bids[price]
+            else:
+                assert price == min(asks)
+                assert float(d["q"]) < asks[price]
+            if last_trade is not None:
+                assert d["t"] == last_trade + 1
+            last_trade = d["t"]
+        else:
+            assert d["u"] == last_u
+            assert (float(d["b"]), float(d["B"])) == (max(bids), bids[max(bids)])
+            assert (float(d["a"]), float(d["A"])) == (min(asks), asks[min(asks)])
+    return counts
+
+
+def test_same_seed_same_market_other_seed_other_market():
+    a, b, c = _sim(), _sim(), _sim(seed=8)
+    ea, eb, ec = (s.advance(START + 5 * SEC) for s in (a, b, c))
+    assert ea == eb and len(ea) > 50
+    assert ea != ec
+    assert a.klines("1m", None, None, 1000) == b.klines("1m", None, None, 1000)
+    assert a.klines("1m", None, None, 1000) != c.klines("1m", None, None, 1000)
+
+
+def test_invariants_over_a_minute_of_live_market():
+    counts = _replay_client_book(_sim(), 60)
+    assert counts["depth"] == counts["bookTicker"] > 500  # one diff per 100 ms (unless nothing changed)
+    assert counts["trade"] > 200  # ~8/s
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31), levels=st.integers(5, 80), rate=st.floats(1.0, 60.0),
+       vol=st.floats(0.05, 5.0))
+def test_invariants_hold_for_any_seed_and_parameters(seed, levels, rate, vol):
+    sim = _sim(seed=seed, depth_levels=levels, trades_per_s=rate, vol_low=vol, vol_high=vol * 2,
+               regime_switch_per_hour=30.0)
+    _replay_client_book(sim, 5)
+
+
+def test_history_is_contiguous_and_flows_into_live_bars():
+    sim = _sim(history_days=30)
+    h = sim.history()
+    n = 30 * 1440
+    assert len(h["open_ms"]) == n
+    assert np.all(np.diff(h["open_ms"]) == MINUTE_MS)
+    assert h["open_ms"][-1] + MINUTE_MS == (START // 1_000_000) // MINUTE_MS * MINUTE_MS  # ends at live start
+    assert np.all(h["open"][1:] == h["close"][:-1])
+    assert h["close"][-1] == sim.cfg.start_price
+    assert np.all(h["high"] >= np.maximum(h["open"], h["close"]))
+    assert np.all(h["low"] <= np.minimum(h["open"], h["close"]))
+    assert np.all(h["volume"] >= 0) and np.all(h["taker_buy_volume"] <= h["volume"] + 1e-12)
+    sim.advance(START + 200 * SEC)  # 3+ live minutes
+    rows = sim.klines("1m", None, None, 1000)
+    t = [r[0] for r in rows]
+    assert all(b - a == MINUTE_MS for a, b in zip(t, t[1:]))
+    assert all(rows[i][1] == rows[i - 1][4] for i in range(1, len(rows)))  # open == previous close, seamless
+    assert rows[-1][0] == ((START + 200 * SEC) // 1_000_000) // MINUTE_MS * MINUTE_MS  # the open bar is served
+    live = [r for r in rows if r[0] >= h["open_ms"][-1] + MINUTE_MS]
+    end_m = ((START + 200 * SEC) // 1_000_000) // MINUTE_MS * MINUTE_MS
+    assert len(live) == (end_m - live[0][0]) // MINUTE_MS + 1 == 5  # 50 s + 200 s span five minutes
+    assert all(r[8] > 0 for r in live)  # bars built from the live trades
+    h5 = sim.klines("5m", None, None, 1000)
+    assert all(b[0] - a[0] == 5 * MINUTE_MS for a, b in zip(h5, h5[1:]))
+    assert all(r[0] % (5 * MINUTE_MS) == 0 for r in h5)
+
+
+def test_klines_window_semantics():
+    sim = _sim()
+    allrows = sim.klines("1m", None, None, 1000)
+    start = allrows[10][0]
+    got = sim.klines("1m", start, None, 3)
+    assert [r[0] for r in got] == [start, start + MINUTE_MS, start + 2 * MINUTE_MS]  # first `limit` from start
+    got = sim.klines("1m", None, start, 2)
+    assert [r[0] for r in got] == [start - MINUTE_MS, start]  # the last `limit` up to end
+    got = sim.klines("1h", start, start + 3 * 3600_000, 1000)
+    assert len(got) in (3, 4) and all(r[6] - r[0] == 3600_000 - 1 for r in got)

@@ -1,0 +1,213 @@
+"""The local venue speaks Binance's wire format: REST bodies and errors, combined and raw streams, subscriptions,
+a replay whose REST depth is consistent with what it streamed, and seeded, counted fault injection."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import aiohttp
+import orjson
+from daemon.binance import decode_frame, parse_depth_snapshot, parse_exchange_info, parse_klines
+from daemon.bookcheck import check_recording
+from daemon.config import FaultConfig, SimulatorConfig
+from daemon.events import DepthUpdate, Trade
+from daemon.venue.faults import FaultInjector, FaultStats
+from daemon.venue.replay import ReplaySource
+from daemon.venue.server import LocalVenue, SimulatorSource
+
+SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, object]:
+    async with session.get(url) as r:
+        return r.status, orjson.loads(await r.read())
+
+
+def test_rest_endpoints_formats_and_errors():
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT", "ETHUSDT"], SIM_CFG)) as v, aiohttp.ClientSession() as s:
+            base = v.rest_url + "/api/v3"
+            assert await _get(s, base + "/ping") == (200, {})
+            st, body = await _get(s, base + "/time")
+            assert st == 200 and isinstance(body["serverTime"], int)
+            # exchangeInfo: parsed by the same parser the daemon uses against the real venue
+            st, info = await _get(s, base + "/exchangeInfo")
+            filters = parse_exchange_info(orjson.dumps(info))
+            assert set(filters) == {"BTCUSDT", "ETHUSDT"}
+            assert filters["BTCUSDT"].tick_size == SIM_CFG.tick_size
+            assert filters["BTCUSDT"].lot_step == SIM_CFG.lot_step
+            assert filters["BTCUSDT"].min_notional == SIM_CFG.min_notional
+            st, info = await _get(s, base + "/exchangeInfo?symbol=ETHUSDT")
+            assert [x["symbol"] for x in info["symbols"]] == ["ETHUSDT"]
+            # depth
+            st, d = await _get(s, base + "/depth?symbol=BTCUSDT&limit=5")
+            assert st == 200 and set(d) == {"lastUpdateId", "bids", "asks"}
+            assert len(d["bids"]) == len(d["asks"]) == 5
+            assert all(isinstance(p, str) and isinstance(q, str) for p, q in d["bids"] + d["asks"])
+            bids = [float(p) for p, _ in d["bids"]]
+            asks = [float(p) for p, _ in d["asks"]]
+            assert bids == sorted(bids, reverse=True) and asks == sorted(asks) and bids[0] < asks[0]
+            snap = parse_depth_snapshot(orjson.dumps(d), "BTCUSDT", 0)
+            assert snap.last_update_id == d["lastUpdateId"]
+            st, d = await _get(s, base + "/depth?symbol=BTCUSDT")
+            assert len(d["bids"]) == 50  # default limit 100, the simulated book has 50 levels
+            # Binance error format
+            assert await _get(s, base + "/depth?symbol=NOPE") == (400, {"code": -1121, "msg": "Invalid symbol."})
+            st, e = await _get(s, base + "/depth")
+            assert st == 400 and e["code"] == -1102
+            st, e = await _get(s, base + "/depth?symbol=BTCUSDT&limit=6000")
+            assert st == 400 and e["code"] == -1130
+            st, e = await _get(s, base + "/depth?symbol=BTCUSDT&limit=abc")
+            assert st == 400 and e["code"] == -1100
+            # klines
+            st, rows = await _get(s, base + "/klines?symbol=BTCUSDT&interval=1m")
+            assert st == 200 and len(rows) == 500  # default limit
+            r = rows[0]
+            assert len(r) == 12 and isinstance(r[0], int) and isinstance(r[6], int) and isinstance(r[8], int)
+            assert all(isinstance(r[i], str) for i in (1, 2, 3, 4, 5, 7, 9, 10, 11))
+            assert r[6] == r[0] + 60_000 - 1
+            st, rows = await _get(s, base + "/klines?symbol=BTCUSDT&interval=1m&limit=1000")
+            assert len(rows) == 1000
+            bars = parse_klines(orjson.dumps(rows), "BTCUSDT", "1m")
+            assert len(bars) == 1000 and bars[0].open_ns == rows[0][0] * 1_000_000
+            start = rows[100][0]
+            st, rows2 = await _get(s, base + f"/klines?symbol=BTCUSDT&interval=1m&startTime={start}&limit=3")
+            assert [x[0] for x in rows2] == [start, start + 60_000, start + 120_000]
+            st, rows3 = await _get(s, base + f"/klines?symbol=BTCUSDT&interval=15m&endTime={start}&limit=4")
+            assert len(rows3) == 4 and rows3[-1][0] <= start and rows3[-1][6] - rows3[-1][0] == 15 * 60_000 - 1
+            for q, code in (("interval=1m&limit=1001", -1130), ("interval=7m", -1120), ("", -1102),
+                            ("interval=1m&limit=0", -1130)):
+                st, e = await _get(s, base + "/klines?symbol=BTCUSDT&" + q)
+                assert st == 400 and e["code"] == code, q
+            assert v.stats.rest_errors[-1121] == 1
+
+    run(main())
+
+
+def test_streams_combined_raw_and_subscribe():
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT"], SIM_CFG)) as v, aiohttp.ClientSession() as s:
+            async with s.ws_connect(v.ws_url + "/stream?streams=btcusdt@trade/btcusdt@depth@100ms") as ws:
+                seen = set()
+                while len(seen) < 2:
+                    msg = orjson.loads((await ws.receive()).data)
+                    assert set(msg) == {"stream", "data"}
+                    seen.add(msg["stream"])
+                    ev = decode_frame(orjson.dumps(msg), 0)
+                    assert isinstance(ev, (Trade, DepthUpdate))
+                assert seen == {"btcusdt@trade", "btcusdt@depth@100ms"}  # no bookTicker: not subscribed
+                await ws.send_str(orjson.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker"],
+                                                "id": 7}).decode())
+                got_reply = got_ticker = False
+                while not (got_reply and got_ticker):
+                    msg = orjson.loads((await ws.receive()).data)
+                    if msg.get("id") == 7:
+                        assert msg == {"result": None, "id": 7}
+                        got_reply = True
+                    elif msg.get("stream") == "btcusdt@bookTicker":
+                        got_ticker = got_reply  # the ticker came after the subscription
+            async with s.ws_connect(v.ws_url + "/ws/btcusdt@trade") as ws:
+                data = orjson.loads((await ws.receive()).data)
+                assert data["e"] == "trade" and "stream" not in data  # raw stream: bare payload
+                assert isinstance(decode_frame(orjson.dumps(data), 0), Trade)
+            async with s.get(v.rest_url + "/stream?streams=btcusdt@nonsense") as r:
+                assert r.status == 400
+
+    run(main())
+
+
+class _Collect:
+    """Stands in for the server: records what the source publishes, with the source's depth at that moment."""
+
+    def __init__(self, src: ReplaySource, every: int = 40) -> None:
+        self.src = src
+        self.every = every  # a REST depth reply sorts the book: sample, or the test takes seconds
+        self.n = 0
+        self.depth_ids: list[tuple[int, int]] = []  # (u of the diff just published, REST lastUpdateId)
+
+    def has_subscribers(self) -> bool:
+        return True
+
+    async def publish(self, f) -> None:
+        if f.kind == "depth":
+            self.n += 1
+            if self.n % self.every == 1 or self.n == 6495:
+                self.depth_ids.append((f.ids[1], self.src.depth("BTCUSDT", 5)["lastUpdateId"]))
+
+
+def test_replay_rest_depth_is_consistent_with_the_stream(binance_recording):
+    src = ReplaySource(binance_recording, speed=0)
+    assert src.symbols == ["BTCUSDT"] and src.books["BTCUSDT"].last_update_id == 50093239218
+    assert sum(f.kind == "depth" for f in src.frames) == 6495
+    sink = _Collect(src)
+    asyncio.run(src.run(sink))
+    assert src.done and src.position == len(src.frames)
+    snap_id = 50093239218
+    for u, rest_id in sink.depth_ids:
+        assert rest_id == max(u, snap_id)  # the REST snapshot = last diff sent (or the recorded snapshot before)
+    # the venue's true book at the end is the oracle's book (recorded snapshot + every diff) at the same id
+    checker, _ = check_recording(binance_recording)
+    oracle = checker.books["BTCUSDT"]
+    final = parse_depth_snapshot(orjson.dumps(src.depth("BTCUSDT", 100)), "BTCUSDT", 0)
+    assert final.last_update_id == oracle.last_update_id == sink.depth_ids[-1][0]
+    assert (final.bids, final.asks) == tuple(map(list, oracle.depth(100)))
+
+
+def test_replay_klines_from_replayed_trades(binance_recording):
+    src = ReplaySource(binance_recording, speed=0)
+    assert src.klines("BTCUSDT", "1m", None, None, 1000) == []  # nothing replayed yet
+    asyncio.run(src.run(_Collect(src, every=10**9)))
+    rows = src.klines("BTCUSDT", "1m", None, None, 1000)
+    assert 10 <= len(rows) <= 13  # ~11 minutes recorded
+    assert all(b[0] - a[0] == 60_000 for a, b in zip(rows, rows[1:]))
+    assert sum(r[8] for r in rows) == 19904  # every recorded trade is in exactly one bar
+    for r in rows:
+        assert float(r[3]) <= min(float(r[1]), float(r[4])) <= max(float(r[1]), float(r[4])) <= float(r[2])
+
+
+def test_fault_injector_is_seeded_and_counts():
+    cfg = FaultConfig(drop_prob=0.1, dup_prob=0.05, garbage_prob=0.02, close_after_frames=900, seed=3)
+
+    def decisions():
+        st = FaultStats()
+        inj = FaultInjector(cfg, st, conn_index=1)
+        out = [inj.decide("depth" if i % 3 == 0 else "trade", 0.0, (i, i)) for i in range(1000)]
+        return out, st
+
+    a, sa = decisions()
+    b, sb = decisions()
+    assert a == b and sa == sb
+    assert sa.frames == 1000
+    assert sa.dropped_depth == sum(1 for x in a if x.send == 0) == len(sa.dropped_ids) > 0
+    assert all(i % 3 == 0 for i, _ in sa.dropped_ids)  # only depth diffs are dropped
+    assert sa.duplicated == sum(1 for x in a if x.send == 2) > 0
+    assert sa.garbage == sum(1 for x in a if x.garbage_before) > 0
+    assert sa.closes == 1 and a[899].close_after
+    other, _ = (lambda st: ([FaultInjector(dataclasses.replace(cfg, seed=4), st).decide("depth", 0.0)
+                             for _ in range(200)], st))(FaultStats())
+    assert other != a[:200]
+    idle = FaultInjector(FaultConfig(), FaultStats())
+    assert all(idle.decide("depth", 99.0).send == 1 for _ in range(100))
+
+
+def test_replay_pauses_without_subscribers_and_starts_on_snapshot(binance_recording):
+    async def main():
+        src = ReplaySource(binance_recording, speed=0)
+        async with LocalVenue(src, start_on="snapshot") as v, aiohttp.ClientSession() as s:
+            async with s.ws_connect(v.ws_url + "/stream?streams=btcusdt@depth@100ms") as ws:
+                await asyncio.sleep(0.2)
+                assert src.position == 0  # subscribed, but no snapshot fetched yet
+                st, d = await _get(s, v.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=1000")
+                assert d["lastUpdateId"] == 50093239218 and len(d["bids"]) == 1000
+                msg = orjson.loads((await ws.receive()).data)
+                assert msg["stream"] == "btcusdt@depth@100ms"
+            await asyncio.sleep(0.2)
+            pos = src.position
+            await asyncio.sleep(0.2)
+            assert src.position == pos < len(src.frames)  # nobody listens: the replay clock stands still
+
+    run(main())
