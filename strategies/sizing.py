@@ -66,11 +66,13 @@ def ceil_to_step(x: float, step: float) -> float:
     return v
 
 
-def is_step_multiple(x: float, step: float, tol: float = 1e-6) -> bool:
+def is_step_multiple(x: float, step: float) -> bool:
+    """True when ``x`` is (to float rounding, relative 1e-12) a whole number of ``step``s, i.e. the venue would
+    accept it once formatted with the step's decimals."""
     if step <= 0:
         return True
-    r = x / step
-    return abs(r - round(r)) <= tol
+    n = round(x / step)
+    return abs(x - round(n * step, _decimals(step))) <= 1e-12 * max(1.0, abs(x))
 
 
 # ------------------------------------------------------------------------------------------- client ids

@@ -97,6 +97,8 @@ def test_rounding_helpers():
     assert ceil_to_step(59_900.000001, 0.01) == 59_900.01
     assert ceil_to_step(0.3, 0.1) == 0.3
     assert floor_to_step(12.0, 0.0) == 12.0
+    assert is_step_multiple(116_600.0, 0.00001)  # 1.166e10 lots: float noise in x / step is not a remainder
+    assert not is_step_multiple(0.123456, 0.00001) and is_step_multiple(0.12345, 0.00001)
 
 
 def test_risk_levels_long_and_short():
