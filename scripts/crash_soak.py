@@ -48,8 +48,8 @@ def main() -> int:
     print(f"clean run: {len(clean['fills'])} fills, {len(clean['orders'])} orders, {t_clean:.1f} s")
     print(f"kills: {st['kills']}  restarts: {st['restarts']}  rounds: {st['rounds']} "
           f"(finished between kills: {st['finished_rounds']})  time: {dt:.1f} s")
-    print(f"resumed at cursor step: {dict(steps)}  (step 1/2 = the order/stops step of an event had committed: "
-          "its submission was repeated and answered idempotently)")
+    print(f"resumed at cursor step: {dict(steps)}  (step 1/2: the order/stops step of that event had committed; "
+          "a submission there is repeated and must come back idempotent, a cancel is not repeated)")
     print(f"final fills: {st['final_fills']} (clean: {len(clean['fills'])})")
     print(f"problems: {len(st['problems'])}")
     for p in st["problems"][:20]:
