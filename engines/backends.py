@@ -25,7 +25,7 @@ def _log():
 
 __all__ = [
     "LSTM_PREFERENCE", "XGB_PREFERENCE", "KINDS", "BackendChoice", "probe", "choose_backend", "select_backend",
-    "create_engine", "gpu_present",
+    "create_engine", "gpu_present", "lstm_options",
 ]
 
 # Best first. torch-cpu is a comparison backend (benchmarks), never picked by auto.
@@ -171,6 +171,13 @@ def select_backend(kind: str, requested: str = "auto") -> str:
     return choice.backend
 
 
+def lstm_options(cfg: Any) -> dict[str, Any]:
+    """LSTM engine options from an ``EnginesConfig`` (the daemon passes them to ``create_engine``)."""
+    return {"threads": cfg.ort_threads, "capture_batches": tuple(cfg.cuda_graph_batches),
+            "fp16": cfg.tensorrt_fp16, "max_batch": cfg.tensorrt_max_batch,
+            "workspace_mb": cfg.tensorrt_workspace_mb}
+
+
 def create_engine(kind: str, backend: str, **options: Any) -> InferenceEngine:
     """Instantiate (not load) the engine class for ``kind``/``backend``; heavy imports happen here."""
     if kind == "lstm":
@@ -181,7 +188,7 @@ def create_engine(kind: str, backend: str, **options: Any) -> InferenceEngine:
             raise ValueError(f"unknown LSTM backend {backend!r}; known: {sorted(LSTM_ENGINES)}") from None
     if kind == "xgboost":
         xe = importlib.import_module("engines.xgb_engine")
-        for fname in ("create_xgb_engine", "create_engine", "make_engine"):
+        for fname in ("make_xgb_engine", "create_xgb_engine"):
             fn = getattr(xe, fname, None)
             if callable(fn):
                 return fn(backend, **options)

@@ -64,6 +64,10 @@ class LSTMEngine:
         d = Path(version_dir)
         meta = read_meta(d)
         cfg = _config_from_dict(meta["config"])
+        want = self.options.get("expected_schema_hash")
+        if want is not None and meta.get("schema_hash", "") != want:
+            raise ModelLoadError(f"{d}: feature schema {meta.get('schema_hash', '')!r} differs from the "
+                                 f"running feature pipeline's {want!r}; refusing the model")
         try:
             self._open(d, meta)
         except (ModelLoadError, BackendUnavailable):

@@ -15,6 +15,21 @@ from engines.lstm_engine import (
     LSTM_ENGINES, OnnxRuntimeCPUEngine, TensorRTEngine, TorchCUDAGraphEngine, tensorrt_cache_key,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: small models gain nothing from more, and on a shared 2-core box OpenMP
+    spin-waiting against other processes multiplies wall time."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -80,6 +95,15 @@ def test_create_engine_maps_every_lstm_backend():
         assert isinstance(e, cls) and e.backend == name and e.kind == "lstm" and not e.ready
 
 
+def test_lstm_options_from_config_reach_the_engine():
+    from daemon.config import EnginesConfig
+    from engines.backends import lstm_options
+    opts = lstm_options(EnginesConfig())
+    assert opts["threads"] == 1 and opts["capture_batches"] == (1, 64) and opts["fp16"] is True
+    e = create_engine("lstm", "torch-cuda", **opts)
+    assert e._buckets() == (1, 64)
+
+
 def test_ort_cpu_engine_info_after_warmup(version):
     d, xs, m = version
     e = OnnxRuntimeCPUEngine()
@@ -90,6 +114,12 @@ def test_ort_cpu_engine_info_after_warmup(version):
     assert info.p50_latency_us is not None and info.p50_latency_us > 0
     assert info.extra["providers"] == ["CPUExecutionProvider"] and info.extra["threads"] == 1
     np.testing.assert_allclose(e.predict(xs), m.predict(xs), atol=1e-5)
+
+
+def test_schema_mismatch_is_refused(version):
+    d, _, _ = version
+    with pytest.raises(ModelLoadError, match="feature schema"):
+        OnnxRuntimeCPUEngine(expected_schema_hash="something-else").load(d)
 
 
 def test_nan_input_is_refused(version):

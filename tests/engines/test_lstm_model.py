@@ -17,6 +17,21 @@ from engines.lstm_model import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: small models gain nothing from more, and on a shared 2-core box OpenMP
+    spin-waiting against other processes multiplies wall time."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ------------------------------------------------------------------------------------------ real inputs
 @functools.lru_cache(maxsize=2)
 def _load_close_matrix(path: str) -> np.ndarray:
@@ -43,6 +58,11 @@ def _local_features(k: np.ndarray) -> np.ndarray:
     return np.column_stack([lag_ret(1), lag_ret(5), lag_ret(15), np.log(h / low), np.log(c / o), lv - m60])
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_klines(path: str, loader):
+    return loader(path)
+
+
 def real_dataset(path: Path, rows: int, horizon: int = 5, start: int = 0):
     """(features (n, f) float64 with NaN warm-up, close (n,), y (n,) up-label, fwd returns (n,), names).
 
@@ -50,18 +70,16 @@ def real_dataset(path: Path, rows: int, horizon: int = 5, start: int = 0):
     small local causal feature set. The last ``horizon`` rows have no label (NaN)."""
     k = _load_close_matrix(str(path))[start:start + rows]
     try:
-        from engines.data import load_klines_csv  # noqa: F401
+        from engines.data import load_klines_csv
         from engines.features import FEATURE_SCHEMA, batch_features
-        from engines import data as _data
-        kl = _data.load_klines_csv(path)
-        sl = slice(start, start + rows)
-        kl = type(kl)(**{f: getattr(kl, f)[sl] for f in ("open_ns", "open", "high", "low", "close", "volume")}) \
-            if hasattr(kl, "open_ns") else kl
-        X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
-        names = list(FEATURE_SCHEMA.names)
-    except Exception:  # features module absent or API still moving: local features
+    except ImportError:  # shared feature pipeline not there: local features
         X = _local_features(k)
         names = ["r1", "r5", "r15", "hl", "co", "lvol_dev60"]
+    else:
+        kl = _cached_klines(str(path), load_klines_csv)[start:start + rows]
+        X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
+        names = list(FEATURE_SCHEMA.names)
+        assert X.shape == (len(k), len(names)) and np.allclose(kl.close, k[:, 4])
     c = k[:, 4]
     fwd = np.full(len(c), np.nan)
     fwd[:-horizon] = c[horizon:] / c[:-horizon] - 1.0
