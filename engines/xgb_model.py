@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from engines.base import ModelLoadError
 
 __all__ = [
     "XGBoostModel", "TrainResult", "time_split", "binary_metrics", "dollar_pnl", "dollar_weights",
-    "dollar_logistic_objective", "logloss_metric", "select_device", "sigmoid", "read_meta", "sha256_file",
+    "dollar_logistic_objective", "logloss_metric", "feature_stats", "select_device", "sigmoid", "read_meta",
+    "sha256_file", "verified_model_path",
     "MODEL_FILE", "META_FILE", "FORMAT_VERSION", "SEED_PARAMS",
 ]
 
@@ -186,6 +188,18 @@ def select_device() -> str:
     return "cpu"
 
 
+def feature_stats(X: np.ndarray) -> dict[str, list[float]]:
+    """Per-feature mean, std and NaN fraction of the training rows: engines warm up on inputs drawn from
+    these (representative magnitudes and missing values) instead of zeros."""
+    X = np.asarray(X, dtype=np.float64)
+    nan = np.isnan(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns -> 0
+        mean = np.nan_to_num(np.nanmean(X, axis=0))
+        std = np.nan_to_num(np.nanstd(X, axis=0))
+    return {"mean": mean.tolist(), "std": std.tolist(), "nan_frac": nan.mean(axis=0).tolist()}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -269,6 +283,7 @@ class XGBoostModel:
         self.best_iteration: int | None = None
         self.metrics: dict[str, Any] = {}
         self.train_result: TrainResult | None = None
+        self.feature_stats: dict[str, list[float]] = {}
         if params:
             self.configure(**params)
 
@@ -338,13 +353,13 @@ class XGBoostModel:
         return X, y
 
     def train(self, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-              early_stopping_rounds: int = 50, *, fwd_return_train: np.ndarray | None = None,
+              early_stopping_rounds: int | None = 50, *, fwd_return_train: np.ndarray | None = None,
               fwd_return_val: np.ndarray | None = None, verbose_eval: bool | int = False) -> TrainResult:
         """Boost on the training rows, early-stop on the (later-in-time) validation rows.
 
         The caller splits by time (:func:`time_split`); nothing is shuffled here. With the dollar-profit
         objective, ``fwd_return_train``/``fwd_return_val`` are required (they weight the rows).
-        The kept booster is cut to the best iteration.
+        The kept booster is cut to the best iteration (``early_stopping_rounds=None`` keeps every round).
         """
         import xgboost as xgb
         X_train, y_train = self._check_xy(X_train, y_train, "train")
@@ -372,9 +387,10 @@ class XGBoostModel:
                             early_stopping_rounds=early_stopping_rounds, verbose_eval=verbose_eval, **kwargs)
         seconds = time.perf_counter() - t0
         rounds_run = booster.num_boosted_rounds()
-        best = int(getattr(booster, "best_iteration", rounds_run - 1))
-        best_score = float(getattr(booster, "best_score", float("nan")))
+        best = int(booster.best_iteration) if early_stopping_rounds else rounds_run - 1
+        best_score = float(booster.best_score) if early_stopping_rounds else float("nan")
         self.booster = booster[: best + 1]            # keep only the trees that early stopping chose
+        self.feature_stats = feature_stats(X_train)
         self.best_iteration = best
         self.train_result = TrainResult(best_iteration=best, rounds_used=best + 1, rounds_run=rounds_run,
                                         best_score=best_score, seconds=seconds, device=params["device"],
@@ -453,6 +469,7 @@ class XGBoostModel:
             "best_iteration": self.best_iteration,
             "device_trained": self.train_result.device if self.train_result else None,
             "metrics": _jsonable(self.metrics),
+            "feature_stats": _jsonable(self.feature_stats),
             "data_window": data_window,
             "library_versions": library_versions(),
         }
@@ -484,6 +501,7 @@ class XGBoostModel:
         m.position_size = meta.get("position_size")
         m.best_iteration = meta.get("best_iteration")
         m.metrics = meta.get("metrics", {})
+        m.feature_stats = meta.get("feature_stats") or {}
         m.params.update(meta.get("params", {}))
         m.num_boost_round = int(meta.get("num_boost_round", m.num_boost_round))
         return m
