@@ -244,7 +244,8 @@ def _base_margin(learner: dict[str, Any]) -> float:
     if obj == "binary:logistic":          # base_score is stored as a probability
         if not 0.0 < base < 1.0:
             raise ModelLoadError(f"binary:logistic base_score {base} outside (0, 1)")
-        return float(np.log(base / (1.0 - base)))
+        b32 = np.float32(base)            # XGBoost: ProbToMargin = -log(1/base - 1) in float32
+        return float(-np.log(np.float32(1.0) / b32 - np.float32(1.0)))
     if obj in ("binary:logitraw", "reg:squarederror", "reg:linear"):   # base_score is already a margin
         return base
     raise ModelLoadError(f"objective {obj!r} is not a binary/margin objective the compiled walker supports")

@@ -80,7 +80,7 @@ def test_compiled_matches_booster_on_real_features_with_nan(version, cache_dir, 
     assert not np.allclose(eng.predict(np.nan_to_num(Xt[:5])), got[:5])
     # margins too (base_score included)
     bm = XGBoostModel.load(d).predict_margin(Xt)
-    assert np.max(np.abs(eng.margin(Xt) - bm)) <= 1e-5
+    assert np.max(np.abs(eng.margin(Xt) - bm)) <= 1e-6   # bit-exact today (float32 accumulation order)
     # one row at a time equals the batch
     np.testing.assert_array_equal(np.concatenate([eng.predict(Xt[i:i + 1]) for i in range(20)]), got[:20])
 
