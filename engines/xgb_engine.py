@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 __all__ = [
     "XGBEngine", "NativeCPUEngine", "NativeCUDAEngine", "CompiledCPUEngine", "XGB_ENGINES", "make_xgb_engine",
-    "FlatForest", "flatten_booster", "compile_walker", "numpy_margin", "MATCH_TOL",
+    "backend_available", "FlatForest", "flatten_booster", "compile_walker", "numpy_margin", "MATCH_TOL",
 ]
 
 MATCH_TOL = 1e-6          # compiled walker vs booster, probability units
@@ -528,7 +528,8 @@ class CompiledCPUEngine(XGBEngine):
                 self.walker = "ctypes"
         self.backend = "compiled-cpu" if self._call is not None else "numpy-cpu"
         if self._call is None:
-            log.warning("xgb_compiled_fallback", backend=self.backend, reason="no C compiler / compile failed")
+            log.warning("xgb_compiled_fallback", backend=self.backend,
+                        reason="numpy walker requested" if want == "numpy" else "no C compiler / compile failed")
         self._self_check(model, meta)
 
     def _self_check(self, model: XGBoostModel, meta: dict[str, Any]) -> None:
@@ -575,6 +576,29 @@ XGB_ENGINES: dict[str, type[XGBEngine]] = {
     "native-cuda": NativeCUDAEngine,
     "compiled-cpu": CompiledCPUEngine,
 }
+
+
+def backend_available(backend: str) -> tuple[bool, str]:
+    """Can ``backend`` run here, and why (for ``tradingd doctor`` / engines.backends.probe)."""
+    try:
+        import xgboost
+    except ImportError:
+        return False, "xgboost not installed"
+    if backend == "native-cpu":
+        return True, f"xgboost {xgboost.__version__}"
+    if backend == "compiled-cpu":
+        if compile_walker(pyext=True) is not None:
+            return True, "C walker (CPython extension)"
+        if compile_walker(pyext=False) is not None:
+            return True, "C walker (ctypes; Python headers missing)"
+        return True, "no C compiler: numpy walker (reports numpy-cpu, ~100x slower)"
+    if backend == "native-cuda":
+        if not xgboost.build_info().get("USE_CUDA"):
+            return False, f"xgboost {xgboost.__version__} is a CPU-only build (USE_CUDA=False)"
+        if select_device() != "cuda":
+            return False, "CUDA build of xgboost but no usable GPU"
+        return True, f"xgboost {xgboost.__version__} CUDA build + GPU"
+    return False, f"unknown XGBoost backend {backend!r}"
 
 
 def make_xgb_engine(backend: str = "auto", **options: Any) -> XGBEngine:

@@ -168,6 +168,10 @@ def test_native_cuda_unavailable_without_gpu(version):
     if select_device() == "cuda":
         pytest.skip("a CUDA build with a GPU is present")
     d, _ = version
+    ok, why = xgb_engine.backend_available("native-cuda")
+    assert not ok and why
+    assert xgb_engine.backend_available("compiled-cpu")[0] and xgb_engine.backend_available("native-cpu")[0]
+    assert not xgb_engine.backend_available("gpu_hist")[0]
     with pytest.raises(BackendUnavailable):
         make_xgb_engine("native-cuda").load(d)
 
