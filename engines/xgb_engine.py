@@ -422,9 +422,18 @@ PyMODINIT_FUNC PyInit__xgbw(void) { return PyModule_Create(&mod); }
 _CFLAGS = ["-O3", "-fPIC", "-shared", "-fno-fast-math"]
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("TRADINGD_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tradingd" / "xgb_walker"
+def _cache_dirs() -> list[Path]:
+    """Where the walker may be cached, best first: TRADINGD_CACHE_DIR, systemd's CACHE_DIRECTORY /
+    STATE_DIRECTORY (the hardened unit has ProtectHome=yes), XDG_CACHE_HOME or ~/.cache, then the temp dir."""
+    out = []
+    for env, sub in (("TRADINGD_CACHE_DIR", ""), ("CACHE_DIRECTORY", ""), ("STATE_DIRECTORY", "cache"),
+                     ("XDG_CACHE_HOME", "tradingd")):
+        v = os.environ.get(env)
+        if v:
+            out.append(Path(v.split(":")[0]) / sub / "xgb_walker")
+    out.append(Path.home() / ".cache" / "tradingd" / "xgb_walker")
+    out.append(Path(tempfile.gettempdir()) / f"tradingd-{os.getuid() if hasattr(os, 'getuid') else 0}" / "xgb_walker")
+    return out
 
 
 def _compiler(cc: str | None) -> tuple[str, list[str]] | None:
@@ -457,11 +466,20 @@ def compile_walker(cache_dir: Path | None = None, cc: str | None = None, *, pyex
         flags += ["-DXGBW_PYEXT", f"-I{inc}"]
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     key = hashlib.sha256("\0".join([_C_SOURCE, *ver, *flags, suffix, os.uname().machine]).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir else _default_cache_dir()
-    target = cache / key / (("_xgbw" + suffix) if pyext else "xgbw.so")
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    name = ("_xgbw" + suffix) if pyext else "xgbw.so"
+    for cache in ([Path(cache_dir)] if cache_dir else _cache_dirs()):
+        target = cache / key / name
+        if target.is_file():
+            return target
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return _build(cc, flags, target, pyext)
+        except (OSError, subprocess.SubprocessError) as e:   # read-only / protected location: try the next one
+            log.warning("xgb_walker_cache_unwritable", dir=str(cache), error=str(e))
+    return None
+
+
+def _build(cc: str, flags: list[str], target: Path, pyext: bool) -> Path | None:
     with tempfile.TemporaryDirectory(dir=target.parent) as td:
         src = Path(td) / "xgbw.c"
         src.write_text(_C_SOURCE)
@@ -501,21 +519,28 @@ class CompiledCPUEngine(XGBEngine):
         if ff.n_features != int(meta["n_features"]):
             raise ModelLoadError(f"booster has {ff.n_features} features, metadata says {meta['n_features']}")
         self._ff = ff
-        self._args = (ff.nodes, ff.roots)
         self._consts = (ff.n_trees, ff.lockstep_depth, ff.base_margin, ff.n_features)
         want = self.options.get("walker")
         cache, cc = self.options.get("cache_dir"), self.options.get("cc")
         self.walker, self._call = "numpy", None
         if want in (None, "pyext"):
             so = compile_walker(cache, cc, pyext=True)
-            if so is not None:
-                fn = _load_pyext(so).predict
+            try:
+                fn = _load_pyext(so).predict if so is not None else None
+            except ImportError as e:
+                log.warning("xgb_walker_pyext_unloadable", path=str(so), error=str(e))
+                fn = None
+            if fn is not None:
                 self._call = lambda x, out, m: fn(ff.nodes, ff.roots, x, out, *self._consts, m)
                 self.walker = "pyext"
         if self._call is None and want in (None, "ctypes"):
             so = compile_walker(cache, cc, pyext=False)
-            if so is not None:
-                lib = ctypes.CDLL(str(so))
+            try:
+                lib = ctypes.CDLL(str(so)) if so is not None else None
+            except OSError as e:
+                log.warning("xgb_walker_so_unloadable", path=str(so), error=str(e))
+                lib = None
+            if lib is not None:
                 fn = lib.xgbw_predict
                 fn.restype = ctypes.c_int64
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_float,

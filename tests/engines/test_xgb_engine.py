@@ -164,7 +164,8 @@ def test_auto_backend_and_cuda_availability():
         make_xgb_engine("gpu_hist")
 
 
-def test_native_cuda_unavailable_without_gpu(version):
+def test_native_cuda_unavailable_without_gpu(version, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRADINGD_CACHE_DIR", str(tmp_path))
     if select_device() == "cuda":
         pytest.skip("a CUDA build with a GPU is present")
     d, _ = version
@@ -186,6 +187,17 @@ def test_walker_cache_and_no_compiler_fallback(version, tmp_path):
     eng.load(d)
     assert eng.backend == "numpy-cpu" and eng.walker == "numpy"
     assert np.max(np.abs(eng.predict(Xt) - XGBoostModel.load(d).predict(Xt))) <= MATCH_TOL
+
+
+def test_unwritable_cache_falls_through_to_next_location(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TRADINGD_CACHE_DIR", str(blocker / "sub"))      # mkdir fails: NotADirectoryError
+    for env in ("CACHE_DIRECTORY", "STATE_DIRECTORY", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    so = compile_walker(pyext=False)
+    assert so is not None and (tmp_path / "home" / ".cache") in so.parents
 
 
 def test_factory_for_contract_suite(tmp_path):
