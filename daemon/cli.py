@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tradingd: unknown command {name!r}\n\n{_top_help()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
+    # stdout belongs to the command's output (JSON summaries); logs go to stderr until a command reconfigures.
+    from daemon.logs import configure
+    configure(level="info", json=False)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -1,0 +1,322 @@
+"""Training: klines -> features -> labels -> XGBoost + LSTM -> held-out evaluation -> registry.
+
+One code path for `tradingd train`, the daemon's first-run bootstrap, the background retrainer and the
+walk-forward backtest.
+
+Labels (engines/labels.py) are "up enough to pay costs": a row whose forward move over the horizon is smaller
+than the round-trip cost is neither a tradeable long nor a tradeable short, so it is left out of training;
+the remaining rows are labelled 1 (up by more than the cost) or 0 (down by more than the cost). The models'
+P(up) is thus P(up | moved enough to matter), symmetric around 0.5, which is what the optimizer's edge formula
+(|p - 0.5| x 2 x expected move vs costs) needs. Horizons are per timeframe so that enough moves clear costs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import structlog
+
+from engines.data import Klines, resample
+from engines.features import FEATURE_SCHEMA, batch_features
+from engines.labels import make_labels, round_trip_cost
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_HORIZONS = {"1m": 15, "3m": 10, "5m": 6, "15m": 4, "30m": 2, "1h": 2, "2h": 1, "4h": 1, "1d": 1}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    timeframe: str
+    horizon: int = 0                 # bars; 0 = DEFAULT_HORIZONS[timeframe]
+    cost: float = round_trip_cost(0.001, 0.0001)
+    val_frac: float = 0.15           # early-stopping window (after train)
+    test_frac: float = 0.15          # held-out window (after val): the gate and the reported metrics
+    position_size: float = 10_000.0  # quote notional used by the dollar objective and dollar P&L
+    xgb_rounds: int = 1000
+    xgb_early_stopping: int = 50
+    lstm_epochs: int = 8
+    lstm_hidden: int = 32
+    lstm_seq_len: int = 32
+    lstm_batch: int = 512
+    threads: int = 0                 # 0 = library default
+    seed: int = 0
+
+    @property
+    def h(self) -> int:
+        return self.horizon or DEFAULT_HORIZONS.get(self.timeframe, 1)
+
+
+@dataclass
+class Dataset:
+    X: np.ndarray          # (n, f) features of every bar
+    y: np.ndarray          # (n,) 1 up-by-more-than-cost / 0 down-by-more-than-cost / -1 not tradeable or unknown
+    fwd: np.ndarray        # (n,) forward log return over the horizon (NaN at the end)
+    open_ns: np.ndarray
+    close: np.ndarray
+
+
+def build_dataset(k1m: Klines, spec: TrainSpec) -> Dataset:
+    k = k1m if spec.timeframe == k1m.timeframe else resample(k1m, spec.timeframe)
+    X = batch_features(k, spec.timeframe)
+    lab = make_labels(k, horizon=spec.h, cost=0.0)
+    fwd = lab.fwd_return
+    y = np.full(len(k), -1, np.int8)
+    ok = np.isfinite(fwd) & np.isfinite(X).all(axis=1)
+    y[ok & (fwd > spec.cost)] = 1
+    y[ok & (fwd < -spec.cost)] = 0
+    return Dataset(X, y, fwd, np.asarray(k.open_ns), np.asarray(k.close))
+
+
+def split_bounds(n: int, spec: TrainSpec) -> tuple[int, int]:
+    """Row indices where validation and test start: train [0, a), val [a+h, b), test [b+h, n)."""
+    b = int(n * (1 - spec.test_frac))
+    a = int(n * (1 - spec.test_frac - spec.val_frac))
+    return a, b
+
+
+@dataclass
+class TrainOutcome:
+    timeframe: str
+    metrics: dict = field(default_factory=dict)
+    data_window: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def _rows(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    idx = np.arange(max(lo, 0), max(hi, 0))
+    return idx[y[idx] >= 0]
+
+
+def naive_baseline(ds: Dataset, test_idx: np.ndarray, spec: TrainSpec) -> dict:
+    """Previous-move sign (momentum): the naive model every learned one must beat."""
+    from engines.xgb_model import binary_metrics, dollar_pnl
+    prev = ds.X[test_idx, FEATURE_SCHEMA.names.index("ret_1")]
+    p = np.where(prev > 0, 0.55, 0.45)
+    m = binary_metrics(ds.y[test_idx], p)
+    m["dollar"] = dollar_pnl(p, ds.fwd[test_idx], position_size=spec.position_size, fee=spec.cost / 2)
+    return m
+
+
+def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
+                    progress: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Train both models for one timeframe into ``out_dir/xgboost`` and ``out_dir/lstm`` (staging dirs)."""
+    from engines.lstm_model import LSTMModel, make_sequences
+    from engines.xgb_model import XGBoostModel, binary_metrics, dollar_pnl
+
+    say = progress or (lambda msg: None)
+    out_dir = Path(out_dir)
+    ds = build_dataset(k1m, spec)
+    n = len(ds.y)
+    a, b = split_bounds(n, spec)
+    h = spec.h
+    tr, va, te = _rows(ds.y, 0, a - h), _rows(ds.y, a, b - h), _rows(ds.y, b, n)
+    if len(tr) < 100 or len(va) < 20 or len(te) < 20:
+        raise ValueError(f"{spec.timeframe}: too little labelled data (train {len(tr)}, val {len(va)}, "
+                         f"test {len(te)} rows); need more history")
+    outcome = TrainOutcome(spec.timeframe)
+    outcome.data_window = {"symbol": k1m.symbol, "timeframe": spec.timeframe, "horizon": h, "cost": spec.cost,
+                           "start_ns": int(ds.open_ns[0]), "end_ns": int(ds.open_ns[-1]),
+                           "train_end_ns": int(ds.open_ns[a - 1]), "test_start_ns": int(ds.open_ns[b]),
+                           "rows": {"train": len(tr), "val": len(va), "test": len(te)}}
+    fee = spec.cost / 2
+
+    # ---- XGBoost (seed params, dollar-profit objective)
+    t0 = time.perf_counter()
+    say(f"{spec.timeframe}: XGBoost on {len(tr)} rows")
+    xgb = XGBoostModel(n_estimators=spec.xgb_rounds, seed=spec.seed,
+                       **({"nthread": spec.threads} if spec.threads else {}))
+    xgb.configure_for_dollar_profit(spec.position_size)
+    xgb.set_feature_schema(list(FEATURE_SCHEMA.names), FEATURE_SCHEMA.hash)
+    xgb.train(ds.X[tr], ds.y[tr], ds.X[va], ds.y[va], spec.xgb_early_stopping,
+              fwd_return_train=ds.fwd[tr], fwd_return_val=ds.fwd[va])
+    p_x = xgb.predict(ds.X[te])
+    m_x = binary_metrics(ds.y[te], p_x)
+    m_x["dollar"] = dollar_pnl(p_x, ds.fwd[te], position_size=spec.position_size, fee=fee)
+    m_x["best_iteration"] = xgb.best_iteration
+    xgb.save(out_dir / "xgboost", data_window=outcome.data_window)
+    outcome.seconds["xgboost"] = time.perf_counter() - t0
+
+    # ---- LSTM (sequences of the same features; windows ending at labelled rows)
+    t0 = time.perf_counter()
+    seqs, end = make_sequences(ds.X, spec.lstm_seq_len)
+    pos = {int(e): i for i, e in enumerate(end)}
+
+    def sel(rows):
+        keep = [pos[int(r)] for r in rows if int(r) in pos]
+        return seqs[keep], ds.y[end[keep]], end[keep]
+
+    Xs_tr, ys_tr, _ = sel(tr)
+    Xs_va, ys_va, _ = sel(va)
+    Xs_te, ys_te, e_te = sel(te)
+    say(f"{spec.timeframe}: LSTM on {len(ys_tr)} windows")
+    lstm = LSTMModel(seq_len=spec.lstm_seq_len, hidden=spec.lstm_hidden, epochs=spec.lstm_epochs,
+                     batch_size=spec.lstm_batch, seed=spec.seed)
+    lstm.set_feature_schema(list(FEATURE_SCHEMA.names), FEATURE_SCHEMA.hash)
+    lstm.build(ds.X.shape[1])
+    lstm.train(Xs_tr, ys_tr.astype(np.float32), Xs_va, ys_va.astype(np.float32),
+               on_epoch_end=lambda ep, m: say(f"{spec.timeframe}: LSTM epoch {ep} val_loss {m.get('val_loss', float('nan')):.4f}"))
+    p_l = lstm.predict(Xs_te)
+    m_l = binary_metrics(ys_te, p_l)
+    m_l["dollar"] = dollar_pnl(p_l, ds.fwd[e_te], position_size=spec.position_size, fee=fee)
+    lstm.save(out_dir / "lstm")
+    outcome.seconds["lstm"] = time.perf_counter() - t0
+
+    base = naive_baseline(ds, te, spec)
+    outcome.metrics = {"xgboost": m_x, "lstm": m_l, "baseline_momentum": base,
+                       "test_up_fraction": float(ds.y[te].mean())}
+    say(f"{spec.timeframe}: held-out AUC xgb {m_x['auc']:.3f} lstm {m_l['auc']:.3f} baseline {base['auc']:.3f}; "
+        f"dollar P&L xgb {m_x['dollar']['pnl_usd']:.0f} lstm {m_l['dollar']['pnl_usd']:.0f} "
+        f"baseline {base['dollar']['pnl_usd']:.0f}")
+    return outcome
+
+
+KINDS = ("xgboost", "lstm")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {}
+    for name in ("numpy", "xgboost", "xgboost-cpu", "torch", "onnx", "onnxruntime"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def train_and_publish(k1m: Klines, spec: TrainSpec, registry, *, make_current: bool = True,
+                      progress: Callable[[str], None] | None = None) -> tuple[TrainOutcome, dict]:
+    """Train one timeframe and publish both models to the registry; returns the outcome and VersionRefs."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix=f"tradingd-train-{spec.timeframe}-") as tmp:
+        outcome = train_timeframe(k1m, spec, Path(tmp), progress)
+        refs = {}
+        for kind in KINDS:
+            refs[kind] = registry.publish(
+                kind, spec.timeframe, Path(tmp) / kind, feature_names=list(FEATURE_SCHEMA.names),
+                schema_hash=FEATURE_SCHEMA.hash, data_window=outcome.data_window,
+                metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
+                         "train_seconds": outcome.seconds[kind]},
+                library_versions=library_versions(), make_current=make_current)
+    return outcome, refs
+
+
+def missing_models(registry, timeframes) -> list[str]:
+    """Timeframes lacking a current version of either model."""
+    return [tf for tf in timeframes if any(registry.current_version(tf, kind) is None for kind in KINDS)]
+
+
+# ------------------------------------------------------------------------------------------------ sources
+async def fetch_klines_rest(rest_url: str, symbol: str, *, days: float, end_ms: int | None = None,
+                            session=None) -> Klines:
+    """1m klines history from a Binance-format REST endpoint (``/api/v3/klines``, 1000 rows a request)."""
+    import aiohttp
+
+    from daemon.binance import parse_klines
+    from engines.data import bars_to_klines
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        if end_ms is None:
+            async with session.get(f"{rest_url}/api/v3/time") as r:
+                end_ms = int((await r.json())["serverTime"])
+        start = end_ms - int(days * 86_400_000)
+        bars = []
+        while start < end_ms:
+            params = {"symbol": symbol, "interval": "1m", "startTime": start, "endTime": end_ms, "limit": 1000}
+            async with session.get(f"{rest_url}/api/v3/klines", params=params) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"klines request failed: HTTP {r.status}: {body[:200]!r}")
+            page = parse_klines(body, symbol, "1m")
+            if not page:
+                break
+            bars.extend(page)
+            start = page[-1].open_ns // 1_000_000 + 60_000
+        # the last bar may still be open: keep only closed minutes
+        bars = [b for b in bars if b.open_ns // 1_000_000 + 60_000 <= end_ms]
+        return bars_to_klines(bars)
+    finally:
+        if own:
+            await session.close()
+
+
+def load_training_data(path: str | None, *, store: str | None = None, symbol: str = "",
+                       rest_url: str | None = None, days: float = 30) -> Klines:
+    """1m klines from a CSV (like ../shared/data/klines), the daemon's store, or a venue's REST endpoint."""
+    if path:
+        from engines.data import load_klines_csv
+        return load_klines_csv(path, symbol=symbol or None)
+    if store:
+        from daemon.store import SQLiteStore
+        from engines.data import bars_to_klines
+        st = SQLiteStore(store, readonly=True)
+        try:
+            bars = [b for b in st.read_bars(symbol, "1m")]
+        finally:
+            close = getattr(st, "close", None)
+            if close:
+                close()
+        if not bars:
+            raise ValueError(f"no 1m bars for {symbol} in store {store}")
+        return bars_to_klines(bars)
+    if rest_url:
+        import asyncio
+        return asyncio.run(fetch_klines_rest(rest_url, symbol, days=days))
+    raise ValueError("give --data CSV, --store PATH or --venue-url URL")
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--data", help="1m klines CSV (open_time_ms,open,high,low,close,volume; .gz ok)")
+    p.add_argument("--store", help="read 1m bars from the daemon's SQLite store instead")
+    p.add_argument("--venue-url", help="read 1m klines history from this REST base URL instead")
+    p.add_argument("--days", type=float, default=30, help="history to fetch with --venue-url (days)")
+    p.add_argument("--last-days", type=float, default=0, help="train on only the most recent N days of --data")
+    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument("--registry", required=True, help="model registry directory")
+    p.add_argument("--timeframes", default="1m,5m,15m,1h")
+    p.add_argument("--xgb-rounds", type=int, default=TrainSpec.xgb_rounds)
+    p.add_argument("--lstm-epochs", type=int, default=TrainSpec.lstm_epochs)
+    p.add_argument("--lstm-hidden", type=int, default=TrainSpec.lstm_hidden)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-current", action="store_true", help="publish without moving the current pointers")
+
+
+def main(args) -> int:
+    import sys
+
+    import orjson
+    from tqdm import tqdm
+
+    from engines.registry import ModelRegistry
+    try:
+        k = load_training_data(args.data, store=args.store, symbol=args.symbol, rest_url=args.venue_url,
+                               days=args.days)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"tradingd train: {e}", file=sys.stderr)
+        return 2
+    if args.last_days:
+        k = k[max(0, len(k) - int(args.last_days * 1440)):]
+    tfs = [t.strip() for t in args.timeframes.split(",") if t.strip()]
+    reg = ModelRegistry(args.registry)
+    summary = {}
+    bar = tqdm(tfs, desc="train", unit="tf", file=sys.stderr)
+    for tf in bar:
+        spec = TrainSpec(tf, xgb_rounds=args.xgb_rounds, lstm_epochs=args.lstm_epochs,
+                         lstm_hidden=args.lstm_hidden, threads=args.threads, seed=args.seed)
+        try:
+            outcome, refs = train_and_publish(k, spec, reg, make_current=not args.no_current,
+                                              progress=lambda m: bar.write(m, file=sys.stderr))
+        except ValueError as e:
+            print(f"tradingd train: {e}", file=sys.stderr)
+            return 2
+        summary[tf] = {"versions": {kind: r.version for kind, r in refs.items()}, "metrics": outcome.metrics,
+                       "seconds": outcome.seconds, "rows": outcome.data_window["rows"]}
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    return 0
