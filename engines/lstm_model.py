@@ -13,10 +13,8 @@ torch, ONNX Runtime, TensorRT — applies it identically: inputs are raw feature
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -25,6 +23,10 @@ from typing import Any, Callable
 import numpy as np
 
 from engines.base import ModelLoadError
+from engines.metrics_common import (  # noqa: F401 - re-exported: callers import them from here
+    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, signal_pnl,
+    time_split,
+)
 
 __all__ = [
     "LSTMConfig", "LSTMModel", "TrainResult", "make_sequences", "time_split", "dollar_pnl", "binary_metrics",
@@ -96,89 +98,20 @@ def make_sequences(X: np.ndarray, seq_len: int, *, drop_nonfinite: bool = True) 
     return seqs, end_idx
 
 
-def time_split(n: int, val_frac: float = 0.2, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Chronological split of n samples: the first part trains, the last ``val_frac`` validates.
-
-    ``gap`` samples between them are dropped so a label horizon (or overlapping windows) cannot leak the
-    validation period into training. No shuffling across the boundary, ever.
-    """
-    if not 0.0 < val_frac < 1.0:
-        raise ValueError("val_frac must be in (0, 1)")
-    n_val = max(1, int(round(n * val_frac)))
-    n_train = n - n_val - gap
-    if n_train < 1:
-        raise ValueError(f"not enough samples ({n}) for val_frac={val_frac} and gap={gap}")
-    return np.arange(n_train), np.arange(n_train + gap, n)
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties get average ranks); NaN when only one class is present."""
-    y = np.asarray(y).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-    r = rankdata(p)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else float("nan")
-    acc = float(np.mean((p > 0.5) == (y > 0.5))) if y.size else float("nan")
-    return {"auc": _auc(y, p), "logloss": logloss, "accuracy": acc, "n": int(y.size),
-            "base_rate": float(y.mean()) if y.size else float("nan")}
-
-
 def dollar_pnl(p_up: np.ndarray, fwd_returns: np.ndarray, *, notional: float = 10_000.0,
                cost: float = 0.002, threshold: float = 0.0) -> dict[str, float]:
     """Dollar P&L of trading the signal: long when p > 0.5+threshold, short when p < 0.5-threshold, flat
     otherwise; each position is held over the label horizon and pays ``cost`` (round trip, fraction of
     notional: 0.002 = two 0.1 % taker fees). Returns are fractional (close[t+h]/close[t] - 1)."""
-    p = np.asarray(p_up, dtype=np.float64)
-    r = np.asarray(fwd_returns, dtype=np.float64)
-    if p.shape != r.shape:
-        raise ValueError(f"p_up {p.shape} and fwd_returns {r.shape} differ")
-    pos = np.where(p > 0.5 + threshold, 1.0, np.where(p < 0.5 - threshold, -1.0, 0.0))
-    ok = np.isfinite(r)
-    pos, r = pos[ok], r[ok]
-    gross = pos * r * notional
-    fees = np.abs(pos) * cost * notional
-    n_trades = int(np.count_nonzero(pos))
-    pnl = float((gross - fees).sum())
-    return {"pnl_usd": pnl, "gross_usd": float(gross.sum()), "fees_usd": float(fees.sum()),
-            "n_trades": n_trades, "pnl_per_trade_usd": pnl / n_trades if n_trades else 0.0,
-            "hit_rate": float(np.mean((pos * r)[pos != 0] > 0)) if n_trades else float("nan")}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    out = signal_pnl(p_up, fwd_returns, notional=notional, round_trip_cost=cost, threshold=threshold)
+    del out["n_long"], out["n_short"]    # this model's result never carried them
+    return out
 
 
 def read_meta(version_dir: Path) -> dict[str, Any]:
     """Read and check ``lstm.json``; every problem becomes a ModelLoadError naming the file."""
     path = Path(version_dir) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"LSTM model metadata missing: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"LSTM model metadata unreadable or corrupt: {path}: {e}") from None
+    meta = load_meta_json(path, "LSTM model")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: not an LSTM model file of format {FORMAT_VERSION}")
     for key in ("config", "n_features", "files"):
@@ -486,7 +419,7 @@ class LSTMModel:
             "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
             "bad_epochs": bad_epochs, "history": history,
         }, buf)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
 
     def _load_checkpoint(self, path: Path) -> dict:
         torch = _torch()
@@ -541,7 +474,7 @@ class LSTMModel:
         cpu_state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         buf = io.BytesIO()
         torch.save(cpu_state, buf)
-        _atomic_write_bytes(d / WEIGHTS_FILE, buf.getvalue())
+        atomic_write_bytes(d / WEIGHTS_FILE, buf.getvalue())
         files = {WEIGHTS_FILE: sha256_file(d / WEIGHTS_FILE)}
         if onnx:
             self.export_onnx(d / ONNX_FILE)
@@ -553,10 +486,10 @@ class LSTMModel:
                       "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": ["batch"], "meaning": "P(up)"},
             "norm": {"mean": self.net.mean.cpu().tolist(), "std": self.net.std.cpu().tolist()},
-            "metrics": _jsonable(self.metrics), "files": files,
+            "metrics": jsonable(self.metrics), "files": files,
             "versions": {"torch": torch.__version__},
         }
-        _atomic_write_bytes(d / META_FILE, json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(d / META_FILE, json.dumps(meta, indent=1).encode())
         return d
 
     def export_onnx(self, path: Path | str, opset: int = 17) -> Path:
@@ -576,7 +509,7 @@ class LSTMModel:
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         path = Path(path)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     @classmethod
@@ -592,14 +525,3 @@ class LSTMModel:
         m.net = load_net(Path(version_dir), meta, device=m.device)
         return m
 
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x

@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +32,10 @@ import numpy as np
 import structlog
 
 from engines.base import ModelLoadError
+from engines.metrics_common import (  # noqa: F401 - re-exported: callers import them from here
+    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, signal_pnl,
+    time_split,
+)
 
 __all__ = [
     "XGBoostModel", "TrainResult", "time_split", "binary_metrics", "dollar_pnl", "dollar_weights",
@@ -69,43 +71,6 @@ def sigmoid(m: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-m))
 
 
-def time_split(n: int, val_frac: float = 0.2, gap: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Chronological split of n rows: the first part trains, the last ``val_frac`` validates.
-
-    ``gap`` rows between them are dropped so a label horizon cannot leak validation into training.
-    """
-    if not 0.0 < val_frac < 1.0:
-        raise ValueError("val_frac must be in (0, 1)")
-    n_val = max(1, int(round(n * val_frac)))
-    n_train = n - n_val - gap
-    if n_train < 1:
-        raise ValueError(f"not enough rows ({n}) for val_frac={val_frac} and gap={gap}")
-    return np.arange(n_train), np.arange(n_train + gap, n)
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties get average ranks); NaN when one class is absent."""
-    y = np.asarray(y).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-    r = rankdata(p)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    if y.size == 0:
-        return {"auc": float("nan"), "logloss": float("nan"), "accuracy": float("nan"), "n": 0,
-                "base_rate": float("nan")}
-    logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    acc = float(np.mean((p > 0.5) == (y > 0.5)))
-    return {"auc": _auc(y, p), "logloss": logloss, "accuracy": acc, "n": int(y.size), "base_rate": float(y.mean())}
-
-
 def dollar_pnl(p_up: np.ndarray, fwd_return: np.ndarray, *, position_size: float = 10_000.0,
                fee: float = 0.001, margin: float = 0.0) -> dict[str, float]:
     """Dollar P&L of trading the signal: long if p > 0.5+margin, short if p < 0.5-margin, else flat.
@@ -113,22 +78,9 @@ def dollar_pnl(p_up: np.ndarray, fwd_return: np.ndarray, *, position_size: float
     Each position of ``position_size`` dollars is held over the label horizon:
     P&L = position_size × fwd_return × direction − fees, fees = 2 × fee × position_size (taker in and out).
     ``fwd_return`` is fractional (close[t+h]/close[t] − 1); rows with a non-finite return are skipped.
+    Result keys include ``n_long``/``n_short`` (see :func:`engines.metrics_common.signal_pnl`).
     """
-    p = np.asarray(p_up, dtype=np.float64)
-    r = np.asarray(fwd_return, dtype=np.float64)
-    if p.shape != r.shape:
-        raise ValueError(f"p_up {p.shape} and fwd_return {r.shape} differ")
-    pos = np.where(p > 0.5 + margin, 1.0, np.where(p < 0.5 - margin, -1.0, 0.0))
-    ok = np.isfinite(r)
-    pos, r = pos[ok], r[ok]
-    gross = pos * r * position_size
-    fees = np.abs(pos) * 2.0 * fee * position_size
-    n_trades = int(np.count_nonzero(pos))
-    pnl = float((gross - fees).sum())
-    return {"pnl_usd": pnl, "gross_usd": float(gross.sum()), "fees_usd": float(fees.sum()), "n_trades": n_trades,
-            "n_long": int((pos > 0).sum()), "n_short": int((pos < 0).sum()),
-            "pnl_per_trade_usd": pnl / n_trades if n_trades else 0.0,
-            "hit_rate": float(np.mean((pos * r)[pos != 0] > 0)) if n_trades else float("nan")}
+    return signal_pnl(p_up, fwd_return, notional=position_size, round_trip_cost=2.0 * fee, threshold=margin)
 
 
 def dollar_weights(fwd_return: np.ndarray, position_size: float) -> np.ndarray:
@@ -200,14 +152,6 @@ def feature_stats(X: np.ndarray) -> dict[str, list[float]]:
     return {"mean": mean.tolist(), "std": std.tolist(), "nan_frac": nan.mean(axis=0).tolist()}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     import xgboost as xgb
     return {"xgboost": xgb.__version__, "numpy": np.__version__}
@@ -216,12 +160,7 @@ def library_versions() -> dict[str, str]:
 def read_meta(version_dir: Path) -> dict[str, Any]:
     """Read and check ``xgb_meta.json``; every problem becomes a ModelLoadError naming the file."""
     path = Path(version_dir) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"XGBoost model metadata missing: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"XGBoost model metadata unreadable or corrupt: {path}: {e}") from None
+    meta = load_meta_json(path, "XGBoost model")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: not an XGBoost model metadata file of format {FORMAT_VERSION} "
                              f"(found format {meta.get('format') if isinstance(meta, dict) else '?'})")
@@ -245,15 +184,6 @@ def verified_model_path(version_dir: Path, meta: dict[str, Any]) -> Path:
         raise ModelLoadError(f"XGBoost model file corrupt: {path} sha256 {got[:12]}… != recorded "
                              f"{str(meta['sha256'])[:12]}…")
     return path
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -450,7 +380,7 @@ class XGBoostModel:
         d.mkdir(parents=True, exist_ok=True)
         name = MODEL_FILE if fmt == "ubj" else "xgb_model.json"
         raw = bytes(b.save_raw(raw_format=fmt))
-        _fsync_write(d / name, raw)
+        atomic_write_bytes(d / name, raw)
         meta = {
             "format": FORMAT_VERSION,
             "kind": "xgboost",
@@ -468,12 +398,12 @@ class XGBoostModel:
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration,
             "device_trained": self.train_result.device if self.train_result else None,
-            "metrics": _jsonable(self.metrics),
-            "feature_stats": _jsonable(self.feature_stats),
+            "metrics": jsonable(self.metrics),
+            "feature_stats": jsonable(self.feature_stats),
             "data_window": data_window,
             "library_versions": library_versions(),
         }
-        _fsync_write(d / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(d / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
         log.info("xgb_saved", dir=str(d), file=name, bytes=len(raw), trees=meta["n_trees"])
         return d
 
@@ -506,15 +436,3 @@ class XGBoostModel:
         m.num_boost_round = int(meta.get("num_boost_round", m.num_boost_round))
         return m
 
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
