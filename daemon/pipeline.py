@@ -1,0 +1,490 @@
+"""The trading pipeline: ONE synchronous core that both ``tradingd run`` and ``tradingd backtest`` drive.
+
+Replay = live: the daemon calls it from the feed's callback with live events; the backtest calls it with
+recorded trades or 1m klines. No I/O of its own except through the objects it is handed (the broker commits to
+its store; bars go to ``bar_sink``), no clock reads except the injected ``clock`` used only to MEASURE
+tick-to-decision latency (decisions themselves use event time).
+
+Per closed bar (``on_trade`` -> BarBuilder, or ``on_bar`` with 1m bars -> :class:`MinuteAggregator`)::
+
+    IncrementalFeatures(tf).update(bar) -> engine_sets[tf].predict(row, symbol) -> {"xgboost": p, "lstm": p}
+    -> optimizer.on_bar_close(..., atr, BookTop, AccountState, ts, book_stale=)
+    -> risk.check(intent) -> broker.submit(intent, book, ts) -> optimizer.on_fill(fill) / on_order_done(coid)
+
+Between bars every trade goes to ``broker.on_trade`` (resting orders) and ``optimizer.on_price`` (stop/TP).
+Times: ``ts`` handed to the cores is the event's receive time (``Trade.ts_recv``) for trade-driven runs, and the
+bar's close time (``open_ns + timeframe``) for klines-driven runs. A book that is not tradeable (``is_tradeable``
+False) means no new orders: the optimizer is told ``book_stale=True`` and the pipeline counts it
+(``counters["stale_book_bars"]``). Every decision is recorded as a :class:`Decision` (bounded by ``keep``).
+
+Engine sets only need ``predict(row, symbol) -> dict[str, float]`` (and optionally ``observe(row, symbol)`` for
+history priming without inference); see :class:`daemon.engineset.EngineSet`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import structlog
+
+from daemon.bars import BarBuilder
+from daemon.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
+from strategies.optimizer import BookTop, Signal
+from strategies.risk import AccountState
+
+__all__ = ["TradingPipeline", "Decision", "EngineSetLike", "MinuteAggregator", "book_top", "history_bars_needed"]
+
+log = structlog.get_logger(__name__)
+
+_M = 60_000_000_000
+
+
+class EngineSetLike(Protocol):
+    def predict(self, row: np.ndarray, symbol: str) -> dict[str, float]: ...
+
+
+@dataclass
+class Decision:
+    """What happened at one bar close (the backtest's and tests' view of the pipeline)."""
+
+    symbol: str
+    timeframe: str
+    bar_open_ns: int
+    close: float
+    ts: int  # event time handed to the cores
+    predictions: dict[str, float]
+    atr: float | None
+    signal: Signal | None
+    book_stale: bool
+    intents: list[OrderIntent] = field(default_factory=list)
+    risk: list[tuple[str, bool, str, float]] = field(default_factory=list)  # (coid, allowed, reason, qty)
+    fills: list[Fill] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (coid, broker error reason)
+    latency_ns: int | None = None  # tick (ts_recv of the closing trade) to decision done
+
+
+def book_top(book: Any) -> tuple[BookTop | None, bool]:
+    """``(BookTop or None, stale)`` from an OrderBook, a ``(bids, asks)`` pair, or None (no book: not stale)."""
+    if book is None:
+        return None, False
+    if hasattr(book, "best_bid"):
+        if not book.is_tradeable:
+            return None, True
+        b, a = book.best_bid(), book.best_ask()
+        if b is None or a is None:
+            return None, True
+        return BookTop(b[0], a[0]), False
+    bids, asks = book
+    if not bids or not asks:
+        return None, True
+    return BookTop(bids[0][0], asks[0][0]), False
+
+
+def history_bars_needed(timeframes: Sequence[str], extra_bars: int = 0) -> int:
+    """1m bars of history that warm features (+ ``extra_bars``, e.g. the LSTM's seq_len) on every timeframe."""
+    from engines.features import FEATURE_SCHEMA
+    longest = max(timeframe_ns(tf) for tf in timeframes) // _M
+    return (FEATURE_SCHEMA.warmup + 2 + extra_bars) * longest + longest
+
+
+class MinuteAggregator:
+    """Higher-timeframe bars from closed 1m bars, with BarBuilder's rules (and engines.data.resample's numbers):
+    open = first, high = max, low = min, close = last, sums added in time order. A bar is emitted when its last
+    minute arrives (or when a minute of a later period shows it ended)."""
+
+    def __init__(self, symbol: str, timeframes: Sequence[str]) -> None:
+        self.symbol = symbol
+        self.tfs = [(tf, timeframe_ns(tf)) for tf in sorted(set(timeframes), key=timeframe_ns) if tf != "1m"]
+        self._acc: dict[str, list] = {}
+        self.last = -1  # open time of the latest 1m bar folded in
+
+    def add(self, bar: Bar) -> list[Bar]:
+        """Fold one 1m bar in; the 1m bar itself (when '1m' was asked for) is NOT returned."""
+        if bar.open_ns <= self.last:
+            raise ValueError(f"1m bar at {bar.open_ns} not after {self.last}")
+        self.last = bar.open_ns
+        out: list[Bar] = []
+        for tf, tf_ns in self.tfs:
+            start = bar.open_ns - bar.open_ns % tf_ns
+            a = self._acc.get(tf)
+            if a is not None and a[0] != start:
+                out.append(self._emit(tf, a))
+                a = None
+            if a is None:
+                self._acc[tf] = [start, bar.open, bar.high, bar.low, bar.close, bar.volume, bar.quote_volume,
+                                 bar.trades, bar.taker_buy_volume]
+            else:
+                if bar.high > a[2]:
+                    a[2] = bar.high
+                if bar.low < a[3]:
+                    a[3] = bar.low
+                a[4] = bar.close
+                a[5] += bar.volume
+                a[6] += bar.quote_volume
+                a[7] += bar.trades
+                a[8] += bar.taker_buy_volume
+            if bar.open_ns + _M == start + tf_ns:
+                out.append(self._emit(tf, self._acc.pop(tf)))
+        out.sort(key=lambda b: b.open_ns + timeframe_ns(b.timeframe))
+        return out
+
+    def _emit(self, tf: str, a: list) -> Bar:
+        return Bar(self.symbol, tf, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8])
+
+
+class _SymState:
+    __slots__ = ("builder", "agg", "features", "last_open", "mark")
+
+    def __init__(self, symbol: str, timeframes: Sequence[str], cfg: Any) -> None:
+        from engines.features import IncrementalFeatures
+        self.builder = BarBuilder(symbol, timeframes, cfg.bars)
+        self.agg = MinuteAggregator(symbol, timeframes)
+        self.features = {tf: IncrementalFeatures(tf) for tf in timeframes}
+        self.last_open: dict[str, int] = {}
+        self.mark = math.nan
+
+
+class TradingPipeline:
+    """See the module docstring. ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
+    predictions (the optimizer then makes no entry on it). ``books``: the live books by symbol (the feed's),
+    used when an event comes without one. ``bar_sink``: where closed bars go (default ``store.write_bars``)."""
+
+    def __init__(self, cfg: Any, symbols: Sequence[str], engine_sets: Mapping[str, EngineSetLike], optimizer: Any,
+                 risk: Any, broker: Any, store: Any = None, metrics: Any = None,
+                 clock: Callable[[], int] = time.time_ns, *, books: Mapping[str, Any] | None = None,
+                 bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = None,
+                 timeframes: Sequence[str] | None = None) -> None:
+        self.cfg = cfg
+        self.symbols = tuple(symbols)
+        self.timeframes = tuple(timeframes or cfg.general.timeframes)
+        self.engine_sets = dict(engine_sets)
+        self.optimizer = optimizer
+        self.risk = risk
+        self.broker = broker
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.books: Mapping[str, Any] = books if books is not None else {}
+        if bar_sink is None and store is not None:
+            bar_sink = store.write_bars
+        self.bar_sink = bar_sink
+        self.prefix = cfg.optimizer.client_id_prefix
+        self._sym = {s: _SymState(s, self.timeframes, cfg) for s in self.symbols}
+        self.decisions: deque[Decision] = deque(maxlen=keep)
+        self.counters: Counter[str] = Counter()
+        self.latencies_ns: deque[int] = deque(maxlen=100_000)
+        self.book_states: dict[str, str] = {}
+        self.last_ts = 0
+        self._store_ns: deque[int] = deque(maxlen=1000)
+
+    # ------------------------------------------------------------------------------------------ accessors
+    def builder(self, symbol: str) -> BarBuilder:
+        return self._sym[symbol].builder
+
+    def features(self, symbol: str, tf: str):
+        return self._sym[symbol].features[tf]
+
+    def marks(self) -> dict[str, float]:
+        out = {}
+        pf = self.broker.portfolio
+        for s, st in self._sym.items():
+            m = st.mark
+            if not (m > 0):  # no price seen yet: value an existing position at its entry price
+                p = pf.positions.get(s)
+                m = p.avg_price if p is not None and p.avg_price > 0 else math.nan
+            if m > 0:
+                out[s] = m
+        return out
+
+    def account(self) -> AccountState:
+        pf = self.broker.portfolio
+        marks = self.marks()
+        try:
+            equity = pf.mark(marks)[0]
+        except ValueError:
+            equity = math.nan
+        return AccountState(equity, pf.positions, marks)
+
+    # ------------------------------------------------------------------------------------------ priming
+    def prime(self, symbol: str, bars_1m: Iterable[Bar]) -> int:
+        """Warm the feature state (and the engines' sequence buffers via ``observe``) from history 1m bars,
+        without predicting or trading. Returns the number of rows produced. Call before live events."""
+        st = self._sym[symbol]
+        n = 0
+        for b in bars_1m:
+            if b.open_ns <= st.agg.last:
+                continue
+            st.mark = b.close
+            closed = ([b] if "1m" in self.timeframes else []) + st.agg.add(b)
+            for bar in closed:
+                if bar.open_ns <= st.last_open.get(bar.timeframe, -1):
+                    continue
+                st.last_open[bar.timeframe] = bar.open_ns
+                if bar.timeframe not in st.features:
+                    continue
+                row = st.features[bar.timeframe].update(bar)
+                es = self.engine_sets.get(bar.timeframe)
+                if row is not None:
+                    n += 1
+                    obs = getattr(es, "observe", None)
+                    if obs is not None:
+                        obs(row, symbol)
+        self.counters["primed_rows"] += n
+        return n
+
+    # ------------------------------------------------------------------------------------------ events
+    def on_event(self, ev: Any, book: Any = None) -> list[Decision]:
+        """Dispatch a feed event (Trade, DepthUpdate/DepthSnapshot, BookStatus; others ignored)."""
+        name = type(ev).__name__
+        if name == "Trade":
+            return self.on_trade(ev, book)
+        if name in ("DepthUpdate", "DepthSnapshot"):
+            self.on_depth(ev.symbol, book if book is not None else self.books.get(ev.symbol), ev.ts_recv)
+        elif name == "BookStatus":
+            self.on_book_status(ev)
+        return []
+
+    def on_trade(self, trade: Trade, book: Any = None) -> list[Decision]:
+        """A venue trade: close bars (decide on each), then resting orders and stop/TP checks."""
+        sym = trade.symbol
+        st = self._sym.get(sym)
+        if st is None:
+            self.counters["unknown_symbol"] += 1
+            return []
+        if book is None:
+            book = self.books.get(sym)
+        ts = trade.ts_recv
+        self.last_ts = max(self.last_ts, ts)
+        out: list[Decision] = []
+        closed = st.builder.on_trade(trade)
+        for bar in closed:
+            d = self._on_closed_bar(bar, book, ts)
+            if d is not None:
+                out.append(d)
+        if trade.price > 0 and math.isfinite(trade.price):
+            st.mark = trade.price
+        if out:
+            lat = self.clock() - trade.ts_recv
+            for d in out:
+                d.latency_ns = lat
+            self.latencies_ns.append(lat)
+            if self.metrics is not None:
+                self.metrics.tick_to_decision.observe(lat / 1e9)
+        self._broker_trade(trade, book)
+        top, stale = book_top(book)
+        acct = self.account()
+        intents = self.optimizer.on_price(sym, trade.price, acct, ts, book_stale=stale)
+        if intents:
+            d = Decision(sym, "", 0, trade.price, ts, {}, None, None, stale)
+            self._execute(intents, acct, book, ts, d)
+            self.decisions.append(d)
+            out.append(d)
+        return out
+
+    def on_bar(self, bar_1m: Bar, book: Any = None) -> list[Decision]:
+        """A closed 1m bar (klines-driven runs): decide on it and on every higher bar it completes.
+        ``ts`` for the cores is the bar's close time."""
+        if bar_1m.timeframe != "1m":
+            raise ValueError(f"on_bar takes 1m bars, got {bar_1m.timeframe}")
+        sym = bar_1m.symbol
+        st = self._sym.get(sym)
+        if st is None:
+            self.counters["unknown_symbol"] += 1
+            return []
+        if book is None:
+            book = self.books.get(sym)
+        ts = bar_1m.open_ns + _M
+        self.last_ts = max(self.last_ts, ts)
+        if bar_1m.open_ns <= st.agg.last:
+            self.counters["old_bar"] += 1
+            return []
+        closed = ([bar_1m] if "1m" in self.timeframes else []) + st.agg.add(bar_1m)
+        out = []
+        for bar in closed:
+            d = self._on_closed_bar(bar, book, ts)
+            if d is not None:
+                out.append(d)
+        st.mark = bar_1m.close
+        return out
+
+    def on_time(self, ts: int) -> list[Decision]:
+        """Local clock tick (pass ``now - venue latency``): closes bars of quiet periods and decides on them."""
+        out = []
+        for sym, st in self._sym.items():
+            for bar in st.builder.on_time(ts):
+                d = self._on_closed_bar(bar, self.books.get(sym), ts)
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def on_depth(self, symbol: str, book: Any, ts: int) -> None:
+        """A book change: lets latency-delayed / resting paper orders meet the book (only when there are any)."""
+        if book is None or not self.broker.open_orders():
+            return
+        for ex in self.broker.on_book(symbol, book, ts):
+            self._after_execution(ex, None)
+
+    def on_book_status(self, status: Any) -> None:
+        prev = self.book_states.get(status.symbol)
+        self.book_states[status.symbol] = status.state
+        if prev != status.state:
+            self.counters[f"book_{str(status.state).lower()}"] += 1
+            log.info("book_status", symbol=status.symbol, state=status.state, reason=status.reason)
+
+    # ------------------------------------------------------------------------------------------ control
+    def halt(self, reason: str, ts: int | None = None) -> None:
+        self.risk.halt(reason, ts if ts is not None else self.last_ts)
+
+    def resume(self, ts: int | None = None) -> None:
+        self.risk.resume(ts if ts is not None else self.last_ts)
+
+    def flatten(self, ts: int | None = None) -> Decision:
+        """Close every open position now (reduce-only market orders on the live books)."""
+        ts = ts if ts is not None else self.last_ts
+        acct = self.account()
+        intents = self.risk.flatten_intents(self.broker.portfolio.positions, ts, prefix=self.prefix)
+        d = Decision("*", "", 0, math.nan, ts, {}, None, None, False)
+        for it in intents:
+            self._execute([it], acct, self.books.get(it.symbol), ts, d)
+        self.decisions.append(d)
+        return d
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _on_closed_bar(self, bar: Bar, book: Any, ts: int) -> Decision | None:
+        st = self._sym[bar.symbol]
+        tf = bar.timeframe
+        if bar.open_ns <= st.last_open.get(tf, -1):  # already seen (history overlap at start-up)
+            self.counters["bar_overlap"] += 1
+            return None
+        st.last_open[tf] = bar.open_ns
+        self.counters["bars"] += 1
+        m = self.metrics
+        if m is not None:
+            m.bars.labels(bar.symbol, tf).inc()
+        if self.bar_sink is not None:
+            t0 = time.perf_counter_ns()
+            try:
+                self.bar_sink([bar])
+            except Exception as e:  # noqa: BLE001 - losing a stored bar must not stop trading; counted
+                self.counters["bar_store_errors"] += 1
+                log.error("bar_store_failed", error=str(e), symbol=bar.symbol, timeframe=tf)
+            self._store_ns.append(time.perf_counter_ns() - t0)
+        feats = st.features.get(tf)
+        row = feats.update(bar) if feats is not None else None
+        atr = feats.atr if feats is not None else None
+        preds: dict[str, float] = {}
+        es = self.engine_sets.get(tf)
+        if row is not None and es is not None:
+            try:
+                preds = dict(es.predict(row, bar.symbol))
+            except Exception as e:  # noqa: BLE001 - a model failure is a counted no-trade, never a crash
+                self.counters["predict_errors"] += 1
+                log.error("predict_failed", timeframe=tf, error=f"{type(e).__name__}: {e}")
+                preds = {}
+            for k in preds:
+                self.counters[f"predictions.{k}"] += 1
+                if m is not None:
+                    m.predictions.labels(tf, k).inc()
+        top, stale = book_top(book)
+        acct = self.account()
+        sig = None
+        if atr is not None and atr > 0:
+            spread = top.spread / top.mid if top is not None and top.valid else \
+                self.optimizer.cfg.assumed_spread_bps * 1e-4
+            sig = self.optimizer.combine_signal(preds, atr=atr, price=bar.close, spread=spread)
+        d = Decision(bar.symbol, tf, bar.open_ns, bar.close, ts, preds, atr, sig, stale)
+        if stale:
+            self.counters["stale_book_bars"] += 1
+        intents = self.optimizer.on_bar_close(bar.symbol, tf, bar, preds, atr if atr is not None else math.nan,
+                                              top, acct, ts, book_stale=stale)
+        if math.isfinite(acct.equity):
+            self.risk.update_account(acct, ts)  # daily-loss state moves on every bar, not only on orders
+        if self.risk.flatten_required and any(p.qty for p in self.broker.portfolio.positions.values()):
+            intents = list(intents) + [i for i in self.risk.flatten_intents(
+                self.broker.portfolio.positions, ts, prefix=self.prefix)
+                if not any(j.symbol == i.symbol and j.reduce_only for j in intents)]
+        if intents:
+            self._execute(intents, acct, book, ts, d)
+        self.decisions.append(d)
+        self.counters["decisions"] += 1
+        return d
+
+    def _execute(self, intents: Sequence[OrderIntent], acct: AccountState, book: Any, ts: int,
+                 d: Decision) -> None:
+        from daemon.matching import OrderError
+        m = self.metrics
+        for intent in intents:
+            d.intents.append(intent)
+            self.counters["intents"] += 1
+            acct = self.account()
+            dec = self.risk.check(intent, acct, ts)
+            d.risk.append((intent.client_order_id, dec.allowed, dec.reason, dec.adjusted_qty))
+            if not dec.allowed:
+                self.counters[f"risk_rejected.{dec.reason}"] += 1
+                if m is not None:
+                    m.rejections.labels(f"risk_{dec.reason}").inc()
+                self.optimizer.on_order_done(intent.client_order_id, False)
+                continue
+            if dec.adjusted_qty != intent.qty:
+                intent = msgspec.structs.replace(intent, qty=dec.adjusted_qty)
+            if book is None:
+                book = self.books.get(intent.symbol)
+            try:
+                ex = self.broker.submit(intent, book, ts)
+            except OrderError as e:
+                self.counters[f"broker_rejected.{e.reason}"] += 1
+                d.errors.append((intent.client_order_id, e.reason))
+                if m is not None:
+                    m.rejections.labels(f"broker_{e.reason}").inc()
+                log.warning("order_rejected", coid=intent.client_order_id, reason=e.reason, error=str(e))
+                self.optimizer.on_order_done(intent.client_order_id, False)
+                continue
+            self.counters["orders"] += 1
+            if m is not None:
+                m.orders.labels(intent.symbol, "BUY" if int(intent.side) > 0 else "SELL", intent.reason).inc()
+            self._after_execution(ex, d)
+
+    def _after_execution(self, ex: Any, d: Decision | None) -> None:
+        m = self.metrics
+        for f in ex.fills:
+            self.counters["fills"] += 1
+            if m is not None:
+                m.fills.labels(f.symbol, "BUY" if int(f.side) > 0 else "SELL").inc()
+            if d is not None:
+                d.fills.append(f)
+            self.optimizer.on_fill(f)
+        if not ex.order.is_open:
+            self.optimizer.on_order_done(ex.order.client_order_id, ex.order.filled_qty > 0)
+
+    def _broker_trade(self, trade: Trade, book: Any) -> None:
+        try:
+            execs = self.broker.on_trade(trade, book)
+        except Exception as e:
+            from daemon.matching import OrderError
+            if not isinstance(e, OrderError):
+                raise
+            self.counters[f"broker_rejected.{e.reason}"] += 1
+            return
+        for ex in execs:
+            self._after_execution(ex, None)
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def latency_summary(self) -> dict[str, float | int]:
+        """Tick-to-decision p50/p99/max in microseconds over the kept samples."""
+        if not self.latencies_ns:
+            return {"n": 0}
+        a = np.asarray(self.latencies_ns, dtype=np.float64) / 1e3
+        return {"n": int(a.size), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "max_us": float(a.max())}
+
+    def store_write_summary(self) -> dict[str, float | int]:
+        if not self._store_ns:
+            return {"n": 0}
+        a = np.asarray(self._store_ns, dtype=np.float64) / 1e6
+        return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "max_ms": float(a.max())}

@@ -1,0 +1,179 @@
+"""TradingPipeline over real data: real BTCUSDT klines (klines-driven, as the backtest drives it) and the real
+websocket recording (trade-driven, as the daemon drives it), with deterministic fake engine sets (functions of
+the feature row), the real optimizer, risk manager, paper broker and SQLite store."""
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from daemon.binance import SymbolFilters, decode_frame
+from daemon.book import OrderBook
+from daemon.broker import PaperBroker
+from daemon.config import Config, replace
+from daemon.events import DepthSnapshot, DepthUpdate, Trade
+from daemon.pipeline import MinuteAggregator, TradingPipeline
+from daemon.recording import iter_recording
+from daemon.store import SQLiteStore
+from engines.data import klines_to_bars, load_klines_csv, resample
+from engines.features import FEATURE_SCHEMA, batch_features
+from strategies.optimizer import DollarProfitOptimizer
+from strategies.risk import RiskManager
+
+SYM = "BTCUSDT"
+FILTERS = {SYM: SymbolFilters(SYM, 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
+I_RET3 = FEATURE_SCHEMA.names.index("ret_3")
+
+
+def p_of(row: np.ndarray) -> float:
+    """The fake model: momentum over 3 bars squashed to (0, 1) (strong enough to clear costs)."""
+    return 1.0 / (1.0 + math.exp(-800.0 * float(row[I_RET3])))
+
+
+class FakeEngines:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.observed = 0
+
+    def predict(self, row, symbol):
+        self.calls += 1
+        return {"xgboost": p_of(row)}
+
+    def observe(self, row, symbol):
+        self.observed += 1
+
+
+class StaleBook:
+    is_tradeable = False
+
+    def best_bid(self):
+        return None
+
+    def best_ask(self):
+        return None
+
+    def depth(self, n):
+        return [], []
+
+
+def synthetic_book(close: float):
+    """A tight two-sided book around the close (klines carry no book)."""
+    bid = round(close * (1 - 0.00005), 2)
+    ask = round(close * (1 + 0.00005), 2)
+    return [(bid, 5.0), (round(bid - 1, 2), 50.0)], [(ask, 5.0), (round(ask + 1, 2), 50.0)]
+
+
+def make_pipeline(tmp_path, timeframes=("5m", "15m"), clock=None):
+    cfg = replace(Config(), general={"timeframes": timeframes, "data_dir": str(tmp_path)},
+                  broker={"taker_fee": 0.0001, "maker_fee": 0.0001})
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    broker = PaperBroker(cfg.broker, store, symbols=(SYM,), filters=FILTERS)
+    opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=FILTERS, fee_rate=cfg.broker.taker_fee,
+                                timeframes=timeframes, starting_equity=cfg.broker.starting_cash)
+    risk = RiskManager(cfg.risk, FILTERS)
+    engines = {tf: FakeEngines() for tf in timeframes}
+    kw = {"clock": clock} if clock else {}
+    pipe = TradingPipeline(cfg, [SYM], engines, opt, risk, broker, store=store, **kw)
+    return pipe, engines, store
+
+
+@pytest.fixture(scope="module")
+def klines(btc_klines_path):
+    return load_klines_csv(btc_klines_path, symbol=SYM)[: 4 * 1440]
+
+
+def test_aggregator_equals_resample(klines):
+    k = klines[: 2 * 1440 + 7]  # ends mid-period: the incomplete bar is not emitted
+    agg = MinuteAggregator(SYM, ["1m", "5m", "15m", "1h"])
+    got: dict[str, list] = {"5m": [], "15m": [], "1h": []}
+    for b in klines_to_bars(k):
+        for hb in agg.add(b):
+            got[hb.timeframe].append(hb)
+    for tf, bars in got.items():
+        r = resample(k, tf)
+        assert len(bars) == len(r)
+        assert [b.open_ns for b in bars] == r.open_ns.tolist()
+        for col in ("open", "high", "low", "close", "volume"):
+            assert [getattr(b, col) for b in bars] == getattr(r, col).tolist(), (tf, col)
+
+
+def test_klines_driven_decisions_orders_and_store(tmp_path, klines):
+    pipe, engines, store = make_pipeline(tmp_path)
+    bars = klines_to_bars(klines)
+    primed = pipe.prime(SYM, bars[:1440])
+    assert primed > 0 and engines["5m"].observed > 0
+    for b in bars[1440:]:
+        pipe.on_bar(b, synthetic_book(b.close))
+    decisions = [d for d in pipe.decisions if d.timeframe]
+    by_tf = {tf: [d for d in decisions if d.timeframe == tf] for tf in ("5m", "15m")}
+    assert len(by_tf["5m"]) == 3 * 1440 // 5 and len(by_tf["15m"]) == 3 * 1440 // 15
+    # predictions are exactly the fake model of the batch features of the same bar (incremental == batch)
+    k15 = resample(klines, "15m")
+    X = batch_features(k15, "15m")
+    idx = {int(t): i for i, t in enumerate(k15.open_ns)}
+    for d in by_tf["15m"][:50] + by_tf["15m"][-50:]:
+        assert d.predictions["xgboost"] == p_of(X[idx[d.bar_open_ns]])
+        assert d.atr is not None and d.signal is not None
+    # the optimizer traded, risk checked every intent, fills reached the portfolio and the store
+    intents = [i for d in pipe.decisions for i in d.intents]
+    fills = [f for d in pipe.decisions for f in d.fills]
+    assert intents and fills, pipe.counters
+    assert len([r for d in pipe.decisions for r in d.risk]) == len(intents)
+    assert pipe.counters["orders"] > 0 and pipe.counters["fills"] == len(fills)
+    assert {f.fill_id for f in store.fills()} == {f.fill_id for f in fills}
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    signed = db.execute("SELECT COALESCE(SUM(side * qty), 0) FROM fills WHERE symbol=?", (SYM,)).fetchone()[0]
+    assert pipe.broker.portfolio.qty(SYM) == pytest.approx(signed, abs=1e-9)
+    # bars reached the store for the retrainer (each timeframe)
+    n15 = db.execute("SELECT COUNT(*) FROM bars WHERE timeframe='15m'").fetchone()[0]
+    assert n15 == len(by_tf["15m"])
+    assert pipe.counters["stale_book_bars"] == 0
+
+
+def test_stale_book_means_no_orders(tmp_path, klines):
+    pipe, engines, store = make_pipeline(tmp_path)
+    bars = klines_to_bars(klines)
+    pipe.prime(SYM, bars[:1440])
+    stale = StaleBook()
+    for b in bars[1440:1440 * 2]:
+        pipe.on_bar(b, stale)
+    decisions = [d for d in pipe.decisions if d.timeframe]
+    assert decisions and all(d.book_stale for d in decisions)
+    assert any(d.predictions for d in decisions)  # it still predicted; it refused to trade
+    assert pipe.counters["stale_book_bars"] == len(decisions)
+    assert pipe.counters["orders"] == 0 and not store.fills()
+    assert pipe.optimizer.counters["stale_book"] > 0
+
+
+def test_trade_driven_on_real_recording(tmp_path, binance_recording):
+    """Trades + depth from the real recording through OrderBook and the pipeline; latency with an injected
+    clock is exactly what the clock says; 1m bars close, reach the store, and no order is made without
+    predictions (features are still warming up: 11 minutes < 48 bars)."""
+    now = {"t": 0}
+    pipe, engines, store = make_pipeline(tmp_path, timeframes=("1m", "5m"), clock=lambda: now["t"])
+    book = OrderBook(SYM)
+    n_trades = 0
+    for recv_ns, raw in iter_recording(binance_recording):
+        ev = decode_frame(raw, recv_ns)
+        if isinstance(ev, DepthSnapshot):
+            book.on_snapshot(DepthSnapshot(SYM, ev.last_update_id, ev.bids, ev.asks, ev.ts_recv))
+        elif isinstance(ev, DepthUpdate):
+            book.on_update(ev)
+            pipe.on_depth(SYM, book, ev.ts_recv)
+        elif isinstance(ev, Trade):
+            n_trades += 1
+            now["t"] = ev.ts_recv + 12_345
+            pipe.on_trade(ev, book)
+    assert n_trades == 19_904
+    d1 = [d for d in pipe.decisions if d.timeframe == "1m"]
+    assert 9 <= len(d1) <= 11
+    assert all(d.latency_ns == 12_345 for d in d1)
+    assert pipe.latency_summary()["p50_us"] == pytest.approx(12.345)
+    assert all(d.predictions == {} for d in d1) and engines["1m"].calls == 0
+    assert pipe.counters["orders"] == 0
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM bars WHERE timeframe='1m'").fetchone()[0] == len(d1)
+    # bars equal the builder's: volumes add up to the traded quantity of closed minutes
+    assert sum(d.close > 0 for d in d1) == len(d1)
