@@ -1,0 +1,219 @@
+"""Background retraining: a separate, lower-priority process that trains challengers and gates them.
+
+The daemon never trains on its loop. :class:`RetrainManager` starts ``python -m daemon.retrain`` as a child
+process (nice'd, with BLAS/OpenMP/torch threads capped), waits for it with a timeout (a hung run is killed), and
+reads one JSON line of results. The child:
+
+1. reads recent 1m bars from the store (read-only SQLite connection while the daemon writes; WAL allows it),
+   topped up with the venue's klines history when the store is still young;
+2. for each timeframe trains a challenger on everything before the most recent held-out window
+   (engines.train: the same code as `tradingd train`);
+3. evaluates the challenger AND the current model on that same held-out window by dollar P&L after fees;
+4. publishes the challenger and moves the ``current`` pointer only if it made more money than the current one
+   (or when no current model exists). The daemon notices the new current version, loads and warms it off-loop
+   and swaps it atomically.
+
+A crashed or hung retrain only produces a failed outcome in metrics and logs; trading goes on.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import structlog
+
+log = structlog.get_logger(__name__)
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+# ------------------------------------------------------------------------------------------ child process
+def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | None:
+    """Dollar P&L of the registry's current models on the held-out rows (None if there is no current)."""
+    from engines.lstm_model import LSTMModel, make_sequences
+    from engines.xgb_model import XGBoostModel, dollar_pnl
+    out = {}
+    fee = spec.cost / 2
+    xdir, ldir = registry.current(tf, "xgboost"), registry.current(tf, "lstm")
+    if xdir is None or ldir is None:
+        return None
+    xgb = XGBoostModel.load(xdir)
+    out["xgboost"] = dollar_pnl(xgb.predict(ds.X[test_rows]), ds.fwd[test_rows],
+                                position_size=spec.position_size, fee=fee)["pnl_usd"]
+    lstm = LSTMModel.load(ldir)
+    seqs, end = make_sequences(ds.X, lstm.config.seq_len)
+    keep = np.isin(end, test_rows)
+    out["lstm"] = dollar_pnl(lstm.predict(seqs[keep]), ds.fwd[end[keep]], position_size=spec.position_size,
+                             fee=fee)["pnl_usd"]
+    return out
+
+
+def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
+                  rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
+                  min_bars: int = 20_000) -> dict:
+    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
+    from engines.data import Klines
+    from engines.registry import ModelRegistry
+    from engines.train import (TrainSpec, _rows, build_dataset, load_training_data, split_bounds,
+                               train_and_publish)
+    k: Klines | None = None
+    if store_path and Path(store_path).exists():
+        try:
+            k = load_training_data(None, store=store_path, symbol=symbol)
+        except ValueError:
+            k = None
+    if (k is None or len(k) < min_bars) and rest_url:
+        k = load_training_data(None, symbol=symbol, rest_url=rest_url, days=history_days)
+    if k is None:
+        raise RuntimeError("no training data: store empty and no venue URL")
+    reg = ModelRegistry(registry_root)
+    results = {}
+    for tf in timeframes:
+        spec = TrainSpec(tf, **(spec_overrides or {}))
+        t0 = time.perf_counter()
+        ds = build_dataset(k, spec)
+        a, b = split_bounds(len(ds.y), spec)
+        te = _rows(ds.y, b, len(ds.y))
+        try:
+            current = _current_pnl(ds, spec, reg, tf, te)
+        except Exception as e:  # noqa: BLE001 - a broken current model must not block a challenger
+            log.warning("current model could not be evaluated", timeframe=tf, error=str(e))
+            current = None
+        outcome, refs = train_and_publish(k, spec, reg, make_current=False)
+        challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
+        decision = {}
+        for kind in ("xgboost", "lstm"):
+            better = current is None or challenger[kind] > current[kind]
+            if better:
+                reg.set_current(tf, kind, refs[kind].version)
+            decision[kind] = {"challenger_pnl": challenger[kind],
+                              "current_pnl": None if current is None else current[kind],
+                              "promoted": better, "version": refs[kind].version}
+        results[tf] = {"decision": decision, "seconds": time.perf_counter() - t0,
+                       "window": outcome.data_window}
+    return results
+
+
+def _limit_threads(threads: int) -> None:
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m daemon.retrain")
+    p.add_argument("--store")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--timeframes", required=True)
+    p.add_argument("--rest-url")
+    p.add_argument("--history-days", type=float, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
+    p.add_argument("--min-bars", type=int, default=20_000)
+    a = p.parse_args(argv)
+    _limit_threads(a.threads)
+    try:
+        import torch
+        torch.set_num_threads(a.threads)
+    except ImportError:
+        pass
+    from daemon.logs import configure
+    configure("info", json=True)
+    spec = orjson.loads(a.spec)
+    spec.setdefault("threads", a.threads)
+    res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
+                        history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars)
+    sys.stdout.write(orjson.dumps({"ok": True, "results": res}).decode() + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ daemon side
+@dataclass
+class RetrainOutcome:
+    ok: bool
+    seconds: float
+    results: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class RetrainManager:
+    """Runs retraining cycles in a child process; one at a time; never raises into the caller's loop."""
+
+    registry: str
+    symbol: str
+    timeframes: list[str]
+    store: str | None = None
+    rest_url: str | None = None
+    history_days: float = 30
+    nice: int = 10
+    threads: int = 1
+    timeout_s: float = 3600
+    spec_overrides: dict = field(default_factory=dict)
+    min_bars: int = 20_000
+    running: bool = False
+    runs: int = 0
+    last: RetrainOutcome | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "daemon.retrain", "--registry", self.registry, "--symbol", self.symbol,
+               "--timeframes", ",".join(self.timeframes), "--threads", str(self.threads),
+               "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
+               "--min-bars", str(self.min_bars)]
+        if self.store:
+            cmd += ["--store", self.store]
+        if self.rest_url:
+            cmd += ["--rest-url", self.rest_url]
+        return cmd
+
+    async def run_once(self) -> RetrainOutcome:
+        if self.running:
+            return RetrainOutcome(False, 0.0, error="a retrain is already running")
+        self.running = True
+        self.runs += 1
+        t0 = time.monotonic()
+        env = dict(os.environ)
+        for var in THREAD_VARS:
+            env[var] = str(self.threads)
+        nice = self.nice
+
+        def lower_priority() -> None:  # runs in the child before exec
+            os.nice(nice)
+
+        proc = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                preexec_fn=lower_priority if nice else None)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
+            secs = time.monotonic() - t0
+            if proc.returncode != 0:
+                tail = err.decode(errors="replace")[-2000:]
+                outcome = RetrainOutcome(False, secs, error=f"exit {proc.returncode}: {tail}")
+            else:
+                line = out.decode().strip().splitlines()[-1]
+                outcome = RetrainOutcome(True, secs, orjson.loads(line)["results"])
+        except asyncio.TimeoutError:
+            if proc is not None:
+                proc.kill()
+                await proc.wait()
+            outcome = RetrainOutcome(False, time.monotonic() - t0, error=f"timed out after {self.timeout_s}s")
+        except Exception as e:  # noqa: BLE001 - report, never raise into trading
+            outcome = RetrainOutcome(False, time.monotonic() - t0, error=f"{type(e).__name__}: {e}")
+        finally:
+            self.running = False
+        self.last = outcome
+        (log.info if outcome.ok else log.error)("retrain finished", ok=outcome.ok, seconds=round(outcome.seconds, 1),
+                                                error=outcome.error[-300:] or None)
+        return outcome
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
