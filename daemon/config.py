@@ -132,6 +132,13 @@ class EnginesConfig:
     tensorrt_max_batch: int = opt(256, "Largest batch in the TensorRT optimisation profile (bigger is chunked).",
                                   ge=1, le=65536)
     tensorrt_workspace_mb: int = opt(1024, "TensorRT builder workspace memory pool limit (MiB).", ge=16)
+    first_run_history_days: float = opt(30.0, "First run (remote venue): days of 1m klines fetched to train on "
+                                        "(simulate uses simulator.history_days).", gt=0, le=1000)
+    first_run_xgb_rounds: int = opt(300, "First-run training: XGBoost boosting rounds (small: start-up speed).",
+                                    ge=1, le=100000)
+    first_run_lstm_epochs: int = opt(2, "First-run training: LSTM epochs.", ge=1, le=1000)
+    first_run_lstm_hidden: int = opt(16, "First-run training: LSTM hidden units.", ge=1, le=4096)
+    first_run_threads: int = opt(0, "First-run training threads (0 = the libraries' default).", ge=0, le=256)
 
 
 @dataclass(frozen=True)
