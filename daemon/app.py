@@ -1,0 +1,592 @@
+"""``tradingd run --config config.toml``: wire the venue, feed, pipeline, broker, store, models and HTTP together.
+
+Start-up, in order (start-up and crash recovery are one path):
+
+1. config (a bad file or value: message naming the key, exit 2) -> logging (daemon.logs) -> sd_notify watchdog
+   pings start at once (training may take a while; the loop stays free);
+2. store (SQLite, WAL; recovery happens in the PaperBroker, which re-derives the account from the fills);
+3. venue: ``simulate``/``replay`` start the local Binance-format venue in-process on loopback
+   (SimulatorSource / ReplaySource over ``venue.recording``: a file or a directory of .gz files), ``remote`` uses
+   ``venue.ws_url``/``venue.rest_url``; exchange filters come from the venue's exchangeInfo;
+4. models: a registry without current models and ``engines.train_on_first_run`` -> 1m klines history from the
+   venue's REST klines (simulate: ``simulator.history_days``, remote: ``engines.first_run_history_days``) and a
+   SMALL TrainSpec (``engines.first_run_*``) trained in a worker thread with progress lines on stdout; then every
+   timeframe's engines are loaded (schema-checked), backends chosen, and warmed (daemon.engineset);
+5. the pipeline's feature state is primed from recent klines history (so predictions start at the first live
+   bar instead of after 48 bars), those 1m bars also go to the store for the retrainer;
+6. feed (BinanceFeed; events go INLINE to the pipeline, so every decision sees exactly the book after the event
+   that closed the bar: the socket's receive buffer is the only queue), HTTP (/metrics, /healthz, /readyz,
+   /status, bearer-token /control/{halt,resume,flatten}), then READY=1 and a line on stdout with the URL.
+
+Tasks are owned by a :class:`daemon.supervisor.Supervisor`: ``feed`` restarts with backoff; ``bar-clock``
+(closes bars of quiet minutes from the wall clock), ``collector`` (copies core counters into Prometheus metrics
+every second), ``loop-lag`` and ``watchdog`` are fatal when they die, and so is an exception from the pipeline.
+
+Store writes happen ON the loop, synchronously: the paper broker commits each execution with fsync (~ms) and
+each closed bar is one small transaction. They are rare (one bar per timeframe per period, orders only on
+signals), and SQLite connections are bound to their thread, so the broker's store cannot simply move to an
+executor; the cost is measured instead (/status ``pipeline.store_write`` and ``broker_submit``, and the loop-lag
+histogram) — a choice to revisit if order rates grow.
+
+Shutdown: the first SIGTERM/SIGINT halts new entries (risk halt), stops the feed, lets the current event finish,
+closes HTTP/venue/store and exits 0 within ``SHUTDOWN_S``; a second signal exits at once with 1.
+
+Exit codes: 0 clean stop; 1 fatal runtime error (a core task died; systemd restarts); 2 bad configuration;
+3 start-up failure (store unusable, no/broken models, venue unreachable, training failed) — the unit's
+``RestartPreventExitStatus=2 3`` keeps systemd from restart-looping on what needs a human.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+SHUTDOWN_S = 15.0
+BAR_CLOCK_LAG_NS = 2_000_000_000  # on_time(now - 2 s): trades stamped just before a boundary are not late
+
+
+class StartupError(Exception):
+    """Start-up cannot complete; the message says what a human must fix (exit 3)."""
+
+
+def say(msg: str) -> None:
+    """Progress for a human at the terminal (stdout; logs go to stderr)."""
+    print(f"tradingd: {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the daemon
+class Daemon:
+    def __init__(self, cfg: Any, *, env: dict[str, str] | None = None) -> None:
+        from daemon.metrics import Metrics
+        from daemon.sdnotify import Notifier
+        self.cfg = cfg
+        self.env = dict(os.environ if env is None else env)
+        self.metrics = Metrics()
+        self.notifier = Notifier(self.env)
+        self.stop_event: asyncio.Event | None = None
+        self.exit_code = EXIT_OK
+        self.fatal: str | None = None
+        self.signals = 0
+        self.started_ns = time.time_ns()
+        self.store = self.venue = self.feed = self.pipeline = self.broker = self.http = None
+        self.engine_sets: dict = {}
+        self.filters: dict = {}
+        self.supervisor = None
+        self.ws_url = self.rest_url = ""
+        self.timings: dict[str, float] = {}
+        self._copied: dict[tuple, float] = {}
+        self._bar_buf: list = []
+        self._bar_write_ns: deque[int] = deque(maxlen=1000)
+        self.bar_write_errors = 0
+
+    # -------------------------------------------------------------------------------------- lifecycle
+    async def run(self) -> int:
+        from daemon.supervisor import Supervisor, loop_lag_monitor
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.supervisor = Supervisor(on_fatal=self._on_fatal,
+                                     on_restart=lambda n: self.metrics.task_restarts.labels(n).inc())
+        sup = self.supervisor
+        sup.spawn("watchdog", self.notifier.watchdog_loop)
+        sup.spawn("loop-lag", lambda: loop_lag_monitor(self.metrics.loop_lag.observe))
+        try:
+            start = asyncio.ensure_future(self.start())
+            stop = asyncio.ensure_future(self.stop_event.wait())
+            await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # a signal during start-up: abandon it
+                start.cancel()
+                try:
+                    await start
+                except BaseException:  # noqa: BLE001 - cancelled start-up, whatever it was doing
+                    pass
+                say("stopped during start-up")
+            else:
+                start.result()  # raises StartupError
+                await stop
+        except StartupError as e:
+            log.error("startup_failed", error=str(e))
+            print(f"tradingd: start-up failed: {e}", file=sys.stderr, flush=True)
+            self.exit_code = EXIT_STARTUP
+        except Exception as e:  # noqa: BLE001 - anything else in start-up is a start-up failure too
+            log.exception("startup_failed", error=f"{type(e).__name__}: {e}")
+            print(f"tradingd: start-up failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            self.exit_code = EXIT_STARTUP
+        finally:
+            try:
+                await asyncio.wait_for(self.shutdown(), SHUTDOWN_S)
+            except asyncio.TimeoutError:
+                log.error("shutdown_timeout", seconds=SHUTDOWN_S)
+                if self.exit_code == EXIT_OK:
+                    self.exit_code = EXIT_FATAL
+        return self.exit_code
+
+    def _on_signal(self, sig: int) -> None:
+        self.signals += 1
+        if self.signals >= 2:
+            log.error("forced_exit", signal=signal.Signals(sig).name)
+            os._exit(EXIT_FATAL)
+        log.warning("stop_requested", signal=signal.Signals(sig).name)
+        self.notifier.stopping("draining")
+        assert self.stop_event is not None
+        self.stop_event.set()
+
+    def _on_fatal(self, name: str, exc: BaseException) -> None:
+        self.fatal = f"{name}: {type(exc).__name__}: {exc}"
+        log.error("fatal_task_failure", task=name, error=str(exc))
+        print(f"tradingd: fatal: {self.fatal}", file=sys.stderr, flush=True)
+        self.exit_code = EXIT_FATAL
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def shutdown(self) -> None:
+        """Stop entries, stop the feed, stop tasks, close everything. Safe at any start-up stage."""
+        t0 = time.perf_counter()
+        if self.pipeline is not None:
+            try:
+                self.pipeline.halt("shutdown")
+            except Exception as e:  # noqa: BLE001
+                log.warning("halt_failed", error=str(e))
+        if self.feed is not None:
+            self.feed.stop()
+        if self.supervisor is not None:
+            await self.supervisor.stop(timeout=5.0)
+        if self.http is not None:
+            await self.http.stop()
+        if self.venue is not None:
+            await self.venue.stop()
+        if self.store is not None:
+            self._flush_bars()
+            try:
+                self.store.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("store_close_failed", error=str(e))
+        self.notifier.close()
+        log.info("stopped", exit_code=self.exit_code, seconds=round(time.perf_counter() - t0, 3))
+
+    # -------------------------------------------------------------------------------------- start-up
+    async def start(self) -> None:
+        cfg = self.cfg
+        Path(cfg.general.data_dir).mkdir(parents=True, exist_ok=True)
+        self._status("opening store")
+        self._open_store()
+        self._status("starting venue")
+        await self._start_venue()
+        self.filters = await self._fetch_filters()
+        self._open_broker()
+        self._status("loading models")
+        history = await self._ensure_models()
+        t0 = time.perf_counter()
+        self.engine_sets = await asyncio.get_running_loop().run_in_executor(None, self._load_engines)
+        self.timings["engines_load_s"] = time.perf_counter() - t0
+        self._build_pipeline()
+        await self._prime(history)
+        self._start_feed()
+        await self._start_http()
+        sup = self.supervisor
+        assert sup is not None
+        sup.spawn("collector", self._collector)
+        if cfg.venue.mode != "replay":  # a replay's time is the recording's: its trades close the bars
+            sup.spawn("bar-clock", self._bar_clock)
+        url = f"http://{self.http.host}:{self.http.port}"
+        self.notifier.ready(f"serving {url}")
+        self.timings["startup_s"] = (time.time_ns() - self.started_ns) / 1e9
+        say(f"ready: {url} (venue {cfg.venue.mode} {self.ws_url}, symbols {','.join(cfg.general.symbols)}, "
+            f"timeframes {','.join(cfg.general.timeframes)}, start-up {self.timings['startup_s']:.1f} s)")
+        log.info("ready", url=url, **{k: round(v, 3) for k, v in self.timings.items()})
+
+    def _status(self, text: str) -> None:
+        self.notifier.status(text)
+        log.info("startup_step", step=text)
+
+    def _open_store(self) -> None:
+        from daemon.store import SQLiteStore, StoreError
+        cfg = self.cfg
+        path = cfg.path(cfg.store.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.store = SQLiteStore(path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=cfg.store.busy_timeout_ms)
+        except StoreError as e:
+            raise StartupError(str(e)) from None
+
+    async def _start_venue(self) -> None:
+        cfg = self.cfg
+        mode = cfg.venue.mode
+        if mode == "remote":
+            self.ws_url, self.rest_url = cfg.venue.ws_url.rstrip("/"), cfg.venue.rest_url.rstrip("/")
+            return
+        from daemon.venue.server import LocalVenue, SimulatorSource
+        if mode == "simulate":
+            source: Any = SimulatorSource(cfg.general.symbols, cfg.simulator)
+            start_on = "immediate"
+        else:
+            from daemon.venue.replay import ReplaySource
+            if not cfg.venue.recording:
+                raise StartupError("venue.recording: replay mode needs a recording (a file or a directory)")
+            try:
+                source = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: ReplaySource(cfg.venue.recording, cfg.venue.speed, cfg.simulator))
+            except (FileNotFoundError, OSError) as e:
+                raise StartupError(f"venue.recording: {e}") from None
+            missing = [s for s in cfg.general.symbols if s not in source.symbols]
+            if missing:
+                raise StartupError(f"general.symbols: {missing} not in the recording (it has {source.symbols})")
+            start_on = cfg.venue.start_on
+        self.venue = LocalVenue(source, cfg.faults, cfg.venue.host, cfg.venue.port, start_on=start_on)
+        await self.venue.start()
+        self.ws_url, self.rest_url = self.venue.ws_url, self.venue.rest_url
+
+    async def _fetch_filters(self) -> dict:
+        import aiohttp
+
+        from daemon.binance import DecodeError, parse_exchange_info
+        url = f"{self.rest_url}/api/v3/exchangeInfo"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+                async with s.get(url) as r:
+                    body = await r.read()
+                    if r.status != 200:
+                        raise StartupError(f"exchangeInfo from {url}: HTTP {r.status}: {body[:200]!r}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise StartupError(f"venue unreachable: {url}: {e!r}") from None
+        try:
+            filters = parse_exchange_info(body)
+        except DecodeError as e:
+            raise StartupError(f"exchangeInfo from {url} undecodable: {e}") from None
+        missing = [s for s in self.cfg.general.symbols if s not in filters]
+        if missing:
+            raise StartupError(f"general.symbols: {missing} unknown to the venue ({url})")
+        return {s: filters[s] for s in self.cfg.general.symbols}
+
+    def _open_broker(self) -> None:
+        from daemon.broker import PaperBroker
+        cfg = self.cfg
+        if cfg.broker.kind != "paper":
+            raise StartupError("broker.kind: only 'paper' is implemented (the testnet adapter is not written yet)")
+        self.broker = PaperBroker(cfg.broker, self.store, symbols=tuple(cfg.general.symbols), filters=self.filters)
+        if self.broker.recovery_discrepancies:
+            log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
+
+    async def _fetch_history(self, symbol: str, days: float):
+        from engines.train import fetch_klines_rest
+        return await fetch_klines_rest(self.rest_url, symbol, days=days)
+
+    async def _ensure_models(self):
+        """Train first models when the registry has none (and the config allows it). Returns the history
+        klines fetched for it (reused for priming) or None."""
+        from engines.registry import ModelRegistry
+        from engines.train import missing_models
+        cfg = self.cfg
+        self.registry = ModelRegistry(cfg.path(cfg.engines.registry))
+        self.registry.remove_stale_temp()
+        missing = missing_models(self.registry, cfg.general.timeframes)
+        if not missing:
+            return None
+        if not cfg.engines.train_on_first_run:
+            raise StartupError(f"no current models for {missing} in {self.registry.root} and "
+                               "engines.train_on_first_run is false: run `tradingd train` first")
+        sym = cfg.general.symbols[0]
+        days = cfg.simulator.history_days if cfg.venue.mode == "simulate" else cfg.engines.first_run_history_days
+        say(f"first run: no models for {','.join(missing)}; fetching {days:g} days of {sym} 1m klines "
+            f"from {self.rest_url}")
+        self._status("first run: fetching history")
+        t0 = time.perf_counter()
+        try:
+            k = await self._fetch_history(sym, days)
+        except Exception as e:  # noqa: BLE001
+            raise StartupError(f"first run: cannot fetch klines history from {self.rest_url}: {e}") from None
+        self.timings["history_fetch_s"] = time.perf_counter() - t0
+        say(f"first run: {len(k)} bars fetched in {self.timings['history_fetch_s']:.1f} s; training "
+            f"(xgb_rounds={cfg.engines.first_run_xgb_rounds}, lstm_epochs={cfg.engines.first_run_lstm_epochs}, "
+            f"lstm_hidden={cfg.engines.first_run_lstm_hidden})")
+        self._status("first run: training")
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            await loop.run_in_executor(None, self._train, k, missing)
+        except Exception as e:  # noqa: BLE001
+            raise StartupError(f"first-run training failed: {type(e).__name__}: {e}") from None
+        self.timings["first_run_train_s"] = time.perf_counter() - t0
+        say(f"first run: trained {','.join(missing)} in {self.timings['first_run_train_s']:.1f} s")
+        return {sym: k}
+
+    def _train(self, k, timeframes) -> None:
+        """Worker thread: train and publish each missing timeframe (progress to stdout)."""
+        from engines.train import TrainSpec, train_and_publish
+        e = self.cfg.engines
+        for tf in timeframes:
+            spec = TrainSpec(tf, xgb_rounds=e.first_run_xgb_rounds, lstm_epochs=e.first_run_lstm_epochs,
+                             lstm_hidden=e.first_run_lstm_hidden, threads=e.first_run_threads,
+                             cost=2 * self.cfg.broker.taker_fee + 0.0001)
+            t0 = time.perf_counter()
+            outcome, refs = train_and_publish(k, spec, self.registry, make_current=True, progress=say)
+            say(f"first run: {tf} done in {time.perf_counter() - t0:.1f} s "
+                f"(versions {', '.join(f'{k}={r.version}' for k, r in refs.items())})")
+
+    def _load_engines(self) -> dict:
+        from daemon.engineset import EngineSet, ModelLoadError
+        out = {}
+        for tf in self.cfg.general.timeframes:
+            try:
+                out[tf] = EngineSet.load(self.registry, tf, self.cfg.engines, metrics=self.metrics)
+            except ModelLoadError as e:
+                raise StartupError(f"model refused: {e}") from None
+        return out
+
+    def _build_pipeline(self) -> None:
+        from daemon.feed import BinanceFeed
+        from daemon.pipeline import TradingPipeline
+        from engines.features import FEATURE_SCHEMA
+        from strategies.optimizer import DollarProfitOptimizer
+        from strategies.risk import RiskManager
+        cfg = self.cfg
+        for tf, es in self.engine_sets.items():  # record what we trade with (the store is on this thread)
+            for kind, info in es.info().items():
+                self.store.record_model_version(info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash,
+                                                time.time_ns(), active=True)
+                self.metrics.model_version.labels(tf, kind, info["version"], info["backend"]).set(1)
+        self.metrics.model_info.info({f"{tf}_{k}": f"{i['version']}@{i['backend']}"
+                                      for tf, es in self.engine_sets.items() for k, i in es.info().items()})
+        self.optimizer = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=self.filters,
+                                               fee_rate=cfg.broker.taker_fee, timeframes=cfg.general.timeframes,
+                                               starting_equity=self.broker.portfolio.starting_cash)
+        self.risk = RiskManager(cfg.risk, self.filters)
+        self.feed = BinanceFeed(cfg.general.symbols, self.ws_url, self.rest_url, cfg.feed, on_event=self._on_event)
+        self.pipeline = TradingPipeline(cfg, cfg.general.symbols, self.engine_sets, self.optimizer, self.risk,
+                                        self.broker, store=self.store, metrics=self.metrics, books=self.feed.books,
+                                        keep=2000, bar_sink=self._bar_sink)
+
+    async def _prime(self, history: dict | None) -> None:
+        from daemon.pipeline import history_bars_needed
+        from engines.data import klines_to_bars
+        cfg = self.cfg
+        seq = max((es.seq_len for es in self.engine_sets.values()), default=0)
+        need_min = history_bars_needed(cfg.general.timeframes, seq)
+        for sym in cfg.general.symbols:
+            k = (history or {}).get(sym)
+            if k is None or len(k) < need_min:
+                try:
+                    k = await self._fetch_history(sym, need_min / 1440 + 0.01)
+                except Exception as e:  # noqa: BLE001 - no history: predictions start after warm-up
+                    log.warning("prime_history_unavailable", symbol=sym, error=str(e)[:200])
+                    continue
+            if len(k) == 0:
+                log.warning("prime_history_empty", symbol=sym)
+                continue
+            bars = klines_to_bars(k)
+            self.store.write_bars(bars)  # the retrainer reads 1m history from the store
+            rows = self.pipeline.prime(sym, bars[-need_min:])
+            log.info("primed", symbol=sym, bars=min(len(bars), need_min), rows=rows)
+
+    def _start_feed(self) -> None:
+        assert self.supervisor is not None and self.feed is not None
+        self.supervisor.spawn("feed", self.feed.run, restart=True)
+
+    async def _start_http(self) -> None:
+        from daemon.http import HttpHooks, HttpServer
+        cfg = self.cfg
+        token = self.env.get(cfg.http.control_token_env) or None
+        hooks = HttpHooks(render_metrics=self.metrics.render, health=self._health, ready=self._ready,
+                          status=self.status, control=self._control)
+        self.http = HttpServer(hooks, cfg.http.host, cfg.http.port, token)
+        try:
+            await self.http.start()
+        except OSError as e:
+            raise StartupError(f"http.port: cannot listen on {cfg.http.host}:{cfg.http.port}: {e}") from None
+
+    # -------------------------------------------------------------------------------------- hot path
+    def _on_event(self, ev: Any) -> None:
+        """Feed callback (inline, after the book processed ``ev``). A pipeline exception is fatal."""
+        try:
+            self.pipeline.on_event(ev)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001
+            log.exception("pipeline_failed", event=type(ev).__name__)
+            self._on_fatal("pipeline", e)
+            if self.feed is not None:
+                self.feed.stop()
+
+    def _bar_sink(self, bars: list) -> None:
+        """Closed bars are written right AFTER the current event's decision (same thread: SQLite), so the
+        bar's fsync is not inside tick-to-decision."""
+        if not self._bar_buf:
+            asyncio.get_running_loop().call_soon(self._flush_bars)
+        self._bar_buf.extend(bars)
+
+    def _flush_bars(self) -> None:
+        bars, self._bar_buf = self._bar_buf, []
+        if not bars or self.store is None:
+            return
+        t0 = time.perf_counter_ns()
+        try:
+            self.store.write_bars(bars)
+        except Exception as e:  # noqa: BLE001 - a lost bar row is counted, trading goes on
+            self.bar_write_errors += 1
+            log.error("bar_store_failed", error=str(e), bars=len(bars))
+        self._bar_write_ns.append(time.perf_counter_ns() - t0)
+
+    async def _bar_clock(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.pipeline.on_time(time.time_ns() - BAR_CLOCK_LAG_NS)  # type: ignore[union-attr]
+            except Exception as e:  # noqa: BLE001
+                self._on_fatal("pipeline", e)
+                return
+
+    async def _collector(self) -> None:
+        while True:
+            self.collect()
+            await asyncio.sleep(1.0)
+
+    def _inc_to(self, child: Any, key: tuple, value: float) -> None:
+        """Counters in the cores are totals: add the increase since the last copy."""
+        prev = self._copied.get(key, 0.0)
+        if value > prev:
+            child.inc(value - prev)
+            self._copied[key] = value
+        elif value < prev:  # a restarted component (e.g. the feed) counts from 0 again
+            self._copied[key] = value
+
+    def collect(self) -> None:
+        """Copy core counters into Prometheus metrics (called every second and before each scrape)."""
+        m, cfg = self.metrics, self.cfg
+        venue = cfg.venue.mode
+        if self.feed is not None:
+            st = self.feed.stats
+            for stream, n in st.frames.items():
+                sym, _, kind = stream.partition("@")
+                self._inc_to(m.frames.labels(venue, sym.upper(), kind), ("frames", stream), n)
+            for reason, n in st.decode_errors.items():
+                self._inc_to(m.decode_errors.labels(venue, reason), ("decode", reason), n)
+            self._inc_to(m.reconnects.labels(venue), ("reconnects",), st.reconnects)
+            m.queue_depth.labels("feed").set(self.feed.queue.qsize())
+            for sym, book in self.feed.books.items():
+                bs = book.stats
+                self._inc_to(m.book_resyncs.labels(sym), ("resyncs", sym), getattr(bs, "resyncs", 0))
+                self._inc_to(m.book_gaps.labels(sym), ("gaps", sym), getattr(bs, "gaps", 0))
+                for reason, n in getattr(bs, "rejected", {}).items():
+                    self._inc_to(m.book_rejects.labels(sym, reason), ("rejected", sym, reason), n)
+                m.book_synced.labels(sym).set(1 if book.is_tradeable else 0)
+        if self.pipeline is not None:
+            pf = self.broker.portfolio
+            acct = self.pipeline.account()
+            marks = acct.marks
+            for sym in cfg.general.symbols:
+                m.position.labels(sym).set(pf.qty(sym))
+            if math.isfinite(acct.equity):
+                m.equity.set(acct.equity)
+                try:
+                    m.unrealised.set(pf.mark(marks)[1])
+                except ValueError:
+                    pass
+            m.realised.set(pf.realised)
+            m.fees.set(pf.fees)
+            m.daily_pnl.set(self.risk.daily_pnl)
+            m.risk_state.set({"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}[self.risk.state.value])
+        ok, _ = self._ready()
+        m.up.set(1 if ok else 0)
+
+    # -------------------------------------------------------------------------------------- HTTP hooks
+    def _health(self) -> tuple[bool, dict]:
+        tasks = self.supervisor.snapshot() if self.supervisor else {}
+        ok = self.fatal is None
+        return ok, {"fatal": self.fatal, "tasks": tasks}
+
+    def _ready(self) -> tuple[bool, dict]:
+        books = {s: b.state.value for s, b in self.feed.books.items()} if self.feed else {}
+        models = {tf: es.ready for tf, es in self.engine_sets.items()}
+        ok = (bool(books) and all(v == "SYNCED" for v in books.values()) and bool(models)
+              and all(models.values()) and self.fatal is None and not (self.stop_event and self.stop_event.is_set()))
+        return ok, {"books": books, "models_warm": models}
+
+    def status(self) -> dict:
+        self.collect()
+        pipe = self.pipeline
+        out: dict[str, Any] = {"uptime_s": (time.time_ns() - self.started_ns) / 1e9, "venue": {
+            "mode": self.cfg.venue.mode, "ws_url": self.ws_url, "rest_url": self.rest_url},
+            "timings": self.timings, "fatal": self.fatal}
+        if pipe is not None:
+            pf = self.broker.portfolio
+            acct = pipe.account()
+            out["account"] = {"cash": pf.cash, "equity": acct.equity, "realised": pf.realised, "fees": pf.fees,
+                              "fills": pf.n_fills, "marks": dict(acct.marks),
+                              "positions": {s: {"qty": p.qty, "avg_price": p.avg_price, "realised": p.realised,
+                                                "fees": p.fees} for s, p in pf.positions.items()}}
+            out["risk"] = {"state": self.risk.state.value, "halt_reason": self.risk.halt_reason,
+                           "daily_pnl": self.risk.daily_pnl, "counters": dict(self.risk.counters)}
+            out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
+                               "book_states": pipe.book_states}
+            w = sorted(self._bar_write_ns)
+            out["store"] = {"bar_writes": len(w), "bar_write_errors": self.bar_write_errors,
+                            "bar_write_p50_ms": w[len(w) // 2] / 1e6 if w else None,
+                            "bar_write_max_ms": w[-1] / 1e6 if w else None}
+            out["optimizer"] = {"counters": dict(self.optimizer.counters),
+                                "positions": sorted(self.optimizer.positions)}
+            out["broker"] = {"stats": dict(self.broker.stats), "open_orders": len(self.broker.open_orders())}
+            last = [d for d in list(pipe.decisions)[-5:]]
+            out["last_decisions"] = [{"symbol": d.symbol, "timeframe": d.timeframe, "bar_open_ns": d.bar_open_ns,
+                                      "predictions": d.predictions, "intents": [i.client_order_id for i in d.intents],
+                                      "fills": len(d.fills), "book_stale": d.book_stale} for d in last]
+        out["models"] = {tf: es.info() for tf, es in self.engine_sets.items()}
+        if self.feed is not None:
+            out["feed"] = self.feed.counters()
+        if self.supervisor is not None:
+            out["tasks"] = self.supervisor.snapshot()
+        return out
+
+    async def _control(self, action: str) -> dict:
+        pipe = self.pipeline
+        if pipe is None:
+            return {"ok": False, "error": "not started"}
+        ts = time.time_ns()
+        if action == "halt":
+            pipe.halt("control", ts)
+        elif action == "resume":
+            pipe.resume(ts)
+        elif action == "flatten":
+            d = pipe.flatten(ts)
+            return {"ok": True, "orders": [i.client_order_id for i in d.intents], "fills": len(d.fills),
+                    "risk": d.risk, "errors": d.errors}
+        else:
+            return {"ok": False, "error": f"{action} is not implemented in this daemon yet"}
+        return {"ok": True, "risk_state": self.risk.state.value}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="config.toml (default: the embedded defaults)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from daemon.config import ConfigError, load_config
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"tradingd: bad config: {e}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    except (OSError, ValueError) as e:
+        print(f"tradingd: bad config: {args.config}: {e}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    from daemon.logs import configure
+    configure(cfg.logging.level, cfg.logging.json)
+    daemon = Daemon(cfg)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio works the same
+        runner = asyncio.run
+    code = runner(daemon.run())
+    return int(code)

@@ -1,0 +1,152 @@
+"""The models of one timeframe, loaded, warmed and answering ``predict(feature_row, symbol)``.
+
+``EngineSet.load`` takes the CURRENT xgboost and lstm versions from the model registry (verified against their
+manifests and the running feature schema hash), picks each backend with :func:`engines.backends.choose_backend`
+(the choice, its reason and whether it was a fallback are kept for /status and the logs), loads and warms the
+engines. Any problem (no model, truncated or corrupt file, other schema) is a :class:`ModelLoadError` naming the
+file: the daemon refuses to start rather than trade on it.
+
+The LSTM needs the last ``seq_len`` feature rows: they are kept per symbol in a ring buffer; until a symbol has
+``seq_len`` rows only the XGBoost prediction is returned (the optimizer combines whatever is finite).
+
+``swap(other)`` replaces the engines (already loaded and warmed elsewhere, e.g. by the retrainer hook) in one
+assignment, keeping the feature history: the next ``predict`` uses the new models.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+
+from engines.base import BackendUnavailable, ModelLoadError
+
+__all__ = ["EngineSet", "LoadedEngine", "ModelLoadError", "load_engine_sets"]
+
+log = structlog.get_logger(__name__)
+
+KINDS = ("xgboost", "lstm")
+
+
+@dataclass(frozen=True)
+class LoadedEngine:
+    kind: str
+    engine: Any
+    version: str
+    backend: str
+    reason: str
+    fallback: bool
+    path: str
+
+
+class EngineSet:
+    def __init__(self, timeframe: str, engines: Mapping[str, LoadedEngine], *, metrics: Any = None) -> None:
+        self.timeframe = timeframe
+        self._engines: dict[str, LoadedEngine] = dict(engines)
+        self.metrics = metrics
+        self._rows: dict[str, deque] = {}
+        self.predictions = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, registry: Any, timeframe: str, engines_cfg: Any, *, schema_hash: str | None = None,
+             kinds: tuple[str, ...] = KINDS, metrics: Any = None) -> EngineSet:
+        """Load and warm the current versions of ``kinds`` for ``timeframe`` (raises ModelLoadError)."""
+        from engines.backends import choose_backend, create_engine, lstm_options
+        from engines.features import FEATURE_SCHEMA
+        schema_hash = schema_hash or FEATURE_SCHEMA.hash
+        out: dict[str, LoadedEngine] = {}
+        for kind in kinds:
+            ref = registry.load(timeframe, kind, schema_hash=schema_hash)
+            requested = engines_cfg.xgb_backend if kind == "xgboost" else engines_cfg.lstm_backend
+            try:
+                choice = choose_backend(kind, requested)
+            except BackendUnavailable as e:
+                raise ModelLoadError(f"{timeframe} {kind}: {e}") from None
+            opts = lstm_options(engines_cfg) if kind == "lstm" else {}
+            engine = create_engine(kind, choice.backend, expected_schema_hash=schema_hash, **opts)
+            t0 = time.perf_counter()
+            try:
+                engine.load(ref.path)
+            except ModelLoadError as e:
+                raise ModelLoadError(f"{timeframe} {kind} version {ref.version}: {e}") from None
+            except Exception as e:  # a library error at the boundary is a model problem too
+                raise ModelLoadError(f"{timeframe} {kind} version {ref.version} at {ref.path}: "
+                                     f"{type(e).__name__}: {e}") from None
+            engine.warmup(engines_cfg.warmup_iters)
+            backend = getattr(engine, "backend", choice.backend) or choice.backend
+            log.info("engine_loaded", timeframe=timeframe, kind=kind, version=ref.version, backend=backend,
+                     reason=choice.reason, fallback=choice.fallback, seconds=round(time.perf_counter() - t0, 3))
+            out[kind] = LoadedEngine(kind, engine, ref.version, backend, choice.reason, choice.fallback,
+                                     str(ref.path))
+        return cls(timeframe, out, metrics=metrics)
+
+    # ------------------------------------------------------------------------------------------ queries
+    @property
+    def seq_len(self) -> int:
+        le = self._engines.get("lstm")
+        return int(getattr(le.engine, "seq_len", 0)) if le is not None else 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._engines) and all(bool(getattr(le.engine, "ready", True)) for le in self._engines.values())
+
+    def info(self) -> dict[str, dict]:
+        return {k: {"version": le.version, "backend": le.backend, "reason": le.reason, "fallback": le.fallback,
+                    "path": le.path} for k, le in self._engines.items()}
+
+    # ------------------------------------------------------------------------------------------ hot path
+    def _buffer(self, symbol: str) -> deque:
+        buf = self._rows.get(symbol)
+        n = max(self.seq_len, 1)
+        if buf is None or buf.maxlen != n:
+            buf = deque(buf or (), maxlen=n)
+            self._rows[symbol] = buf
+        return buf
+
+    def observe(self, row: np.ndarray, symbol: str = "") -> None:
+        """Remember a feature row for the LSTM's window without predicting (history priming)."""
+        self._buffer(symbol).append(np.asarray(row, dtype=np.float32))
+
+    def predict(self, row: np.ndarray, symbol: str = "") -> dict[str, float]:
+        """P(up) per model for the bar whose features are ``row`` (the LSTM once the window is full)."""
+        engines = self._engines  # one read: a concurrent swap() cannot mix old and new
+        buf = self._buffer(symbol)
+        buf.append(np.asarray(row, dtype=np.float32))
+        out: dict[str, float] = {}
+        m = self.metrics
+        for kind, le in engines.items():
+            if kind == "lstm":
+                if len(buf) < buf.maxlen:
+                    continue
+                x = np.stack(buf)[None, :, :]
+            else:
+                x = np.asarray(row, dtype=np.float32)[None, :]
+            t0 = time.perf_counter_ns()
+            p = float(le.engine.predict(x)[0])
+            dt = time.perf_counter_ns() - t0
+            if m is not None:
+                m.inference_latency.labels(kind, le.backend).observe(dt / 1e9)
+            out[kind] = p
+        self.predictions += 1
+        return out
+
+    def swap(self, new: EngineSet | Mapping[str, LoadedEngine]) -> None:
+        """Atomically use ``new``'s engines (already loaded and warmed); the feature windows are kept."""
+        engines = dict(new._engines if isinstance(new, EngineSet) else new)
+        for le in engines.values():
+            if not bool(getattr(le.engine, "ready", True)):
+                raise ModelLoadError(f"{self.timeframe} {le.kind} {le.version}: swap of an engine not warmed up")
+        self._engines = engines
+        log.info("engines_swapped", timeframe=self.timeframe,
+                 versions={k: le.version for k, le in engines.items()})
+
+
+def load_engine_sets(registry: Any, timeframes: tuple[str, ...], engines_cfg: Any, *, metrics: Any = None
+                     ) -> dict[str, EngineSet]:
+    return {tf: EngineSet.load(registry, tf, engines_cfg, metrics=metrics) for tf in timeframes}
