@@ -1,0 +1,725 @@
+"""``tradingd backtest``: the live pipeline (bars -> features -> engines -> DollarProfitOptimizer -> risk ->
+paper broker, :class:`daemon.pipeline.TradingPipeline`) driven by a simulated clock over 1m klines, walk-forward.
+
+Why it is built this way:
+
+* Walk-forward (no look-ahead): the run is cut into test windows (``--test-days``); the models that trade a
+  window are trained (engines/train.py ``train_timeframe``, fast settings) on the ``--train-days`` of 1m klines
+  that END where the window starts. A window's model never sees a bar it trades; :func:`run_backtest` checks
+  each trained model's data window against its test window and refuses otherwise.
+* Batched inference: features are computed once per timeframe over the whole series (``batch_features``, causal:
+  row i depends on bars <= i only), and each window's rows are predicted in ONE batch per model with the
+  deployable engines (compiled XGBoost walker, ONNX Runtime LSTM). The pipeline still computes its own
+  incremental features bar by bar; :class:`BatchPredictions` (the pipeline's engine set in backtests) looks the
+  precomputed prediction up by the bar being decided and counts any row that differs from the batch row.
+* Costs are always on: klines have no order book, so a book is synthesised around each 1m close
+  (:class:`SynthBook`: ``--spread-bps`` full spread, ``--levels`` levels every ``--level-bps`` with
+  ``--level-notional`` quote each); the paper broker fills market orders against it (spread + depth walked) and
+  charges the taker fee. Decisions at a bar close fill on the book around that close.
+* Stops/take-profits between bar closes: live, ``optimizer.on_price`` sees every trade. From klines the
+  backtest feeds it each 1m bar's path (open, then the adverse extreme, then the favourable one: the
+  conservative order) and fills a triggered exit on a book centred at the stop/TP level (or the open when the
+  bar gapped through it).
+* At the end every open position is closed (``pipeline.flatten``) so trade P&L sums to the equity change.
+* Baselines through the same costs: buy-and-hold (one market buy on the synthetic book, marked every bar, one
+  sell at the end, same broker and fees) and a no-model momentum baseline (P(up) = 0.5 +/- conviction/2 by the
+  sign of the last bar's return, the same pipeline, optimizer, risk and broker).
+
+Bad input: ``engines.data.load_klines_csv`` refuses unusable files with an error naming the file and line (the
+command prints it and exits 2) and repairs what has one right answer (missing minutes filled as flat
+zero-volume bars at the previous close, exact duplicate rows dropped); the counts are in metrics.json ``info``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from daemon.events import Bar, OrderIntent, Side, timeframe_ns
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["BacktestOptions", "Window", "SynthBook", "SymbolRules", "BatchPredictions", "MomentumBaseline",
+           "walk_forward_windows", "run_backtest", "BacktestResult", "add_arguments", "main"]
+
+_M = 60_000_000_000
+_DAY = 86_400_000_000_000
+
+
+# ------------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class SymbolRules:
+    """Exchange filters for the simulated symbol (BTCUSDT-like defaults); duck-types SymbolFilters."""
+
+    symbol: str = "BTCUSDT"
+    tick_size: float = 0.01
+    lot_step: float = 0.00001
+    min_qty: float = 0.00001
+    max_qty: float = 9000.0
+    min_notional: float = 5.0
+
+
+@dataclass(frozen=True)
+class BacktestOptions:
+    timeframes: tuple[str, ...] = ("1m", "5m", "15m", "1h")
+    models: tuple[str, ...] = ("xgboost", "lstm")
+    train_days: float = 30.0
+    test_days: float = 7.0
+    warm_days: float = 1.0          # decisions without predictions before the first window (optimizer metrics)
+    xgb_rounds: int = 100
+    xgb_early_stopping: int = 20
+    lstm_epochs: int = 1
+    lstm_hidden: int = 16
+    lstm_seq_len: int = 32
+    threads: int = 0
+    seed: int = 0
+    xgb_backend: str = "compiled-cpu"
+    lstm_backend: str = "onnxruntime-cpu"
+    spread_bps: float = 1.0
+    level_bps: float = 0.5
+    levels: int = 20
+    level_notional: float = 25_000.0
+    baseline: bool = True
+    baseline_conviction: float = 0.7
+    intrabar_exits: bool = True
+
+    def validate(self) -> None:
+        for tf in self.timeframes:
+            timeframe_ns(tf)
+        bad = set(self.models) - {"xgboost", "lstm"}
+        if bad or not self.models:
+            raise ValueError(f"models must be a subset of xgboost,lstm, got {self.models}")
+        if not (self.train_days > 0 and self.test_days > 0 and self.warm_days >= 0):
+            raise ValueError("train_days and test_days must be > 0, warm_days >= 0")
+        if not (self.spread_bps > 0 and self.level_bps > 0 and self.levels >= 1 and self.level_notional > 0):
+            raise ValueError("costs are never off: spread_bps, level_bps, level_notional must be > 0, levels >= 1")
+        if not 0 <= self.baseline_conviction <= 1:
+            raise ValueError("baseline_conviction must be in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------------------ windows
+@dataclass(frozen=True)
+class Window:
+    index: int
+    train_start_ns: int
+    train_end_ns: int    # exclusive: the training 1m bars open before this
+    test_start_ns: int   # == train_end_ns
+    test_end_ns: int     # exclusive (decisions at bar closes in (test_start, test_end])
+
+
+def walk_forward_windows(first_open_ns: int, end_ns: int, train_days: float, test_days: float) -> list[Window]:
+    """Rolling windows over [first_open_ns, end_ns): train ``train_days``, trade the next ``test_days``, roll."""
+    tr, te = int(train_days * _DAY), int(test_days * _DAY)
+    out: list[Window] = []
+    start = first_open_ns + tr
+    while start < end_ns:
+        out.append(Window(len(out), start - tr, start, start, min(start + te, end_ns)))
+        start += te
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ book
+class SynthBook:
+    """A book around a mid price for klines (no L2 history): ``levels`` levels a side, first at +/- half the
+    spread, then every ``level_bps``, ``level_notional`` quote each; prices on the tick grid. Looks like an
+    OrderBook to the pipeline and the broker (best_bid/best_ask/depth/is_tradeable)."""
+
+    def __init__(self, rules: SymbolRules, spread_bps: float, level_bps: float, levels: int,
+                 level_notional: float) -> None:
+        self.rules = rules
+        self.half = spread_bps * 1e-4 / 2
+        self.step = level_bps * 1e-4
+        self.n = levels
+        self.notional = level_notional
+        self.is_tradeable = True
+        self.mid_price = math.nan
+        self._bids: list[tuple[float, float]] | None = None
+        self._asks: list[tuple[float, float]] | None = None
+        self._top = (math.nan, math.nan)
+
+    def set_mid(self, mid: float) -> None:
+        """Re-centre the book (levels are built lazily: most bars only need the top for the decision)."""
+        if mid != self.mid_price:
+            self.mid_price = mid
+            self._bids = self._asks = None
+            t = self.rules.tick_size
+            self._top = (round(math.floor(mid * (1 - self.half) / t + 1e-9) * t, 10),
+                         round(math.ceil(mid * (1 + self.half) / t - 1e-9) * t, 10))
+
+    def _build(self) -> None:
+        mid, t, lot = self.mid_price, self.rules.tick_size, self.rules.lot_step
+        q = round(max(lot, math.floor(self.notional / mid / lot) * lot), 10)
+        bids, asks = [], []
+        for i in range(self.n):
+            off = self.half + i * self.step
+            b = round(math.floor(mid * (1 - off) / t + 1e-9) * t, 10)
+            a = round(math.ceil(mid * (1 + off) / t - 1e-9) * t, 10)
+            if bids and b >= bids[-1][0]:
+                b = round(bids[-1][0] - t, 10)
+            if asks and a <= asks[-1][0]:
+                a = round(asks[-1][0] + t, 10)
+            bids.append((b, q))
+            asks.append((a, q))
+        self._bids, self._asks = bids, asks
+
+    def best_bid(self):
+        return (self._top[0], self._q()) if self.mid_price == self.mid_price else None
+
+    def best_ask(self):
+        return (self._top[1], self._q()) if self.mid_price == self.mid_price else None
+
+    def _q(self) -> float:
+        lot = self.rules.lot_step
+        return round(max(lot, math.floor(self.notional / self.mid_price / lot) * lot), 10)
+
+    def mid(self) -> float | None:
+        return (self._top[0] + self._top[1]) / 2 if self.mid_price == self.mid_price else None
+
+    def depth(self, n: int):
+        if self._bids is None:
+            self._build()
+        return self._bids[:n], self._asks[:n]
+
+
+# ------------------------------------------------------------------------------------------------ engine sets
+class _Clock:
+    """The simulated clock: the close time of the 1m bar being processed."""
+
+    now: int = 0
+
+
+class BatchPredictions:
+    """The pipeline's engine set for one timeframe in a backtest: predictions computed in batch per walk-forward
+    window, looked up by the bar the pipeline is deciding on (``clock.now - timeframe``). The pipeline's
+    incremental feature row is compared with the batch row the prediction came from (counted mismatches)."""
+
+    def __init__(self, tf: str, clock: _Clock, open_ns: np.ndarray, X: np.ndarray) -> None:
+        self.tf, self.tf_ns, self.clock = tf, timeframe_ns(tf), clock
+        self.open_ns = np.asarray(open_ns, np.int64)
+        self.X = X
+        self.preds: dict[str, np.ndarray] = {}
+        self.counters: Counter[str] = Counter()
+
+    def set(self, kind: str, rows: np.ndarray, p: np.ndarray) -> None:
+        arr = self.preds.setdefault(kind, np.full(len(self.open_ns), np.nan))
+        arr[rows] = p
+
+    def _row(self) -> int:
+        o = self.clock.now - self.tf_ns
+        i = int(np.searchsorted(self.open_ns, o))
+        return i if i < len(self.open_ns) and self.open_ns[i] == o else -1
+
+    def predict(self, row: np.ndarray, symbol: str) -> dict[str, float]:
+        i = self._row()
+        if i < 0:
+            self.counters["no_batch_row"] += 1
+            return {}
+        x = self.X[i]
+        if not (row == x).all() and not np.allclose(row, x, rtol=1e-9, atol=1e-12, equal_nan=True):
+            self.counters["feature_mismatch"] += 1
+        out = {}
+        for kind, arr in self.preds.items():
+            v = arr[i]
+            if math.isfinite(v):
+                out[kind] = float(v)
+        self.counters["served" if out else "no_prediction"] += 1
+        return out
+
+
+class MomentumBaseline:
+    """No-model baseline: P(up) = 0.5 +/- conviction/2 by the sign of the last bar's log return (ret_1)."""
+
+    def __init__(self, conviction: float, models: Sequence[str], active_from_ns: int, clock: _Clock) -> None:
+        from engines.features import FEATURE_SCHEMA
+        self.i = FEATURE_SCHEMA.names.index("ret_1")
+        self.c, self.models, self.active_from, self.clock = conviction, tuple(models), active_from_ns, clock
+
+    def predict(self, row: np.ndarray, symbol: str) -> dict[str, float]:
+        if self.clock.now <= self.active_from:
+            return {}
+        r = row[self.i]
+        if not math.isfinite(r) or r == 0:
+            return {}
+        p = 0.5 + (self.c / 2 if r > 0 else -self.c / 2)
+        return {k: p for k in self.models}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _load_engines(out_dir: Path, models: Sequence[str], opts: BacktestOptions) -> dict[str, Any]:
+    from engines.backends import create_engine
+    from engines.features import FEATURE_SCHEMA
+    engines = {}
+    for kind in models:
+        backend = opts.xgb_backend if kind == "xgboost" else opts.lstm_backend
+        try:
+            eng = create_engine(kind, backend, expected_schema_hash=FEATURE_SCHEMA.hash,
+                                **({"threads": max(1, opts.threads or 2)} if kind == "lstm" else {}))
+            eng.load(out_dir / kind)
+        except Exception as e:  # noqa: BLE001 - backend missing here: the models' own fallback, reported
+            fb = "native-cpu" if kind == "xgboost" else "torch-cpu"
+            log.warning("backtest_engine_fallback", kind=kind, backend=backend, fallback=fb, error=str(e))
+            eng = create_engine(kind, fb, expected_schema_hash=FEATURE_SCHEMA.hash)
+            eng.load(out_dir / kind)
+        engines[kind] = eng
+    return engines
+
+
+@dataclass
+class _TfData:
+    tf: str
+    open_ns: np.ndarray
+    X: np.ndarray
+    y: np.ndarray   # training-label definition (1 up / 0 down beyond cost / -1 neither), for calibration
+
+
+def _prepare_timeframes(k1m, opts: BacktestOptions) -> dict[str, _TfData]:
+    from engines.train import TrainSpec, build_dataset
+    out = {}
+    for tf in opts.timeframes:
+        ds = build_dataset(k1m, TrainSpec(tf))
+        out[tf] = _TfData(tf, ds.open_ns, ds.X, ds.y)
+    return out
+
+
+def _train_and_predict(k1m, windows: list[Window], tfd: dict[str, _TfData], opts: BacktestOptions,
+                       workdir: Path, sets: dict[str, BatchPredictions], info: dict,
+                       progress=None) -> None:
+    from engines.lstm_model import make_sequences
+    from engines.train import TrainSpec, train_timeframe
+    say = progress or (lambda m: None)
+    t_train = t_pred = 0.0
+    open_1m = np.asarray(k1m.open_ns)
+    wins_info = []
+    for w in windows:
+        i0, i1 = np.searchsorted(open_1m, [w.train_start_ns, w.train_end_ns])
+        k_train = k1m[int(i0):int(i1)]
+        winfo: dict[str, Any] = {**asdict(w), "timeframes": {}}
+        for tf in opts.timeframes:
+            d = tfd[tf]
+            tf_ns = timeframe_ns(tf)
+            close = d.open_ns + tf_ns
+            rows = np.flatnonzero((close > w.test_start_ns) & (close <= w.test_end_ns))
+            spec = TrainSpec(tf, xgb_rounds=opts.xgb_rounds, xgb_early_stopping=opts.xgb_early_stopping,
+                             lstm_epochs=opts.lstm_epochs, lstm_hidden=opts.lstm_hidden,
+                             lstm_seq_len=opts.lstm_seq_len, threads=opts.threads, seed=opts.seed)
+            out_dir = workdir / f"w{w.index:02d}" / tf
+            t0 = time.perf_counter()
+            try:
+                outcome = train_timeframe(k_train, spec, out_dir)
+            except ValueError as e:  # too little labelled data for this timeframe in this window
+                t_train += time.perf_counter() - t0
+                winfo["timeframes"][tf] = {"skipped": str(e)}
+                say(f"window {w.index} {tf}: not trained ({e})")
+                continue
+            t_train += time.perf_counter() - t0
+            last_train_close = outcome.data_window["end_ns"] + tf_ns
+            if last_train_close > w.test_start_ns or int(k_train.open_ns[-1]) + _M > w.test_start_ns:
+                raise AssertionError(f"window {w.index} {tf}: model saw data up to {last_train_close}, after the "
+                                     f"window starts at {w.test_start_ns}")
+            t0 = time.perf_counter()
+            engines = _load_engines(out_dir, opts.models, opts)
+            got = {}
+            if len(rows):
+                for kind, eng in engines.items():
+                    if kind == "xgboost":
+                        ok = rows[np.isfinite(d.X[rows]).all(axis=1)]
+                        p = eng.predict(d.X[ok].astype(np.float32)) if len(ok) else np.empty(0)
+                    else:
+                        L = eng.seq_len
+                        lo = max(0, int(rows[0]) - L + 1)
+                        seqs, end = make_sequences(d.X[lo:int(rows[-1]) + 1], L)
+                        end = end + lo
+                        keep = end >= rows[0]
+                        seqs, ok = seqs[keep], end[keep]
+                        p = eng.predict(seqs) if len(ok) else np.empty(0)
+                    sets[tf].set(kind, ok, np.asarray(p, np.float64))
+                    got[kind] = int(len(ok))
+            t_pred += time.perf_counter() - t0
+            winfo["timeframes"][tf] = {"predicted_rows": got, "train_rows": outcome.data_window["rows"],
+                                       "train_end_ns": outcome.data_window["end_ns"],
+                                       "held_out_auc": {k: outcome.metrics[k].get("auc") for k in opts.models},
+                                       "train_seconds": outcome.seconds,
+                                       "backends": {k: e.backend for k, e in engines.items()}}
+        wins_info.append(winfo)
+        say(f"window {w.index + 1}/{len(windows)} trained+predicted ({t_train:.1f}s train, {t_pred:.1f}s predict)")
+    info["windows"] = wins_info
+    info["timing"]["train_s"] = t_train
+    info["timing"]["batch_predict_s"] = t_pred
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+@dataclass
+class _Sim:
+    """One account driven through the pipeline (strategy or baseline)."""
+
+    name: str
+    pipeline: Any
+    book: SynthBook
+    ledger: Any
+    decisions: list[tuple] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    equity: list[float] = field(default_factory=list)
+    position: list[float] = field(default_factory=list)
+
+
+def _make_pipeline(cfg, rules: SymbolRules, engine_sets: Mapping[str, Any], opts: BacktestOptions, store_path: Path,
+                   starting_cash: float, clock: _Clock):
+    from daemon.broker import PaperBroker
+    from daemon.pipeline import TradingPipeline
+    from daemon.store import SQLiteStore
+    from strategies.optimizer import DollarProfitOptimizer
+    from strategies.risk import RiskManager
+    filters = {rules.symbol: rules}
+    store = SQLiteStore(store_path, quote_asset=cfg.broker.quote_asset)
+    broker_cfg = cfg.broker.__class__(**{**asdict(cfg.broker), "starting_cash": starting_cash, "latency_ms": 0.0})
+    broker = PaperBroker(broker_cfg, store, symbols=(rules.symbol,), filters=filters)
+    opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=broker_cfg.taker_fee,
+                                timeframes=opts.timeframes, starting_equity=starting_cash)
+    risk = RiskManager(cfg.risk, filters)
+    book = SynthBook(rules, opts.spread_bps, opts.level_bps, opts.levels, opts.level_notional)
+    pipe = TradingPipeline(cfg, (rules.symbol,), engine_sets, opt, risk, broker, store=None,
+                           clock=lambda: clock.now, books={rules.symbol: book}, bar_sink=None, keep=64,
+                           timeframes=opts.timeframes)
+    return pipe, book, store
+
+
+def _record(sim: _Sim, decisions, mid: float) -> None:
+    from daemon.report import FillRecord
+    for d in decisions:
+        tags = {i.client_order_id: i for i in d.intents}
+        if d.intents or d.fills:
+            sim.decisions.append((d.ts, d.timeframe, d.bar_open_ns,
+                                  tuple((i.client_order_id, int(i.side), i.qty, i.reason) for i in d.intents),
+                                  tuple((f.fill_id, f.price, f.qty, f.fee) for f in d.fills),
+                                  tuple(d.risk), tuple(d.errors)))
+        for f in d.fills:
+            it = tags.get(f.client_order_id)
+            sim.ledger.on_fill(FillRecord(f.ts, f.symbol, int(f.side), f.price, f.qty, f.fee, mid,
+                                          it.timeframe if it else "", it.reason if it else "",
+                                          f.client_order_id))
+
+
+def _intrabar(sim: _Sim, bar: Bar, clock: _Clock) -> None:
+    """Stops / take-profits inside the 1m bar: the optimizer sees the bar's price path (adverse extreme first)."""
+    from daemon.pipeline import Decision
+    pipe = sim.pipeline
+    opt = pipe.optimizer
+    pos = opt.positions.get(bar.symbol)
+    if pos is None or pos.pending_exit is not None or pipe.broker.portfolio.qty(bar.symbol) == 0.0:
+        return
+    path = (bar.open, bar.low, bar.high) if pos.direction > 0 else (bar.open, bar.high, bar.low)
+    ts = bar.open_ns + _M // 2
+    for k, price in enumerate(path):
+        stop, tp = pos.stop, pos.take_profit
+        acct = pipe.account()
+        intents = opt.on_price(bar.symbol, price, acct, ts)
+        if not intents:
+            continue
+        reason = intents[0].reason
+        level = stop if reason == "stop" else tp
+        gapped = k == 0  # the bar opened beyond the level: the exit happens at the open
+        fill_ref = price if gapped else level
+        sim.book.set_mid(fill_ref)
+        d = Decision(bar.symbol, pos.timeframe, bar.open_ns, price, ts, {}, None, None, False)
+        pipe._execute(intents, acct, sim.book, ts, d)  # the pipeline's risk -> broker -> optimizer path
+        pipe.decisions.append(d)
+        _record(sim, [d], fill_ref)
+        return
+
+
+def _simulate(sims: list[_Sim], bars: list[Bar], prime_until: int, record_from: int, clock: _Clock,
+              intrabar: bool) -> None:
+    for sim in sims:
+        pre = [b for b in bars if b.open_ns + _M <= prime_until]
+        sim.pipeline.prime(bars[0].symbol, pre)
+    sym = bars[0].symbol
+    for b in bars:
+        ts = b.open_ns + _M
+        if ts <= prime_until:
+            continue
+        clock.now = ts
+        for sim in sims:
+            if intrabar:
+                _intrabar(sim, b, clock)
+            sim.book.set_mid(b.close)
+            ds = sim.pipeline.on_bar(b, sim.book)
+            if ds:
+                _record(sim, ds, b.close)
+            if ts >= record_from:
+                pf = sim.pipeline.broker.portfolio
+                q = pf.qty(sym)
+                sim.ts.append(ts)
+                sim.equity.append(pf.cash + q * b.close)
+                sim.position.append(q)
+    # close out: every open position is sold/bought back on the last book
+    last = bars[-1]
+    for sim in sims:
+        sim.book.set_mid(last.close)
+        if sim.pipeline.broker.portfolio.qty(sym) != 0.0:
+            d = sim.pipeline.flatten(last.open_ns + _M)
+            _record(sim, [d], last.close)
+            pf = sim.pipeline.broker.portfolio
+            sim.equity[-1] = pf.cash + pf.qty(sym) * last.close
+            sim.position[-1] = pf.qty(sym)
+
+
+def _buy_and_hold(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar], record_from: int,
+                  store_path: Path, starting_cash: float):
+    """One market buy at the first recorded close (as much as the cash allows after fee and spread), marked
+    every bar, one market sell at the end: the same broker, book and fees as the strategy."""
+    from daemon.broker import PaperBroker
+    from daemon.report import FillRecord, RunResult, TradeLedger
+    from daemon.store import SQLiteStore
+    from strategies.sizing import floor_to_step
+    store = SQLiteStore(store_path, quote_asset=cfg.broker.quote_asset)
+    broker_cfg = cfg.broker.__class__(**{**asdict(cfg.broker), "starting_cash": starting_cash, "latency_ms": 0.0})
+    broker = PaperBroker(broker_cfg, store, symbols=(rules.symbol,), filters={rules.symbol: rules})
+    book = SynthBook(rules, opts.spread_bps, opts.level_bps, opts.levels, opts.level_notional)
+    led = TradeLedger()
+    ts_l, eq, pos = [], [], []
+    sym = rules.symbol
+    rec = [b for b in bars if b.open_ns + _M >= record_from]
+
+    def trade(side: Side, qty: float, b: Bar, tag: str) -> None:
+        book.set_mid(b.close)
+        ts = b.open_ns + _M
+        ex = broker.submit(OrderIntent(f"bh-{tag}", sym, side, qty, reduce_only=side < 0, reason=tag, ts=ts),
+                           book, ts)
+        for f in ex.fills:
+            led.on_fill(FillRecord(f.ts, f.symbol, int(f.side), f.price, f.qty, f.fee, b.close, "hold", tag,
+                                   f.client_order_id))
+
+    first = rec[0]
+    book.set_mid(first.close)
+    # the most we can buy: walk the book at 99.5 % of cash to leave room for the fee and depth
+    qty = floor_to_step(starting_cash * 0.995 / book.best_ask()[0] / (1 + broker_cfg.taker_fee), rules.lot_step)
+    ts_l.append(first.open_ns + _M)  # the curve starts with the cash, before the buy's fee and spread
+    eq.append(starting_cash)
+    pos.append(0.0)
+    trade(Side.BUY, qty, first, "entry")
+    for b in rec[1:]:
+        q = broker.portfolio.qty(sym)
+        ts_l.append(b.open_ns + _M)
+        eq.append(broker.portfolio.cash + q * b.close)
+        pos.append(q)
+    trade(Side.SELL, broker.portfolio.qty(sym), rec[-1], "end_of_backtest")
+    eq[-1] = broker.portfolio.cash
+    pos[-1] = broker.portfolio.qty(sym)
+    store.close()
+    return RunResult("buy_and_hold", np.array(ts_l, np.int64), np.array(eq), np.array(pos), led.fills, led.trades)
+
+
+@dataclass
+class BacktestResult:
+    metrics: dict
+    decisions: dict[str, list[tuple]]   # run name -> compact decision log (ts, tf, bar_open, intents, fills, ...)
+    report: Any                         # daemon.report.ReportData
+    windows: list[Window]
+    # tf -> (bar open_ns, {model: P(up) per bar, NaN where none was made}) from the batched walk-forward
+    predictions: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+
+
+def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = BacktestOptions(), cfg=None,
+                 rules: SymbolRules | None = None, starting_cash: float | None = None,
+                 workdir: str | Path | None = None, progress=None) -> BacktestResult:
+    """Walk-forward backtest of ``k1m`` (engines.data.Klines, 1m) and, with ``report_dir``, the report files."""
+    from daemon.config import Config
+    from daemon.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
+    from engines.data import klines_to_bars
+    opts.validate()
+    cfg = cfg or Config()
+    rules = rules or SymbolRules(k1m.symbol or "BTCUSDT")
+    if k1m.timeframe != "1m":
+        raise ValueError(f"backtest needs 1m klines, got {k1m.timeframe}")
+    starting_cash = float(starting_cash or cfg.broker.starting_cash)
+    say = progress or (lambda m: None)
+    t_all = time.perf_counter()
+    info: dict[str, Any] = {"options": asdict(opts), "rules": asdict(rules), "starting_cash": starting_cash,
+                            "data": {"rows": len(k1m), "filled_missing_minutes": k1m.filled,
+                                     "dropped_duplicate_rows": k1m.duplicates,
+                                     "fill_rule": "missing minutes are flat zero-volume bars at the previous close"},
+                            "timing": {}}
+    first, end = int(k1m.open_ns[0]), int(k1m.open_ns[-1]) + _M
+    windows = walk_forward_windows(first, end, opts.train_days, opts.test_days)
+    if not windows:
+        raise ValueError(f"{len(k1m)} minutes of data: need more than train_days={opts.train_days} days")
+    record_from = windows[0].test_start_ns
+    # the first recorded point (the bar closing at record_from) is simulated, never primed; nothing trades
+    # before record_from (no predictions), so the curve starts at the starting cash
+    prime_until = min(max(first, record_from - int(opts.warm_days * _DAY)), record_from - _M)
+
+    t0 = time.perf_counter()
+    tfd = _prepare_timeframes(k1m, opts)
+    info["timing"]["batch_features_s"] = time.perf_counter() - t0
+    clock = _Clock()
+    sets = {tf: BatchPredictions(tf, clock, d.open_ns, d.X) for tf, d in tfd.items()}
+    own_tmp = None
+    if workdir is None:
+        own_tmp = tempfile.TemporaryDirectory(prefix="tradingd-backtest-")
+        workdir = own_tmp.name
+    workdir = Path(workdir)
+    try:
+        _train_and_predict(k1m, windows, tfd, opts, workdir / "models", sets, info, say)
+
+        t0 = time.perf_counter()
+        bars = klines_to_bars(k1m)
+        info["timing"]["bars_s"] = time.perf_counter() - t0
+        sims = []
+        pipe, book, store = _make_pipeline(cfg, rules, sets, opts, workdir / "strategy.sqlite", starting_cash, clock)
+        sims.append(_Sim("strategy", pipe, book, TradeLedger()))
+        stores = [store]
+        if opts.baseline:
+            base = MomentumBaseline(opts.baseline_conviction, opts.models, record_from, clock)
+            bpipe, bbook, bstore = _make_pipeline(cfg, rules, {tf: base for tf in opts.timeframes}, opts,
+                                                  workdir / "baseline.sqlite", starting_cash, clock)
+            sims.append(_Sim("baseline_momentum", bpipe, bbook, TradeLedger()))
+            stores.append(bstore)
+        t0 = time.perf_counter()
+        _simulate(sims[:1], bars, prime_until, record_from, clock, opts.intrabar_exits)
+        info["timing"]["simulate_strategy_s"] = time.perf_counter() - t0
+        say(f"strategy simulated in {info['timing']['simulate_strategy_s']:.1f}s")
+        if len(sims) > 1:
+            t0 = time.perf_counter()
+            _simulate(sims[1:], bars, prime_until, record_from, clock, opts.intrabar_exits)
+            info["timing"]["simulate_baseline_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bh = _buy_and_hold(cfg, rules, opts, bars, record_from, workdir / "buy_and_hold.sqlite", starting_cash)
+        info["timing"]["buy_and_hold_s"] = time.perf_counter() - t0
+        for s in stores:
+            s.close()
+    finally:
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+    runs = {}
+    for sim in sims:
+        runs[sim.name] = RunResult(sim.name, np.array(sim.ts, np.int64), np.array(sim.equity),
+                                   np.array(sim.position), sim.ledger.fills, sim.ledger.trades)
+        p = sim.pipeline
+        info.setdefault("counters", {})[sim.name] = {
+            "pipeline": dict(p.counters), "optimizer": dict(p.optimizer.counters), "risk": dict(p.risk.counters),
+            "broker": dict(p.broker.stats)}
+    runs["buy_and_hold"] = bh
+    info["counters"]["batch_predictions"] = {tf: dict(s.counters) for tf, s in sets.items()}
+    calib: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for tf, s in sets.items():
+        for kind, arr in s.preds.items():
+            m = np.isfinite(arr)
+            calib.setdefault(tf, {})[kind] = (arr[m], tfd[tf].y[m].astype(np.float64))
+    rec = np.flatnonzero(np.asarray(k1m.open_ns) + _M >= record_from)
+    price_ts = np.asarray(k1m.open_ns)[rec] + _M
+    data = ReportData(k1m.symbol or rules.symbol, 60.0, price_ts, np.asarray(k1m.close)[rec], runs, calib, info)
+    info["timing"]["total_before_report_s"] = time.perf_counter() - t_all
+    t0 = time.perf_counter()
+    metrics = write_report(report_dir, data) if report_dir is not None else compute_metrics(data)
+    info["timing"]["report_s"] = time.perf_counter() - t0
+    return BacktestResult(metrics, {s.name: s.decisions for s in sims}, data, windows,
+                          {tf: (s.open_ns, dict(s.preds)) for tf, s in sets.items()})
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(p) -> None:
+    d = BacktestOptions()
+    p.add_argument("--data", help="1m klines CSV (open_time_ms,open,high,low,close,volume; .gz ok)")
+    p.add_argument("--store", help="read 1m bars from the daemon's SQLite store instead")
+    p.add_argument("--recording", help="raw frame recording (not supported yet: see the module docstring)")
+    p.add_argument("--symbol", default="", help="symbol (default: from the file name, else BTCUSDT)")
+    p.add_argument("--report", required=True, help="report directory (metrics.json, trades.csv, PNGs, index.html)")
+    p.add_argument("--config", help="config.toml (optimizer, risk, broker fees, bars); default: built-in defaults")
+    p.add_argument("--timeframes", default=",".join(d.timeframes))
+    p.add_argument("--models", default=",".join(d.models), help="xgboost,lstm or one of them")
+    p.add_argument("--train-days", type=float, default=d.train_days)
+    p.add_argument("--test-days", type=float, default=d.test_days)
+    p.add_argument("--warm-days", type=float, default=d.warm_days,
+                   help="days of decisions without predictions before the first window (optimizer warm-up)")
+    p.add_argument("--xgb-rounds", type=int, default=d.xgb_rounds)
+    p.add_argument("--xgb-early-stopping", type=int, default=d.xgb_early_stopping)
+    p.add_argument("--lstm-epochs", type=int, default=d.lstm_epochs)
+    p.add_argument("--lstm-hidden", type=int, default=d.lstm_hidden)
+    p.add_argument("--lstm-seq-len", type=int, default=d.lstm_seq_len)
+    p.add_argument("--threads", type=int, default=d.threads, help="training threads (0 = library default)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--xgb-backend", default=d.xgb_backend)
+    p.add_argument("--lstm-backend", default=d.lstm_backend)
+    p.add_argument("--spread-bps", type=float, default=d.spread_bps, help="synthetic book full spread (bps)")
+    p.add_argument("--level-bps", type=float, default=d.level_bps, help="synthetic book level spacing (bps)")
+    p.add_argument("--levels", type=int, default=d.levels, help="synthetic book levels per side")
+    p.add_argument("--level-notional", type=float, default=d.level_notional,
+                   help="synthetic book size per level (quote)")
+    p.add_argument("--tick-size", type=float, default=SymbolRules.tick_size)
+    p.add_argument("--lot-step", type=float, default=SymbolRules.lot_step)
+    p.add_argument("--min-notional", type=float, default=SymbolRules.min_notional)
+    p.add_argument("--starting-cash", type=float, default=0.0, help="0 = broker.starting_cash")
+    p.add_argument("--no-baseline", action="store_true", help="skip the momentum baseline run")
+    p.add_argument("--baseline-conviction", type=float, default=d.baseline_conviction)
+    p.add_argument("--no-intrabar-exits", action="store_true",
+                   help="check stops/take-profits only at bar closes (not on each 1m bar's range)")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                   help="log level during the run (info logs every intent and timeframe switch)")
+    p.add_argument("--workdir", help="keep the walk-forward models here (default: a temporary directory)")
+
+
+def _split(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def main(args) -> int:
+    import orjson
+
+    from daemon.config import load_config
+    from daemon.logs import configure
+    from engines.data import KlinesError
+    configure(level=args.log_level, json=False)
+    if args.recording:
+        print("tradingd backtest: --recording is not supported yet (klines via --data/--store only)",
+              file=sys.stderr)
+        return 2
+    if not args.data and not args.store:
+        print("tradingd backtest: give --data CSV or --store PATH", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+        opts = BacktestOptions(
+            timeframes=_split(args.timeframes), models=_split(args.models), train_days=args.train_days,
+            test_days=args.test_days, warm_days=args.warm_days, xgb_rounds=args.xgb_rounds,
+            xgb_early_stopping=args.xgb_early_stopping, lstm_epochs=args.lstm_epochs,
+            lstm_hidden=args.lstm_hidden, lstm_seq_len=args.lstm_seq_len, threads=args.threads, seed=args.seed,
+            xgb_backend=args.xgb_backend, lstm_backend=args.lstm_backend, spread_bps=args.spread_bps,
+            level_bps=args.level_bps, levels=args.levels, level_notional=args.level_notional,
+            baseline=not args.no_baseline, baseline_conviction=args.baseline_conviction,
+            intrabar_exits=not args.no_intrabar_exits)
+        opts.validate()
+        t0 = time.perf_counter()
+        if args.data:
+            from engines.data import load_klines_csv
+            k = load_klines_csv(args.data, symbol=args.symbol or None)
+        else:
+            from engines.train import load_training_data
+            k = load_training_data(None, store=args.store, symbol=args.symbol or "BTCUSDT")
+        load_s = time.perf_counter() - t0
+        rules = SymbolRules(k.symbol or args.symbol or "BTCUSDT", tick_size=args.tick_size, lot_step=args.lot_step,
+                            min_qty=args.lot_step, min_notional=args.min_notional)
+        res = run_backtest(k, args.report, opts=opts, cfg=cfg, rules=rules,
+                           starting_cash=args.starting_cash or None, workdir=args.workdir,
+                           progress=lambda m: print(m, file=sys.stderr))
+    except (KlinesError, ValueError, OSError) as e:
+        print(f"tradingd backtest: {e}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    t = dict(m["info"]["timing"], load_s=load_s)
+    summary = {"report": str(Path(args.report).resolve()), "symbol": m["symbol"], "timing_s": t,
+               "runs": {name: {k: r.get(k) for k in ("total_return", "annualised_return", "sharpe", "sortino",
+                                                      "max_drawdown", "trades", "win_rate", "profit_factor",
+                                                      "fees_paid", "slippage_paid", "exposure")}
+                        for name, r in m["runs"].items()}}
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0

@@ -1,0 +1,193 @@
+"""tradingd backtest on real BTCUSDT klines with tiny models: report files and their accounting identities,
+causality (a perturbed future changes no earlier decision), walk-forward windows, bad CSV input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from daemon.backtest import BacktestOptions, SymbolRules, SynthBook, run_backtest, walk_forward_windows
+from daemon.config import config_from_dict
+
+DAY = 86_400_000_000_000
+M = 60_000_000_000
+
+# tiny and fast; expected_move_atr_mult is raised so that near-0.5 tiny-model predictions still clear costs and
+# the run really trades (the accounting checks below would be vacuous otherwise)
+OPTS = BacktestOptions(timeframes=("1m", "5m"), train_days=3, test_days=1.5, warm_days=0.5, xgb_rounds=15,
+                       xgb_early_stopping=5, lstm_epochs=1, lstm_hidden=8, lstm_seq_len=16, threads=1)
+CFG = config_from_dict({"optimizer": {"expected_move_atr_mult": 25.0}})
+
+
+@pytest.fixture(scope="module")
+def k6(btc_klines_path):
+    from engines.data import load_klines_csv
+    return load_klines_csv(btc_klines_path)[:6 * 1440]
+
+
+@pytest.fixture(scope="module")
+def run6(k6, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return run_backtest(k6, out, opts=OPTS, cfg=CFG), out
+
+
+def test_report_files_and_accounting(run6):
+    res, out = run6
+    for f in ("metrics.json", "trades.csv", "index.html", "equity_drawdown.png", "price_trades.png",
+              "pnl_by_timeframe.png", "calibration.png", "trades_buy_and_hold.csv", "trades_baseline_momentum.csv"):
+        assert (out / f).stat().st_size > 0, f
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["runs"]["strategy"]
+    rows = list(csv.DictReader(open(out / "trades.csv")))
+    assert s["trades"] == len(rows) > 0, m["info"]["counters"]
+    assert s["fees_paid"] > 0 and s["slippage_paid"] > 0
+    # every position closed at the end: the trade list accounts for the whole equity change, fees included
+    total = sum(float(r["pnl"]) for r in rows)
+    assert total == pytest.approx(s["end_equity"] - s["start_equity"], abs=1e-6)
+    assert s["start_equity"] == m["info"]["starting_cash"]
+    assert sum(float(r["fees"]) for r in rows) == pytest.approx(s["fees_paid"], rel=1e-9)
+    for name in ("buy_and_hold", "baseline_momentum"):
+        r = m["runs"][name]
+        assert r["trade_pnl_sum"] == pytest.approx(r["pnl"], abs=1e-6), name
+        assert r["start_equity"] == m["info"]["starting_cash"]
+    assert m["runs"]["buy_and_hold"]["trades"] == 1 and m["runs"]["buy_and_hold"]["fees_paid"] > 0
+    # the pipeline's incremental features agree with the batch rows the predictions came from
+    bp = m["info"]["counters"]["batch_predictions"]
+    assert all(c.get("feature_mismatch", 0) == 0 and c.get("served", 0) > 0 for c in bp.values()), bp
+    # equity is marked every 1m bar of the traded span
+    assert s["bars"] == int(round((m["end_ns"] - m["start_ns"]) / M)) + 1
+    assert 'src="equity_drawdown.png"' in (out / "index.html").read_text()
+
+
+def test_walk_forward_models_never_see_their_window(run6):
+    res, _ = run6
+    m = res.metrics
+    assert len(res.windows) == 2
+    for w, info in zip(res.windows, m["info"]["windows"]):
+        assert w.train_end_ns == w.test_start_ns and w.train_start_ns < w.train_end_ns
+        for tf, t in info["timeframes"].items():
+            if "train_end_ns" in t:
+                assert t["train_end_ns"] + {"1m": 1, "5m": 5}[tf] * M <= w.test_start_ns
+    ws = walk_forward_windows(0, 10 * DAY, 4, 3)
+    assert [(w.train_start_ns, w.test_start_ns, w.test_end_ns) for w in ws] == [
+        (0, 4 * DAY, 7 * DAY), (3 * DAY, 7 * DAY, 10 * DAY)]
+
+
+def test_causality_perturbed_future_changes_no_earlier_decision(k6, run6):
+    """Bars after t are changed (prices scaled by a wobbling factor, volumes doubled); every decision, order and
+    fill before t must be identical, and the run after t must differ (else the test proves nothing)."""
+    from engines.data import Klines
+    res_a, _ = run6
+    t = int(k6.open_ns[0]) + int(3.75 * DAY)  # inside the first traded window
+    after = np.asarray(k6.open_ns) >= t
+    f = np.where(after, 1 + 0.03 * np.sin(np.arange(len(k6)) / 50.0), 1.0)
+    kb = Klines(k6.open_ns, k6.open * f, k6.high * f, k6.low * f, k6.close * f,
+                np.where(after, k6.volume * 2, k6.volume), symbol=k6.symbol)
+    res_b = run_backtest(kb, None, opts=OPTS, cfg=CFG)
+    for name in ("strategy", "baseline_momentum"):
+        a, b = res_a.decisions[name], res_b.decisions[name]
+        before_a = [d for d in a if d[0] <= t]
+        before_b = [d for d in b if d[0] <= t]
+        assert before_a == before_b, name
+        if name == "strategy":
+            assert len(before_a) > 0  # decisions with orders happened before t
+        assert [d for d in a if d[0] > t] != [d for d in b if d[0] > t], name
+    # the models' predictions for bars closing by t are identical too (and some were made)
+    for tf in OPTS.timeframes:
+        open_ns, pa = res_a.predictions[tf]
+        _, pb = res_b.predictions[tf]
+        pre = open_ns + {"1m": 1, "5m": 5}[tf] * M <= t
+        for kind in ("xgboost", "lstm"):
+            assert np.isfinite(pa[kind][pre]).sum() > 10, (tf, kind)
+            assert np.array_equal(pa[kind][pre], pb[kind][pre], equal_nan=True), (tf, kind)
+    eq_a = res_a.report.runs["strategy"]
+    eq_b = res_b.report.runs["strategy"]
+    pre = eq_a.ts_ns <= t
+    assert np.array_equal(eq_a.equity[pre], eq_b.equity[eq_b.ts_ns <= t])
+
+
+def test_synth_book_costs_always_on():
+    b = SynthBook(SymbolRules(), spread_bps=1.0, level_bps=0.5, levels=5, level_notional=10_000)
+    b.set_mid(60_000.0)
+    bid, ask = b.best_bid()[0], b.best_ask()[0]
+    assert bid < 60_000 < ask and ask - bid == pytest.approx(6.0, abs=0.011)
+    bids, asks = b.depth(5)
+    assert [p for p, _ in bids] == sorted((p for p, _ in bids), reverse=True) and len(asks) == 5
+    assert all(abs(q * 60_000 - 10_000) < 1 for _, q in asks)
+    assert all(round(p / 0.01) * 0.01 == pytest.approx(p) for p, _ in bids + asks)
+    with pytest.raises(ValueError, match="costs are never off"):
+        BacktestOptions(spread_bps=0).validate()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _write_csv(path, rows):
+    with open(path, "w") as fh:
+        fh.write("open_time_ms,open,high,low,close,volume\n")
+        for r in rows:
+            fh.write(",".join(str(x) for x in r) + "\n")
+
+
+def _rows(k, n):
+    return [[int(k.open_ns[i]) // 1_000_000, k.open[i], k.high[i], k.low[i], k.close[i], k.volume[i]]
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("nan", r":5: NaN"), ("unsorted", r":7: timestamps not sorted"), ("dup_differs", r":9: duplicated"),
+    ("negative_price", r":4: price <= 0"), ("garbage", r":3: not a number")])
+def test_bad_csv_exits_nonzero_naming_the_line(k6, tmp_path, capsys, case, expect):
+    from daemon.cli import main as cli
+    rows = _rows(k6, 20)
+    if case == "nan":
+        rows[3][4] = "nan"
+    elif case == "unsorted":
+        rows[5], rows[4] = rows[4], rows[5]
+    elif case == "dup_differs":
+        rows[7] = list(rows[6])
+        rows[7][5] = rows[7][5] + 1.0
+    elif case == "negative_price":
+        rows[2][3] = -1
+    elif case == "garbage":
+        rows[1][2] = "abc"
+    p = tmp_path / "bad.csv"
+    _write_csv(p, rows)
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    import re
+    assert re.search(re.escape(str(p)) + expect, err), err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k6, tmp_path, capsys):
+    """Missing minutes are filled as flat zero-volume bars at the previous close, an exact duplicate row is
+    dropped, zero volume is allowed; the run completes and metrics.json reports the repairs."""
+    from daemon.cli import main as cli
+    rows = _rows(k6, 5 * 1440)
+    rows[100][5] = 0.0                        # zero volume: allowed
+    dropped = {2000, 2001, 2002, 3500}        # missing minutes
+    rows.insert(4000, list(rows[4000]))       # exact duplicate
+    rows = [r for i, r in enumerate(rows) if i not in dropped]
+    p = tmp_path / "BTC_USDT-1m_gappy.csv"
+    _write_csv(p, rows)
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), "--timeframes", "5m",
+              "--models", "xgboost", "--train-days", "3", "--test-days", "2", "--xgb-rounds", "10",
+              "--no-baseline"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    d = m["info"]["data"]
+    assert d["filled_missing_minutes"] == 4 and d["dropped_duplicate_rows"] == 1 and d["rows"] == 5 * 1440
+    assert "previous close" in d["fill_rule"]
+    summary = json.loads(out)
+    assert summary["runs"]["strategy"]["fees_paid"] is not None and math.isfinite(summary["runs"]["buy_and_hold"]
+                                                                                  ["total_return"])
+
+
+def test_recording_mode_is_refused_clearly(tmp_path, capsys):
+    from daemon.cli import main as cli
+    rc = cli(["backtest", "--recording", str(tmp_path / "x.gz"), "--report", str(tmp_path / "r")])
+    assert rc == 2 and "--recording is not supported" in capsys.readouterr().err
