@@ -1,0 +1,341 @@
+"""`tradingd run` as a real subprocess: config -> store -> venue -> models -> feed -> HTTP -> SIGTERM.
+
+(a) simulator venue, empty registry: first-run training with the small spec, then live bars, predictions, an
+    order and its fill, the control endpoints, a clean SIGTERM drain and a store whose positions equal the sum
+    of its fills; (b) replay of the real recording (both files, given as the directory) with models trained
+    here on real klines; (c) a truncated model file -> exit 3; (d) bad config -> exit 2 naming the key.
+Each run is bounded; every process started is killed in a finally.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+TOKEN = "e2e-secret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, data_dir: Path, port: int, extra: str = "", timeframes=("1m",)) -> Path:
+    tfs = ", ".join(f'"{t}"' for t in timeframes)
+    path.write_text(f"""
+[general]
+symbols = ["BTCUSDT"]
+timeframes = [{tfs}]
+data_dir = "{data_dir}"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+
+[logging]
+level = "info"
+json = true
+{extra}
+""")
+    return path
+
+
+class Daemon:
+    """A `tradingd run` subprocess with its stdout collected by a thread."""
+
+    def __init__(self, config: Path, tmp: Path) -> None:
+        env = dict(os.environ, TRADINGD_CONTROL_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+        env.pop("NOTIFY_SOCKET", None)
+        self.err_path = tmp / "stderr.log"
+        self._err = open(self.err_path, "wb")
+        self.p = subprocess.Popen([PY, "-m", "daemon.cli", "run", "--config", str(config)], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=self._err)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for raw in self.p.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match:
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.lines):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} (rc={self.p.poll()}); stdout:\n" +
+                             "\n".join(self.lines[-30:]) + "\nstderr tail:\n" + self.stderr()[-3000:])
+
+    def stderr(self) -> str:
+        if not self._err.closed:
+            self._err.flush()
+        return self.err_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+        if not self._err.closed:
+            self._err.close()
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(url: str, token: str | None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method="POST", data=b"")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def wait_until(fn, timeout: float, what: str, daemon: Daemon):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = fn()
+        if last:
+            return last
+        if daemon.p.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (rc={daemon.p.poll()}); stderr tail:\n"
+                         + daemon.stderr()[-3000:])
+
+
+def check_store(db_path: Path) -> dict[str, float]:
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        fills = dict(db.execute("SELECT symbol, SUM(side * qty) FROM fills GROUP BY symbol").fetchall())
+        pos = dict(db.execute("SELECT symbol, qty FROM positions").fetchall())
+        for sym in set(fills) | set(pos):
+            assert pos.get(sym, 0.0) == pytest.approx(fills.get(sym, 0.0), abs=1e-9), sym
+        orphan = db.execute("SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id) "
+                            "WHERE o.client_order_id IS NULL").fetchone()[0]
+        assert orphan == 0
+        return pos
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def trained_registry(tmp_path_factory, btc_klines_path) -> Path:
+    """Tiny 1m models trained on 4 days of real BTCUSDT klines (the small first-run spec)."""
+    from engines.data import load_klines_csv
+    from engines.registry import ModelRegistry
+    from engines.train import TrainSpec, train_and_publish
+    root = tmp_path_factory.mktemp("registry")
+    k = load_klines_csv(btc_klines_path, symbol="BTCUSDT")[: 4 * 1440]
+    train_and_publish(k, TrainSpec("1m", xgb_rounds=50, lstm_epochs=1, lstm_hidden=8), ModelRegistry(root))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ (a)
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_simulator_first_run_trades_and_drains(tmp_path):
+    port = free_port()
+    data = tmp_path / "var"
+    cfg = write_config(tmp_path / "config.toml", data, port, extra="""
+[venue]
+mode = "simulate"
+
+[simulator]
+history_days = 2
+trades_per_s = 20.0
+
+[broker]
+taker_fee = 0.0
+maker_fee = 0.0
+
+[engines]
+first_run_xgb_rounds = 100
+""")
+    d = Daemon(cfg, tmp_path)
+    try:
+        m = d.wait_line(r"first run: trained 1m in ([0-9.]+) s", 90)
+        train_s = float(m.group(1))
+        url = d.wait_line(r"ready: (http://\S+)", 30).group(1)
+        assert url == f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_get(url + "/readyz")[0] == 200, 20, "readyz 200", d)
+        code, body = http_get(url + "/healthz")
+        assert code == 200 and orjson.loads(body)["ok"] is True
+        # the first live 1m bar closes at the next minute boundary: bars, predictions, an order and its fill
+        def traded():
+            text = http_get(url + "/metrics")[1].decode()
+            return text if metric(text, "tradingd_fills_total") >= 1 else None
+        text = wait_until(traded, 75, "a bar close with predictions, an order and a fill", d)
+        assert metric(text, "tradingd_frames_total", stream="trade") > 0
+        assert metric(text, "tradingd_frames_total", stream="depth@100ms") > 0
+        assert metric(text, "tradingd_bars_total", timeframe="1m") >= 1
+        assert metric(text, "tradingd_predictions_total", engine="xgboost") >= 1
+        assert metric(text, "tradingd_predictions_total", engine="lstm") >= 1  # primed window: LSTM at once
+        assert metric(text, "tradingd_orders_total") >= 1
+        assert metric(text, "tradingd_tick_to_decision_seconds_count") >= 1
+        assert metric(text, "tradingd_book_synced", symbol="BTCUSDT") == 1
+        assert metric(text, "tradingd_ready") == 1
+        status = orjson.loads(http_get(url + "/status")[1])
+        assert status["models"]["1m"]["xgboost"]["backend"] and status["models"]["1m"]["lstm"]["backend"]
+        assert status["account"]["fills"] >= 1 and status["risk"]["state"] == "ACTIVE"
+        lat = status["pipeline"]["tick_to_decision"]
+        print(f"\nfirst-run training {train_s:.1f} s; tick-to-decision {lat}; timings {status['timings']}")
+        # control: refused without the token, then halt / flatten / resume with it
+        assert http_post(url + "/control/halt", None)[0] == 401
+        code, body = http_post(url + "/control/halt", TOKEN)
+        assert code == 200 and body["risk_state"] == "HALTED"
+        code, body = http_post(url + "/control/flatten", TOKEN)
+        assert code == 200 and body["ok"]
+        status = orjson.loads(http_get(url + "/status")[1])
+        assert all(p["qty"] == 0.0 for p in status["account"]["positions"].values()), status["account"]
+        code, body = http_post(url + "/control/resume", TOKEN)
+        assert code == 200 and body["risk_state"] == "ACTIVE"
+        rc = d.stop()
+        assert rc == 0, d.stderr()[-3000:]
+    finally:
+        d.kill()
+    pos = check_store(data / "tradingd.sqlite")
+    assert pos.get("BTCUSDT", 0.0) == 0.0  # flattened
+    db = sqlite3.connect(data / "tradingd.sqlite")
+    n_bars = db.execute("SELECT COUNT(*) FROM bars WHERE timeframe='1m'").fetchone()[0]
+    assert n_bars >= 2 * 1440 - 5  # primed history + live bars, for the retrainer
+    assert db.execute("SELECT COUNT(*) FROM model_versions WHERE active=1").fetchone()[0] == 2
+    assert '"event": "stopped"' in d.stderr()
+
+
+# ------------------------------------------------------------------------------------------------ (b)
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_replay_of_real_recording(tmp_path, binance_recording, trained_registry):
+    port = free_port()
+    data = tmp_path / "var"
+    rec_dir = binance_recording[0].parent  # both files: a directory replays its *.gz in name (= time) order
+    cfg = write_config(tmp_path / "config.toml", data, port, extra=f"""
+[venue]
+mode = "replay"
+recording = "{rec_dir}"
+speed = 0.0
+
+[engines]
+registry = "{trained_registry}"
+train_on_first_run = false
+""")
+    d = Daemon(cfg, tmp_path)
+    try:
+        url = d.wait_line(r"ready: (http://\S+)", 60).group(1)
+        wait_until(lambda: http_get(url + "/readyz")[0] == 200, 30, "readyz 200", d)
+
+        def replayed():
+            text = http_get(url + "/metrics")[1].decode()
+            return text if metric(text, "tradingd_frames_total", stream="trade") >= 19_904 else None
+        text = wait_until(replayed, 60, "all 19,904 recorded trades", d)
+        assert metric(text, "tradingd_frames_total", stream="depth@100ms") >= 6_000
+        assert metric(text, "tradingd_frames_total", stream="trade") == 19_904
+        assert 9 <= metric(text, "tradingd_bars_total", timeframe="1m") <= 11  # 11 minutes of recording
+        assert metric(text, "tradingd_decode_errors_total") == 0
+        status = orjson.loads(http_get(url + "/status")[1])
+        # features need 48 bars of warm-up and a replay venue has no history before its recording: no
+        # predictions (so no orders) in 11 minutes; the counters say so rather than guessing
+        assert metric(text, "tradingd_predictions_total") == 0
+        assert status["pipeline"]["counters"]["decisions"] >= 9
+        assert status["feed"]["books"]["BTCUSDT"]["gaps"] == 0
+        rc = d.stop()
+        assert rc == 0, d.stderr()[-3000:]
+    finally:
+        d.kill()
+    check_store(data / "tradingd.sqlite")
+
+
+# ------------------------------------------------------------------------------------------------ (c)
+@pytest.mark.timeout(90)
+def test_truncated_model_refuses_to_start(tmp_path, trained_registry):
+    reg = tmp_path / "models"
+    shutil.copytree(trained_registry, reg)
+    version = (reg / "1m" / "xgboost" / "current").read_text().strip()
+    vdir = reg / "1m" / "xgboost" / version
+    victim = max((p for p in vdir.iterdir() if p.is_file() and p.name != "manifest.json"),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    cfg = write_config(tmp_path / "config.toml", tmp_path / "var", free_port(), extra=f"""
+[venue]
+mode = "simulate"
+
+[engines]
+registry = "{reg}"
+train_on_first_run = false
+""")
+    d = Daemon(cfg, tmp_path)
+    try:
+        rc = d.p.wait(60)
+    finally:
+        d.kill()
+    err = d.stderr()
+    assert rc == 3, err[-2000:]
+    assert "start-up failed" in err and "model refused" in err and victim.name in err
+
+
+# ------------------------------------------------------------------------------------------------ (d)
+@pytest.mark.parametrize("body, key", [
+    ("[http]\nport = 99999\n", "http.port"),
+    ("[venue]\nmode = \"moon\"\n", "venue.mode"),
+    ("[engines]\nno_such_option = 1\n", "engines.no_such_option"),
+])
+def test_bad_config_exits_2_naming_the_key(tmp_path, body, key):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(body)
+    p = subprocess.run([PY, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=ROOT, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 2, p.stderr.decode()[-2000:]
+    assert key in p.stderr.decode()
