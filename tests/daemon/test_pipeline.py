@@ -177,3 +177,48 @@ def test_trade_driven_on_real_recording(tmp_path, binance_recording):
     assert db.execute("SELECT COUNT(*) FROM bars WHERE timeframe='1m'").fetchone()[0] == len(d1)
     # bars equal the builder's: volumes add up to the traded quantity of closed minutes
     assert sum(d.close > 0 for d in d1) == len(d1)
+
+
+# ------------------------------------------------------------------------------------------------ EngineSet
+class _Eng:
+    def __init__(self, kind, seq_len=0, value=0.5, ready=True):
+        self.kind, self.seq_len, self.value, self.ready = kind, seq_len, value, ready
+        self.shapes = []
+
+    def predict(self, x):
+        self.shapes.append(x.shape)
+        return np.full(x.shape[0], self.value)
+
+
+def _set(seq_len=4, xv=0.6, lv=0.7, ready=True):
+    from daemon.engineset import EngineSet, LoadedEngine
+    x, l = _Eng("xgboost", value=xv, ready=ready), _Eng("lstm", seq_len, lv, ready)
+    return EngineSet("5m", {"xgboost": LoadedEngine("xgboost", x, "v1", "compiled-cpu", "test", False, "/x"),
+                            "lstm": LoadedEngine("lstm", l, "v1", "onnxruntime-cpu", "test", False, "/l")}), x, l
+
+
+def test_engineset_lstm_only_with_a_full_window_per_symbol_and_swap():
+    es, x, l = _set(seq_len=4)
+    nf = FEATURE_SCHEMA.n_features
+    rows = [np.full(nf, float(i)) for i in range(6)]
+    assert es.predict(rows[0], "BTCUSDT") == {"xgboost": 0.6}
+    es.observe(rows[1], "BTCUSDT")
+    es.observe(rows[2], "BTCUSDT")
+    out = es.predict(rows[3], "BTCUSDT")  # 4 rows now: the window is full
+    assert out == {"xgboost": 0.6, "lstm": 0.7} and l.shapes[-1] == (1, 4, nf) and x.shapes[-1] == (1, nf)
+    assert es.predict(rows[0], "ETHUSDT") == {"xgboost": 0.6}  # windows are per symbol
+    new, _, _ = _set(seq_len=4, xv=0.1, lv=0.2)
+    es.swap(new)
+    assert es.predict(rows[4], "BTCUSDT") == {"xgboost": 0.1, "lstm": 0.2}  # history kept across the swap
+    cold, _, _ = _set(ready=False)
+    from daemon.engineset import ModelLoadError
+    with pytest.raises(ModelLoadError, match="not warmed"):
+        es.swap(cold)
+    assert es.predict(rows[5], "BTCUSDT")["xgboost"] == 0.1
+
+
+def test_engineset_load_refuses_missing_model(tmp_path):
+    from daemon.engineset import EngineSet, ModelLoadError
+    from engines.registry import ModelRegistry
+    with pytest.raises(ModelLoadError, match="no current xgboost model for timeframe 5m"):
+        EngineSet.load(ModelRegistry(tmp_path), "5m", Config().engines)
