@@ -375,19 +375,20 @@ class Daemon:
         cfg = self.cfg
         seq = max((es.seq_len for es in self.engine_sets.values()), default=0)
         need_min = history_bars_needed(cfg.general.timeframes, seq)
+        for sym, k in (history or {}).items():  # the training history also goes to the store (retrainer)
+            self.store.write_bars(klines_to_bars(k))
         for sym in cfg.general.symbols:
-            k = (history or {}).get(sym)
-            if k is None or len(k) < need_min:
-                try:
-                    k = await self._fetch_history(sym, need_min / 1440 + 0.01)
-                except Exception as e:  # noqa: BLE001 - no history: predictions start after warm-up
-                    log.warning("prime_history_unavailable", symbol=sym, error=str(e)[:200])
-                    continue
+            # always a fresh fetch: training may have taken minutes, and a gap would be filled with flat bars
+            try:
+                k = await self._fetch_history(sym, need_min / 1440 + 0.01)
+            except Exception as e:  # noqa: BLE001 - no history: predictions start after warm-up
+                log.warning("prime_history_unavailable", symbol=sym, error=str(e)[:200])
+                continue
             if len(k) == 0:
                 log.warning("prime_history_empty", symbol=sym)
                 continue
             bars = klines_to_bars(k)
-            self.store.write_bars(bars)  # the retrainer reads 1m history from the store
+            self.store.write_bars(bars)
             rows = self.pipeline.prime(sym, bars[-need_min:])
             log.info("primed", symbol=sym, bars=min(len(bars), need_min), rows=rows)
 
