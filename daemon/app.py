@@ -16,7 +16,7 @@ Start-up, in order (start-up and crash recovery are one path):
    bar instead of after 48 bars), those 1m bars also go to the store for the retrainer;
 6. feed (BinanceFeed; events go INLINE to the pipeline, so every decision sees exactly the book after the event
    that closed the bar: the socket's receive buffer is the only queue), HTTP (/metrics, /healthz, /readyz,
-   /status, bearer-token /control/{halt,resume,flatten}), then READY=1 and a line on stdout with the URL.
+   /status, bearer-token /control/{halt,resume,flatten,retrain}), then READY=1 and a line on stdout with the URL.
 
 Tasks are owned by a :class:`daemon.supervisor.Supervisor`: ``feed`` restarts with backoff; ``bar-clock``
 (closes bars of quiet minutes from the wall clock), ``collector`` (copies core counters into Prometheus metrics
@@ -27,6 +27,11 @@ each closed bar is one small transaction. They are rare (one bar per timeframe p
 signals), and SQLite connections are bound to their thread, so the broker's store cannot simply move to an
 executor; the cost is measured instead (/status ``pipeline.store_write`` and ``broker_submit``, and the loop-lag
 histogram) — a choice to revisit if order rates grow.
+
+Retraining (daemon.retrain): every ``retrain.interval_minutes`` and on ``POST /control/retrain`` a nice'd child
+process trains challengers on the store's bars and promotes them only if they beat the current models on
+held-out dollar P&L; changed versions are then loaded and warmed in a worker thread and swapped in on the loop
+(the loop lag during the swap is measured and shown in /status ``retrain.last``).
 
 Shutdown: the first SIGTERM/SIGINT halts new entries (risk halt), stops the feed, lets the current event finish,
 closes HTTP/venue/store and exits 0 within ``SHUTDOWN_S``; a second signal exits at once with 1.
@@ -90,6 +95,9 @@ class Daemon:
         self._bar_buf: list = []
         self._bar_write_ns: deque[int] = deque(maxlen=1000)
         self.bar_write_errors = 0
+        self.retrainer = None
+        self.retrain_task: asyncio.Task | None = None
+        self.last_retrain: dict | None = None
 
     # -------------------------------------------------------------------------------------- lifecycle
     async def run(self) -> int:
@@ -162,6 +170,8 @@ class Daemon:
                 log.warning("halt_failed", error=str(e))
         if self.feed is not None:
             self.feed.stop()
+        if self.retrain_task is not None and not self.retrain_task.done():
+            self.retrain_task.cancel()
         if self.supervisor is not None:
             await self.supervisor.stop(timeout=5.0)
         if self.http is not None:
@@ -201,6 +211,9 @@ class Daemon:
         sup.spawn("collector", self._collector)
         if cfg.venue.mode != "replay":  # a replay's time is the recording's: its trades close the bars
             sup.spawn("bar-clock", self._bar_clock)
+        if cfg.retrain.enabled:
+            self._make_retrainer()
+            sup.spawn("retrain-scheduler", self._retrain_scheduler, restart=True)
         url = f"http://{self.http.host}:{self.http.port}"
         self.notifier.ready(f"serving {url}")
         self.timings["startup_s"] = (time.time_ns() - self.started_ns) / 1e9
@@ -542,6 +555,9 @@ class Daemon:
                                       "predictions": d.predictions, "intents": [i.client_order_id for i in d.intents],
                                       "fills": len(d.fills), "book_stale": d.book_stale} for d in last]
         out["models"] = {tf: es.info() for tf, es in self.engine_sets.items()}
+        out["retrain"] = {"enabled": self.retrainer is not None,
+                          "running": bool(self.retrainer and self.retrainer.running),
+                          "runs": self.retrainer.runs if self.retrainer else 0, "last": self.last_retrain}
         if self.feed is not None:
             out["feed"] = self.feed.counters()
         if self.supervisor is not None:
@@ -561,9 +577,90 @@ class Daemon:
             d = pipe.flatten(ts)
             return {"ok": True, "orders": [i.client_order_id for i in d.intents], "fills": len(d.fills),
                     "risk": d.risk, "errors": d.errors}
+        elif action == "retrain":
+            if self.retrainer is None:
+                return {"ok": False, "error": "retraining is disabled (retrain.enabled = false)"}
+            if self.retrain_task is not None and not self.retrain_task.done():
+                return {"ok": False, "error": "a retrain is already running"}
+            self.retrain_task = asyncio.create_task(self.retrain_now("control"), name="retrain-on-demand")
+            return {"ok": True, "started": True}
         else:
-            return {"ok": False, "error": f"{action} is not implemented in this daemon yet"}
+            return {"ok": False, "error": f"unknown action {action}"}
         return {"ok": True, "risk_state": self.risk.state.value}
+
+    # ------------------------------------------------------------------------------------- retraining
+    def _make_retrainer(self) -> None:
+        from daemon.retrain import RetrainManager
+        cfg, r = self.cfg, self.cfg.retrain
+        self.retrainer = RetrainManager(
+            registry=str(self.registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
+            store=str(cfg.path(cfg.store.path)), rest_url=self.rest_url, history_days=r.history_days, nice=r.nice,
+            threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
+            min_improvement=r.min_improvement_usd,
+            spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,
+                            "cost": 2 * cfg.broker.taker_fee + 0.0001})
+
+    async def _retrain_scheduler(self) -> None:
+        period = self.cfg.retrain.interval_minutes * 60
+        while True:
+            await asyncio.sleep(period)
+            await self.retrain_now("schedule")
+
+    async def retrain_now(self, trigger: str) -> dict:
+        """One cycle: child process trains and gates; then changed versions are loaded and warmed in a worker
+        thread and swapped in on the loop. A failure is reported (metrics, log, /status) and trading goes on."""
+        assert self.retrainer is not None
+        outcome = await self.retrainer.run_once()
+        self.metrics.retrain_runs.labels("ok" if outcome.ok else "failed").inc()
+        self.metrics.retrain_duration.observe(outcome.seconds)
+        report: dict = {"trigger": trigger, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
+                        "error": outcome.error[-500:] if outcome.error else None, "results": outcome.results,
+                        "swapped": {}, "finished_ns": None}
+        if outcome.ok:
+            try:
+                report["swapped"], report["swap_loop_lag_max_ms"] = await self._swap_changed_engines()
+            except Exception as e:  # noqa: BLE001 - a model that fails to load is refused; old engines stay
+                report["ok"] = False
+                report["error"] = f"swap refused: {type(e).__name__}: {e}"
+                log.error("retrain_swap_refused", error=report["error"])
+        report["finished_ns"] = time.time_ns()
+        self.last_retrain = report
+        log.info("retrain_cycle", **{k: v for k, v in report.items() if k != "results"})
+        return report
+
+    async def _swap_changed_engines(self) -> tuple[dict, float]:
+        from daemon.engineset import EngineSet
+        changed = {}
+        for tf, es in self.engine_sets.items():
+            info = es.info()
+            for kind, i in info.items():
+                cur = self.registry.current_version(tf, kind)
+                if cur is not None and cur != i["version"]:
+                    changed.setdefault(tf, []).append(kind)
+        if not changed:
+            return {}, 0.0
+        loop = asyncio.get_running_loop()
+        lags: list[float] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:  # how late the loop wakes while models load and swap
+            while not stop.is_set():
+                t0 = loop.time()
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - t0 - 0.005)
+
+        probe_task = asyncio.create_task(probe(), name="swap-lag-probe")
+        swapped = {}
+        try:
+            for tf in changed:
+                new = await loop.run_in_executor(None, lambda tf=tf: EngineSet.load(
+                    self.registry, tf, self.cfg.engines, metrics=self.metrics))
+                self.engine_sets[tf].swap(new)  # on the loop: a reference swap between two events
+                swapped[tf] = {k: v["version"] for k, v in self.engine_sets[tf].info().items()}
+        finally:
+            stop.set()
+            await probe_task
+        return swapped, round(max(lags, default=0.0) * 1e3, 3)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

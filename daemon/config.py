@@ -175,6 +175,15 @@ class RetrainConfig:
     interval_minutes: float = opt(360.0, "Minutes between scheduled retrains.", gt=0)
     nice: int = opt(10, "Niceness of the retraining process.", ge=0, le=19)
     threads: int = opt(1, "Threads the retraining process may use.", ge=1)
+    timeout_minutes: float = opt(60.0, "A retrain running longer is killed and reported as failed.", gt=0)
+    min_store_bars: int = opt(20000, "Fewer 1m bars in the store than this: train on venue klines history too.",
+                              ge=100)
+    history_days: float = opt(30.0, "Days of venue klines fetched when the store is still young.", gt=0)
+    min_improvement_usd: float = opt(0.0, "A challenger replaces the current model only if its held-out dollar "
+                                     "P&L beats the current one's by more than this (quote).")
+    xgb_rounds: int = opt(300, "Retraining: XGBoost boosting rounds (early stopping applies).", ge=1)
+    lstm_epochs: int = opt(2, "Retraining: LSTM epochs.", ge=1)
+    lstm_hidden: int = opt(16, "Retraining: LSTM hidden units.", ge=1)
 
 
 @dataclass(frozen=True)

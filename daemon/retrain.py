@@ -56,7 +56,7 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
-                  min_bars: int = 20_000) -> dict:
+                  min_bars: int = 20_000, min_improvement: float = 0.0) -> dict:
     """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
@@ -89,7 +89,7 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
         challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
         decision = {}
         for kind in ("xgboost", "lstm"):
-            better = current is None or challenger[kind] > current[kind]
+            better = current is None or challenger[kind] > current[kind] + min_improvement
             if better:
                 reg.set_current(tf, kind, refs[kind].version)
             decision[kind] = {"challenger_pnl": challenger[kind],
@@ -117,6 +117,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
     p.add_argument("--min-bars", type=int, default=20_000)
+    p.add_argument("--min-improvement", type=float, default=0.0)
     a = p.parse_args(argv)
     _limit_threads(a.threads)
     try:
@@ -129,7 +130,8 @@ def child_main(argv: list[str] | None = None) -> int:
     spec = orjson.loads(a.spec)
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
-                        history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars)
+                        history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
+                        min_improvement=a.min_improvement)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res}).decode() + "\n")
     return 0
 
@@ -158,6 +160,7 @@ class RetrainManager:
     timeout_s: float = 3600
     spec_overrides: dict = field(default_factory=dict)
     min_bars: int = 20_000
+    min_improvement: float = 0.0
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -166,7 +169,7 @@ class RetrainManager:
         cmd = [sys.executable, "-m", "daemon.retrain", "--registry", self.registry, "--symbol", self.symbol,
                "--timeframes", ",".join(self.timeframes), "--threads", str(self.threads),
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
-               "--min-bars", str(self.min_bars)]
+               "--min-bars", str(self.min_bars), "--min-improvement", repr(self.min_improvement)]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:
@@ -200,6 +203,12 @@ class RetrainManager:
             else:
                 line = out.decode().strip().splitlines()[-1]
                 outcome = RetrainOutcome(True, secs, orjson.loads(line)["results"])
+        except asyncio.CancelledError:  # daemon shutting down: never leave an orphan trainer behind
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self.running = False
+            raise
         except asyncio.TimeoutError:
             if proc is not None:
                 proc.kill()
