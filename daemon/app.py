@@ -95,6 +95,8 @@ class Daemon:
         self._bar_buf: list = []
         self._bar_write_ns: deque[int] = deque(maxlen=1000)
         self.bar_write_errors = 0
+        self.recorder = None
+        self.record_errors = 0
         self.retrainer = None
         self.retrain_task: asyncio.Task | None = None
         self.last_retrain: dict | None = None
@@ -178,6 +180,11 @@ class Daemon:
             await self.http.stop()
         if self.venue is not None:
             await self.venue.stop()
+        if self.recorder is not None:
+            try:
+                self.recorder.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("recorder_close_failed", error=str(e))
         if self.store is not None:
             self._flush_bars()
             try:
@@ -377,7 +384,14 @@ class Daemon:
                                                fee_rate=cfg.broker.taker_fee, timeframes=cfg.general.timeframes,
                                                starting_equity=self.broker.portfolio.starting_cash)
         self.risk = RiskManager(cfg.risk, self.filters)
-        self.feed = BinanceFeed(cfg.general.symbols, self.ws_url, self.rest_url, cfg.feed, on_event=self._on_event)
+        self.recorder = None
+        if cfg.recorder.enabled:  # every raw frame and REST snapshot, replayable by `tradingd venue --recording`
+            from daemon.recording import Recorder
+            self.recorder = Recorder(cfg.path(cfg.recorder.dir), prefix=cfg.venue.mode,
+                                     rotate_bytes=int(cfg.recorder.rotate_mb * 1e6),
+                                     rotate_seconds=cfg.recorder.rotate_minutes * 60)
+        self.feed = BinanceFeed(cfg.general.symbols, self.ws_url, self.rest_url, cfg.feed, on_event=self._on_event,
+                                on_raw=self._record if self.recorder else None)
         self.pipeline = TradingPipeline(cfg, cfg.general.symbols, self.engine_sets, self.optimizer, self.risk,
                                         self.broker, store=self.store, metrics=self.metrics, books=self.feed.books,
                                         keep=2000, bar_sink=self._bar_sink)
@@ -408,6 +422,18 @@ class Daemon:
     def _start_feed(self) -> None:
         assert self.supervisor is not None and self.feed is not None
         self.supervisor.spawn("feed", self.feed.run, restart=True)
+
+    def _record(self, recv_ns: int, raw, symbol: str | None = None) -> None:
+        """Feed hook: frames (recv_ns, raw) and REST snapshots (recv_ns, raw, symbol) to the recorder."""
+        try:
+            if symbol is None:
+                self.recorder.write(recv_ns, raw)
+            else:
+                self.recorder.write_snapshot(recv_ns, symbol, raw)
+        except Exception as e:  # noqa: BLE001 - a full disk must not stop trading; counted and logged
+            self.record_errors += 1
+            if self.record_errors in (1, 10, 100) or self.record_errors % 1000 == 0:
+                log.error("record_failed", error=str(e), errors=self.record_errors)
 
     async def _start_http(self) -> None:
         from daemon.http import HttpHooks, HttpServer
@@ -560,6 +586,8 @@ class Daemon:
                           "runs": self.retrainer.runs if self.retrainer else 0, "last": self.last_retrain}
         if self.feed is not None:
             out["feed"] = self.feed.counters()
+        if self.recorder is not None:
+            out["recorder"] = {"files": [str(f) for f in self.recorder.files][-5:], "errors": self.record_errors}
         if self.supervisor is not None:
             out["tasks"] = self.supervisor.snapshot()
         return out
