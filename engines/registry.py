@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import structlog
 
+from engines.metrics_common import sha256_file  # noqa: F401 - one definition, re-exported
 from engines.base import ModelLoadError
 
 __all__ = ["ModelRegistry", "VersionRef", "MANIFEST", "POINTER", "FORMAT_VERSION", "read_manifest",
@@ -58,12 +59,6 @@ class VersionRef:
     manifest: Mapping[str, Any]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_library_versions(names: Iterable[str] = _LIBS) -> dict[str, str]:
