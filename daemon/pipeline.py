@@ -282,7 +282,7 @@ class TradingPipeline:
         intents = self.optimizer.on_price(sym, trade.price, acct, ts, book_stale=stale)
         if intents:
             d = Decision(sym, "", 0, trade.price, ts, {}, None, None, stale)
-            self._execute(intents, acct, book, ts, d)
+            self.execute(intents, acct, book, ts, d)
             self.decisions.append(d)
             out.append(d)
         return out
@@ -351,7 +351,7 @@ class TradingPipeline:
         intents = self.risk.flatten_intents(self.broker.portfolio.positions, ts, prefix=self.prefix)
         d = Decision("*", "", 0, math.nan, ts, {}, None, None, False)
         for it in intents:
-            self._execute([it], acct, self.books.get(it.symbol), ts, d)
+            self.execute([it], acct, self.books.get(it.symbol), ts, d)
         self.decisions.append(d)
         return d
 
@@ -410,13 +410,15 @@ class TradingPipeline:
                 self.broker.portfolio.positions, ts, prefix=self.prefix)
                 if not any(j.symbol == i.symbol and j.reduce_only for j in intents)]
         if intents:
-            self._execute(intents, acct, book, ts, d)
+            self.execute(intents, acct, book, ts, d)
         self.decisions.append(d)
         self.counters["decisions"] += 1
         return d
 
-    def _execute(self, intents: Sequence[OrderIntent], acct: AccountState, book: Any, ts: int,
-                 d: Decision) -> None:
+    def execute(self, intents: Sequence[OrderIntent], acct: AccountState, book: Any, ts: int,
+                d: Decision) -> None:
+        """Intents -> risk.check -> broker.submit on ``book`` -> optimizer.on_fill / on_order_done, recorded in
+        ``d``. Public: the klines backtest sends its intrabar stop/TP exits through this same path."""
         from daemon.matching import OrderError
         m = self.metrics
         for intent in intents:
@@ -449,6 +451,8 @@ class TradingPipeline:
             if m is not None:
                 m.orders.labels(intent.symbol, "BUY" if int(intent.side) > 0 else "SELL", intent.reason).inc()
             self._after_execution(ex, d)
+
+    _execute = execute  # the old private name
 
     def _after_execution(self, ex: Any, d: Decision | None) -> None:
         m = self.metrics
