@@ -374,7 +374,7 @@ def sec_backends(t: Table, reg, k1m, iters: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ tick-to-decision
-def build_pipeline(cfg, sets, tmp: Path, books):
+def build_pipeline(cfg, sets, tmp: Path, books, keep: int | None = 2000):
     from daemon.binance import SymbolFilters
     from daemon.broker import PaperBroker
     from daemon.pipeline import TradingPipeline
@@ -387,7 +387,9 @@ def build_pipeline(cfg, sets, tmp: Path, books):
     opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=cfg.broker.taker_fee,
                                 timeframes=TFS, starting_equity=cfg.broker.starting_cash)
     risk = RiskManager(cfg.risk, filters)
-    return TradingPipeline(cfg, [SYM], sets, opt, risk, broker, store=store, books=books, timeframes=TFS), store
+    # keep=2000 decisions, as daemon/app.py keeps them
+    return TradingPipeline(cfg, [SYM], sets, opt, risk, broker, store=store, books=books, timeframes=TFS,
+                           keep=keep), store
 
 
 def history_for(k1m, first_ns: int, first_price: float, n_min: int):
@@ -547,11 +549,13 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
                     bars.on_trade(ev)
 
         async with LocalVenue(src) as venue:
-            feed = BinanceFeed([SYM], venue.ws_url, venue.rest_url, FeedConfig(), on_event)
+            feed = BinanceFeed([SYM], venue.ws_url, venue.rest_url, FeedConfig(), on_event,
+                               extra_streams=("bookTicker",))
             books.update(feed.books)
             task = asyncio.create_task(feed.run())
             await venue.done.wait()
-            while sum(feed.stats.frames.values()) < len(src.frames) - 2:
+            t_end = time.monotonic() + 30
+            while sum(feed.stats.frames.values()) < len(src.frames) - 2 and time.monotonic() < t_end:
                 await asyncio.sleep(0.01)
             frames += sum(feed.stats.frames.values())
             feed.stop()
@@ -561,20 +565,26 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     th.start()
     deadline = time.monotonic() + minutes * 60
     span = 12 * 60 * 1_000_000_000  # the recording spans < 11 min; each pass starts 12 min later
+    import gc
+    t_start = time.monotonic()
+    pass_end: list[tuple[float, float]] = []   # RSS after each pass, garbage collected: the leak signal
     while time.monotonic() < deadline:
         asyncio.run(one(loops * span))
         loops += 1
+        gc.collect()
+        pass_end.append((time.monotonic() - t_start, rss_mb()))
     stop.set()
     th.join()
-    samples.append((samples[-1][0] + 0.001, rss_mb()))
-    ts = np.array([s[0] for s in samples])
-    mb = np.array([s[1] for s in samples])
-    slope = float(np.polyfit(ts / 3600.0, mb, 1)[0]) if len(samples) >= 3 else float("nan")
+    mb = np.array([s[1] for s in samples] + [p[1] for p in pass_end])
+    fit = pass_end[1:]  # the first pass loads the recording, models' arenas, sqlite caches: warm-up, not growth
+    slope = float(np.polyfit(np.array([p[0] for p in fit]) / 3600.0, [p[1] for p in fit], 1)[0]) \
+        if len(fit) >= 3 else float("nan")
     t.data["soak"] = {"minutes": minutes, "loops": loops, "frames": frames, "samples": samples,
-                      "pipeline": pipe is not None, "slope_mb_per_h": slope}
-    t.add("soak", f"RSS over {minutes:g} min replay loop ({loops} passes, {frames:,} frames"
-          f"{', pipeline' if pipe is not None else ', bars only'})",
-          f"start {mb[0]:.0f} MB, end {mb[-1]:.0f} MB, max {mb.max():.0f} MB; growth {slope:+.1f} MB/h (fit)",
+                      "pass_end": pass_end, "pipeline": pipe is not None, "slope_mb_per_h": slope}
+    t.add("soak", f"RSS, {minutes:g} min replay loop: {loops} passes, {frames:,} frames"
+          f"{', pipeline' if pipe is not None else ', bars only'}",
+          f"start {samples[0][1]:.0f} MB, after pass 1 {pass_end[0][1]:.0f} MB, end {pass_end[-1][1]:.0f} MB, "
+          f"max {mb.max():.0f} MB; growth {slope:+.1f} MB/h (line through post-GC RSS after passes 2..{loops})",
           f"<= {T_SOAK_MB_H:g} MB/h", slope <= T_SOAK_MB_H if math.isfinite(slope) else None)
     shutil.rmtree(tmp, ignore_errors=True)
 
