@@ -74,7 +74,7 @@ class SimulatorConfig:
     start_price: float = opt(60000.0, "Initial mid price.", gt=0)
     history_days: int = opt(30, "Days of 1m klines history served before the live stream starts.", ge=1, le=400)
     vol_low: float = opt(0.35, "Annualised volatility of the calm regime.", gt=0, le=10)
-    vol_high: float = opt(1.2, "Annualised volatility of the turbulent regime.", gt=0, le=10)
+    vol_high: float = opt(0.7, "Annualised volatility of the turbulent regime.", gt=0, le=10)
     regime_switch_per_hour: float = opt(0.2, "Expected regime switches per hour.", ge=0)
     trades_per_s: float = opt(8.0, "Mean trade arrival rate (Poisson).", gt=0, le=10000)
     depth_levels: int = opt(50, "Price levels on each side of the simulated book.", ge=5, le=5000)
@@ -82,6 +82,13 @@ class SimulatorConfig:
     lot_step: float = opt(0.00001, "Quantity step (exchangeInfo LOT_SIZE).", gt=0)
     min_notional: float = opt(5.0, "Minimum order notional (exchangeInfo NOTIONAL).", ge=0)
     depth_interval_ms: int = opt(100, "Depth diff cadence, as in <sym>@depth@100ms.", ge=10, le=1000)
+    trend_per_hour: float = opt(0.005, "Persistent drift (trend): stationary std of an Ornstein-Uhlenbeck drift, "
+                                "as log return per hour (0.005 = 0.5 %/h; 0 = pure random walk, nothing to "
+                                "learn). Deliberately learnable: 1h returns get lag-1 autocorrelation ~0.3, far "
+                                "more than real markets show on average, so models can clear 0.2 % round-trip "
+                                "fees.", ge=0, le=0.1)
+    trend_hours: float = opt(4.0, "Time constant of the trend drift in hours (how long a trend's sign "
+                             "typically persists).", gt=0, le=1000)
 
 
 @dataclass(frozen=True)
