@@ -213,8 +213,8 @@ class TradingPipeline:
 
     # ------------------------------------------------------------------------------------------ priming
     def prime(self, symbol: str, bars_1m: Iterable[Bar]) -> int:
-        """Warm the feature state (and the engines' sequence buffers via ``observe``) from history 1m bars,
-        without predicting or trading. Returns the number of rows produced. Call before live events."""
+        """Warm the feature state, the engines' sequence buffers (``observe``) and the optimizer's
+        timeframe-selection metrics from history 1m bars, without predicting or trading. Returns the number of rows produced. Call before live events."""
         st = self._sym[symbol]
         n = 0
         for b in bars_1m:
@@ -228,8 +228,12 @@ class TradingPipeline:
                 st.last_open[bar.timeframe] = bar.open_ns
                 if bar.timeframe not in st.features:
                     continue
-                row = st.features[bar.timeframe].update(bar)
+                feats = st.features[bar.timeframe]
+                row = feats.update(bar)
                 es = self.engine_sets.get(bar.timeframe)
+                observe = getattr(self.optimizer, "observe_market", None)
+                if observe is not None and feats.atr is not None:  # timeframe selection warm from history
+                    observe(symbol, bar.timeframe, bar, feats.atr)
                 if row is not None:
                     n += 1
                     obs = getattr(es, "observe", None)

@@ -313,6 +313,22 @@ class DollarProfitOptimizer:
         return {tf: MarketMetrics(m.volatility, m.volume, m.spread)
                 for tf, m in self._metrics.get(symbol, {}).items()}
 
+    def observe_market(self, symbol: str, tf: str, bar: Bar, atr: float, book: BookTop | None = None) -> float:
+        """Update the timeframe-selection metrics (volatility, volume, spread) from a closed bar, without
+        deciding anything; used at each bar close and to warm the metrics from history at start-up, so the
+        first live selection already knows every timeframe. Returns the spread fraction used."""
+        price = bar.close
+        if book is not None and book.valid:
+            spread = book.spread / book.mid
+        else:
+            spread = self.cfg.assumed_spread_bps * 1e-4
+        if not (math.isfinite(atr) and atr > 0 and math.isfinite(price) and price > 0 and tf in TIMEFRAME_SECONDS):
+            return spread
+        qv = bar.quote_volume if bar.quote_volume > 0 else bar.volume * price
+        hours = TIMEFRAME_SECONDS[tf] / 3600
+        self._update_metrics(symbol, tf, atr / price, qv / hours if math.isfinite(qv) else 0.0, spread)
+        return spread
+
     def _update_metrics(self, symbol: str, tf: str, vol: float, volume_ph: float, spread: float) -> None:
         per = self._metrics.setdefault(symbol, {})
         m = per.get(tf)
@@ -488,13 +504,7 @@ class DollarProfitOptimizer:
                 and math.isfinite(atr) and atr > 0 and tf in TIMEFRAME_SECONDS and bar.timeframe == tf):
             c["bad_input"] += 1
             return []
-        if book is not None and book.valid:
-            spread = book.spread / book.mid
-        else:
-            spread = self.cfg.assumed_spread_bps * 1e-4
-        qv = bar.quote_volume if bar.quote_volume > 0 else bar.volume * price
-        hours = TIMEFRAME_SECONDS[tf] / 3600
-        self._update_metrics(symbol, tf, atr / price, qv / hours if math.isfinite(qv) else 0.0, spread)
+        spread = self.observe_market(symbol, tf, bar, atr, book)
         signal = self.combine_signal(predictions, atr=atr, price=price, spread=spread)
         # model hit rate: was the previous bar's call on this timeframe right?
         prev = self._last_pred.get((symbol, tf))

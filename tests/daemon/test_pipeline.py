@@ -222,3 +222,20 @@ def test_engineset_load_refuses_missing_model(tmp_path):
     from engines.registry import ModelRegistry
     with pytest.raises(ModelLoadError, match="no current xgboost model for timeframe 5m"):
         EngineSet.load(ModelRegistry(tmp_path), "5m", Config().engines)
+
+
+def test_prime_warms_timeframe_selection_from_history(tmp_path, klines):
+    """After priming, every timeframe has selection metrics, so the first live selection is not forced onto
+    the only timeframe that has closed a live bar (1m, which cannot clear costs at 0.1 % fees)."""
+    tfs = ("1m", "5m", "15m", "1h")
+    pipe, _engines, _store = make_pipeline(tmp_path, timeframes=tfs)
+    opt = pipe.optimizer
+    assert opt.market_metrics(SYM) == {}
+    pipe.prime(SYM, klines_to_bars(klines[:2 * 1440]))
+    metrics = opt.market_metrics(SYM)
+    assert set(metrics) == set(tfs)
+    assert metrics["1h"].volatility > metrics["1m"].volatility > 0   # ATR/price grows with the timeframe
+    choice = opt.select_optimal_timeframe(metrics, symbol=SYM)
+    assert all(choice.breakdown[tf].eligible for tf in tfs)
+    assert choice.timeframe != "1m"
+    assert not pipe.decisions                                           # priming decides nothing
