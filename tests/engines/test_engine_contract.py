@@ -13,19 +13,6 @@ from engines.backends import EXTRA_BACKENDS, LSTM_PREFERENCE, XGB_PREFERENCE, cr
 from engines.base import InferenceEngine, ModelLoadError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: small models gain nothing from more, and on a shared 2-core box OpenMP
-    spin-waiting against other processes multiplies wall time."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 CASES = [("lstm", b) for b in LSTM_PREFERENCE + EXTRA_BACKENDS["lstm"]] + [("xgboost", b) for b in XGB_PREFERENCE]
 SEQ_LEN = 12
