@@ -254,15 +254,19 @@ class TradingPipeline:
             self.on_book_status(ev)
         return []
 
-    def on_trade(self, trade: Trade, book: Any = None) -> list[Decision]:
-        """A venue trade: close bars (decide on each), then resting orders and stop/TP checks."""
-        sym = trade.symbol
+    def _state(self, sym: str, book: Any) -> tuple[_SymState | None, Any]:
+        """The symbol's state (None and counted when unknown) and its book (the live one unless given)."""
         st = self._sym.get(sym)
         if st is None:
             self.counters["unknown_symbol"] += 1
+        return st, (book if book is not None else self.books.get(sym))
+
+    def on_trade(self, trade: Trade, book: Any = None) -> list[Decision]:
+        """A venue trade: close bars (decide on each), then resting orders and stop/TP checks."""
+        sym = trade.symbol
+        st, book = self._state(sym, book)
+        if st is None:
             return []
-        if book is None:
-            book = self.books.get(sym)
         ts = trade.ts_recv
         self.last_ts = max(self.last_ts, ts)
         out: list[Decision] = []
@@ -297,12 +301,9 @@ class TradingPipeline:
         if bar_1m.timeframe != "1m":
             raise ValueError(f"on_bar takes 1m bars, got {bar_1m.timeframe}")
         sym = bar_1m.symbol
-        st = self._sym.get(sym)
+        st, book = self._state(sym, book)
         if st is None:
-            self.counters["unknown_symbol"] += 1
             return []
-        if book is None:
-            book = self.books.get(sym)
         ts = bar_1m.open_ns + _M
         self.last_ts = max(self.last_ts, ts)
         if bar_1m.open_ns <= st.agg.last:
