@@ -270,3 +270,41 @@ def test_store_locked_at_commit_is_fatal_exit_1_then_restart_recovers(tmp_path):
         d2.kill()
     assert check_store(db_path).get("BTCUSDT", 0.0) == 0.0
     print(f"run time {time.monotonic() - t_start:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------ outside reader
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_outside_connection_then_kill_9_loses_no_commit(tmp_path):
+    """Another process opening and closing the store (sqlite3 shell, a report, a backup) while the daemon runs
+    must not cost the daemon's later commits: they stay visible to other processes and survive kill -9.
+    (SQLite's POSIX locks are per process: any plain open()/close() of the database file inside the daemon
+    while a connection is open drops them, and the outside process's close then checkpoints and DELETES the
+    WAL the daemon still writes to.)"""
+    data = tmp_path / "var"
+    db_path = data / "tradingd.sqlite"
+    seed_position(db_path)
+    cfg = write_config(tmp_path / "config.toml", data, free_port())
+    d = Daemon(cfg, tmp_path)
+    try:
+        url = d.wait_line(r"ready: (http://\S+)", 120).group(1)
+        wait_until(lambda: http_get(url + "/readyz")[0] == 200, 30, "readyz 200", d)
+        outside = sqlite3.connect(db_path, timeout=5)
+        assert outside.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1
+        outside.close()
+        code, body = post(url + "/control/flatten")
+        assert code == 200 and orjson.loads(body)["fills"] == 1, body[:500]
+        coid = orjson.loads(body)["orders"][0]
+
+        def durable():
+            c = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+            try:
+                return c.execute("SELECT 1 FROM orders WHERE client_order_id=?", (coid,)).fetchone()
+            finally:
+                c.close()
+        wait_until(durable, 10, "the flatten order visible to another process", d)
+        d.p.kill()  # kill -9: only what is in the database file or its WAL survives
+        d.p.wait(10)
+    finally:
+        d.kill()
+    assert check_store(db_path) == {"BTCUSDT": 0.0}
