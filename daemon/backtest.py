@@ -41,7 +41,9 @@ zero-volume bars at the previous close, exact duplicate rows dropped); the count
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import tempfile
 import time
@@ -91,8 +93,18 @@ class BacktestOptions:
     lstm_epochs: int = 1
     lstm_hidden: int = 16
     lstm_seq_len: int = 32
-    threads: int = 0
+    # 1 thread per library: on a small shared box OpenMP/torch pools of 2+ threads trained these small models
+    # 5-10x slower (spinning threads fighting for cores); 0 = the libraries' defaults
+    threads: int = 1
     seed: int = 0
+    # warm start (walk-forward clean: the previous window's models only saw data before the previous window's
+    # test start, which is before this one's): XGBoost adds up to xgb_warm_rounds trees on the new window's
+    # training rows; the LSTM is fine-tuned lstm_warm_epochs epoch(s) on the windows it has not fitted yet
+    warm_start: bool = True
+    xgb_warm_rounds: int = 20
+    xgb_warm_early_stopping: int = 10
+    lstm_warm_epochs: int = 1
+    parallel: bool = True           # the momentum baseline runs in a forked process while the models train
     xgb_backend: str = "compiled-cpu"
     lstm_backend: str = "onnxruntime-cpu"
     spread_bps: float = 1.0
@@ -115,6 +127,8 @@ class BacktestOptions:
             raise ValueError("costs are never off: spread_bps, level_bps, level_notional must be > 0, levels >= 1")
         if not 0 <= self.baseline_conviction <= 1:
             raise ValueError("baseline_conviction must be in [0, 1]")
+        if self.threads < 0 or self.xgb_warm_rounds < 1 or self.lstm_warm_epochs < 1:
+            raise ValueError("threads must be >= 0, xgb_warm_rounds and lstm_warm_epochs >= 1")
 
 
 # ------------------------------------------------------------------------------------------------ windows
@@ -156,6 +170,7 @@ class SynthBook:
         self._bids: list[tuple[float, float]] | None = None
         self._asks: list[tuple[float, float]] | None = None
         self._top = (math.nan, math.nan)
+        self._qv = math.nan
 
     def set_mid(self, mid: float) -> None:
         """Re-centre the book (levels are built lazily: most bars only need the top for the decision)."""
@@ -165,6 +180,8 @@ class SynthBook:
             t = self.rules.tick_size
             self._top = (round(math.floor(mid * (1 - self.half) / t + 1e-9) * t, 10),
                          round(math.ceil(mid * (1 + self.half) / t - 1e-9) * t, 10))
+            lot = self.rules.lot_step
+            self._qv = round(max(lot, math.floor(self.notional / mid / lot) * lot), 10)
 
     def _build(self) -> None:
         mid, t, lot = self.mid_price, self.rules.tick_size, self.rules.lot_step
@@ -189,8 +206,7 @@ class SynthBook:
         return (self._top[1], self._q()) if self.mid_price == self.mid_price else None
 
     def _q(self) -> float:
-        lot = self.rules.lot_step
-        return round(max(lot, math.floor(self.notional / self.mid_price / lot) * lot), 10)
+        return self._qv
 
     def mid(self) -> float | None:
         return (self._top[0] + self._top[1]) / 2 if self.mid_price == self.mid_price else None
@@ -216,6 +232,7 @@ class BatchPredictions:
     def __init__(self, tf: str, clock: _Clock, open_ns: np.ndarray, X: np.ndarray) -> None:
         self.tf, self.tf_ns, self.clock = tf, timeframe_ns(tf), clock
         self.open_ns = np.asarray(open_ns, np.int64)
+        self._index = {o: i for i, o in enumerate(self.open_ns.tolist())}
         self.X = X
         self.preds: dict[str, np.ndarray] = {}
         self.counters: Counter[str] = Counter()
@@ -225,9 +242,7 @@ class BatchPredictions:
         arr[rows] = p
 
     def _row(self) -> int:
-        o = self.clock.now - self.tf_ns
-        i = int(np.searchsorted(self.open_ns, o))
-        return i if i < len(self.open_ns) and self.open_ns[i] == o else -1
+        return self._index.get(self.clock.now - self.tf_ns, -1)
 
     def predict(self, row: np.ndarray, symbol: str) -> dict[str, float]:
         i = self._row()
@@ -304,16 +319,162 @@ def _prepare_timeframes(k1m, opts: BacktestOptions) -> dict[str, _TfData]:
 def _train_and_predict(k1m, windows: list[Window], tfd: dict[str, _TfData], opts: BacktestOptions,
                        workdir: Path, sets: dict[str, BatchPredictions], info: dict,
                        progress=None) -> None:
+    """Train (cold for the first window, warm-started after with ``opts.warm_start``) and batch-predict every
+    walk-forward window, one timeframe at a time; predictions go into ``sets``, per-window facts into info."""
+    info["windows"] = []
+
+    def publish(winfo: dict, preds: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+        _apply_window(sets, info, winfo, preds)
+
+    _train_windows(k1m, windows, tfd, opts, workdir, publish, info["timing"], progress)
+
+
+def _apply_window(sets: dict[str, BatchPredictions], info: dict, winfo: dict,
+                  preds: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+    for tf, kind, rows, p in preds:
+        sets[tf].set(kind, rows, p)
+    info["windows"].append(winfo)
+
+
+def _train_windows(k1m, windows: list[Window], tfd: dict[str, _TfData], opts: BacktestOptions, workdir: Path,
+                   publish, timing: dict, progress=None) -> None:
+    """The walk-forward loop; ``publish(winfo, [(tf, kind, rows, P(up))...])`` is called once per window, in
+    window order, as soon as that window's predictions exist (the simulation may start on them)."""
+    with contextlib.ExitStack() as stack:
+        if opts.threads and "lstm" in opts.models:
+            stack.enter_context(_torch_threads(opts.threads))
+        _windows_loop(k1m, windows, tfd, opts, workdir, publish, timing, progress or (lambda m: None))
+
+
+def _train_child(conn, k1m, windows, tfd, opts, workdir) -> None:
+    import traceback
+    try:
+        timing: dict = {}
+        _train_windows(k1m, windows, tfd, opts, workdir, lambda winfo, preds: conn.send(("window", winfo, preds)),
+                       timing)
+        conn.send(("done", timing))
+    except BaseException:  # noqa: BLE001 - the parent raises it
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class _TrainStream:
+    """Walk-forward training + batch prediction in a forked process, streamed: the simulation of window k starts
+    as soon as window k's predictions exist, while later windows still train. The simulation asks
+    :meth:`until` before deciding at ``ts``; it blocks until every window with a bar closing at or before
+    ``ts`` has arrived, so a decision is made on the same predictions as in a serial run."""
+
+    def __init__(self, k1m, windows: list[Window], tfd: dict[str, _TfData], opts: BacktestOptions, workdir: Path,
+                 sets: dict[str, BatchPredictions], info: dict, say) -> None:
+        import multiprocessing as mp
+        import threading
+        self.windows, self.sets, self.info, self.say = windows, sets, info, say
+        info["windows"] = []
+        ctx = mp.get_context("fork")
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_train_child, args=(child, k1m, windows, tfd, opts, workdir), daemon=True,
+                                 name="tradingd-backtest-train")
+        self._proc.start()
+        child.close()
+        self._cv = threading.Condition()
+        self._pending: list[tuple] = []
+        self._arrived = 0          # windows received (applied or pending)
+        self._end: tuple | None = None   # ("done", timing) / ("error", text) / ("died", code)
+        self.applied = 0
+        self.covered = windows[0].test_start_ns   # decisions up to here have every prediction they can get
+        self.waited_s = 0.0
+        self._reader = threading.Thread(target=self._read, name="backtest-train-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                msg = ("died", None)
+            with self._cv:
+                if msg[0] == "window":
+                    self._pending.append(msg)
+                    self._arrived += 1
+                else:
+                    self._end = msg
+                self._cv.notify_all()
+            if msg[0] != "window":
+                return
+
+    def _take(self, need: int | None) -> None:
+        """Apply what arrived; with ``need``, first wait until that many windows arrived (or the run ended)."""
+        t0 = time.perf_counter()
+        with self._cv:
+            while need is not None and self._arrived < need and self._end is None:
+                self._cv.wait()
+            msgs, self._pending = self._pending, []
+            end = self._end
+        self.waited_s += time.perf_counter() - t0
+        for _, winfo, preds in msgs:
+            _apply_window(self.sets, self.info, winfo, preds)
+            self.applied += 1
+            self.covered = self.windows[self.applied - 1].test_end_ns
+            w = self.windows[self.applied - 1]
+            self.say(f"window {w.index + 1}/{len(self.windows)} trained+predicted")
+        if end is not None and end[0] != "done":
+            self._proc.join(5)
+            if end[0] == "error":
+                raise RuntimeError(f"backtest training process failed:\n{end[1]}")
+            raise RuntimeError(f"backtest training process died (exit code {self._proc.exitcode})")
+
+    def until(self, ts: int) -> int:
+        """Block until predictions for every bar closing at or before ``ts`` are in; returns how far they reach."""
+        while self.covered < ts and self.applied < len(self.windows):
+            self._take(self.applied + 1)
+        return self.covered if self.applied < len(self.windows) else 1 << 62
+
+    def finish(self) -> dict:
+        self._take(len(self.windows))
+        with self._cv:
+            while self._end is None:
+                self._cv.wait()
+        self._take(None)
+        self._reader.join(5)
+        self._proc.join(5)
+        return dict(self._end[1])
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(5)
+        self._conn.close()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` for the LSTM training/inference, restored afterwards."""
+    try:
+        import torch
+    except ImportError:  # no torch: the LSTM engines fall back or fail on their own
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _windows_loop(k1m, windows: list[Window], tfd: dict[str, _TfData], opts: BacktestOptions, workdir: Path,
+                  publish, timing: dict, say) -> None:
     from engines.lstm_model import make_sequences
-    from engines.train import TrainSpec, train_timeframe
-    say = progress or (lambda m: None)
+    from engines.train import TrainSpec, train_timeframe, train_timeframe_warm
     t_train = t_pred = 0.0
     open_1m = np.asarray(k1m.open_ns)
-    wins_info = []
+    prev: dict[str, tuple[Path, Window]] = {}  # tf -> (model dir, window) of the latest model trained
     for w in windows:
         i0, i1 = np.searchsorted(open_1m, [w.train_start_ns, w.train_end_ns])
         k_train = k1m[int(i0):int(i1)]
         winfo: dict[str, Any] = {**asdict(w), "timeframes": {}}
+        wpreds: list[tuple[str, str, np.ndarray, np.ndarray]] = []
         for tf in opts.timeframes:
             d = tfd[tf]
             tf_ns = timeframe_ns(tf)
@@ -324,8 +485,19 @@ def _train_and_predict(k1m, windows: list[Window], tfd: dict[str, _TfData], opts
                              lstm_seq_len=opts.lstm_seq_len, threads=opts.threads, seed=opts.seed)
             out_dir = workdir / f"w{w.index:02d}" / tf
             t0 = time.perf_counter()
+            warm = prev.get(tf) if opts.warm_start else None
             try:
-                outcome = train_timeframe(k_train, spec, out_dir)
+                if warm is not None:
+                    # walk-forward clean: the previous model's data all precede its own test window, which
+                    # starts before this one (checked again below from the files' recorded data windows)
+                    if warm[1].test_start_ns > w.test_start_ns:
+                        raise AssertionError(f"window {w.index} {tf}: warm start from a later window")
+                    outcome = train_timeframe_warm(k_train, spec, out_dir, warm[0], kinds=opts.models,
+                                                   xgb_rounds=opts.xgb_warm_rounds,
+                                                   xgb_early_stopping=opts.xgb_warm_early_stopping,
+                                                   lstm_epochs=opts.lstm_warm_epochs)
+                else:
+                    outcome = train_timeframe(k_train, spec, out_dir)
             except ValueError as e:  # too little labelled data for this timeframe in this window
                 t_train += time.perf_counter() - t0
                 winfo["timeframes"][tf] = {"skipped": str(e)}
@@ -336,6 +508,11 @@ def _train_and_predict(k1m, windows: list[Window], tfd: dict[str, _TfData], opts
             if last_train_close > w.test_start_ns or int(k_train.open_ns[-1]) + _M > w.test_start_ns:
                 raise AssertionError(f"window {w.index} {tf}: model saw data up to {last_train_close}, after the "
                                      f"window starts at {w.test_start_ns}")
+            ws = outcome.data_window.get("warm_start_from") or {}
+            if ws.get("end_ns") is not None and ws["end_ns"] + tf_ns > w.test_start_ns:
+                raise AssertionError(f"window {w.index} {tf}: warm-started from a model that saw data up to "
+                                     f"{ws['end_ns'] + tf_ns}, after the window starts at {w.test_start_ns}")
+            prev[tf] = (out_dir, w)
             t0 = time.perf_counter()
             engines = _load_engines(out_dir, opts.models, opts)
             got = {}
@@ -352,19 +529,19 @@ def _train_and_predict(k1m, windows: list[Window], tfd: dict[str, _TfData], opts
                         keep = end >= rows[0]
                         seqs, ok = seqs[keep], end[keep]
                         p = eng.predict(seqs) if len(ok) else np.empty(0)
-                    sets[tf].set(kind, ok, np.asarray(p, np.float64))
+                    wpreds.append((tf, kind, ok, np.asarray(p, np.float64)))
                     got[kind] = int(len(ok))
             t_pred += time.perf_counter() - t0
             winfo["timeframes"][tf] = {"predicted_rows": got, "train_rows": outcome.data_window["rows"],
                                        "train_end_ns": outcome.data_window["end_ns"],
+                                       "warm_start_from_end_ns": ws.get("end_ns"),
                                        "held_out_auc": {k: outcome.metrics[k].get("auc") for k in opts.models},
                                        "train_seconds": outcome.seconds,
                                        "backends": {k: e.backend for k, e in engines.items()}}
-        wins_info.append(winfo)
+        publish(winfo, wpreds)
         say(f"window {w.index + 1}/{len(windows)} trained+predicted ({t_train:.1f}s train, {t_pred:.1f}s predict)")
-    info["windows"] = wins_info
-    info["timing"]["train_s"] = t_train
-    info["timing"]["batch_predict_s"] = t_pred
+    timing["train_s"] = t_train
+    timing["batch_predict_s"] = t_pred
 
 
 # ------------------------------------------------------------------------------------------------ simulation
@@ -448,15 +625,20 @@ def _intrabar(sim: _Sim, bar: Bar, clock: _Clock) -> None:
 
 
 def _simulate(sims: list[_Sim], bars: list[Bar], prime_until: int, record_from: int, clock: _Clock,
-              intrabar: bool) -> None:
+              intrabar: bool, gate=None) -> None:
+    """Drive the accounts bar by bar. ``gate(ts)`` (streamed training) is asked before deciding at a ``ts``
+    beyond the last answer and blocks until the predictions up to ``ts`` exist; it returns how far they reach."""
     for sim in sims:
         pre = [b for b in bars if b.open_ns + _M <= prime_until]
         sim.pipeline.prime(bars[0].symbol, pre)
     sym = bars[0].symbol
+    ready = (1 << 62) if gate is None else -1
     for b in bars:
         ts = b.open_ns + _M
         if ts <= prime_until:
             continue
+        if ts > ready:
+            ready = gate(ts)
         clock.now = ts
         for sim in sims:
             if intrabar:
@@ -481,6 +663,110 @@ def _simulate(sims: list[_Sim], bars: list[Bar], prime_until: int, record_from: 
             pf = sim.pipeline.broker.portfolio
             sim.equity[-1] = pf.cash + pf.qty(sym) * last.close
             sim.position[-1] = pf.qty(sym)
+
+
+@dataclass
+class _SimOut:
+    """What the report needs from a simulated account (picklable: a forked run sends it back)."""
+
+    name: str
+    ts: np.ndarray
+    equity: np.ndarray
+    position: np.ndarray
+    fills: list
+    trades: list
+    decisions: list[tuple]
+    counters: dict
+    seconds: float
+
+    @classmethod
+    def of(cls, sim: _Sim, seconds: float) -> "_SimOut":
+        p = sim.pipeline
+        return cls(sim.name, np.array(sim.ts, np.int64), np.array(sim.equity), np.array(sim.position),
+                   sim.ledger.fills, sim.ledger.trades, sim.decisions,
+                   {"pipeline": dict(p.counters), "optimizer": dict(p.optimizer.counters),
+                    "risk": dict(p.risk.counters), "broker": dict(p.broker.stats)}, seconds)
+
+
+def _run_baseline(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar], prime_until: int,
+                  record_from: int, store_path: Path, starting_cash: float) -> _SimOut:
+    """The momentum baseline account over the bars (its own clock, pipeline, broker and store)."""
+    from daemon.report import TradeLedger
+    clock = _Clock()
+    base = MomentumBaseline(opts.baseline_conviction, opts.models, record_from, clock)
+    pipe, book, store = _make_pipeline(cfg, rules, {tf: base for tf in opts.timeframes}, opts, store_path,
+                                       starting_cash, clock)
+    sim = _Sim("baseline_momentum", pipe, book, TradeLedger())
+    t0 = time.perf_counter()
+    try:
+        _simulate([sim], bars, prime_until, record_from, clock, opts.intrabar_exits)
+    finally:
+        store.close()
+    return _SimOut.of(sim, time.perf_counter() - t0)
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+    return "fork" in mp.get_all_start_methods()
+
+
+def _scratch_dir() -> str | None:
+    d = "/dev/shm"
+    return d if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK) else None
+
+
+def _job_child(conn, fn, args) -> None:
+    import traceback
+    try:
+        out = (True, fn(*args))
+    except BaseException:  # noqa: BLE001 - everything goes back to the parent, which raises it
+        out = (False, traceback.format_exc())
+    try:
+        conn.send(out)
+    finally:
+        conn.close()
+
+
+class _Job:
+    """``fn(*args)`` in a forked child process (Linux; ``fork=False`` or no fork: run here, now). The child
+    shares nothing mutable with the parent after the fork and sends its picklable result back; a child that
+    dies or raises becomes an error here, never a silent partial report."""
+
+    def __init__(self, fn, args: tuple, fork: bool = True) -> None:
+        import multiprocessing as mp
+        self._value: Any = None
+        self._proc = None
+        self.forked = bool(fork) and _can_fork()
+        if not self.forked:
+            self._value = fn(*args)
+            return
+        ctx = mp.get_context("fork")
+        self._conn, child_conn = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_job_child, args=(child_conn, fn, args), daemon=True,
+                                 name="tradingd-backtest-baseline")
+        self._proc.start()
+        child_conn.close()
+
+    def result(self) -> Any:
+        if not self.forked:
+            return self._value
+        try:
+            ok, val = self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"backtest baseline process died (exit code {self._proc.exitcode})") from None
+        self._proc.join(5)
+        if not ok:
+            raise RuntimeError(f"backtest baseline process failed:\n{val}")
+        return val
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join(5)
+            self._conn.close()
+            self._proc = None
 
 
 def _buy_and_hold(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar], record_from: int,
@@ -575,50 +861,70 @@ def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = 
     sets = {tf: BatchPredictions(tf, clock, d.open_ns, d.X) for tf, d in tfd.items()}
     own_tmp = None
     if workdir is None:
-        own_tmp = tempfile.TemporaryDirectory(prefix="tradingd-backtest-")
+        # scratch stores and models, deleted at the end: on tmpfs when there is one (the broker's SQLite
+        # commits are fsynced; durability buys nothing here)
+        own_tmp = tempfile.TemporaryDirectory(prefix="tradingd-backtest-", dir=_scratch_dir())
         workdir = own_tmp.name
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    baseline_job = None
+    stream: _TrainStream | None = None
+    outs: list[_SimOut] = []
     try:
-        _train_and_predict(k1m, windows, tfd, opts, workdir / "models", sets, info, say)
-
         t0 = time.perf_counter()
         bars = klines_to_bars(k1m)
         info["timing"]["bars_s"] = time.perf_counter() - t0
-        sims = []
-        pipe, book, store = _make_pipeline(cfg, rules, sets, opts, workdir / "strategy.sqlite", starting_cash, clock)
-        sims.append(_Sim("strategy", pipe, book, TradeLedger()))
-        stores = [store]
         if opts.baseline:
-            base = MomentumBaseline(opts.baseline_conviction, opts.models, record_from, clock)
-            bpipe, bbook, bstore = _make_pipeline(cfg, rules, {tf: base for tf in opts.timeframes}, opts,
-                                                  workdir / "baseline.sqlite", starting_cash, clock)
-            sims.append(_Sim("baseline_momentum", bpipe, bbook, TradeLedger()))
-            stores.append(bstore)
+            # the baseline needs no model: it runs (in a forked process when allowed) while the models train
+            base_args = (cfg, rules, opts, bars, prime_until, record_from, workdir / "baseline.sqlite",
+                         starting_cash)
+            baseline_job = _Job(_run_baseline, base_args, fork=opts.parallel)
+            info["timing"]["baseline_in"] = "forked process" if baseline_job.forked else "this process"
+        gate = None
+        if opts.parallel and _can_fork():
+            # training streams window by window from a forked process; the strategy simulates behind it
+            stream = _TrainStream(k1m, windows, tfd, opts, workdir / "models", sets, info, say)
+            gate = stream.until
+            info["timing"]["training_in"] = "forked process, streamed to the simulation window by window"
+        else:
+            t0 = time.perf_counter()
+            _train_and_predict(k1m, windows, tfd, opts, workdir / "models", sets, info, say)
+            info["timing"]["train_and_predict_wall_s"] = time.perf_counter() - t0
+
+        pipe, book, store = _make_pipeline(cfg, rules, sets, opts, workdir / "strategy.sqlite", starting_cash, clock)
+        sim = _Sim("strategy", pipe, book, TradeLedger())
         t0 = time.perf_counter()
-        _simulate(sims[:1], bars, prime_until, record_from, clock, opts.intrabar_exits)
+        try:
+            _simulate([sim], bars, prime_until, record_from, clock, opts.intrabar_exits, gate)
+            if stream is not None:
+                info["timing"].update(stream.finish())
+                info["timing"]["strategy_waited_for_training_s"] = stream.waited_s
+        finally:
+            if stream is not None:
+                stream.close()
+        store.close()
         info["timing"]["simulate_strategy_s"] = time.perf_counter() - t0
         say(f"strategy simulated in {info['timing']['simulate_strategy_s']:.1f}s")
-        if len(sims) > 1:
-            t0 = time.perf_counter()
-            _simulate(sims[1:], bars, prime_until, record_from, clock, opts.intrabar_exits)
-            info["timing"]["simulate_baseline_s"] = time.perf_counter() - t0
+        outs.append(_SimOut.of(sim, info["timing"]["simulate_strategy_s"]))
         t0 = time.perf_counter()
         bh = _buy_and_hold(cfg, rules, opts, bars, record_from, workdir / "buy_and_hold.sqlite", starting_cash)
         info["timing"]["buy_and_hold_s"] = time.perf_counter() - t0
-        for s in stores:
-            s.close()
+        if baseline_job is not None:
+            t0 = time.perf_counter()
+            bout = baseline_job.result()
+            info["timing"]["baseline_wait_s"] = time.perf_counter() - t0
+            info["timing"]["simulate_baseline_s"] = bout.seconds
+            outs.append(bout)
     finally:
+        if baseline_job is not None:
+            baseline_job.close()
         if own_tmp is not None:
             own_tmp.cleanup()
 
     runs = {}
-    for sim in sims:
-        runs[sim.name] = RunResult(sim.name, np.array(sim.ts, np.int64), np.array(sim.equity),
-                                   np.array(sim.position), sim.ledger.fills, sim.ledger.trades)
-        p = sim.pipeline
-        info.setdefault("counters", {})[sim.name] = {
-            "pipeline": dict(p.counters), "optimizer": dict(p.optimizer.counters), "risk": dict(p.risk.counters),
-            "broker": dict(p.broker.stats)}
+    for o in outs:
+        runs[o.name] = RunResult(o.name, o.ts, o.equity, o.position, o.fills, o.trades)
+        info.setdefault("counters", {})[o.name] = o.counters
     runs["buy_and_hold"] = bh
     info["counters"]["batch_predictions"] = {tf: dict(s.counters) for tf, s in sets.items()}
     calib: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -633,7 +939,7 @@ def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = 
     t0 = time.perf_counter()
     metrics = write_report(report_dir, data) if report_dir is not None else compute_metrics(data)
     info["timing"]["report_s"] = time.perf_counter() - t0
-    return BacktestResult(metrics, {s.name: s.decisions for s in sims}, data, windows,
+    return BacktestResult(metrics, {o.name: o.decisions for o in outs}, data, windows,
                           {tf: (s.open_ns, dict(s.preds)) for tf, s in sets.items()})
 
 
@@ -1046,7 +1352,19 @@ def add_arguments(p) -> None:
     p.add_argument("--lstm-epochs", type=int, default=d.lstm_epochs)
     p.add_argument("--lstm-hidden", type=int, default=d.lstm_hidden)
     p.add_argument("--lstm-seq-len", type=int, default=d.lstm_seq_len)
-    p.add_argument("--threads", type=int, default=d.threads, help="training threads (0 = library default)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="threads per library for training/inference (0 = library default; 1 is fastest on small "
+                        "shared boxes)")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="train every walk-forward window from scratch (default: window 1 from scratch, later "
+                        "windows continue the previous window's models)")
+    p.add_argument("--xgb-warm-rounds", type=int, default=d.xgb_warm_rounds,
+                   help="warm start: XGBoost trees added per window (early-stopped)")
+    p.add_argument("--lstm-warm-epochs", type=int, default=d.lstm_warm_epochs,
+                   help="warm start: LSTM fine-tuning epochs per window (on the windows not fitted yet)")
+    p.add_argument("--serial", action="store_true",
+                   help="run the momentum baseline in this process after the strategy (default: a forked "
+                        "process while the models train)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--xgb-backend", default=d.xgb_backend)
     p.add_argument("--lstm-backend", default=d.lstm_backend)
@@ -1091,6 +1409,8 @@ def main(args) -> int:
             test_days=args.test_days, warm_days=args.warm_days, xgb_rounds=args.xgb_rounds,
             xgb_early_stopping=args.xgb_early_stopping, lstm_epochs=args.lstm_epochs,
             lstm_hidden=args.lstm_hidden, lstm_seq_len=args.lstm_seq_len, threads=args.threads, seed=args.seed,
+            warm_start=not args.no_warm_start, xgb_warm_rounds=args.xgb_warm_rounds,
+            lstm_warm_epochs=args.lstm_warm_epochs, parallel=not args.serial,
             xgb_backend=args.xgb_backend, lstm_backend=args.lstm_backend, spread_bps=args.spread_bps,
             level_bps=args.level_bps, levels=args.levels, level_notional=args.level_notional,
             baseline=not args.no_baseline, baseline_conviction=args.baseline_conviction,

@@ -395,6 +395,66 @@ class LSTMModel:
         self.metrics["train"] = {k: v for k, v in asdict(res).items() if k != "history"}
         return res
 
+    def fine_tune(self, X_train_seq: np.ndarray, y_train: np.ndarray, X_val_seq: np.ndarray, y_val: np.ndarray,
+                  *, epochs: int = 1) -> TrainResult:
+        """Warm start: continue training the current network (weights, optimizer state AND standardisation kept:
+        the weights were learned on that scale) for ``epochs`` epochs on these windows; the epoch with the lowest
+        validation loss is kept. Used by the walk-forward backtest to roll a model to the next window on the
+        windows it has not fitted yet, instead of training from scratch."""
+        torch = _torch()
+        if self.net is None:
+            raise RuntimeError("fine_tune needs a trained or loaded model")
+        if self.optimizer is None:  # a loaded model: a fresh optimizer (its state is not saved)
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
+                                               weight_decay=self.config.weight_decay)
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        cfg = self.config
+        t0 = time.perf_counter()
+        Xtr = self._check_seq(X_train_seq, "X_train_seq")
+        Xva = self._check_seq(X_val_seq, "X_val_seq")
+        ytr = np.asarray(y_train, dtype=np.float32).reshape(-1)
+        yva = np.asarray(y_val, dtype=np.float32).reshape(-1)
+        if len(ytr) != len(Xtr) or len(yva) != len(Xva):
+            raise ValueError("X and y lengths differ")
+        if len(Xtr) == 0 or len(Xva) == 0:
+            raise ValueError("empty training or validation set")
+        dev = self.device
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        Xtr_t, ytr_t = torch.from_numpy(Xtr).to(dev), torch.from_numpy(ytr).to(dev)
+        Xva_t, yva_t = torch.from_numpy(Xva).to(dev), torch.from_numpy(yva).to(dev)
+        best_val, best_epoch = self._loss_on(Xva_t, yva_t), 0   # epoch 0 = the weights as handed over
+        best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        history: list[dict[str, float]] = []
+        n = len(Xtr)
+        for epoch in range(1, epochs + 1):
+            torch.manual_seed(cfg.seed * 100_003 + 7919 + epoch)
+            gen = torch.Generator().manual_seed(cfg.seed * 100_019 + 7919 + epoch)
+            perm = torch.randperm(n, generator=gen).to(dev)
+            self.net.train()
+            total = 0.0
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size]
+                self.optimizer.zero_grad()
+                loss = loss_fn(self.net(Xtr_t[idx]).float(), ytr_t[idx])
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            val_loss = self._loss_on(Xva_t, yva_t)
+            history.append({"epoch": float(epoch), "train_loss": total / n, "val_loss": val_loss})
+            if val_loss < best_val - 1e-6:
+                best_val, best_epoch = val_loss, epoch
+                best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.net.load_state_dict(best_state)
+        self.net.eval()
+        res = TrainResult(epochs_run=len(history), best_epoch=best_epoch, best_val_loss=best_val,
+                          stopped_early=False, resumed_from_epoch=0, seconds=time.perf_counter() - t0, device=dev,
+                          precision="float32", history=history)
+        self.metrics["fine_tune"] = {k: v for k, v in asdict(res).items() if k != "history"}
+        return res
+
     def _loss_on(self, X_t, y_t) -> float:
         torch = _torch()
         self.net.eval()

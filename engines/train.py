@@ -174,6 +174,111 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
     return outcome
 
 
+def sequence_ends(X: np.ndarray, rows: np.ndarray, seq_len: int) -> np.ndarray:
+    """The rows (sorted) that end a full window of ``seq_len`` finite rows of ``X``: exactly the ``end_idx``
+    ``lstm_model.make_sequences`` keeps, restricted to ``rows``, without building every window."""
+    rows = np.asarray(rows, np.int64)
+    bad = np.concatenate([[0], np.cumsum(~np.isfinite(X).all(axis=1), dtype=np.int64)])
+    rows = rows[rows >= seq_len - 1]
+    return rows[(bad[rows + 1] - bad[rows + 1 - seq_len]) == 0]
+
+
+def windows_at(X: np.ndarray, ends: np.ndarray, seq_len: int) -> np.ndarray:
+    """(len(ends), seq_len, n_features) float32 windows ``X[e-seq_len+1 : e+1]`` (as make_sequences builds)."""
+    win = np.lib.stride_tricks.sliding_window_view(X, seq_len, axis=0)
+    return np.ascontiguousarray(win[np.asarray(ends, np.int64) - (seq_len - 1)].transpose(0, 2, 1),
+                                dtype=np.float32)
+
+
+def train_timeframe_warm(k1m: Klines, spec: TrainSpec, out_dir: Path, prev_dir: Path, *,
+                         xgb_rounds: int = 20, xgb_early_stopping: int = 10, lstm_epochs: int = 1,
+                         kinds: tuple[str, ...] = ("xgboost", "lstm"),
+                         progress: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Warm start for rolling (walk-forward) retraining: continue the models saved in ``prev_dir`` (by
+    :func:`train_timeframe` or this function, on data that ENDS no later than ``k1m`` ends) on ``k1m``, with the
+    same dataset, labels and train/val/test split as :func:`train_timeframe`, into ``out_dir/<kind>``.
+
+    * XGBoost: up to ``xgb_rounds`` more trees on this window's training rows, early-stopped on its validation
+      rows (``XGBoostModel.continue_training``);
+    * LSTM: ``lstm_epochs`` epochs of fine-tuning (``LSTMModel.fine_tune``, standardisation kept) on the
+      training windows the previous model did not fit (those after its ``train_end_ns``; all of them when
+      that leaves fewer than 100).
+
+    The caller owns the walk-forward guarantee: everything here (and in ``prev_dir``) precedes what it trades.
+    ``data_window`` gains ``warm_start_from`` (the previous model's data window) so the lineage is recorded."""
+    from engines.lstm_model import LSTMModel
+    from engines.xgb_model import XGBoostModel, binary_metrics, dollar_pnl, read_meta
+
+    say = progress or (lambda msg: None)
+    out_dir, prev_dir = Path(out_dir), Path(prev_dir)
+    ds = build_dataset(k1m, spec)
+    n = len(ds.y)
+    a, b = split_bounds(n, spec)
+    h = spec.h
+    tr, va, te = _rows(ds.y, 0, a - h), _rows(ds.y, a, b - h), _rows(ds.y, b, n)
+    if len(tr) < 100 or len(va) < 20 or len(te) < 20:
+        raise ValueError(f"{spec.timeframe}: too little labelled data (train {len(tr)}, val {len(va)}, "
+                         f"test {len(te)} rows); need more history")
+    prev_window = (read_meta(prev_dir / "xgboost").get("data_window") or {}) if (prev_dir / "xgboost").is_dir() \
+        else {}
+    outcome = TrainOutcome(spec.timeframe)
+    outcome.data_window = {"symbol": k1m.symbol, "timeframe": spec.timeframe, "horizon": h, "cost": spec.cost,
+                           "start_ns": int(ds.open_ns[0]), "end_ns": int(ds.open_ns[-1]),
+                           "train_end_ns": int(ds.open_ns[a - 1]), "test_start_ns": int(ds.open_ns[b]),
+                           "rows": {"train": len(tr), "val": len(va), "test": len(te)},
+                           "warm_start_from": {k: prev_window.get(k) for k in ("start_ns", "end_ns",
+                                                                                "train_end_ns")}}
+    if prev_window.get("end_ns") is not None and prev_window["end_ns"] > outcome.data_window["end_ns"]:
+        raise ValueError(f"{spec.timeframe}: warm start from a model that saw data up to {prev_window['end_ns']}, "
+                         f"after this window ends ({outcome.data_window['end_ns']})")
+    fee = spec.cost / 2
+    base = naive_baseline(ds, te, spec)
+    outcome.metrics = {"baseline_momentum": base, "test_up_fraction": float(ds.y[te].mean())}
+
+    if "xgboost" in kinds:
+        t0 = time.perf_counter()
+        xgb = XGBoostModel.load(prev_dir / "xgboost")
+        n_prev = xgb.booster.num_boosted_rounds()
+        say(f"{spec.timeframe}: XGBoost +{xgb_rounds} rounds on {len(tr)} rows (from {n_prev} trees)")
+        xgb.continue_training(ds.X[tr], ds.y[tr], ds.X[va], ds.y[va], xgb_rounds, xgb_early_stopping,
+                              fwd_return_train=ds.fwd[tr], fwd_return_val=ds.fwd[va])
+        p_x = xgb.predict(ds.X[te])
+        m_x = binary_metrics(ds.y[te], p_x)
+        m_x["dollar"] = dollar_pnl(p_x, ds.fwd[te], position_size=spec.position_size, fee=fee)
+        m_x["best_iteration"] = xgb.best_iteration
+        m_x["warm_start"] = {"trees_before": n_prev, "trees_after": int(xgb.booster.num_boosted_rounds())}
+        xgb.save(out_dir / "xgboost", data_window=outcome.data_window)
+        outcome.metrics["xgboost"] = m_x
+        outcome.seconds["xgboost"] = time.perf_counter() - t0
+
+    if "lstm" in kinds:
+        t0 = time.perf_counter()
+        lstm = LSTMModel.load(prev_dir / "lstm")
+        L = lstm.config.seq_len
+
+        def sel(rows):  # the windows make_sequences(ds.X, L) would give for these end rows, built only for them
+            e = sequence_ends(ds.X, rows, L)
+            return windows_at(ds.X, e, L), ds.y[e], e
+
+        prev_fit_end = prev_window.get("train_end_ns")
+        fit = tr if prev_fit_end is None else tr[ds.open_ns[tr] > prev_fit_end]
+        if len(fit) < 100:
+            fit = tr
+        Xs_tr, ys_tr, _ = sel(fit)
+        Xs_va, ys_va, _ = sel(va)
+        Xs_te, ys_te, e_te = sel(te)
+        say(f"{spec.timeframe}: LSTM fine-tune {lstm_epochs} epoch(s) on {len(ys_tr)} windows")
+        lstm.fine_tune(Xs_tr, ys_tr.astype(np.float32), Xs_va, ys_va.astype(np.float32), epochs=lstm_epochs)
+        p_l = lstm.predict(Xs_te)
+        m_l = binary_metrics(ys_te, p_l)
+        m_l["dollar"] = dollar_pnl(p_l, ds.fwd[e_te], position_size=spec.position_size, fee=fee)
+        m_l["warm_start"] = {"fine_tune_windows": int(len(ys_tr))}
+        lstm.save(out_dir / "lstm")
+        outcome.metrics["lstm"] = m_l
+        outcome.seconds["lstm"] = time.perf_counter() - t0
+    return outcome
+
+
 KINDS = ("xgboost", "lstm")
 
 

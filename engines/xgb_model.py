@@ -284,7 +284,8 @@ class XGBoostModel:
 
     def train(self, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
               early_stopping_rounds: int | None = 50, *, fwd_return_train: np.ndarray | None = None,
-              fwd_return_val: np.ndarray | None = None, verbose_eval: bool | int = False) -> TrainResult:
+              fwd_return_val: np.ndarray | None = None, verbose_eval: bool | int = False,
+              _xgb_model: Any = None, _n_prev: int = 0) -> TrainResult:
         """Boost on the training rows, early-stop on the (later-in-time) validation rows.
 
         The caller splits by time (:func:`time_split`); nothing is shuffled here. With the dollar-profit
@@ -313,11 +314,14 @@ class XGBoostModel:
         kwargs: dict[str, Any] = {}
         if self.custom_objective:
             kwargs = {"obj": dollar_logistic_objective, "custom_metric": logloss_metric}
+        if _xgb_model is not None:
+            kwargs["xgb_model"] = _xgb_model  # continue_training: boost on top of the existing trees
         booster = xgb.train(params, dtr, num_boost_round=self.num_boost_round, evals=[(dva, "val")],
                             early_stopping_rounds=early_stopping_rounds, verbose_eval=verbose_eval, **kwargs)
         seconds = time.perf_counter() - t0
         rounds_run = booster.num_boosted_rounds()
         best = int(booster.best_iteration) if early_stopping_rounds else rounds_run - 1
+        best = max(best, _n_prev)
         best_score = float(booster.best_score) if early_stopping_rounds else float("nan")
         self.booster = booster[: best + 1]            # keep only the trees that early stopping chose
         self.feature_stats = feature_stats(X_train)
@@ -329,6 +333,25 @@ class XGBoostModel:
                  best_score=best_score, seconds=round(seconds, 3), custom_objective=self.custom_objective,
                  n_train=int(X_train.shape[0]), n_val=int(X_val.shape[0]))
         return self.train_result
+
+    def continue_training(self, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                          rounds: int, early_stopping_rounds: int | None = 10, *,
+                          fwd_return_train: np.ndarray | None = None,
+                          fwd_return_val: np.ndarray | None = None) -> TrainResult:
+        """Warm start: add up to ``rounds`` trees to the current booster (kept as is), fitted on these rows and
+        early-stopped on the (later) validation rows; the kept booster is cut to the best iteration, which is
+        never before the existing trees. Used by the walk-forward backtest to roll a model to the next window
+        instead of retraining it from scratch; the caller guarantees the rows all precede what it will trade."""
+        booster = self._need_booster()
+        n_prev = booster.num_boosted_rounds()
+        saved = self.num_boost_round
+        self.num_boost_round = int(rounds)
+        try:
+            return self.train(X_train, y_train, X_val, y_val, early_stopping_rounds,
+                              fwd_return_train=fwd_return_train, fwd_return_val=fwd_return_val,
+                              _xgb_model=booster, _n_prev=n_prev)
+        finally:
+            self.num_boost_round = saved
 
     # -------------------------------------------------------------------------------------------- inference
     def _need_booster(self):

@@ -109,6 +109,95 @@ def test_causality_perturbed_future_changes_no_earlier_decision(k6, run6):
     assert np.array_equal(eq_a.equity[pre], eq_b.equity[eq_b.ts_ns <= t])
 
 
+def test_warm_start_models_never_saw_the_window_they_trade(run6):
+    """Window 2 continues window 1's models (warm start, the default): the previous model's data end before this
+    window's test start, the chain is recorded, and XGBoost really grew on top of the previous trees."""
+    res, _ = run6
+    wins = res.metrics["info"]["windows"]
+    assert res.windows[0].index == 0 and len(wins) == 2
+    warmed = 0
+    for w, info in zip(res.windows, wins):
+        for tf, t in info["timeframes"].items():
+            tf_m = {"1m": 1, "5m": 5}[tf] * M
+            src = t.get("warm_start_from_end_ns")
+            if w.index == 0:
+                assert src is None
+                continue
+            assert src is not None, (w.index, tf)
+            warmed += 1
+            # the model it continued from stopped before the PREVIOUS window's test start, hence before this one
+            assert src + tf_m <= res.windows[w.index - 1].test_start_ns < w.test_start_ns
+            assert src == wins[w.index - 1]["timeframes"][tf]["train_end_ns"]
+            assert t["train_end_ns"] + tf_m <= w.test_start_ns
+    assert warmed == 2
+
+
+def test_warm_start_refuses_a_model_from_the_future(k6, tmp_path):
+    from engines.train import TrainSpec, train_timeframe, train_timeframe_warm
+    spec = TrainSpec("5m", xgb_rounds=5, xgb_early_stopping=3, lstm_epochs=1, lstm_hidden=4, lstm_seq_len=8,
+                     threads=1)
+    later = k6[2 * 1440:5 * 1440]
+    train_timeframe(later, spec, tmp_path / "later")
+    with pytest.raises(ValueError, match="warm start from a model that saw data up to"):
+        train_timeframe_warm(k6[:4 * 1440], spec, tmp_path / "w", tmp_path / "later")
+    # forward in time it works, and XGBoost keeps every earlier tree
+    out = train_timeframe_warm(k6[3 * 1440:6 * 1440], spec, tmp_path / "w2", tmp_path / "later", xgb_rounds=4)
+    ws = out.metrics["xgboost"]["warm_start"]
+    assert ws["trees_after"] > ws["trees_before"] >= 1
+    assert out.data_window["warm_start_from"]["end_ns"] < out.data_window["end_ns"]
+    assert out.metrics["lstm"]["warm_start"]["fine_tune_windows"] > 0
+
+
+def test_xgb_continue_training_keeps_the_previous_trees():
+    from engines.xgb_model import XGBoostModel
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    y = (X[:, 0] + 0.3 * rng.normal(size=600) > 0).astype(float)
+    m = XGBoostModel(n_estimators=5, nthread=1)
+    m.train(X[:400], y[:400], X[400:], y[400:], None)
+    before = m.booster.num_boosted_rounds()
+    p_first = m.booster[:before].inplace_predict(X[:50], predict_type="margin")
+    r = m.continue_training(X[:400], y[:400], X[400:], y[400:], 6, None)
+    assert m.booster.num_boosted_rounds() == before + 6 == r.rounds_used
+    np.testing.assert_array_equal(m.booster[:before].inplace_predict(X[:50], predict_type="margin"), p_first)
+    assert m.num_boost_round == 5  # the cold-start budget is untouched
+
+
+def test_lstm_fine_tune_keeps_standardisation(tmp_path):
+    import torch
+
+    from engines.lstm_model import LSTMModel
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 8, 3)).astype(np.float32) * 5 + 2
+    y = (X[:, -1, 0] > 2).astype(np.float32)
+    m = LSTMModel(seq_len=8, hidden=4, layers=1, epochs=1, batch_size=64)
+    m.train(X[:200], y[:200], X[200:], y[200:])
+    m.save(tmp_path / "v")
+    m2 = LSTMModel.load(tmp_path / "v")
+    mean = m2.net.mean.clone()
+    r = m2.fine_tune(X[100:250] * 3, y[100:250], X[250:], y[250:], epochs=2)  # other scale: norm must not move
+    assert torch.equal(m2.net.mean, mean) and r.epochs_run == 2
+    assert r.best_val_loss <= m2.metrics["fine_tune"]["best_val_loss"] + 1e-12
+
+
+def test_streamed_parallel_run_equals_serial_run(k6, run6):
+    """Training in a forked process streamed window by window (and the baseline forked) decides exactly as the
+    serial run: same predictions, same decisions, same equity."""
+    from dataclasses import replace
+    res_p, _ = run6
+    assert res_p.metrics["info"]["timing"]["baseline_in"] == "forked process"
+    assert "streamed" in res_p.metrics["info"]["timing"]["training_in"]
+    res_s = run_backtest(k6, None, opts=replace(OPTS, parallel=False), cfg=CFG)
+    assert res_s.metrics["info"]["timing"]["baseline_in"] == "this process"
+    assert res_p.decisions == res_s.decisions
+    for tf in OPTS.timeframes:
+        for kind in ("xgboost", "lstm"):
+            assert np.array_equal(res_p.predictions[tf][1][kind], res_s.predictions[tf][1][kind], equal_nan=True)
+    for name in ("strategy", "baseline_momentum", "buy_and_hold"):
+        assert np.array_equal(res_p.report.runs[name].equity, res_s.report.runs[name].equity), name
+
+
 def test_synth_book_costs_always_on():
     b = SynthBook(SymbolRules(), spread_bps=1.0, level_bps=0.5, levels=5, level_notional=10_000)
     b.set_mid(60_000.0)
