@@ -22,11 +22,12 @@ Tasks are owned by a :class:`daemon.supervisor.Supervisor`: ``feed`` restarts wi
 (closes bars of quiet minutes from the wall clock), ``collector`` (copies core counters into Prometheus metrics
 every second), ``loop-lag`` and ``watchdog`` are fatal when they die, and so is an exception from the pipeline.
 
-Store writes happen ON the loop, synchronously: the paper broker commits each execution with fsync (~ms) and
-each closed bar is one small transaction. They are rare (one bar per timeframe per period, orders only on
-signals), and SQLite connections are bound to their thread, so the broker's store cannot simply move to an
-executor; the cost is measured instead (/status ``pipeline.store_write`` and ``broker_submit``, and the loop-lag
-histogram) — a choice to revisit if order rates grow.
+Store writes happen OFF the loop: one writer thread (daemon.storewriter) owns a write connection and commits,
+in order, each paper execution (one transaction: orders, fills, positions, balance, stops) and the closed bars;
+the loop keeps a connection for reads. The store is always a consistent prefix of what the daemon did, memory
+leads it by the writer's queue (depth in ``tradingd_queue_depth{queue="store"}``, submit-to-durable lag in
+``tradingd_store_commit_lag_seconds`` and /status ``store``), shutdown flushes it, and a failed write is fatal
+(exit 1: a store that cannot be written needs a human).
 
 Retraining (daemon.retrain): every ``retrain.interval_minutes`` and on ``POST /control/retrain`` a nice'd child
 process trains challengers on the store's bars and promotes them only if they beat the current models on
@@ -49,7 +50,6 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,8 @@ class Daemon:
         self.ws_url = self.rest_url = ""
         self.timings: dict[str, float] = {}
         self._copied: dict[tuple, float] = {}
-        self._bar_buf: list = []
-        self._bar_write_ns: deque[int] = deque(maxlen=1000)
-        self.bar_write_errors = 0
+        self.writer = None  # daemon.storewriter.StoreWriter
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.recorder = None
         self.record_errors = 0
         self.retrainer = None
@@ -104,7 +103,7 @@ class Daemon:
     # -------------------------------------------------------------------------------------- lifecycle
     async def run(self) -> int:
         from daemon.supervisor import Supervisor, loop_lag_monitor
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -185,8 +184,11 @@ class Daemon:
                 self.recorder.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("recorder_close_failed", error=str(e))
+        if self.writer is not None:  # everything the daemon did becomes durable before exit
+            ok = await asyncio.get_running_loop().run_in_executor(None, self.writer.close, SHUTDOWN_S / 2)
+            log.info("store_writer_closed", flushed=ok, **{k: v for k, v in self.writer.snapshot().items()
+                                                          if k != "lag"})
         if self.store is not None:
-            self._flush_bars()
             try:
                 self.store.close()
             except Exception as e:  # noqa: BLE001
@@ -239,8 +241,19 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.store = SQLiteStore(path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=cfg.store.busy_timeout_ms)
+            from daemon.storewriter import StoreWriter
+            self.writer = StoreWriter(
+                lambda: SQLiteStore(path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=cfg.store.busy_timeout_ms),
+                max_queue=cfg.store.writer_queue, on_error=self._writer_failed,
+                observe_lag=self.metrics.store_commit_lag.observe)
         except StoreError as e:
             raise StartupError(str(e)) from None
+
+    def _writer_failed(self, exc: BaseException) -> None:
+        """Writer thread: a failed store write stops the daemon (exit 1), on the loop's thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_fatal, "store-writer", exc)
 
     async def _start_venue(self) -> None:
         cfg = self.cfg
@@ -296,7 +309,8 @@ class Daemon:
         cfg = self.cfg
         if cfg.broker.kind != "paper":
             raise StartupError("broker.kind: only 'paper' is implemented (the testnet adapter is not written yet)")
-        self.broker = PaperBroker(cfg.broker, self.store, symbols=tuple(cfg.general.symbols), filters=self.filters)
+        self.broker = PaperBroker(cfg.broker, self.store, symbols=tuple(cfg.general.symbols), filters=self.filters,
+                                  writer=self.writer)
         if self.broker.recovery_discrepancies:
             log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
 
@@ -373,10 +387,11 @@ class Daemon:
         from strategies.optimizer import DollarProfitOptimizer
         from strategies.risk import RiskManager
         cfg = self.cfg
-        for tf, es in self.engine_sets.items():  # record what we trade with (the store is on this thread)
+        for tf, es in self.engine_sets.items():  # record what we trade with
             for kind, info in es.info().items():
-                self.store.record_model_version(info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash,
-                                                time.time_ns(), active=True)
+                self.writer.submit(lambda st, tf=tf, kind=kind, info=info, ts=time.time_ns(): st.record_model_version(
+                    info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash, ts, active=True),
+                    kind="model_version")
                 self.metrics.model_version.labels(tf, kind, info["version"], info["backend"]).set(1)
         self.metrics.model_info.info({f"{tf}_{k}": f"{i['version']}@{i['backend']}"
                                       for tf, es in self.engine_sets.items() for k, i in es.info().items()})
@@ -403,7 +418,7 @@ class Daemon:
         seq = max((es.seq_len for es in self.engine_sets.values()), default=0)
         need_min = history_bars_needed(cfg.general.timeframes, seq)
         for sym, k in (history or {}).items():  # the training history also goes to the store (retrainer)
-            self.store.write_bars(klines_to_bars(k))
+            self.writer.write_bars(klines_to_bars(k))
         for sym in cfg.general.symbols:
             # always a fresh fetch: training may have taken minutes, and a gap would be filled with flat bars
             try:
@@ -415,7 +430,7 @@ class Daemon:
                 log.warning("prime_history_empty", symbol=sym)
                 continue
             bars = klines_to_bars(k)
-            self.store.write_bars(bars)
+            self.writer.write_bars(bars)
             rows = self.pipeline.prime(sym, bars[-need_min:])
             log.info("primed", symbol=sym, bars=min(len(bars), need_min), rows=rows)
 
@@ -453,29 +468,14 @@ class Daemon:
         try:
             self.pipeline.on_event(ev)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001
-            log.exception("pipeline_failed", event=type(ev).__name__)
+            log.exception("pipeline_failed", event_type=type(ev).__name__)
             self._on_fatal("pipeline", e)
             if self.feed is not None:
                 self.feed.stop()
 
     def _bar_sink(self, bars: list) -> None:
-        """Closed bars are written right AFTER the current event's decision (same thread: SQLite), so the
-        bar's fsync is not inside tick-to-decision."""
-        if not self._bar_buf:
-            asyncio.get_running_loop().call_soon(self._flush_bars)
-        self._bar_buf.extend(bars)
-
-    def _flush_bars(self) -> None:
-        bars, self._bar_buf = self._bar_buf, []
-        if not bars or self.store is None:
-            return
-        t0 = time.perf_counter_ns()
-        try:
-            self.store.write_bars(bars)
-        except Exception as e:  # noqa: BLE001 - a lost bar row is counted, trading goes on
-            self.bar_write_errors += 1
-            log.error("bar_store_failed", error=str(e), bars=len(bars))
-        self._bar_write_ns.append(time.perf_counter_ns() - t0)
+        """Closed bars go to the writer thread (never blocks; dropped and counted if its queue is full)."""
+        self.writer.write_bars(bars)
 
     async def _bar_clock(self) -> None:
         while True:
@@ -513,6 +513,8 @@ class Daemon:
                 self._inc_to(m.decode_errors.labels(venue, reason), ("decode", reason), n)
             self._inc_to(m.reconnects.labels(venue), ("reconnects",), st.reconnects)
             m.queue_depth.labels("feed").set(self.feed.queue.qsize())
+            if self.writer is not None:
+                m.queue_depth.labels("store").set(self.writer.pending)
             for sym, book in self.feed.books.items():
                 bs = book.stats
                 self._inc_to(m.book_resyncs.labels(sym), ("resyncs", sym), getattr(bs, "resyncs", 0))
@@ -569,10 +571,8 @@ class Daemon:
                            "daily_pnl": self.risk.daily_pnl, "counters": dict(self.risk.counters)}
             out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
                                "book_states": pipe.book_states}
-            w = sorted(self._bar_write_ns)
-            out["store"] = {"bar_writes": len(w), "bar_write_errors": self.bar_write_errors,
-                            "bar_write_p50_ms": w[len(w) // 2] / 1e6 if w else None,
-                            "bar_write_max_ms": w[-1] / 1e6 if w else None}
+            if self.writer is not None:
+                out["store"] = self.writer.snapshot()
             out["optimizer"] = {"counters": dict(self.optimizer.counters),
                                 "positions": sorted(self.optimizer.positions)}
             out["broker"] = {"stats": dict(self.broker.stats), "open_orders": len(self.broker.open_orders())}

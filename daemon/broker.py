@@ -1,9 +1,12 @@
 """Broker adapters the daemon calls. ``PaperBroker``: the matching core + portfolio + store.
 
-Every change (a new order, fills, the positions and cash they move, stops, the caller's replay cursor) is
-committed to the store in ONE transaction before the broker returns it: what the strategy has been told
-survives a crash. The in-memory portfolio is updated only after the commit succeeds; if the store fails the
-broker refuses further work (``StoreError`` is "stop for a human"; a restart recovers from the store).
+Every change (a new order, fills, the positions and cash they move, stops, the caller's replay cursor) is ONE
+transaction. Without a ``writer`` it is committed before the broker returns (what the strategy has been told
+survives a crash); the in-memory portfolio is updated only after the commit succeeds. With a ``writer``
+(daemon.storewriter, what the daemon uses) the transaction's statements are built here from the post-fill state
+and committed in order by the writer thread, off the event loop: the store stays a consistent prefix and memory
+leads it by the writer's queue (see that module for the contract). If the store fails the broker refuses further
+work (``StoreError`` is "stop for a human"; a restart recovers from the store).
 
 There is no ``TestnetBroker`` yet: the signed REST adapter is left out (see docs/STORE.md).
 """
@@ -21,7 +24,7 @@ from daemon.config import BrokerConfig
 from daemon.events import Fill, OrderIntent, OrderType, Side, Trade
 from daemon.matching import Levels, MatchingEngine, Order, OrderError, Stops
 from daemon.portfolio import Portfolio
-from daemon.store import Store, StoreError
+from daemon.store import Store, StoreError, execution_statements
 
 __all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of"]
 
@@ -61,6 +64,7 @@ class PaperBroker:
     store: Store
     symbols: tuple[str, ...] | None = None
     filters: Mapping[str, Any] | None = None
+    writer: Any = None  # daemon.storewriter.StoreWriter: commit off the caller's thread (write-behind)
     portfolio: Portfolio = field(init=False)
     recovery_discrepancies: list[str] = field(init=False)
     stats: dict[str, int] = field(init=False)
@@ -176,6 +180,10 @@ class PaperBroker:
     def _check_halted(self) -> None:
         if self._halted:
             raise BrokerHalted(f"paper broker halted after a store failure: {self._halted}")
+        w = self.writer
+        if w is not None and w.error is not None:
+            self._halted = f"store writer failed: {w.error}"
+            raise BrokerHalted(f"paper broker halted after a store failure: {self._halted}")
 
     def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
         pos = self.portfolio.qty(intent.symbol)
@@ -206,8 +214,13 @@ class PaperBroker:
                 self.engine.stops.pop(sym)
                 stop_changes[sym] = None
         try:
-            self.store.commit_execution(list(latest.values()), all_fills, realised, pf, stops=stop_changes,
-                                        cursor=cursor)
+            if self.writer is None:
+                self.store.commit_execution(list(latest.values()), all_fills, realised, pf, stops=stop_changes,
+                                            cursor=cursor)
+            else:
+                self.writer.write_statements(execution_statements(
+                    list(latest.values()), all_fills, realised, pf, stops=stop_changes, cursor=cursor,
+                    quote_asset=getattr(self.store, "quote_asset", self.cfg.quote_asset)))
         except StoreError as e:
             self._halted = str(e)
             log.error("paper_broker_halted", error=str(e))

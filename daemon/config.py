@@ -166,6 +166,8 @@ class BrokerConfig:
 class StoreConfig:
     path: str = opt("tradingd.sqlite", "SQLite store (WAL mode), relative to general.data_dir.")
     busy_timeout_ms: int = opt(5000, "How long a store connection waits for another's write lock.", ge=0)
+    writer_queue: int = opt(10000, "Writes waiting for the store's writer thread before bars are dropped "
+                            "(counted) and executions wait for room.", ge=1)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ class Metrics:
                                  registry=r)
         self.reconnects = Counter("tradingd_reconnects_total", "Websocket reconnects", ["venue"], registry=r)
         self.queue_depth = Gauge("tradingd_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
+        self.store_commit_lag = Histogram("tradingd_store_commit_lag_seconds",
+                                          "Store writer: submit to durable commit (how far memory leads disk)",
+                                          buckets=LAT_BUCKETS, registry=r)
         self.loop_lag = Histogram("tradingd_event_loop_lag_seconds", "Event-loop scheduling lag",
                                   buckets=LAT_BUCKETS, registry=r)
         self.tick_to_decision = Histogram("tradingd_tick_to_decision_seconds",

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +29,19 @@ from daemon.events import Bar, Fill, OrderStatus, OrderType, Side
 from daemon.matching import Order, Stops
 from daemon.portfolio import Portfolio, Position
 
-__all__ = ["StoreError", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS"]
+__all__ = ["StoreError", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS",
+           "execution_statements"]
 
 log = structlog.get_logger(__name__)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Store files this process has a connection to (resolved path -> count). POSIX record locks belong to the
+# process: closing ANY descriptor of a file drops all of them, SQLite's included. A raw open()/close() of a file
+# we already hold would let another process think it is the last connection and delete the live -wal/-shm. So
+# the raw header check runs only on the first open of a path in this process (it was checked then).
+_OPEN_PATHS: Counter[str] = Counter()
+_OPEN_LOCK = threading.Lock()
 
 
 class StoreError(Exception):
@@ -175,7 +185,26 @@ class SQLiteStore:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self._check_file()
+        self._key = str(self.path.resolve())
+        with _OPEN_LOCK:
+            held = _OPEN_PATHS[self._key] > 0
+            if not held:
+                self._check_file()
+            _OPEN_PATHS[self._key] += 1  # before connecting: a concurrent open must not raw-read it
+        self._closed = False
+        try:
+            self._connect()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        with _OPEN_LOCK:
+            _OPEN_PATHS[self._key] -= 1
+            if _OPEN_PATHS[self._key] <= 0:
+                del _OPEN_PATHS[self._key]
+
+    def _connect(self) -> None:
         try:
             if self.readonly:
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
@@ -258,7 +287,13 @@ class SQLiteStore:
             log.info("store_migrated", path=str(self.path), version=version, description=desc)
 
     def close(self) -> None:
-        self._db.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._db.close()
+        finally:
+            self._release()
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -275,49 +310,14 @@ class SQLiteStore:
                          cursor: str | None = None) -> None:
         """One transaction: order rows, fills (with the realised P&L each produced), the positions and cash
         after them (``portfolio`` is the post-fill state), daily P&L, stop changes and the replay cursor."""
-        if len(realised) != len(fills):
-            raise ValueError("one realised value per fill")
-        with self._tx() as db:
-            ts_now = max([o.ts_updated for o in orders] + [f.ts for f in fills] + [0])
-            for o in orders:
-                db.execute(
-                    "INSERT INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(client_order_id) DO "
-                    "UPDATE SET status=excluded.status, filled_qty=excluded.filled_qty, avg_fill_price="
-                    "excluded.avg_fill_price, n_fills=excluded.n_fills, active=excluded.active, "
-                    "ts_updated=excluded.ts_updated",
-                    (o.client_order_id, o.symbol, int(o.side), o.order_type.value, o.qty, o.limit_price,
-                     o.status.value, o.filled_qty, o.avg_fill_price, o.n_fills, int(o.reduce_only), o.reason,
-                     o.timeframe, int(o.active), o.ts_created, o.active_at, o.ts_updated))
-            for f, r in zip(fills, realised):
-                db.execute("INSERT INTO fills (fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, "
-                           "ts, realised_pnl) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           (f.fill_id, f.client_order_id, f.symbol, int(f.side), f.price, f.qty, f.fee,
-                            f.liquidity, f.ts, r))
-                db.execute("INSERT INTO daily_pnl (day, realised_pnl, fees, volume_quote, n_fills) VALUES "
-                           "(?,?,?,?,1) ON CONFLICT(day) DO UPDATE SET realised_pnl=realised_pnl+excluded."
-                           "realised_pnl, fees=fees+excluded.fees, volume_quote=volume_quote+excluded."
-                           "volume_quote, n_fills=n_fills+1", (_day(f.ts), r, f.fee, f.price * f.qty))
-            for sym in {f.symbol for f in fills}:
-                p = portfolio.position(sym)
-                db.execute("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(symbol) DO UPDATE SET "
-                           "qty=excluded.qty, avg_price=excluded.avg_price, realised_pnl=excluded.realised_pnl, "
-                           "fees_paid=excluded.fees_paid, ts_updated=excluded.ts_updated",
-                           (sym, p.qty, p.avg_price, p.realised, p.fees, ts_now))
-            if fills:
-                self._put_balance(db, portfolio, ts_now)
-            for sym, s in (stops or {}).items():
-                if s is None:
-                    db.execute("DELETE FROM stops WHERE symbol=?", (sym,))
-                else:
-                    db.execute("INSERT OR REPLACE INTO stops VALUES (?,?,?,?)",
-                               (s.symbol, s.stop_loss, s.take_profit, s.tag))
-            if cursor is not None:
-                db.execute("INSERT OR REPLACE INTO kv VALUES ('replay_cursor', ?)", (cursor,))
+        self.write_statements(execution_statements(orders, fills, realised, portfolio, stops=stops, cursor=cursor,
+                                                   quote_asset=self.quote_asset))
 
-    def _put_balance(self, db: sqlite3.Connection, portfolio: Portfolio, ts: int) -> None:
-        db.execute("INSERT INTO balances VALUES (?,?,?,?) ON CONFLICT(asset) DO UPDATE SET amount=excluded.amount, "
-                   "ts_updated=excluded.ts_updated",
-                   (self.quote_asset, portfolio.cash, portfolio.starting_cash, ts))
+    def write_statements(self, stmts: Sequence[tuple[str, tuple]]) -> None:
+        """Run prepared ``(sql, params)`` statements in ONE transaction (all or nothing)."""
+        with self._tx() as db:
+            for sql, params in stmts:
+                db.execute(sql, params)
 
     def set_cursor(self, cursor: str) -> None:
         with self._tx() as db:
@@ -412,6 +412,53 @@ class SQLiteStore:
         for msg in problems:
             log.error("store_discrepancy", path=str(self.path), problem=msg)
         return Recovery(pf, open_orders, stops, cursor, problems)
+
+
+def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
+                         portfolio: Portfolio, *, stops: Mapping[str, Stops | None] | None = None,
+                         cursor: str | None = None, quote_asset: str = "USDT") -> list[tuple[str, tuple]]:
+    """The statements of one execution's transaction, built from values only (no connection): the caller's
+    thread snapshots the post-fill state, and the store's writer thread (daemon.storewriter) may commit it later."""
+    if len(realised) != len(fills):
+        raise ValueError("one realised value per fill")
+    out: list[tuple[str, tuple]] = []
+    ts_now = max([o.ts_updated for o in orders] + [f.ts for f in fills] + [0])
+    for o in orders:
+        out.append((
+            "INSERT INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(client_order_id) DO "
+            "UPDATE SET status=excluded.status, filled_qty=excluded.filled_qty, avg_fill_price="
+            "excluded.avg_fill_price, n_fills=excluded.n_fills, active=excluded.active, "
+            "ts_updated=excluded.ts_updated",
+            (o.client_order_id, o.symbol, int(o.side), o.order_type.value, o.qty, o.limit_price,
+             o.status.value, o.filled_qty, o.avg_fill_price, o.n_fills, int(o.reduce_only), o.reason,
+             o.timeframe, int(o.active), o.ts_created, o.active_at, o.ts_updated)))
+    for f, r in zip(fills, realised):
+        out.append(("INSERT INTO fills (fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, "
+                    "ts, realised_pnl) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (f.fill_id, f.client_order_id, f.symbol, int(f.side), f.price, f.qty, f.fee, f.liquidity,
+                     f.ts, r)))
+        out.append(("INSERT INTO daily_pnl (day, realised_pnl, fees, volume_quote, n_fills) VALUES "
+                    "(?,?,?,?,1) ON CONFLICT(day) DO UPDATE SET realised_pnl=realised_pnl+excluded."
+                    "realised_pnl, fees=fees+excluded.fees, volume_quote=volume_quote+excluded."
+                    "volume_quote, n_fills=n_fills+1", (_day(f.ts), r, f.fee, f.price * f.qty)))
+    for sym in sorted({f.symbol for f in fills}):
+        p = portfolio.position(sym)
+        out.append(("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(symbol) DO UPDATE SET "
+                    "qty=excluded.qty, avg_price=excluded.avg_price, realised_pnl=excluded.realised_pnl, "
+                    "fees_paid=excluded.fees_paid, ts_updated=excluded.ts_updated",
+                    (sym, p.qty, p.avg_price, p.realised, p.fees, ts_now)))
+    if fills:
+        out.append(("INSERT INTO balances VALUES (?,?,?,?) ON CONFLICT(asset) DO UPDATE SET amount=excluded.amount, "
+                    "ts_updated=excluded.ts_updated", (quote_asset, portfolio.cash, portfolio.starting_cash, ts_now)))
+    for sym, st in (stops or {}).items():
+        if st is None:
+            out.append(("DELETE FROM stops WHERE symbol=?", (sym,)))
+        else:
+            out.append(("INSERT OR REPLACE INTO stops VALUES (?,?,?,?)",
+                        (st.symbol, st.stop_loss, st.take_profit, st.tag)))
+    if cursor is not None:
+        out.append(("INSERT OR REPLACE INTO kv VALUES ('replay_cursor', ?)", (cursor,)))
+    return out
 
 
 class _Tx:

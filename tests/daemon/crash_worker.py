@@ -105,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("recording", nargs="+")
     ap.add_argument("--events", type=int, default=12_000)
     ap.add_argument("--every", type=int, default=40, help="an order action every this many depth updates")
+    ap.add_argument("--writer", action="store_true", help="commit through the daemon's StoreWriter thread "
+                    "(write-behind) instead of on this thread")
     a = ap.parse_args(argv)
-    broker = PaperBroker(CFG, SQLiteStore(Path(a.store)), symbols=("BTCUSDT",))
+    writer = None
+    if a.writer:
+        from daemon.storewriter import StoreWriter
+        SQLiteStore(Path(a.store)).close()  # create/migrate once, then the writer thread opens its own
+        writer = StoreWriter(lambda: SQLiteStore(Path(a.store)), max_queue=64)
+    broker = PaperBroker(CFG, SQLiteStore(Path(a.store)), symbols=("BTCUSDT",), writer=writer)
     if broker.recovery_discrepancies:
         print("DISCREPANCIES", broker.recovery_discrepancies, flush=True)
         return 3
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             order_step(broker, book, i, k, ev.ts_recv, f"{i}.1", redo)
             if k % 3 == 0 and (i > ci or cs < 2):
                 stops_step(broker, book, i, f"{i}.2")
+    if writer is not None and not writer.close():
+        print("WRITER_CLOSE_TIMEOUT", flush=True)
+        return 4
     print("DONE", broker.portfolio.n_fills, flush=True)
     broker.store.close()
     return 0

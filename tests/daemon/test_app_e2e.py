@@ -232,6 +232,10 @@ first_run_xgb_rounds = 100
         assert status["account"]["fills"] >= 1 and status["risk"]["state"] == "ACTIVE"
         lat = status["pipeline"]["tick_to_decision"]
         print(f"\nfirst-run training {train_s:.1f} s; tick-to-decision {lat}; timings {status['timings']}")
+        # store writes run on the writer thread: committed there, nothing failed, the lag is exported
+        assert status["store"]["committed"] >= 2 and status["store"]["error"] is None, status["store"]
+        assert metric(text, "tradingd_store_commit_lag_seconds_count") >= 1
+        print(f"store writer {status['store']}")
         # control: refused without the token, then halt / flatten / resume with it
         assert http_post(url + "/control/halt", None)[0] == 401
         code, body = http_post(url + "/control/halt", TOKEN)

@@ -20,8 +20,6 @@ pipeline whose ``on_event`` raises): it is the only way from a pipeline exceptio
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import re
 import sqlite3
@@ -34,7 +32,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.daemon.test_app_e2e import ROOT, TOKEN, Daemon, check_store, free_port, http_get, wait_until
+from tests.daemon.test_app_e2e import TOKEN, Daemon, check_store, free_port, http_get, wait_until
 
 SEED_QTY = 0.001
 EXIT_WAIT_S = 25
@@ -140,31 +138,6 @@ def _daemon_with_failing_pipeline():
     return d
 
 
-def _on_event_error_path_raises() -> bool:
-    """True while Daemon._on_event's own error handling raises (the bug pinned below)."""
-    import structlog
-    d = _daemon_with_failing_pipeline()
-    try:  # quiet: the log record and the fatal line it prints once fixed
-        with structlog.testing.capture_logs(), contextlib.redirect_stderr(io.StringIO()):
-            d._on_event(object())
-    except TypeError:
-        return True
-    return False
-
-
-ON_EVENT_BUG = _on_event_error_path_raises()
-# with a write-behind store writer (daemon.storewriter wired into daemon.app) a failed store write is fatal on
-# its own path (Daemon._writer_failed) and does not depend on _on_event's error handling
-STORE_WRITER = "StoreWriter(" in (ROOT / "daemon" / "app.py").read_text()
-ON_EVENT_BUG_REASON = (
-    "daemon/app.py Daemon._on_event: log.exception(\"pipeline_failed\", event=type(ev).__name__) passes "
-    "structlog's positional `event` twice -> TypeError('exception() got multiple values for argument "
-    "\\'event\\'') raised inside the except block, so _on_fatal is never called: the TypeError escapes into "
-    "the feed task, which is restart=True, and the daemon loops feed restarts instead of exiting 1. "
-    "Fix: log.exception(\"pipeline_failed\", event_type=type(ev).__name__)")
-
-
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=ON_EVENT_BUG_REASON)
 def test_pipeline_exception_on_the_event_path_is_fatal():
     """Daemon._on_event (the feed callback): a pipeline exception is logged with its traceback, makes the
     daemon fatal (exit code 1, stop requested) and stops the feed."""
@@ -184,9 +157,6 @@ def test_pipeline_exception_on_the_event_path_is_fatal():
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 @pytest.mark.timeout(170)
-@pytest.mark.xfail(ON_EVENT_BUG and not STORE_WRITER, strict=True,
-                   reason="the store failure reaches the fatal path only through Daemon._on_event, whose error "
-                          "handling raises: " + ON_EVENT_BUG_REASON)
 def test_store_locked_at_commit_is_fatal_exit_1_then_restart_recovers(tmp_path):
     t_start = time.monotonic()
     data = tmp_path / "var"

@@ -26,6 +26,16 @@ def test_sigkill_at_random_moments(clean, binance_recording, tmp_path):
     assert stats["final_fills"] == len(clean["fills"])
 
 
+def test_sigkill_with_the_writer_thread(clean, binance_recording, tmp_path):
+    """The daemon's write-behind (daemon.storewriter): commits leave the caller's thread, the store stays a
+    consistent prefix at every kill, and resuming from the committed cursor ends with the clean run's fills."""
+    stats = cw.crash_loop(tmp_path, [str(p) for p in binance_recording], clean, kills=20, seed=99,
+                          max_delay=0.8, extra=["--writer"])
+    assert stats["kills"] >= 20
+    assert stats["problems"] == []
+    assert stats["final_fills"] == len(clean["fills"])
+
+
 def test_checker_detects_a_lost_fill(clean, binance_recording, tmp_path):
     """The check can fail: delete one committed fill and it reports it."""
     import sqlite3
