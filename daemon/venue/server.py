@@ -83,8 +83,7 @@ class SimulatorSource:
                     ids = (ev.payload["U"], ev.payload["u"]) if ev.kind == "depth" else None
                     data = orjson.dumps(ev.payload)
                     combined = b'{"stream":"' + ev.stream.encode() + b'","data":' + data + b"}"
-                    await venue.publish(OutFrame(ev.stream, ev.kind, ids, combined, data, ev.ts_ns, None,
-                                                 sim.symbol))
+                    await venue.publish(OutFrame(ev.stream, ev.kind, ids, combined, data, ev.ts_ns, sim.symbol))
             await asyncio.sleep(max(0.0, dt - (self._now_ns() - now) / 1e9))
 
 
