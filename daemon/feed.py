@@ -52,7 +52,7 @@ class BookStatus(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass
 class FeedStats:
-    frames: Counter = field(default_factory=Counter)  # valid frames by stream name
+    frames: Counter = field(default_factory=Counter)  # valid frames by subscribed stream name, else "other"
     decode_errors: Counter = field(default_factory=Counter)  # dropped frames by DecodeError.reason
     unknown_frames: int = 0  # valid JSON we do not use (subscription replies, other event types)
     connects: int = 0
@@ -108,6 +108,7 @@ class BinanceFeed:
         for s in self.symbols:
             streams += stream_names(s, depth_ms) + [f"{s.lower()}@{x}" for x in extra_streams]
         self.streams = streams
+        self._stream_keys = frozenset(streams)  # stats.frames keys: a venue's stream names cannot grow the Counter
         self.url = f"{self.ws_base}/stream?streams={'/'.join(streams)}"
         self._rng = random.Random(seed)
         self._stopping = False
@@ -217,7 +218,8 @@ class BinanceFeed:
         if ev is None:
             self.stats.unknown_frames += 1
             return
-        self.stats.frames[_stream_of(raw)] += 1
+        stream = _stream_of(raw)
+        self.stats.frames[stream if stream in self._stream_keys else "other"] += 1
         if type(ev) is DepthUpdate:
             book = self.books.get(ev.symbol)
             if book is None:

@@ -118,3 +118,20 @@ def test_record_command_core_writes_frames_and_snapshots(tmp_path):
             kinds["ticker"] += 1
     assert kinds["snap"] == 1 and kinds["depth"] >= 5 and kinds["trade"] >= 5 and kinds["ticker"] >= 5
     assert sum(kinds.values()) == res["frames"]
+
+
+def test_frame_counters_stay_bounded_whatever_stream_names_arrive():
+    """A long-lived feed counts frames per stream; names it did not subscribe to (a misbehaving or hostile venue)
+    share one "other" key, so 5,000 distinct names cannot grow the stats without bound."""
+    got = []
+    feed = BinanceFeed(["BTCUSDT"], "ws://127.0.0.1:9", "http://127.0.0.1:9", FAST, on_event=got.append)
+
+    async def main():
+        for i in range(5000):
+            data = (b'{"e":"trade","E":1,"s":"BTCUSDT","t":%d,"p":"60000.0","q":"0.1","T":1,"m":true}' % i)
+            await feed._on_frame(b'{"stream":"btcusdt@trade' + str(i).encode() + b'","data":' + data + b"}", i)
+            await feed._on_frame(b'{"stream":"btcusdt@trade","data":' + data + b"}", i)
+
+    asyncio.run(main())
+    assert sum(isinstance(e, Trade) for e in got) == 10_000  # every valid frame still delivered
+    assert dict(feed.stats.frames) == {"btcusdt@trade": 5000, "other": 5000}
