@@ -7,6 +7,19 @@ Why it is built this way:
   window are trained (engines/train.py ``train_timeframe``, fast settings) on the ``--train-days`` of 1m klines
   that END where the window starts. A window's model never sees a bar it trades; :func:`run_backtest` checks
   each trained model's data window against its test window and refuses otherwise.
+* Warm start (default; ``--no-warm-start`` trains every window from scratch, as before): window 1 is trained
+  from scratch; each later window continues the previous window's models (``train_timeframe_warm``: XGBoost
+  adds up to ``--xgb-warm-rounds`` trees on this window's training rows, the LSTM is fine-tuned
+  ``--lstm-warm-epochs`` on the windows it has not fitted yet). The previous models only saw data before the
+  previous test window, so before this one; the recorded data windows are checked. It changes the models and
+  hence the results (reported in metrics.json ``info.windows[*].timeframes[*].warm_start_from_end_ns``); it
+  roughly halves training time.
+* Two cores, three jobs: training streams window by window from a forked process (:class:`_TrainStream`) and
+  the strategy simulates right behind it (a decision at ``ts`` waits until the predictions for every bar closing
+  by ``ts`` exist, so it decides on exactly what a serial run would: tested); the momentum baseline, which needs
+  no model, runs in another fork meanwhile. ``--serial`` (or a process that already loaded torch/XGBoost, whose
+  OpenMP pools do not survive a fork) runs everything here, in order. Training uses 1 thread per library
+  (``--threads``): on a small shared box 2-thread OpenMP/torch pools were 5-10x slower for these small models.
 * Batched inference: features are computed once per timeframe over the whole series (``batch_features``, causal:
   row i depends on bars <= i only), and each window's rows are predicted in ONE batch per model with the
   deployable engines (compiled XGBoost walker, ONNX Runtime LSTM). The pipeline still computes its own
