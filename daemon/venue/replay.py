@@ -124,6 +124,7 @@ class ReplaySource:
             if len(syms) == 1:
                 self.books[syms.pop()] = _TrueBook(pending_snaps[0])
         self.symbols = sorted({f.symbol for f in self.frames if f.symbol})
+        self._seed = {sym: b.snapshot(len(b.bids) + len(b.asks)) for sym, b in self.books.items()}  # for rewind()
         tr = trades  # recorded (trade id) order
         self._tr_ms = np.array([t[0] for t in tr], dtype=np.int64)
         self._tr_px = np.array([t[1] for t in tr])
@@ -132,6 +133,15 @@ class ReplaySource:
         self._tr_sym = np.array([t[4] for t in tr])
         self.reader_stats = reader.stats
         self.position = 0  # frames replayed
+        self.trades_replayed = 0
+        self.now_ms = self.frames[0].recv_ns // 1_000_000 if self.frames else int(time.time() * 1000)
+        self.done = False
+
+    def rewind(self) -> None:
+        """Back to the first frame with the recorded snapshots, for another pass (e.g. a soak loop) without
+        parsing the recording again; a rewound source replays exactly what a fresh one would."""
+        self.books = {sym: _TrueBook(snap) for sym, snap in self._seed.items()}
+        self.position = 0
         self.trades_replayed = 0
         self.now_ms = self.frames[0].recv_ns // 1_000_000 if self.frames else int(time.time() * 1000)
         self.done = False

@@ -157,6 +157,22 @@ def test_replay_rest_depth_is_consistent_with_the_stream(binance_recording):
     assert (final.bids, final.asks) == tuple(map(list, oracle.depth(100)))
 
 
+def test_replay_rewind_replays_what_a_fresh_source_does(binance_recording):
+    src = ReplaySource(binance_recording, speed=0)
+    first = _Collect(src, every=500)
+    asyncio.run(src.run(first))
+    end_book = src.depth("BTCUSDT", 1000)
+    klines = src.klines("BTCUSDT", "1m", None, None, 1000)
+    src.rewind()
+    assert not src.done and src.position == 0 and src.klines("BTCUSDT", "1m", None, None, 1000) == []
+    assert src.depth("BTCUSDT", 5)["lastUpdateId"] == 50093239218  # the recorded snapshot again, not the end
+    second = _Collect(src, every=500)
+    asyncio.run(src.run(second))
+    assert second.depth_ids == first.depth_ids and second.n == first.n == 6495
+    assert src.depth("BTCUSDT", 1000) == end_book
+    assert src.klines("BTCUSDT", "1m", None, None, 1000) == klines
+
+
 def test_replay_klines_from_replayed_trades(binance_recording):
     src = ReplaySource(binance_recording, speed=0)
     assert src.klines("BTCUSDT", "1m", None, None, 1000) == []  # nothing replayed yet
