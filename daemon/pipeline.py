@@ -151,14 +151,15 @@ class _SymState:
 
 
 class TradingPipeline:
-    """See the module docstring. ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
+    """See the module docstring. ``keep``: decisions kept for /status (bounded by default: a daemon runs for
+    months; None keeps all, for backtests). ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
     predictions (the optimizer then makes no entry on it). ``books``: the live books by symbol (the feed's),
     used when an event comes without one. ``bar_sink``: where closed bars go (default ``store.write_bars``)."""
 
     def __init__(self, cfg: Any, symbols: Sequence[str], engine_sets: Mapping[str, EngineSetLike], optimizer: Any,
                  risk: Any, broker: Any, store: Any = None, metrics: Any = None,
                  clock: Callable[[], int] = time.time_ns, *, books: Mapping[str, Any] | None = None,
-                 bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = None,
+                 bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = 2000,
                  timeframes: Sequence[str] | None = None) -> None:
         self.cfg = cfg
         self.symbols = tuple(symbols)
