@@ -269,9 +269,17 @@ class Daemon:
             from daemon.venue.replay import ReplaySource
             if not cfg.venue.recording:
                 raise StartupError("venue.recording: replay mode needs a recording (a file or a directory)")
+            history = None
+            if cfg.venue.history:
+                from engines.data import KlinesError, load_klines_csv
+                try:
+                    history = await asyncio.get_running_loop().run_in_executor(
+                        None, load_klines_csv, cfg.venue.history)
+                except (KlinesError, OSError, ValueError) as e:
+                    raise StartupError(f"venue.history: {e}") from None
             try:
                 source = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: ReplaySource(cfg.venue.recording, cfg.venue.speed, cfg.simulator))
+                    None, lambda: ReplaySource(cfg.venue.recording, cfg.venue.speed, cfg.simulator, history))
             except (FileNotFoundError, OSError) as e:
                 raise StartupError(f"venue.recording: {e}") from None
             missing = [s for s in cfg.general.symbols if s not in source.symbols]

@@ -4,7 +4,9 @@ The venue keeps its OWN true book: the recording's REST snapshot plus every reco
 as each diff is streamed, so a REST depth snapshot taken at any moment is consistent with the stream
 (``lastUpdateId`` = the last diff the venue has sent; diffs older than the recorded snapshot are streamed as
 recorded and skipped by the venue's book, exactly as a client would skip them). Klines are built from the trades
-replayed so far. Timing follows the recorded receive times divided by ``speed`` (0 = as fast as the clients read);
+replayed so far, after an optional warm-up history (``history``: 1m klines moved in time to end where the recording
+starts and scaled to its first trade price, so features and models are warm at the first replayed bar; the
+history is a warm-up, not the market of that day). Timing follows the recorded receive times divided by ``speed`` (0 = as fast as the clients read);
 the replay clock pauses while no client is subscribed, so a reconnecting client misses nothing but its own gap.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ import structlog
 from daemon.config import SimulatorConfig
 from daemon.recording import RecordingReader
 from daemon.venue.simulator import MINUTE_MS, exchange_info, klines_rows
+
+if TYPE_CHECKING:
+    from engines.data import Klines
 
 if TYPE_CHECKING:
     from daemon.venue.server import LocalVenue
@@ -71,7 +76,7 @@ class ReplaySource:
     """A recording behind the venue's source interface (``symbols``, ``run``, ``depth``, ``klines``, ...)."""
 
     def __init__(self, path: str | Path | list[Path], speed: float = 1.0,
-                 sim_cfg: SimulatorConfig = SimulatorConfig()) -> None:
+                 sim_cfg: SimulatorConfig = SimulatorConfig(), history: Klines | None = None) -> None:
         reader = RecordingReader(path)
         if not reader.paths or not all(p.exists() for p in reader.paths):
             raise FileNotFoundError(f"recording not found or empty: {path}")
@@ -136,6 +141,30 @@ class ReplaySource:
         self.trades_replayed = 0
         self.now_ms = self.frames[0].recv_ns // 1_000_000 if self.frames else int(time.time() * 1000)
         self.done = False
+        self.history: dict[str, dict[str, np.ndarray]] = {}
+        if history is not None and len(history) and len(self._tr_ms):
+            self.history = self._warmup(history)
+
+    def _warmup(self, k: Klines) -> dict[str, dict[str, np.ndarray]]:
+        """``k`` as 1m bars of the symbol it names (or the recording's first), moved to end at the recording's
+        first trade minute and scaled to that trade's price (features are returns-based)."""
+        sym = k.symbol.upper() if k.symbol and k.symbol.upper() in self.symbols else self.symbols[0]
+        sel = np.flatnonzero(self._tr_sym == sym)
+        if not len(sel):
+            return {}
+        t0, p0 = int(self._tr_ms[sel[0]]), float(self._tr_px[sel[0]])
+        first_m = t0 // MINUTE_MS * MINUTE_MS
+        open_ms = k.open_ns // 1_000_000
+        shift = first_m - (int(open_ms[-1]) + MINUTE_MS)
+        scale = p0 / float(k.close[-1])
+        vol = np.asarray(k.volume, dtype=np.float64)
+        px = {c: np.asarray(getattr(k, c), dtype=np.float64) * scale for c in ("open", "high", "low", "close")}
+        vwap = (px["open"] + px["high"] + px["low"] + px["close"]) / 4.0
+        log.info("replay_history", symbol=sym, bars=len(k), shift_days=round(shift / 86_400_000, 2),
+                 scale=round(scale, 6))
+        return {sym: {"open_ms": open_ms + shift, **px, "volume": vol, "quote_volume": vol * vwap,
+                      "trades": np.zeros(len(k), dtype=np.int64), "taker_buy_volume": vol / 2,
+                      "taker_buy_quote_volume": vol * vwap / 2}}
 
     def rewind(self) -> None:
         """Back to the first frame with the recorded snapshots, for another pass (e.g. a soak loop) without
@@ -159,12 +188,13 @@ class ReplaySource:
 
     def klines(self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None, limit: int,
                ) -> list[list]:
-        """Bars (by trade time ``T``) from the trades replayed so far."""
+        """Bars (by trade time ``T``) from the trades replayed so far, after the warm-up history if any."""
         n = self.trades_replayed
         sel = self._tr_sym[:n] == symbol
         t, px, q, buy = self._tr_ms[:n][sel], self._tr_px[:n][sel], self._tr_qty[:n][sel], self._tr_buy[:n][sel]
+        hist = self.history.get(symbol)
         if len(t) == 0:
-            return []
+            return klines_rows(hist, interval, start_ms, end_ms, limit) if hist is not None else []
         m = t // MINUTE_MS * MINUTE_MS
         first, last = int(m[0]), int(m[-1])
         nb = (last - first) // MINUTE_MS + 1
@@ -188,6 +218,8 @@ class ReplaySource:
         bars = {"open_ms": first + MINUTE_MS * np.arange(nb, dtype=np.int64), "open": opn, "high": high,
                 "low": low, "close": close, "volume": vol, "quote_volume": qv, "trades": cnt,
                 "taker_buy_volume": tbv, "taker_buy_quote_volume": tbqv}
+        if hist is not None:
+            bars = {c: np.concatenate([hist[c], bars[c]]) for c in bars}
         return klines_rows(bars, interval, start_ms, end_ms, limit)
 
     # ---------------------------------------------------------------- stream

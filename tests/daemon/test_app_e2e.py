@@ -262,15 +262,23 @@ first_run_xgb_rounds = 100
 # ------------------------------------------------------------------------------------------------ (b)
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_replay_of_real_recording(tmp_path, binance_recording, trained_registry):
+@pytest.mark.parametrize("warm", [False, True], ids=["no-history", "klines-history"])
+def test_replay_of_real_recording(tmp_path, binance_recording, trained_registry, btc_klines_path, warm):
+    """The real recording replayed by the local venue. Without history the features are still warming up after
+    its 11 minutes (no prediction); with ``venue.history`` (real BTC 1m klines served before the recording,
+    moved to end where it starts) the first replayed bars are predicted and decided on."""
     port = free_port()
     data = tmp_path / "var"
     rec_dir = binance_recording[0].parent  # both files: a directory replays its *.gz in name (= time) order
+    # with history: zero fees, so the 1m decisions of these 11 minutes can clear costs and the paper broker
+    # fills against the REAL recorded book (the default fees are exercised by the simulator test's store check)
+    history = f'history = "{btc_klines_path}"\n\n[broker]\ntaker_fee = 0.0\nmaker_fee = 0.0' if warm else ""
     cfg = write_config(tmp_path / "config.toml", data, port, extra=f"""
 [venue]
 mode = "replay"
 recording = "{rec_dir}"
 speed = 0.0
+{history}
 
 [engines]
 registry = "{trained_registry}"
@@ -290,9 +298,18 @@ train_on_first_run = false
         assert 9 <= metric(text, "tradingd_bars_total", timeframe="1m") <= 11  # 11 minutes of recording
         assert metric(text, "tradingd_decode_errors_total") == 0
         status = orjson.loads(http_get(url + "/status")[1])
-        # features need 48 bars of warm-up and a replay venue has no history before its recording: no
-        # predictions (so no orders) in 11 minutes; the counters say so rather than guessing
-        assert metric(text, "tradingd_predictions_total") == 0
+        if warm:  # primed from the served history: every live 1m bar of the recording is predicted
+            assert status["pipeline"]["counters"]["primed_rows"] > 0
+            assert metric(text, "tradingd_predictions_total", timeframe="1m", engine="xgboost") >= 9
+            assert metric(text, "tradingd_predictions_total", timeframe="1m", engine="lstm") >= 9
+            preds = [d["predictions"] for d in status["last_decisions"] if d["timeframe"] == "1m"]
+            assert preds and all(0.0 <= p <= 1.0 for d in preds for p in d.values()), preds
+            assert metric(text, "tradingd_orders_total") >= 1 and metric(text, "tradingd_fills_total") >= 1
+            print(f"\nreplay with history: {status['pipeline']['counters']}, fills {status['account']['fills']}")
+        else:
+            # features need 48 bars of warm-up and a replay venue has no history before its recording: no
+            # predictions (so no orders) in 11 minutes; the counters say so rather than guessing
+            assert metric(text, "tradingd_predictions_total") == 0
         assert status["pipeline"]["counters"]["decisions"] >= 9
         assert status["feed"]["books"]["BTCUSDT"]["gaps"] == 0
         rc = d.stop()

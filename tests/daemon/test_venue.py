@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 
 import aiohttp
+import pytest
 import orjson
 from daemon.binance import decode_frame, parse_depth_snapshot, parse_exchange_info, parse_klines
 from daemon.bookcheck import check_recording
@@ -183,6 +184,26 @@ def test_replay_klines_from_replayed_trades(binance_recording):
     assert sum(r[8] for r in rows) == 19904  # every recorded trade is in exactly one bar
     for r in rows:
         assert float(r[3]) <= min(float(r[1]), float(r[4])) <= max(float(r[1]), float(r[4])) <= float(r[2])
+
+
+def test_replay_klines_history_is_moved_to_end_where_the_recording_starts(binance_recording, btc_klines_path):
+    from engines.data import load_klines_csv
+    k = load_klines_csv(btc_klines_path)
+    src = ReplaySource(binance_recording, speed=0, history=k[-3000:])
+    first_trade = next(orjson.loads(f.combined)["data"] for f in src.frames if f.kind == "trade")
+    first_m = first_trade["T"] // 60_000 * 60_000
+    before = src.klines("BTCUSDT", "1m", None, None, 1000)  # nothing replayed: the history alone
+    assert len(before) == 1000 and before[-1][0] == first_m - 60_000
+    assert float(before[-1][4]) == pytest.approx(float(first_trade["p"]), abs=0.01)  # scaled to the first trade
+    # returns are the real klines' returns (moved and scaled, not invented)
+    real = k.close[-1000:]
+    got = [float(r[4]) for r in before]
+    assert max(abs(got[i] / got[i - 1] - real[i] / real[i - 1]) for i in range(1, 1000)) < 1e-6
+    asyncio.run(src.run(_Collect(src, every=10**9)))
+    rows = src.klines("BTCUSDT", "1m", None, None, 3100)
+    assert len(rows) >= 3010 and all(b[0] - a[0] == 60_000 for a, b in zip(rows, rows[1:]))  # contiguous
+    h1 = src.klines("BTCUSDT", "1h", None, None, 100)
+    assert len(h1) >= 50 and h1[-1][0] <= first_m + 11 * 60_000
 
 
 def test_fault_injector_is_seeded_and_counts():
