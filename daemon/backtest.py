@@ -1467,7 +1467,10 @@ def main(args) -> int:
             from engines.train import load_training_data
             k = load_training_data(None, store=args.store, symbol=args.symbol or "BTCUSDT")
         load_s = time.perf_counter() - t0
-        rules = SymbolRules(k.symbol or args.symbol or "BTCUSDT", tick_size=args.tick_size, lot_step=args.lot_step,
+        if not k.symbol:  # a file name that names no symbol: --symbol, else BTCUSDT (as --help says)
+            import dataclasses
+            k = dataclasses.replace(k, symbol=args.symbol or "BTCUSDT")
+        rules = SymbolRules(k.symbol, tick_size=args.tick_size, lot_step=args.lot_step,
                             min_qty=args.lot_step, min_notional=args.min_notional)
         res = run_backtest(k, args.report, opts=opts, cfg=cfg, rules=rules,
                            starting_cash=args.starting_cash or None, workdir=args.workdir,

@@ -300,7 +300,7 @@ def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k
     dropped = {2000, 2001, 2002, 3500}        # missing minutes
     rows.insert(4000, list(rows[4000]))       # exact duplicate
     rows = [r for i, r in enumerate(rows) if i not in dropped]
-    p = tmp_path / "BTC_USDT-1m_gappy.csv"
+    p = tmp_path / "gappy.csv"  # a name without a symbol: --symbol, else BTCUSDT (was a KeyError '')
     _write_csv(p, rows)
     rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), "--timeframes", "5m",
               "--models", "xgboost", "--train-days", "3", "--test-days", "2", "--xgb-rounds", "10",
@@ -312,6 +312,7 @@ def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k
     assert d["filled_missing_minutes"] == 4 and d["dropped_duplicate_rows"] == 1 and d["rows"] == 5 * 1440
     assert "previous close" in d["fill_rule"]
     summary = json.loads(out)
+    assert summary["symbol"] == "BTCUSDT"
     assert summary["runs"]["strategy"]["fees_paid"] is not None and math.isfinite(summary["runs"]["buy_and_hold"]
                                                                                   ["total_return"])
 
