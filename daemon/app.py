@@ -315,10 +315,54 @@ class Daemon:
     def _open_broker(self) -> None:
         from daemon.broker import PaperBroker
         cfg = self.cfg
-        if cfg.broker.kind != "paper":
-            raise StartupError("broker.kind: only 'paper' is implemented (the testnet adapter is not written yet)")
+        if cfg.broker.kind == "testnet":
+            self._open_testnet_broker()
+            return
         self.broker = PaperBroker(cfg.broker, self.store, symbols=tuple(cfg.general.symbols), filters=self.filters,
                                   writer=self.writer)
+        if self.broker.recovery_discrepancies:
+            log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
+
+    def _open_testnet_broker(self) -> None:
+        """broker.kind = testnet (daemon.testnet): signed orders to venue.rest_url (remote) or to the local
+        venue's order API (simulate; the daemon's credentials are registered there, fees = broker.*_fee).
+        Credentials come only from the environment variables venue.api_key_env / venue.api_secret_env.
+        The broker's session, clock sync, credential check and restart reconciliation run in the supervised
+        task "broker" (a refusal: start-up failure, exit 3); sends wait for it."""
+        from daemon.testnet import BinanceRestClient, TestnetBroker, TestnetError
+        cfg = self.cfg
+        if cfg.venue.mode == "replay":
+            raise StartupError("broker.kind = testnet needs venue.mode simulate or remote: a replayed recording "
+                               "has no order API")
+        key, secret = self.env.get(cfg.venue.api_key_env, ""), self.env.get(cfg.venue.api_secret_env, "")
+        missing = [n for n, v in ((cfg.venue.api_key_env, key), (cfg.venue.api_secret_env, secret)) if not v]
+        if missing:
+            raise StartupError(f"broker.kind = testnet: API credentials missing: set the environment variable(s) "
+                               f"{', '.join(missing)} (named by venue.api_key_env / venue.api_secret_env)")
+        if cfg.venue.mode == "simulate":
+            orders = self.venue.orders
+            quote = cfg.broker.quote_asset
+            orders.add_key(key, secret, balances={quote: cfg.broker.starting_cash,
+                                                  **{s[: -len(quote)]: 10.0 for s in cfg.general.symbols
+                                                     if s.endswith(quote)}})
+            orders.set_fees(cfg.broker.maker_fee, cfg.broker.taker_fee)
+            orders.fill_at_touch = cfg.broker.fill_at_touch
+        client = BinanceRestClient(self.rest_url, key, secret)
+        self.broker = TestnetBroker(cfg.broker, self.store, client, symbols=tuple(cfg.general.symbols),
+                                    filters=self.filters, writer=self.writer)
+        broker = self.broker
+
+        async def run_broker() -> None:
+            try:
+                await broker.run()
+            except TestnetError as e:
+                log.error("startup_failed", error=str(e))
+                print(f"tradingd: start-up failed: {e}", file=sys.stderr, flush=True)
+                self.exit_code = EXIT_STARTUP
+                if self.stop_event is not None:
+                    self.stop_event.set()
+        assert self.supervisor is not None
+        self.supervisor.spawn("broker", run_broker)
         if self.broker.recovery_discrepancies:
             log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
 

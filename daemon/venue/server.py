@@ -161,6 +161,8 @@ class LocalVenue:
         app.router.add_get("/api/v3/klines", self._klines)
         app.router.add_get("/api/v3/ping", self._ping)
         app.router.add_get("/api/v3/time", self._time)
+        from daemon.venue.orders import attach_order_api  # signed order endpoints (simulate; replay: -1002)
+        self.orders = attach_order_api(app, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

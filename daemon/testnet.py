@@ -1,0 +1,769 @@
+"""Binance spot (testnet) order adapter: a signed REST client and a broker with PaperBroker's interface.
+
+``BinanceRestClient`` (aiohttp) signs requests as Binance's SIGNED endpoints require (HMAC-SHA256 of the
+query string / form body with the secret, ``X-MBX-APIKEY`` header, ``timestamp`` + ``recvWindow``), keeps an
+offset to the venue's clock (``GET /api/v3/time``; re-synced once on -1021), and retries: HTTP 429/418 after
+the ``Retry-After`` the venue asked for, 5xx and connection errors with exponential backoff. An order POST whose
+outcome is unknown (5xx, -1007, timeout, reset) is NEVER simply resent: the order is first looked up by its
+client order id (``GET /api/v3/order?origClientOrderId=``) and resent (same id) only if the venue does not have
+it. Client order ids are deterministic (the strategy's), so a resend can never double an order the venue has.
+
+``TestnetBroker`` keeps PaperBroker's contract with the pipeline (``submit``/``cancel``/``on_trade``/``on_book``/
+``set_stops``/``portfolio``/``open_orders``/``stats``/``cursor``) on top of a venue that answers later:
+
+* ``submit`` is synchronous and write-ahead: the order is committed to the store as NEW (with a writer: the
+  send waits until that transaction is durable) BEFORE it is sent, from an asyncio task; it returns the open order
+  with no fills.
+* What the venue answers (fills from the POST's FULL response, later fills of resting orders found by polling
+  ``GET /api/v3/order`` + ``GET /api/v3/myTrades``, cancels, rejections) is queued and delivered as
+  :class:`daemon.broker.Execution` objects from the NEXT ``on_trade``/``on_book`` call; each execution is ONE
+  store transaction (order row, its new fills, positions, balance), so positions always equal the sum of fills.
+  A venue rejection arrives as a REJECTED order with no fills (the pipeline tells the strategy it is done).
+* Restart: orders NEW/PARTIALLY_FILLED in the store are reconciled by ``GET /api/v3/order``: fills made while we
+  were down come from ``myTrades`` (deduplicated by trade id: fill ids are ``<clientOrderId>-<tradeId>``); an
+  order the venue never saw (-2013) is marked REJECTED. Venue open orders the store does not know are reported
+  as discrepancies (never touched).
+* Stops/take-profits are local, as in PaperBroker (a trigger sends a reduce-only market order).
+* Fees: ``commissionAsset`` == the symbol's quote asset is the fee; a base-asset commission is converted at the
+  fill price (the Fill's fee is always quote).
+
+Secrets: the API secret lives only in the client object (never in reprs, logs or errors).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import orjson
+import structlog
+
+from daemon.broker import BrokerHalted, Execution, levels_of
+from daemon.config import BrokerConfig
+from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
+from daemon.matching import MatchingEngine, Order, OrderError, Stops
+from daemon.portfolio import Portfolio
+from daemon.store import Store, StoreError, execution_statements
+from daemon.venue.orders import sign
+
+__all__ = ["BinanceRestClient", "BinanceApiError", "OutcomeUnknown", "TestnetError", "TestnetBroker",
+           "fmt_step", "AUTH_ERROR_CODES"]
+
+log = structlog.get_logger(__name__)
+
+AUTH_ERROR_CODES = {-1022: "bad signature (wrong API secret?)", -2014: "API key missing or malformed",
+                    -2015: "API key unknown to the venue, or it lacks TRADE permission / IP whitelist",
+                    -1002: "not authorized (this venue has no order API)"}
+_STATUS = {"NEW": OrderStatus.NEW, "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+           "FILLED": OrderStatus.FILLED, "CANCELED": OrderStatus.CANCELED, "EXPIRED": OrderStatus.CANCELED,
+           "EXPIRED_IN_MATCH": OrderStatus.CANCELED, "REJECTED": OrderStatus.REJECTED}
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB")
+
+
+class BinanceApiError(Exception):
+    """The venue refused a request: HTTP ``status``, Binance ``code`` and ``msg``."""
+
+    def __init__(self, status: int, code: int, msg: str, path: str = "") -> None:
+        hint = AUTH_ERROR_CODES.get(code)
+        super().__init__(f"{path}: HTTP {status} code {code}: {msg}" + (f" [{hint}]" if hint else ""))
+        self.status, self.code, self.msg, self.path = status, code, msg, path
+
+
+class OutcomeUnknown(Exception):
+    """A request reached (or may have reached) the venue but its answer was lost: it may have executed."""
+
+
+class TestnetError(RuntimeError):
+    """The adapter cannot work (credentials refused, venue unreachable at start): needs a human."""
+
+    __test__ = False  # not a pytest test class
+
+
+def fmt_step(x: float, step: float | None) -> str:
+    """``x`` as a plain decimal string on the ``step`` grid (what LOT_SIZE/PRICE_FILTER accept)."""
+    if not step or step <= 0:
+        return format(Decimal(repr(float(x))), "f")
+    d = Decimal(repr(float(step))).normalize()
+    n = round(x / step)
+    return format((Decimal(n) * d).quantize(d), "f")
+
+
+# ================================================================================================= client
+class BinanceRestClient:
+    """Signed Binance spot REST client (see the module docstring). ``clock_ms``/``sleep`` are injectable."""
+
+    def __init__(self, base_url: str, api_key: str, api_secret: str, *, recv_window_ms: int = 5000,
+                 timeout_s: float = 10.0, max_retries: int = 5, backoff_s: float = 0.2, backoff_max_s: float = 10.0,
+                 max_resends: int = 3, clock_ms: Callable[[], int] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.__secret = api_secret
+        self.recv_window_ms = recv_window_ms
+        self.timeout_s = timeout_s
+        self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
+        self.max_resends = max_resends
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.sleep = sleep
+        self.offset_ms = 0
+        self.session: Any = None
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "rate_limited": 0, "retry_after_waits_ms": 0,
+                                      "server_errors": 0, "network_errors": 0, "time_resyncs": 0,
+                                      "unknown_outcomes": 0, "resends": 0, "recovered_by_query": 0}
+
+    def __repr__(self) -> str:  # never the secret
+        return f"BinanceRestClient({self.base_url!r}, api_key={self.api_key[:4]}..., secret=***)"
+
+    async def start(self) -> None:
+        import aiohttp
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        await self.sync_time()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            s, self.session = self.session, None
+            await s.close()
+
+    async def __aenter__(self) -> BinanceRestClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def sync_time(self) -> int:
+        """Offset (ms) of the venue's clock from ours, measured at the request's midpoint."""
+        t0 = self.clock_ms()
+        body = await self.request("GET", "/api/v3/time", signed=False)
+        t1 = self.clock_ms()
+        self.offset_ms = int(body["serverTime"]) - (t0 + t1) // 2
+        return self.offset_ms
+
+    def _signed_query(self, params: Mapping[str, Any]) -> str:
+        p = {k: v for k, v in params.items() if v is not None}
+        p["recvWindow"] = self.recv_window_ms
+        p["timestamp"] = self.clock_ms() + self.offset_ms
+        q = urlencode(p)
+        return f"{q}&signature={sign(self.__secret, q)}"
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.backoff_max_s, self.backoff_s * (2 ** (attempt - 1)))
+
+    async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
+                      signed: bool = True, unknown_is_error: bool = False) -> Any:
+        """One API call with retries. ``unknown_is_error``: raise :class:`OutcomeUnknown` instead of retrying
+        when the venue may have executed the request (order placement)."""
+        import aiohttp
+        if self.session is None:
+            raise RuntimeError("BinanceRestClient not started")
+        attempt = 0
+        resynced = False
+        while True:
+            attempt += 1
+            self.stats["requests"] += 1
+            query = self._signed_query(params or {}) if signed else urlencode(params or {})
+            headers = {"X-MBX-APIKEY": self.api_key} if signed else {}
+            url = f"{self.base_url}{path}"
+            kw: dict[str, Any] = {"headers": headers}
+            if method == "POST":
+                kw["data"] = query
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            elif query:
+                url = f"{url}?{query}"
+            try:
+                async with self.session.request(method, url, **kw) as r:
+                    status, raw, retry_after = r.status, await r.read(), r.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                self.stats["network_errors"] += 1
+                if unknown_is_error:
+                    self.stats["unknown_outcomes"] += 1
+                    raise OutcomeUnknown(f"{method} {path}: {type(e).__name__}: {e}") from None
+                if attempt > self.max_retries:
+                    raise
+                self.stats["retries"] += 1
+                await self.sleep(self._backoff(attempt))
+                continue
+            if status == 200:
+                return orjson.loads(raw)
+            try:
+                err = orjson.loads(raw)
+                code, msg = int(err.get("code", 0)), str(err.get("msg", ""))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                code, msg = 0, raw[:200].decode(errors="replace")
+            if status in (429, 418):  # the request was refused, not executed: safe to repeat after the wait
+                self.stats["rate_limited"] += 1
+                try:
+                    wait = float(retry_after) if retry_after else self._backoff(attempt)
+                except ValueError:
+                    wait = self._backoff(attempt)
+                if attempt > self.max_retries:
+                    raise BinanceApiError(status, code, msg, path)
+                log.warning("venue_rate_limited", status=status, code=code, retry_after_s=wait, path=path)
+                self.stats["retry_after_waits_ms"] += int(wait * 1000)
+                self.stats["retries"] += 1
+                await self.sleep(wait)
+                continue
+            if status >= 500:
+                self.stats["server_errors"] += 1
+                if unknown_is_error:
+                    self.stats["unknown_outcomes"] += 1
+                    raise OutcomeUnknown(f"{method} {path}: HTTP {status} code {code}: {msg}")
+                if attempt > self.max_retries:
+                    raise BinanceApiError(status, code, msg, path)
+                self.stats["retries"] += 1
+                await self.sleep(self._backoff(attempt))
+                continue
+            if code == -1021 and signed and not resynced:  # our clock drifted: measure again, re-sign, once
+                resynced = True
+                self.stats["time_resyncs"] += 1
+                await self.sync_time()
+                continue
+            raise BinanceApiError(status, code, msg, path)
+
+    # ------------------------------------------------------------------------------------------ endpoints
+    async def account(self) -> dict:
+        return await self.request("GET", "/api/v3/account")
+
+    async def get_order(self, symbol: str, client_order_id: str) -> dict | None:
+        """The venue's order with that client id, or None (-2013: the venue does not have it)."""
+        try:
+            return await self.request("GET", "/api/v3/order", {"symbol": symbol,
+                                                               "origClientOrderId": client_order_id})
+        except BinanceApiError as e:
+            if e.code == -2013:
+                return None
+            raise
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> dict | None:
+        """DELETE; None when the venue has no open order with that id (-2011: unknown, filled or canceled)."""
+        try:
+            return await self.request("DELETE", "/api/v3/order", {"symbol": symbol,
+                                                                  "origClientOrderId": client_order_id})
+        except BinanceApiError as e:
+            if e.code == -2011:
+                return None
+            raise
+
+    async def open_orders(self, symbol: str | None = None) -> list[dict]:
+        return await self.request("GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else {})
+
+    async def my_trades(self, symbol: str, order_id: int) -> list[dict]:
+        out: list[dict] = []
+        from_id = None
+        while True:
+            page = await self.request("GET", "/api/v3/myTrades", {"symbol": symbol, "orderId": order_id,
+                                                                  "fromId": from_id, "limit": 1000})
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+            from_id = int(page[-1]["id"]) + 1
+
+    async def place_order(self, symbol: str, side: str, order_type: str, quantity: str, price: str | None,
+                          client_order_id: str) -> dict:
+        """POST /api/v3/order (FULL response), idempotent by ``client_order_id``: after an unknown outcome the
+        order is looked up first and resent (same id) only when the venue does not have it. A duplicate of an
+        open order (-2010 "Duplicate order sent.") answers the existing order. The result always has ``fills``
+        (from the response, or from myTrades for an order found by lookup)."""
+        params = {"symbol": symbol, "side": side, "type": order_type, "quantity": quantity,
+                  "newClientOrderId": client_order_id, "newOrderRespType": "FULL"}
+        if order_type == "LIMIT":
+            params.update(timeInForce="GTC", price=price)
+        sends = 0
+        while True:
+            sends += 1
+            try:
+                return await self.request("POST", "/api/v3/order", params, unknown_is_error=True)
+            except OutcomeUnknown as e:
+                log.warning("order_outcome_unknown", coid=client_order_id, error=str(e))
+                await self.sleep(self._backoff(1))
+            except BinanceApiError as e:
+                if not (e.code == -2010 and "Duplicate" in e.msg):
+                    raise
+            found = await self.lookup(symbol, client_order_id)
+            if found is not None:
+                self.stats["recovered_by_query"] += 1
+                return found
+            if sends > self.max_resends:
+                raise OutcomeUnknown(f"order {client_order_id}: outcome unknown after {sends} sends")
+            self.stats["resends"] += 1
+            log.info("order_resend", coid=client_order_id, send=sends + 1)
+
+    async def lookup(self, symbol: str, client_order_id: str) -> dict | None:
+        """The order by client id with its trades as FULL-style ``fills`` (tradeId, isMaker kept), or None."""
+        o = await self.get_order(symbol, client_order_id)
+        if o is None:
+            return None
+        trades = await self.my_trades(symbol, int(o["orderId"])) if float(o["executedQty"]) > 0 else []
+        o = dict(o)
+        o["fills"] = [{"price": t["price"], "qty": t["qty"], "commission": t["commission"],
+                       "commissionAsset": t["commissionAsset"], "tradeId": t["id"], "isMaker": t["isMaker"],
+                       "time": t["time"]} for t in trades]
+        return o
+
+
+# ================================================================================================= broker
+@dataclass
+class _Delta:
+    """What the venue said about one order: its status and the fills we had not seen."""
+
+    coid: str
+    status: str  # Binance status string, or "" for "unchanged"
+    fills: list[Fill]
+    ts: int
+    reason: str = ""
+    executed: float | None = None  # venue executedQty (None: unknown)
+
+
+@dataclass
+class TestnetBroker:
+    """Broker on a Binance-protocol order API (see the module docstring). Call :meth:`run` (or ``start``) on
+    the event loop; ``submit`` must be called on the loop's thread."""
+
+    __test__ = False  # not a pytest test class
+
+    cfg: BrokerConfig
+    store: Store
+    client: BinanceRestClient
+    symbols: tuple[str, ...] | None = None
+    filters: Mapping[str, Any] | None = None
+    writer: Any = None
+    poll_interval_s: float = 0.5
+    portfolio: Portfolio = field(init=False)
+    recovery_discrepancies: list[str] = field(init=False)
+    stats: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = MatchingEngine(taker_fee=self.cfg.taker_fee, maker_fee=self.cfg.maker_fee,
+                                     symbols=self.symbols, filters=self.filters)  # validation + stops only
+        rec = self.store.recover(self.cfg.starting_cash)
+        self.portfolio = rec.portfolio
+        self.recovery_discrepancies = list(rec.discrepancies)
+        self.cursor = rec.cursor
+        self.engine.restore([], rec.stops)
+        self.orders: dict[str, Order] = {o.client_order_id: o for o in rec.open_orders}  # open + in flight
+        self._closed: OrderedDict[str, Order] = OrderedDict()
+        self._to_reconcile = list(rec.open_orders)
+        self._fill_ids: dict[str, set[str]] = {}  # open orders: fill ids committed or queued
+        self._venue_ids: dict[str, int] = {}
+        self._inbox: deque[_Delta] = deque()
+        self._tasks: set[asyncio.Task] = set()
+        self._ready = asyncio.Event()
+        self._halted: str | None = None
+        self.last_error: str | None = None
+        self.recovered: list[Execution] = []
+        self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
+                      "duplicates": 0, "venue_rejected": 0, "sent": 0, "polls": 0, "reconciled": 0,
+                      "unknown_outcome": 0, "late_updates": 0, "cancels": 0}
+        log.info("testnet_broker_recovered", open_orders=len(rec.open_orders), fills=self.portfolio.n_fills,
+                 cash=self.portfolio.cash, discrepancies=len(rec.discrepancies), venue=self.client.base_url)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Session + clock sync, credential check (GET /api/v3/account), then restart reconciliation."""
+        try:
+            await self.client.start()
+        except Exception as e:  # noqa: BLE001
+            raise TestnetError(f"venue {self.client.base_url} unreachable: {type(e).__name__}: {e}") from None
+        try:
+            acct = await self.client.account()
+        except BinanceApiError as e:
+            raise TestnetError(f"venue {self.client.base_url} refused our API credentials: {e}") from None
+        if not acct.get("canTrade", True):
+            raise TestnetError(f"venue {self.client.base_url}: this API key cannot trade (canTrade false)")
+        await self._reconcile_store()
+        self._ready.set()
+        log.info("testnet_broker_ready", venue=self.client.base_url, reconciled=self.stats["reconciled"],
+                 open_orders=len(self.orders))
+
+    async def run(self) -> None:
+        """start(), then poll the venue for what happens to open orders; closes the client when cancelled."""
+        try:
+            await self.start()
+            while True:
+                await asyncio.sleep(self.poll_interval_s)
+                await self.poll_once()
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+            await self.client.close()
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.client.close()
+
+    async def idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no send/cancel task is in flight (tests, shutdown). False on timeout."""
+        end = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < end:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, end - time.monotonic()))
+        return not self._tasks
+
+    # ------------------------------------------------------------------------------------------ API
+    def submit(self, intent: OrderIntent, book: Any, ts: int, *, cursor: str | None = None) -> Execution:
+        """Validate, persist as NEW, then send from a task. Returns the open order (no fills yet); fills come
+        from later on_trade/on_book calls. A known client order id returns that order unchanged."""
+        return self._submit(intent, book, ts, cursor=cursor, stops=None)
+
+    def _submit(self, intent: OrderIntent, book: Any, ts: int, *, cursor: str | None,
+                stops: Mapping[str, Stops | None] | None) -> Execution:
+        self._check_halted()
+        coid = intent.client_order_id
+        known = self.orders.get(coid) or self._closed.get(coid) or self.store.get_order(coid)
+        if known is not None:
+            self.stats["duplicates"] += 1
+            return Execution(known, (), False)
+        levels = levels_of(book, self.cfg.book_depth)
+        if intent.order_type == OrderType.MARKET and levels is None and book is not None:
+            self.stats["rejected"] += 1
+            raise OrderError("book_not_tradeable", f"order {coid}: the book is not synced")
+        try:
+            if intent.reduce_only:
+                intent = self._reduce_only(intent)
+            self.engine.validate(intent, levels)
+        except OrderError:
+            self.stats["rejected"] += 1
+            raise
+        order = Order(coid, intent.symbol, Side(intent.side), OrderType(intent.order_type), float(intent.qty),
+                      None if intent.limit_price is None else float(intent.limit_price), OrderStatus.NEW, ts, ts,
+                      ts, reduce_only=intent.reduce_only, reason=intent.reason, timeframe=intent.timeframe)
+        durable = self._write_ahead(order, cursor=cursor, stops=stops)
+        self.orders[coid] = order
+        self._fill_ids[coid] = set()
+        self.stats["orders"] += 1
+        if cursor is not None:
+            self.cursor = cursor
+        self._spawn(self._send(order, durable), f"send-{coid}")
+        return Execution(order, (), True)
+
+    def cancel(self, client_order_id: str, ts: int, *, cursor: str | None = None) -> Order:
+        """Ask the venue to cancel; the CANCELED state arrives as an Execution from a later on_trade/on_book.
+        Returns the order as known now (a closed order: unchanged, cancel is a no-op)."""
+        self._check_halted()
+        o = self.orders.get(client_order_id)
+        if o is None:
+            known = self._closed.get(client_order_id) or self.store.get_order(client_order_id)
+            if known is None:
+                raise OrderError("unknown_order", f"cancel: no order {client_order_id!r}")
+            return known
+        self.stats["cancels"] += 1
+        self._spawn(self._cancel(o), f"cancel-{client_order_id}")
+        return o
+
+    def on_book(self, symbol: str, book: Any, ts: int, *, cursor: str | None = None) -> list[Execution]:
+        """Deliver what the venue answered since the last call (each one committed)."""
+        self._check_halted()
+        return self._drain(cursor)
+
+    def on_trade(self, trade: Trade, book: Any = None, *, cursor: str | None = None) -> list[Execution]:
+        """Deliver venue answers, then check local stops (a trigger sends a reduce-only market exit)."""
+        self._check_halted()
+        out = self._drain(cursor)
+        sym = trade.symbol
+        pos = self.portfolio.qty(sym)
+        intent = self.engine.stop_intent(trade, pos)
+        if intent is not None:
+            if any(o.symbol == sym and o.reduce_only for o in self.orders.values()):
+                return out  # an exit is already in flight
+            if intent.qty > abs(pos):
+                intent = msgspec.structs.replace(intent, qty=abs(pos))
+            levels = levels_of(book, self.cfg.book_depth)
+            if levels is None and book is not None:
+                self.stats["stops_deferred"] += 1
+                return out
+            self.engine.stops.pop(sym, None)
+            try:
+                ex = self._submit(intent, book, trade.ts_recv, cursor=cursor, stops={sym: None})
+            except OrderError as e:  # e.g. below min notional: the stops are dropped (not retried every trade)
+                log.warning("stop_exit_refused", symbol=sym, reason=e.reason, error=str(e))
+                return out
+            self.stats["stops_triggered"] += 1
+            out.append(ex)
+        return out
+
+    def set_stops(self, symbol: str, stop_loss: float | None, take_profit: float | None, tag: str,
+                  *, cursor: str | None = None) -> Stops:
+        self._check_halted()
+        s = self.engine.set_stops(symbol, stop_loss, take_profit, tag)
+        self._commit([], [], [], self.portfolio, {symbol: s}, cursor)
+        return s
+
+    def mark(self, prices: Mapping[str, float]) -> tuple[float, float]:
+        return self.portfolio.mark(prices)
+
+    def open_orders(self) -> list[Order]:
+        return list(self.orders.values())
+
+    # ------------------------------------------------------------------------------------------ venue I/O
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        t = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("testnet_task_failed", task=t.get_name(), error=repr(t.exception()))
+
+    async def _durable(self, durable: asyncio.Future | None) -> None:
+        while durable is not None and not durable.done():
+            if self.writer is not None and self.writer.error is not None:
+                raise BrokerHalted(f"store writer failed before the order was durable: {self.writer.error}")
+            await asyncio.wait({durable}, timeout=0.1)
+
+    async def _send(self, order: Order, durable: asyncio.Future | None) -> None:
+        await self._durable(durable)  # write-ahead: nothing goes out before the NEW row is on disk
+        await self._ready.wait()
+        f = (self.filters or {}).get(order.symbol)
+        qty = fmt_step(order.qty, getattr(f, "lot_step", None))
+        price = fmt_step(order.limit_price, getattr(f, "tick_size", None)) if order.limit_price is not None else None
+        side = "BUY" if order.side == Side.BUY else "SELL"
+        self.stats["sent"] += 1
+        try:
+            resp = await self.client.place_order(order.symbol, side, order.order_type.value, qty, price,
+                                                 order.client_order_id)
+        except BinanceApiError as e:
+            self.stats["venue_rejected"] += 1
+            self.last_error = str(e)
+            level = log.error if e.code in AUTH_ERROR_CODES else log.warning
+            level("testnet_order_rejected", coid=order.client_order_id, code=e.code, msg=e.msg,
+                  hint=AUTH_ERROR_CODES.get(e.code, ""))
+            self._inbox.append(_Delta(order.client_order_id, "REJECTED", [], order.ts_updated,
+                                      reason=f"{e.code}: {e.msg}"))
+            return
+        except (OutcomeUnknown, OSError, asyncio.TimeoutError) as e:
+            self.stats["unknown_outcome"] += 1  # the poll loop asks the venue about it later
+            log.error("order_outcome_unknown", coid=order.client_order_id, error=str(e))
+            return
+        self._venue_ids[order.client_order_id] = int(resp["orderId"])
+        self._inbox.append(self._delta(order, resp, taker_default=True))
+
+    async def _cancel(self, order: Order) -> None:
+        await self._ready.wait()
+        coid = order.client_order_id
+        try:
+            resp = await self.client.cancel_order(order.symbol, coid)
+        except BinanceApiError as e:
+            log.warning("cancel_refused", coid=coid, code=e.code, msg=e.msg)
+            return
+        # whatever the cancel said, the order's own state (+ any fills before the cancel) is the truth
+        await self._refresh(order, known=resp)
+
+    async def _refresh(self, order: Order, known: dict | None = None) -> None:
+        """Ask the venue about one order; queue a delta with the fills we had not seen."""
+        coid = order.client_order_id
+        v = await self.client.get_order(order.symbol, coid)
+        if v is None:
+            if coid in self._venue_ids:
+                log.error("venue_lost_order", coid=coid)
+                return
+            self._inbox.append(_Delta(coid, "REJECTED", [], order.ts_updated, reason="never reached the venue"))
+            return
+        self._venue_ids[coid] = int(v["orderId"])
+        executed = float(v["executedQty"])
+        fills: list[dict] = []
+        if executed > 0 and self._seen_qty(order) < executed * (1 - 1e-9):
+            fills = [{"price": t["price"], "qty": t["qty"], "commission": t["commission"],
+                      "commissionAsset": t["commissionAsset"], "tradeId": t["id"], "isMaker": t["isMaker"],
+                      "time": t["time"]} for t in await self.client.my_trades(order.symbol, int(v["orderId"]))]
+        d = self._delta(order, {**v, "fills": fills}, taker_default=False)
+        if d.fills or _STATUS.get(d.status, order.status) != order.status:
+            self._inbox.append(d)
+
+    def _seen_qty(self, order: Order) -> float:
+        """Filled quantity known locally (committed + queued)."""
+        queued = sum(f.qty for d in self._inbox if d.coid == order.client_order_id for f in d.fills)
+        cur = self.orders.get(order.client_order_id, order)
+        return cur.filled_qty + queued
+
+    def _delta(self, order: Order, v: dict, *, taker_default: bool) -> _Delta:
+        coid = order.client_order_id
+        seen = self._fill_ids.setdefault(coid, set())
+        fills = []
+        ts_default = int(v.get("transactTime") or v.get("updateTime") or 0) * 1_000_000 or order.ts_updated
+        base, quote = self._assets(order.symbol)
+        for x in v.get("fills") or []:
+            fid = f"{coid}-{x['tradeId']}"
+            if fid in seen:
+                continue
+            seen.add(fid)
+            price, qty, comm = float(x["price"]), float(x["qty"]), float(x["commission"])
+            asset = x.get("commissionAsset", quote)
+            fee = comm if asset == quote else comm * price if asset == base else 0.0
+            maker = bool(x.get("isMaker", not taker_default))
+            ts = int(x["time"]) * 1_000_000 if x.get("time") else ts_default
+            fills.append(Fill(fid, coid, order.symbol, order.side, price, qty, fee, "maker" if maker else "taker",
+                              ts))
+        return _Delta(coid, str(v.get("status", "")), fills, ts_default, executed=float(v.get("executedQty", 0)))
+
+    async def poll_once(self) -> None:
+        """Refresh every open order (resting limits fill at the venue while we wait)."""
+        if not self._ready.is_set():
+            return
+        busy = {t.get_name().split("-", 1)[1] for t in self._tasks}  # "send-<coid>", "cancel-<coid>"
+        for coid, o in list(self.orders.items()):
+            if coid in busy:
+                continue  # its send/cancel is in flight; an order whose send ended unanswered is polled
+            self.stats["polls"] += 1
+            try:
+                await self._refresh(o)
+            except (BinanceApiError, OSError, asyncio.TimeoutError) as e:
+                log.warning("poll_failed", coid=coid, error=str(e))
+
+    async def _reconcile_store(self) -> None:
+        """Restart: orders open in the store are asked about; venue open orders we do not know are reported."""
+        if self._to_reconcile:
+            stored = {}
+            for f in self.store.fills():
+                if f.client_order_id in self.orders:
+                    stored.setdefault(f.client_order_id, set()).add(f.fill_id)
+            for o in self._to_reconcile:
+                self._fill_ids[o.client_order_id] = stored.get(o.client_order_id, set())
+                await self._refresh(o)
+                self.stats["reconciled"] += 1
+            self._to_reconcile = []
+            self.recovered = self._drain(None)
+            for ex in self.recovered:
+                log.info("reconciled_order", coid=ex.order.client_order_id, status=ex.order.status.value,
+                         fills=len(ex.fills))
+        for sym in self.symbols or ():
+            try:
+                venue_open = await self.client.open_orders(sym)
+            except BinanceApiError as e:
+                log.warning("open_orders_failed", symbol=sym, error=str(e))
+                continue
+            for v in venue_open:
+                coid = v.get("clientOrderId", "")
+                if coid not in self.orders and self.store.get_order(coid) is None:
+                    msg = f"venue order {coid} ({sym}) is open at the venue but unknown to the store"
+                    self.recovery_discrepancies.append(msg)
+                    log.error("venue_unknown_open_order", problem=msg)
+
+    # ------------------------------------------------------------------------------------------ commits
+    def _drain(self, cursor: str | None) -> list[Execution]:
+        out = []
+        while self._inbox:
+            d = self._inbox.popleft()
+            ex = self._apply(d, cursor)
+            if ex is not None:
+                out.append(ex)
+        return out
+
+    def _apply(self, d: _Delta, cursor: str | None) -> Execution | None:
+        o = self.orders.get(d.coid)
+        if o is None:
+            self.stats["late_updates"] += 1
+            return None
+        filled, notional, n = o.filled_qty, o.avg_fill_price * o.filled_qty, o.n_fills
+        for f in d.fills:
+            filled += f.qty
+            notional += f.price * f.qty
+            n += 1
+        status = _STATUS.get(d.status, o.status)  # PENDING_CANCEL / "": unchanged
+        if status == OrderStatus.FILLED and filled < o.qty * (1 - 1e-9):
+            status = OrderStatus.PARTIALLY_FILLED  # the venue says filled but fills are missing: poll again
+        if status == OrderStatus.NEW and filled > 0:
+            status = OrderStatus.PARTIALLY_FILLED
+        ts = max(o.ts_updated, d.ts, *(f.ts for f in d.fills))
+        new = msgspec.structs.replace(o, status=status, filled_qty=filled, n_fills=n, ts_updated=ts,
+                                      avg_fill_price=notional / filled if filled > 0 else 0.0,
+                                      active=o.active or d.status not in ("", "REJECTED"))
+        if new == o and not d.fills:
+            return None
+        if status == OrderStatus.REJECTED:
+            self.stats["rejected"] += 1
+            log.warning("order_rejected_by_venue", coid=d.coid, reason=d.reason)
+        pf = self.portfolio.copy()
+        realised = [pf.apply_fill(f) for f in d.fills]
+        stop_changes: dict[str, Stops | None] = {}
+        if d.fills and pf.qty(o.symbol) == 0.0 and o.symbol in self.engine.stops:
+            self.engine.stops.pop(o.symbol)
+            stop_changes[o.symbol] = None
+        self._commit([new], d.fills, realised, pf, stop_changes, cursor)
+        self.portfolio = pf
+        if cursor is not None:
+            self.cursor = cursor
+        self.stats["fills"] += len(d.fills)
+        if new.is_open:
+            self.orders[d.coid] = new
+        else:
+            self.orders.pop(d.coid, None)
+            self._fill_ids.pop(d.coid, None)
+            self._venue_ids.pop(d.coid, None)
+            self._closed[d.coid] = new
+            while len(self._closed) > 10_000:
+                self._closed.popitem(last=False)
+        return Execution(new, tuple(d.fills), True)
+
+    def _write_ahead(self, order: Order, *, cursor: str | None,
+                     stops: Mapping[str, Stops | None] | None) -> asyncio.Future | None:
+        """Commit the NEW order row (+ stop changes); with a writer, a future done when it is durable."""
+        if self.writer is None:
+            self._commit([order], [], [], self.portfolio, stops, cursor)
+            return None
+        stmts = execution_statements([order], [], [], self.portfolio, stops=stops, cursor=cursor,
+                                     quote_asset=self._quote_asset())
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def job(store: Any) -> None:
+            store.write_statements(stmts)
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+        try:
+            self.writer.submit(job, kind="order_new")
+        except StoreError as e:
+            self._halt(e)
+        return fut
+
+    def _commit(self, orders: list[Order], fills: list[Fill], realised: list[float], pf: Portfolio,
+                stops: Mapping[str, Stops | None] | None, cursor: str | None) -> None:
+        """ONE transaction (now without a writer; queued in order with one)."""
+        try:
+            if self.writer is None:
+                self.store.commit_execution(orders, fills, realised, pf, stops=stops, cursor=cursor)
+            else:
+                self.writer.write_statements(execution_statements(orders, fills, realised, pf, stops=stops,
+                                                                  cursor=cursor, quote_asset=self._quote_asset()))
+        except StoreError as e:
+            self._halt(e)
+
+    def _halt(self, e: StoreError) -> None:
+        self._halted = str(e)
+        log.error("testnet_broker_halted", error=str(e))
+        raise e
+
+    def _check_halted(self) -> None:
+        if self._halted:
+            raise BrokerHalted(f"testnet broker halted after a store failure: {self._halted}")
+        w = self.writer
+        if w is not None and w.error is not None:
+            self._halted = f"store writer failed: {w.error}"
+            raise BrokerHalted(f"testnet broker halted after a store failure: {self._halted}")
+
+    def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
+        pos = self.portfolio.qty(intent.symbol)
+        if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
+            raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
+                             f"reduce the {intent.symbol} position ({pos!r})")
+        if math.isfinite(intent.qty) and intent.qty > abs(pos):
+            return msgspec.structs.replace(intent, qty=abs(pos))
+        return intent
+
+    def _quote_asset(self) -> str:
+        return getattr(self.store, "quote_asset", self.cfg.quote_asset)
+
+    def _assets(self, symbol: str) -> tuple[str, str]:
+        quote = self._quote_asset()
+        if not symbol.endswith(quote):
+            quote = next((q for q in _QUOTES if symbol.endswith(q)), symbol[-4:])
+        return symbol[: -len(quote)], quote

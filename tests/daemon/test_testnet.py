@@ -1,0 +1,551 @@
+"""The testnet order adapter against the local venue's Binance-protocol order API, over real HTTP on loopback.
+
+The venue side (daemon.venue.orders) checks HMAC signatures, timestamps and API keys, matches orders against
+the simulated book, and can lose an answer after executing an order or rate-limit with Retry-After; the client
+side (daemon.testnet) must sign, retry, stay idempotent and keep the store equal to the venue's fills.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+import pytest
+
+from daemon.binance import parse_exchange_info
+from daemon.config import BrokerConfig, SimulatorConfig
+from daemon.events import OrderIntent, OrderStatus, OrderType, Side, Trade
+from daemon.store import SQLiteStore
+from daemon.storewriter import StoreWriter
+from daemon.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, TestnetError, fmt_step
+from daemon.venue.orders import sign
+from daemon.venue.replay import OutFrame
+from daemon.venue.server import LocalVenue, SimulatorSource
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=20.0)
+KEY, SECRET = "test-key-1", "test-secret-1"
+SYM = "BTCUSDT"
+FEE = 0.001
+BCFG = BrokerConfig(kind="testnet", taker_fee=FEE, maker_fee=FEE)
+
+
+def run(coro, timeout: float = 30):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class Env:
+    """A local venue whose simulator only moves when the test steps it (deterministic), plus helpers."""
+
+    def __init__(self, venue: LocalVenue, src: SimulatorSource) -> None:
+        self.venue, self.src = venue, src
+        self.sim = src.sims[SYM]
+        self.frames: list[dict] = []
+
+    async def step(self, n: int = 1) -> None:
+        """Advance the simulator ``n`` depth intervals and publish what it emitted (as SimulatorSource does)."""
+        for _ in range(n):
+            for ev in self.sim.advance(self.sim.t_ns + self.sim.dt_ns):
+                data = orjson.dumps(ev.payload)
+                combined = b'{"stream":"' + ev.stream.encode() + b'","data":' + data + b"}"
+                self.frames.append({"kind": ev.kind, **ev.payload})
+                await self.venue.publish(OutFrame(ev.stream, ev.kind, None, combined, data, ev.ts_ns, SYM))
+
+    async def depth(self) -> dict:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.venue.rest_url}/api/v3/depth?symbol={SYM}&limit=1000") as r:
+            return orjson.loads(await r.read())
+
+    async def filters(self):
+        async with aiohttp.ClientSession() as s, s.get(f"{self.venue.rest_url}/api/v3/exchangeInfo") as r:
+            return parse_exchange_info(await r.read())
+
+    def client(self, secret: str = SECRET, key: str = KEY, **kw) -> BinanceRestClient:
+        return BinanceRestClient(self.venue.rest_url, key, secret, backoff_s=0.05, **kw)
+
+
+async def open_env(fees: float = FEE) -> tuple[Env, LocalVenue]:
+    src = SimulatorSource([SYM], SIM_CFG)
+    venue = LocalVenue(src, start_on="subscriber")  # no websocket subscriber: the source never runs by itself
+    await venue.start()
+    venue.orders.add_key(KEY, SECRET)
+    venue.orders.set_fees(fees, fees)
+    return Env(venue, src), venue
+
+
+def intent(coid: str, side: Side, qty: float, price: float | None = None, **kw) -> OrderIntent:
+    return OrderIntent(coid, SYM, side, qty, OrderType.LIMIT if price is not None else OrderType.MARKET, price,
+                       **kw)
+
+
+def book_of(d: dict) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    return ([(float(p), float(q)) for p, q in d["bids"]], [(float(p), float(q)) for p, q in d["asks"]])
+
+
+def trade(price: float, ts: int = 1) -> Trade:
+    return Trade(SYM, 1, price, 0.001, False, ts, ts)
+
+
+def store_check(path: Path) -> dict[str, float]:
+    """positions == signed sum of fills, no orphan fill, recover() finds no discrepancy."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        fills = dict(db.execute("SELECT symbol, SUM(side * qty) FROM fills GROUP BY symbol").fetchall())
+        pos = dict(db.execute("SELECT symbol, qty FROM positions").fetchall())
+        for s in set(fills) | set(pos):
+            assert pos.get(s, 0.0) == pytest.approx(fills.get(s, 0.0), abs=1e-12), s
+        assert db.execute("SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id) "
+                          "WHERE o.client_order_id IS NULL").fetchone()[0] == 0
+    finally:
+        db.close()
+    with SQLiteStore(path) as st:
+        assert st.recover(BCFG.starting_cash).discrepancies == []
+    return pos
+
+
+async def raw(env: Env, method: str, path: str, params: dict, secret: str = SECRET, key: str = KEY,
+              ts: int | None = None) -> tuple[int, dict, dict]:
+    """A hand-signed request (the protocol as documented, independent of BinanceRestClient)."""
+    p = dict(params, timestamp=ts if ts is not None else time.time_ns() // 1_000_000)
+    q = urlencode(p)
+    q += "&signature=" + sign(secret, q)
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, f"{env.venue.rest_url}{path}?{q}", headers={"X-MBX-APIKEY": key}) as r:
+            return r.status, orjson.loads(await r.read()), dict(r.headers)
+
+
+# --------------------------------------------------------------------------------------------- auth
+def test_signed_requests_are_verified_and_auth_errors_are_clear(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        try:
+            # hand-signed request with the right secret works; signature in the body works too
+            st, body, _ = await raw(env, "GET", "/api/v3/account", {})
+            assert st == 200 and body["canTrade"] is True
+            assert {b["asset"] for b in body["balances"]} >= {"BTC", "USDT"}
+            # wrong secret -> -1022; unknown key -> -2015; no key -> -2014; stale timestamp -> -1021
+            assert (await raw(env, "GET", "/api/v3/account", {}, secret="nope"))[:2] == (
+                400, {"code": -1022, "msg": "Signature for this request is not valid."})
+            assert (await raw(env, "GET", "/api/v3/account", {}, key="other"))[1]["code"] == -2015
+            assert (await raw(env, "GET", "/api/v3/account", {}, key=""))[1]["code"] == -2014
+            old = time.time_ns() // 1_000_000 - 6000
+            assert (await raw(env, "GET", "/api/v3/account", {}, ts=old))[1] == {
+                "code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}
+            assert (await raw(env, "GET", "/api/v3/account", {"recvWindow": 10000}, ts=old))[0] == 200
+            future = time.time_ns() // 1_000_000 + 5000
+            assert (await raw(env, "GET", "/api/v3/account", {}, ts=future))[1]["code"] == -1021
+            # a tampered parameter after signing is refused
+            p = urlencode({"symbol": SYM, "timestamp": time.time_ns() // 1_000_000})
+            q = p + "&signature=" + sign(SECRET, p)
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"{venue.rest_url}/api/v3/openOrders?{q.replace(SYM, 'ETHUSDT')}",
+                    headers={"X-MBX-APIKEY": KEY}) as r:
+                assert (await r.json())["code"] in (-1022, -1121)
+
+            # the client: a wrong secret surfaces as a clear error naming -1022, nothing else happens
+            async with env.client(secret="wrong") as c:
+                with pytest.raises(BinanceApiError) as ei:
+                    await c.account()
+                assert ei.value.code == -1022 and "wrong API secret" in str(ei.value)
+                assert "wrong" not in repr(c)  # the secret never shows in a repr
+            with SQLiteStore(tmp_path / "s.sqlite") as store:
+                b = TestnetBroker(BCFG, store, env.client(secret="wrong"), symbols=(SYM,))
+                with pytest.raises(TestnetError, match=r"refused our API credentials.*-1022"):
+                    await b.start()
+                await b.close()
+            # a client whose clock is 3 s behind: synced at start; a drift later is re-synced once on -1021
+            skew = {"ms": -3000}
+            c = env.client(clock_ms=lambda: time.time_ns() // 1_000_000 + skew["ms"], recv_window_ms=2000)
+            async with c:
+                assert 2500 < c.offset_ms < 3500
+                assert (await c.account())["canTrade"]
+                skew["ms"] = -10_000
+                assert (await c.account())["canTrade"]
+                assert c.stats["time_resyncs"] == 1
+        finally:
+            await venue.stop()
+    run(main())
+
+
+# --------------------------------------------------------------------------------------------- market
+def walk(levels: list[list[str]], qty: float) -> list[tuple[float, float]]:
+    """Independent book walk over REST depth levels (strings), best first."""
+    out, left = [], qty
+    for p, q in levels:
+        if left <= 1e-12:
+            break
+        take = min(float(q), left)
+        out.append((float(p), take))
+        left = round(left - take, 12)
+    return out
+
+
+def test_market_order_fills_match_a_walk_of_the_venue_book(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        path = tmp_path / "store.sqlite"
+        store = SQLiteStore(path)
+        writer = StoreWriter(lambda: SQLiteStore(path))
+        try:
+            filters = await env.filters()
+            d = await env.depth()
+            lot = filters[SYM].lot_step
+            qty = float(fmt_step(sum(float(q) for _, q in d["asks"][:3]) - lot * 3, lot))  # spans 3 levels
+            expected = walk(d["asks"], qty)
+            assert len(expected) == 3
+            b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters, writer=writer)
+            await b.start()
+            ex = b.submit(intent("t-mkt-1", Side.BUY, qty), book_of(d), 1)
+            assert ex.is_new and ex.order.status == OrderStatus.NEW and ex.fills == ()
+            row = None
+            for _ in range(100):  # write-ahead: the NEW row is durable before anything is sent
+                row = store.get_order("t-mkt-1")
+                if row is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert row is not None and row.status == OrderStatus.NEW
+            assert await b.idle(10)
+            exs = b.on_trade(trade(float(d["asks"][0][0])))
+            assert len(exs) == 1 and exs[0].order.status == OrderStatus.FILLED
+            assert [f.price for f in exs[0].fills] == [p for p, _ in expected]
+            assert [f.qty for f in exs[0].fills] == pytest.approx([q for _, q in expected], abs=1e-12)
+            for f in exs[0].fills:
+                assert f.fee == pytest.approx(f.price * f.qty * FEE, rel=1e-6, abs=1e-8)
+                assert f.liquidity == "taker" and f.fill_id.startswith("t-mkt-1-")
+            assert b.portfolio.qty(SYM) == pytest.approx(qty)
+            assert b.on_trade(trade(1.0)) == []  # delivered once
+            # the venue agrees: its trades are exactly our fills
+            async with env.client() as c:
+                vt = await c.my_trades(SYM, int((await c.get_order(SYM, "t-mkt-1"))["orderId"]))
+            assert sorted(f.fill_id for f in exs[0].fills) == sorted(f"t-mkt-1-{t['id']}" for t in vt)
+            # a sell of more than the account's base balance is refused by the venue (-2010) -> REJECTED
+            ex = b.submit(intent("t-mkt-2", Side.SELL, 50.0), book_of(d), 2)
+            assert await b.idle(10)
+            exs = b.on_book(SYM, book_of(d), 3)
+            assert [e.order.status for e in exs] == [OrderStatus.REJECTED] and exs[0].fills == ()
+            assert "-2010" in b.last_error
+            await b.close()
+            writer.flush()
+        finally:
+            writer.close()
+            store.close()
+            await venue.stop()
+        pos = store_check(path)
+        assert pos[SYM] == pytest.approx(qty)
+    run(main())
+
+
+# --------------------------------------------------------------------------------------------- limit
+def test_limit_order_rests_then_fills_on_crossing_trades(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        store = SQLiteStore(tmp_path / "store.sqlite")
+        try:
+            filters = await env.filters()
+            b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters, poll_interval_s=0.05)
+            await b.start()
+            d = await env.depth()
+            price = float(d["bids"][0][0])  # at the touch: not marketable, rests
+            qty = 0.05
+            b.submit(intent("t-lim-1", Side.BUY, qty, price), book_of(d), 1)
+            assert await b.idle(10)
+            acc = b.on_book(SYM, None, 2)  # the venue accepted it: it rests (active, no fills)
+            assert [(e.order.status, e.order.active, e.fills) for e in acc] == [(OrderStatus.NEW, True, ())]
+            o = b.open_orders()[0]
+            assert o.status == OrderStatus.NEW and o.active
+            # step the market; after each step compute, from the published frames alone, what must have filled
+            filled_expect = 0.0
+            n_frames = 0
+            fills = []
+            sources: list[str] = []
+            steps = 0
+            for steps in range(1, 601):
+                await env.step()
+                for fr in env.frames[n_frames:]:
+                    left = qty - filled_expect
+                    if left <= 1e-12:
+                        break
+                    if fr["kind"] == "trade" and fr["m"] and float(fr["p"]) <= price:
+                        filled_expect += min(left, float(fr["q"]))
+                        sources.append("trade")
+                    elif fr["kind"] == "depth":
+                        asks = env.sim.snapshot(1000)["asks"]  # the book after this step
+                        cross = sum(float(q) for p, q in asks if float(p) <= price)
+                        if cross > 0:
+                            filled_expect += min(left, cross)
+                            sources.append("depth")
+                n_frames = len(env.frames)
+                await b.poll_once()
+                for ex in b.on_book(SYM, None, 3):
+                    fills.extend(ex.fills)
+                got = sum(f.qty for f in fills)
+                assert got == pytest.approx(filled_expect, abs=1e-9), (got, filled_expect)
+                if filled_expect >= qty - 1e-12:
+                    break
+            print(f"\nlimit buy at the touch filled after {steps} steps by {sources}")
+            assert "trade" in sources and len(fills) >= 2  # rested, then sell prints through/at it filled it
+            assert sum(f.qty for f in fills) == pytest.approx(qty)
+            assert all(f.price == price and f.liquidity == "maker" for f in fills)
+            assert all(f.fee == pytest.approx(price * f.qty * FEE, rel=1e-6, abs=1e-8) for f in fills)
+            assert b.open_orders() == []
+            assert store.get_order("t-lim-1").status == OrderStatus.FILLED
+            await b.close()
+        finally:
+            store.close()
+            await venue.stop()
+        store_check(tmp_path / "store.sqlite")
+    run(main())
+
+
+def test_cancel_resting_order(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        store = SQLiteStore(tmp_path / "store.sqlite")
+        try:
+            filters = await env.filters()
+            b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+            await b.start()
+            d = await env.depth()
+            price = round(float(d["bids"][0][0]) - 500.0, 2)
+            b.submit(intent("t-cxl-1", Side.BUY, 0.01, price), book_of(d), 1)
+            assert await b.idle(10)
+            acc = b.on_book(SYM, None, 2)  # the venue accepted it: it rests (active, no fills)
+            assert [(e.order.status, e.order.active, e.fills) for e in acc] == [(OrderStatus.NEW, True, ())]
+            assert b.on_book(SYM, None, 2) == []  # nothing new
+            async with env.client() as c:
+                assert (await c.get_order(SYM, "t-cxl-1"))["status"] == "NEW"
+                acct = await c.account()
+                usdt = next(x for x in acct["balances"] if x["asset"] == "USDT")
+                assert float(usdt["locked"]) == pytest.approx(0.01 * price)
+                b.cancel("t-cxl-1", 3)
+                assert await b.idle(10)
+                exs = b.on_book(SYM, None, 4)
+                assert [e.order.status for e in exs] == [OrderStatus.CANCELED]
+                assert (await c.get_order(SYM, "t-cxl-1"))["status"] == "CANCELED"
+                assert await c.cancel_order(SYM, "t-cxl-1") is None  # -2011: already canceled
+                usdt = next(x for x in (await c.account())["balances"] if x["asset"] == "USDT")
+                assert float(usdt["locked"]) == 0.0
+            assert b.cancel("t-cxl-1", 5).status == OrderStatus.CANCELED  # a no-op now
+            assert store.get_order("t-cxl-1").status == OrderStatus.CANCELED
+            await b.close()
+        finally:
+            store.close()
+            await venue.stop()
+    run(main())
+
+
+# --------------------------------------------------------------------------------------------- idempotency
+def test_unknown_outcome_is_resolved_by_query_never_by_blind_resend(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        api = venue.orders
+        try:
+            d = await env.depth()
+            async with env.client() as c:
+                # executed, answer lost (503 -1007): found by its client id, not sent again
+                api.inject_unknown_outcome(executed=True)
+                r = await c.place_order(SYM, "BUY", "MARKET", "0.01000", None, "t-idem-1")
+                assert r["status"] == "FILLED" and len(api.orders_of(KEY, "t-idem-1")) == 1
+                assert sum(float(f["qty"]) for f in r["fills"]) == pytest.approx(0.01)
+                assert c.stats["recovered_by_query"] == 1 and c.stats["resends"] == 0
+                # lost before execution: the lookup says -2013, so it is resent once with the same id
+                api.inject_unknown_outcome(executed=False)
+                r = await c.place_order(SYM, "BUY", "MARKET", "0.01000", None, "t-idem-2")
+                assert r["status"] == "FILLED" and len(api.orders_of(KEY, "t-idem-2")) == 1
+                assert c.stats["resends"] == 1
+                # a resting order sent again: "Duplicate order sent." -> the existing order, still one
+                price = fmt_step(float(d["bids"][0][0]) - 300.0, 0.01)
+                r1 = await c.place_order(SYM, "BUY", "LIMIT", "0.01000", price, "t-idem-3")
+                r2 = await c.place_order(SYM, "BUY", "LIMIT", "0.01000", price, "t-idem-3")
+                assert r1["orderId"] == r2["orderId"] and len(api.orders_of(KEY, "t-idem-3")) == 1
+                # why the lookup matters: Binance only refuses ids of OPEN orders, so a blind resend of a
+                # filled order's id executes a second order
+                st, body, _ = await raw(env, "POST", "/api/v3/order", {
+                    "symbol": SYM, "side": "BUY", "type": "MARKET", "quantity": "0.01000",
+                    "newClientOrderId": "t-idem-1"})
+                assert st == 200 and len(api.orders_of(KEY, "t-idem-1")) == 2
+            # the broker: the same intent twice is one order (the second answer is the known one)
+            with SQLiteStore(tmp_path / "s.sqlite") as store:
+                b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=await env.filters())
+                await b.start()
+                it = intent("t-idem-4", Side.BUY, 0.01)
+                api.inject_unknown_outcome(executed=True)
+                assert b.submit(it, book_of(d), 1).is_new
+                assert not b.submit(it, book_of(d), 1).is_new
+                assert await b.idle(10)
+                exs = b.on_book(SYM, None, 2)
+                assert len(exs) == 1 and exs[0].order.status == OrderStatus.FILLED
+                assert not b.submit(it, book_of(d), 3).is_new
+                assert len(api.orders_of(KEY, "t-idem-4")) == 1
+                assert b.stats["duplicates"] == 2
+                await b.close()
+            store_check(tmp_path / "s.sqlite")
+        finally:
+            await venue.stop()
+    run(main())
+
+
+def test_rate_limit_retry_after_is_honoured():
+    async def main():
+        env, venue = await open_env()
+        api = venue.orders
+        try:
+            async with env.client() as c:
+                api.inject_rate_limit(retry_after_s=1)
+                t0 = time.monotonic()
+                assert (await c.account())["canTrade"]
+                waited = time.monotonic() - t0
+                assert waited >= 1.0 and c.stats["rate_limited"] == 1
+                assert api.stats["code:-1003"] == 1  # one 429, and no 418 (the client did not hammer)
+                assert venue.stats.rest_errors[-1003] == 1
+                # the check can fail: a client that ignores Retry-After is banned (418)
+                api.inject_rate_limit(retry_after_s=1)
+                st1 = (await raw(env, "GET", "/api/v3/account", {}))[0]
+                st2, body, headers = await raw(env, "GET", "/api/v3/account", {})
+                assert (st1, st2) == (429, 418) and body["code"] == -1003 and int(headers["Retry-After"]) >= 1
+        finally:
+            await venue.stop()
+    run(main())
+
+
+# --------------------------------------------------------------------------------------------- restart
+def test_restart_reconciles_orders_filled_or_never_sent_while_down(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        path = tmp_path / "store.sqlite"
+        try:
+            filters = await env.filters()
+            d = await env.depth()
+            book = book_of(d)
+            # life 1: a market order is sent and filled at the venue, then the process "dies" before the
+            # fill is recorded (no on_trade/on_book ran); a limit order rests; it fills while we are down
+            store = SQLiteStore(path)
+            b1 = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+            await b1.start()
+            b1.submit(intent("t-rst-1", Side.BUY, 0.02), book, 1)
+            b1.submit(intent("t-rst-2", Side.BUY, 0.01, float(d["bids"][0][0])), book, 1)
+            assert await b1.idle(10)
+            await b1.client.close()
+            store.close()
+            # life 2: an order persisted as NEW, and the process dies before it was sent
+            store = SQLiteStore(path)
+            b2 = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+            b2.submit(intent("t-rst-3", Side.SELL, 0.01), book, 2)  # not started: the send waits for start()
+            await asyncio.sleep(0.05)
+            await b2.close()
+            store.close()
+            with SQLiteStore(path) as st:
+                assert {o.client_order_id: o.status for o in st.orders()} == {
+                    "t-rst-1": OrderStatus.NEW, "t-rst-2": OrderStatus.NEW, "t-rst-3": OrderStatus.NEW}
+                assert st.fills() == []
+            for _ in range(600):  # the market moves while we are down until the resting buy has filled
+                await env.step()
+                if not any(o["status"] in ("NEW", "PARTIALLY_FILLED") for o in venue.orders.orders_of(KEY, "t-rst-2")):
+                    break
+            # life 3: recovery from the venue
+            store = SQLiteStore(path)
+            b3 = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+            assert len(b3.open_orders()) == 3
+            await b3.start()
+            status = {ex.order.client_order_id: ex.order.status for ex in b3.recovered}
+            assert status == {"t-rst-1": OrderStatus.FILLED, "t-rst-2": OrderStatus.FILLED,
+                              "t-rst-3": OrderStatus.REJECTED}
+            assert b3.open_orders() == []
+            async with env.client() as c:
+                for coid in ("t-rst-1", "t-rst-2"):
+                    v = await c.get_order(SYM, coid)
+                    vt = await c.my_trades(SYM, int(v["orderId"]))
+                    mine = [f for f in store.fills() if f.client_order_id == coid]
+                    assert sorted((f.fill_id, f.price, f.qty) for f in mine) == sorted(
+                        (f"{coid}-{t['id']}", float(t["price"]), float(t["qty"])) for t in vt)
+                assert await c.get_order(SYM, "t-rst-3") is None  # never reached the venue
+            assert b3.portfolio.qty(SYM) == pytest.approx(0.03)
+            await b3.close()
+            store.close()
+            # a second restart finds nothing to do and records nothing twice
+            with SQLiteStore(path) as store:
+                b4 = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+                await b4.start()
+                assert b4.recovered == [] and len(store.fills()) == len({f.fill_id for f in store.fills()})
+                await b4.close()
+        finally:
+            await venue.stop()
+        pos = store_check(path)
+        assert pos[SYM] == pytest.approx(0.03)
+    run(main())
+
+
+def test_stop_loss_sends_a_reduce_only_market_exit(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        try:
+            with SQLiteStore(tmp_path / "s.sqlite") as store:
+                filters = await env.filters()
+                d = await env.depth()
+                b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+                await b.start()
+                b.submit(intent("t-stp-1", Side.BUY, 0.02), book_of(d), 1)
+                assert await b.idle(10)
+                assert len(b.on_trade(trade(60000.0, 2))) == 1
+                b.set_stops(SYM, 50000.0, None, "t-stp")
+                assert b.on_trade(trade(55000.0, 3)) == []
+                exs = b.on_trade(trade(49000.0, 4), book_of(d))
+                assert [e.order.client_order_id for e in exs] == ["t-stp-sl"] and exs[0].order.reduce_only
+                assert await b.idle(10)
+                exs = b.on_trade(trade(49000.0, 5), book_of(d))
+                assert exs[0].order.status == OrderStatus.FILLED and b.portfolio.qty(SYM) == 0.0
+                assert SYM not in b.engine.stops
+                await b.close()
+            store_check(tmp_path / "s.sqlite")
+        finally:
+            await venue.stop()
+    run(main())
+
+
+def test_replay_venue_has_no_order_api(tmp_path):
+    async def main():
+        env, venue = await open_env()
+        venue.orders.sims = None  # what a ReplaySource gives the order desk
+        try:
+            st, body, _ = await raw(env, "GET", "/api/v3/account", {})
+            assert st == 401 and body["code"] == -1002
+        finally:
+            await venue.stop()
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_daemon_refuses_testnet_without_credentials(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[general]
+symbols = ["BTCUSDT"]
+timeframes = ["1m"]
+data_dir = "{tmp_path / 'var'}"
+
+[venue]
+mode = "simulate"
+api_key_env = "TNTEST_KEY_UNSET"
+api_secret_env = "TNTEST_SECRET_UNSET"
+
+[simulator]
+history_days = 1
+
+[broker]
+kind = "testnet"
+
+[http]
+port = 0
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TNTEST_")}
+    p = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=ROOT, env=env,
+                       capture_output=True, timeout=50)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert b"TNTEST_KEY_UNSET" in p.stderr and b"TNTEST_SECRET_UNSET" in p.stderr
