@@ -549,3 +549,71 @@ port = 0
                        capture_output=True, timeout=50)
     assert p.returncode == 3, p.stderr[-2000:]
     assert b"TNTEST_KEY_UNSET" in p.stderr and b"TNTEST_SECRET_UNSET" in p.stderr
+
+
+# --------------------------------------------------------------------------------------------- e2e
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_tradingd_run_with_testnet_broker_against_the_simulator(tmp_path, monkeypatch):
+    """`tradingd run` with broker.kind = testnet in simulate mode: the daemon's orders go over signed HTTP to
+    the local venue's order API, which fills them; the store's fills are exactly the venue's trades."""
+    from tests.daemon.test_app_e2e import TOKEN, Daemon, check_store, free_port, http_get, http_post, metric, \
+        wait_until, write_config
+    monkeypatch.setenv("TRADINGD_API_KEY", "e2e-key")
+    monkeypatch.setenv("TRADINGD_API_SECRET", "e2e-secret")
+    port = free_port()
+    data = tmp_path / "var"
+    cfg = write_config(tmp_path / "config.toml", data, port, extra="""
+[venue]
+mode = "simulate"
+
+[simulator]
+history_days = 2
+trades_per_s = 20.0
+
+[broker]
+kind = "testnet"
+taker_fee = 0.0
+maker_fee = 0.0
+
+[engines]
+first_run_xgb_rounds = 100
+""")
+    d = Daemon(cfg, tmp_path)
+    try:
+        m = d.wait_line(r"ready: (http://\S+) \(venue simulate ws://(\S+),", 120)
+        url, venue_rest = m.group(1), "http://" + m.group(2)
+
+        def traded():
+            text = http_get(url + "/metrics")[1].decode()
+            return text if metric(text, "tradingd_fills_total") >= 1 else None
+        wait_until(traded, 90, "an order filled by the venue", d)
+        assert http_post(url + "/control/halt", TOKEN)[0] == 200
+        time.sleep(1.5)  # let answers in flight arrive (they are delivered on the next trade)
+        status = orjson.loads(http_get(url + "/status")[1])
+        stats = status["broker"]["stats"]
+        assert stats["sent"] >= 1 and stats["fills"] >= 1, stats
+
+        async def venue_trades():
+            async with BinanceRestClient(venue_rest, "e2e-key", "e2e-secret") as c:
+                return await c.request("GET", "/api/v3/myTrades", {"symbol": SYM})
+        vtrades = run(venue_trades())
+        assert vtrades, "the venue has no trades for the daemon's key"
+        rc = d.stop()
+        assert rc == 0, d.stderr()[-3000:]
+    finally:
+        d.kill()
+    check_store(data / "tradingd.sqlite")
+    with SQLiteStore(data / "tradingd.sqlite", readonly=True) as st:
+        fills = st.fills()
+        open_ids = {o.client_order_id for o in st.orders() if o.is_open}
+    assert fills
+    by_id = {t["id"]: t for t in vtrades}
+    for f in fills:  # every recorded fill is a venue trade (price, qty, zero fee)
+        t = by_id[int(f.fill_id.rsplit("-", 1)[1])]
+        assert (float(t["price"]), float(t["qty"]), f.fee) == (f.price, f.qty, 0.0)
+    recorded = {int(f.fill_id.rsplit("-", 1)[1]) for f in fills}
+    print(f"\ntestnet e2e: broker stats {stats}; venue trades {len(vtrades)}, store fills {len(fills)}")
+    # halted and drained: the store has every venue trade (none left in flight) unless an order is still open
+    if not open_ids:
+        assert recorded == set(by_id)
