@@ -8,7 +8,8 @@ and committed in order by the writer thread, off the event loop: the store stays
 leads it by the writer's queue (see that module for the contract). If the store fails the broker refuses further
 work (``StoreError`` is "stop for a human"; a restart recovers from the store).
 
-There is no ``TestnetBroker`` yet: the signed REST adapter is left out (see docs/STORE.md).
+A venue's real order API (Binance spot testnet protocol) is ``daemon.testnet.TestnetBroker`` (``broker.kind =
+"testnet"``), with the same interface.
 """
 from __future__ import annotations
 
