@@ -242,6 +242,7 @@ class DollarProfitOptimizer:
         self._last_bar: dict[tuple[str, str], tuple[int, list[OrderIntent]]] = {}
         self._weights = {"volatility": cfg.sel_w_volatility, "cost": cfg.sel_w_cost, "volume": cfg.sel_w_volume,
                          "hit_rate": cfg.sel_w_hit_rate, "pnl": cfg.sel_w_pnl}
+        self._wsum = sum(self._weights.values())
 
     # ---------------------------------------------------------------------------------- small helpers
     def timeframe_factor(self, tf: str) -> float:
@@ -272,13 +273,15 @@ class DollarProfitOptimizer:
         or non-positive volatility are not eligible. With ``symbol`` the choice is remembered for entries.
         """
         cfg = self.cfg
-        wsum = sum(self._weights.values())
+        wsum = self._wsum
+        w = self._weights  # one shared dict in every TimeframeScore (read-only; called at every bar close)
+        w_vol, w_cost, w_volume, w_hit, w_pnl = (w["volatility"], w["cost"], w["volume"], w["hit_rate"], w["pnl"])
         vols = [m.volume for m in metrics.values() if math.isfinite(m.volume) and m.volume > 0]
         vmax = max(vols) if vols else 0.0
         breakdown: dict[str, TimeframeScore] = {}
         for tf, m in metrics.items():
             if not (math.isfinite(m.volatility) and m.volatility > 0 and math.isfinite(m.spread) and m.spread >= 0):
-                breakdown[tf] = TimeframeScore(tf, 0.0, {}, dict(self._weights), False, "bad_metrics")
+                breakdown[tf] = TimeframeScore(tf, 0.0, {}, w, False, "bad_metrics")
                 continue
             st = self.performance.timeframe_stats(tf)
             prior = cfg.hit_rate_prior
@@ -292,8 +295,10 @@ class DollarProfitOptimizer:
                 "hit_rate": min(1.0, max(0.0, 0.5 + (h - 0.5) / (2 * cfg.hit_rate_span))),
                 "pnl": 0.5 + 0.5 * math.tanh(pnl_pt / cfg.pnl_scale),
             }
-            score = sum(self._weights[k] * v for k, v in comp.items()) / wsum
-            breakdown[tf] = TimeframeScore(tf, score, comp, dict(self._weights))
+            # the same left-to-right sum as sum(w[k] * v for k, v in comp.items()), without the generator
+            score = (0 + w_vol * comp["volatility"] + w_cost * comp["cost"] + w_volume * comp["volume"]
+                     + w_hit * comp["hit_rate"] + w_pnl * comp["pnl"]) / wsum
+            breakdown[tf] = TimeframeScore(tf, score, comp, w)
         eligible = [s for s in breakdown.values() if s.eligible]
         ranked = sorted(eligible, key=lambda s: (-round(s.score, 12), self._order_index(s.timeframe)))
         best = ranked[0] if ranked else None

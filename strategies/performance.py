@@ -117,6 +117,7 @@ class PerformanceTracker:
         self._returns: list[float] = []
         self._tf: dict[str, _TfAcc] = {}
         self._hits: dict[str, deque[bool]] = {}
+        self._hit_count: dict[str, int] = {}  # running sum(self._hits[tf]): read at every bar close
         self._unrealised: dict[str, float] = {}
         self._daily: dict[int, float] = {}  # UTC day number -> realised pnl
         self.dropped = 0  # non-finite trades refused
@@ -167,14 +168,19 @@ class PerformanceTracker:
         dq = self._hits.get(timeframe)
         if dq is None:
             dq = self._hits[timeframe] = deque(maxlen=self.hit_rate_window)
+            self._hit_count[timeframe] = 0
+        n = self._hit_count[timeframe]
+        if len(dq) == dq.maxlen and dq[0]:
+            n -= 1  # the oldest call leaves the window
         dq.append(bool(correct))
+        self._hit_count[timeframe] = n + bool(correct)
 
     # ------------------------------------------------------------------------------------- queries
     def timeframe_stats(self, timeframe: str) -> TimeframeStats:
         acc = self._tf.get(timeframe, _TfAcc())
         hits = self._hits.get(timeframe, ())
         return TimeframeStats(acc.trades, acc.wins, acc.pnl, acc.gross_profit, acc.gross_loss,
-                              len(hits), sum(hits))
+                              len(hits), self._hit_count.get(timeframe, 0))
 
     def daily_profit(self, ts: int) -> float:
         return self._daily.get(ts // NS_PER_DAY, 0.0)

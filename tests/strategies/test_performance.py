@@ -70,6 +70,20 @@ def test_per_timeframe_and_hit_rate_window():
     assert m.per_timeframe["1h"].profit_factor is None  # no losing trade: undefined
 
 
+def test_running_hit_count_equals_the_window_sum():
+    """The hit count is kept as a running sum (read at every bar close): it must equal the window's sum."""
+    import random
+    rng = random.Random(3)
+    t = PerformanceTracker(1000.0, hit_rate_window=7)
+    calls = []
+    for _ in range(500):
+        ok = rng.random() < 0.6
+        calls.append(ok)
+        t.record_prediction("5m", ok)
+        s = t.timeframe_stats("5m")
+        assert (s.predictions, s.hits) == (len(calls[-7:]), sum(calls[-7:]))
+
+
 def test_empty_and_bad_input():
     t = PerformanceTracker(1000.0)
     m = t.get_performance_metrics(0)
