@@ -58,6 +58,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+PLAN_PREFIX = "exit_plan."  # store kv keys of the optimizer's exit plans
 SHUTDOWN_S = 15.0
 BAR_CLOCK_LAG_NS = 2_000_000_000  # on_time(now - 2 s): trades stamped just before a boundary are not late
 
@@ -461,7 +462,17 @@ class Daemon:
                                 on_raw=self._record if self.recorder else None)
         self.pipeline = TradingPipeline(cfg, cfg.general.symbols, self.engine_sets, self.optimizer, self.risk,
                                         self.broker, store=self.store, metrics=self.metrics, books=self.feed.books,
-                                        keep=2000, bar_sink=self._bar_sink)
+                                        keep=2000, bar_sink=self._bar_sink, plan_sink=self._plan_sink)
+        # exit plans of positions open at the last stop: managed on their own timeframe and levels again
+        import orjson
+        try:
+            plans = [orjson.loads(v) for v in self.store.kv_items(PLAN_PREFIX).values()]
+        except Exception as e:  # noqa: BLE001 - unreadable: adoption at the next bar instead
+            log.error("exit_plans_unreadable", error=str(e))
+            plans = []
+        if plans or any(p.qty for p in self.broker.portfolio.positions.values()):
+            n = self.optimizer.restore_exit_plans(plans, self.pipeline.account())
+            log.info("exit_plans", stored=len(plans), restored=n)
 
     async def _prime(self, history: dict | None) -> None:
         from daemon.pipeline import history_bars_needed
@@ -524,6 +535,13 @@ class Daemon:
             self._on_fatal("pipeline", e)
             if self.feed is not None:
                 self.feed.stop()
+
+    def _plan_sink(self, symbol: str, plan: dict | None) -> None:
+        """The optimizer's exit plan changed: stored (in order, after the fills that changed it) for restarts."""
+        import orjson
+        from daemon.store import kv_statement
+        stmt = kv_statement(PLAN_PREFIX + symbol, orjson.dumps(plan).decode() if plan is not None else None)
+        self.writer.write_statements([stmt], kind="exit_plan")
 
     def _bar_sink(self, bars: list) -> None:
         """Closed bars go to the writer thread (never blocks; dropped and counted if its queue is full)."""

@@ -160,7 +160,8 @@ class TradingPipeline:
                  risk: Any, broker: Any, store: Any = None, metrics: Any = None,
                  clock: Callable[[], int] = time.time_ns, *, books: Mapping[str, Any] | None = None,
                  bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = 2000,
-                 timeframes: Sequence[str] | None = None) -> None:
+                 timeframes: Sequence[str] | None = None,
+                 plan_sink: Callable[[str, dict | None], None] | None = None) -> None:
         self.cfg = cfg
         self.symbols = tuple(symbols)
         self.timeframes = tuple(timeframes or cfg.general.timeframes)
@@ -175,6 +176,9 @@ class TradingPipeline:
         if bar_sink is None and store is not None:
             bar_sink = store.write_bars
         self.bar_sink = bar_sink
+        # where the optimizer's exit plans go when they change (the daemon: the store's kv, for restarts)
+        self.plan_sink = plan_sink
+        self._plans: dict[str, dict | None] = {}
         self.prefix = cfg.optimizer.client_id_prefix
         self._sym = {s: _SymState(s, self.timeframes, cfg) for s in self.symbols}
         self.decisions: deque[Decision] = deque(maxlen=keep)
@@ -417,6 +421,7 @@ class TradingPipeline:
                 if not any(j.symbol == i.symbol and j.reduce_only for j in intents)]
         if intents:
             self.execute(intents, acct, book, ts, d)
+        self._sync_plan(bar.symbol)  # a position adopted at this bar (restart without a stored plan)
         self.decisions.append(d)
         self.counters["decisions"] += 1
         return d
@@ -460,7 +465,25 @@ class TradingPipeline:
 
     _execute = execute  # the old private name
 
+    def _sync_plan(self, symbol: str) -> None:
+        """Hand the optimizer's exit plan for ``symbol`` to ``plan_sink`` when it changed (opened, resized,
+        adopted, closed)."""
+        if self.plan_sink is None:
+            return
+        plan = self.optimizer.exit_plan(symbol)
+        if plan != self._plans.get(symbol):
+            self._plans[symbol] = plan
+            try:
+                self.plan_sink(symbol, plan)
+            except Exception as e:  # noqa: BLE001 - a lost plan costs the restart its levels, not trading
+                self.counters["plan_store_errors"] += 1
+                log.error("plan_store_failed", symbol=symbol, error=str(e))
+
     def _after_execution(self, ex: Any, d: Decision | None) -> None:
+        self._after_execution_fills(ex, d)
+        self._sync_plan(ex.order.symbol)
+
+    def _after_execution_fills(self, ex: Any, d: Decision | None) -> None:
         m = self.metrics
         for f in ex.fills:
             self.counters["fills"] += 1

@@ -365,6 +365,15 @@ class SQLiteStore:
              + (" WHERE symbol=?" if symbol else "") + " ORDER BY seq")
         return [Fill(r[0], r[1], r[2], Side(r[3]), *r[4:]) for r in self._db.execute(q, (symbol,) if symbol else ())]
 
+    def kv_items(self, prefix: str) -> dict[str, str]:
+        """``kv`` rows whose key starts with ``prefix`` (e.g. the optimizer's ``exit_plan.`` entries)."""
+        rows = self._db.execute("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        return dict(rows.fetchall())
+
+    def put_kv(self, key: str, value: str | None) -> None:
+        """Set (or delete, with None) one ``kv`` row, in its own transaction."""
+        self.write_statements([kv_statement(key, value)])
+
     def cursor(self) -> str | None:
         r = self._db.execute("SELECT value FROM kv WHERE key='replay_cursor'").fetchone()
         return r[0] if r else None
@@ -412,6 +421,12 @@ class SQLiteStore:
         for msg in problems:
             log.error("store_discrepancy", path=str(self.path), problem=msg)
         return Recovery(pf, open_orders, stops, cursor, problems)
+
+
+def kv_statement(key: str, value: str | None) -> tuple[str, tuple]:
+    if value is None:
+        return ("DELETE FROM kv WHERE key=?", (key,))
+    return ("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
 
 
 def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -474,6 +475,46 @@ class DollarProfitOptimizer:
                 self.positions[symbol] = new
                 self.counters["reconcile_adopted"] += 1
                 log.warning("position_adopted", symbol=symbol, qty=acct, entry=entry, timeframe=tf)
+
+    # ---------------------------------------------------------------------------------- restart
+    def exit_plan(self, symbol: str) -> dict | None:
+        """The durable part of ``symbol``'s exit plan (None when flat): what a restart needs to keep managing
+        the position on its own timeframe and levels. The trailing peak's state is not in it (it changes on every
+        trade); after a restart the peak detector re-arms from the entry price."""
+        pos = self.positions.get(symbol)
+        if pos is None:
+            return None
+        return {"symbol": pos.symbol, "timeframe": pos.timeframe, "direction": pos.direction,
+                "entry_price": pos.entry_price, "entry_ns": pos.entry_ns, "atr": pos.atr, "stop": pos.stop,
+                "take_profit": pos.take_profit, "entry_fees": pos.entry_fees}
+
+    def restore_exit_plans(self, plans: Iterable[Mapping[str, Any]], account: AccountState) -> int:
+        """Start-up: re-create managed positions from stored exit plans for the account's open positions (the
+        account is the truth for quantities). A plan without a matching position is dropped (counted)."""
+        n = 0
+        for p in plans:
+            try:
+                sym, tf, d = str(p["symbol"]), str(p["timeframe"]), int(p["direction"])
+                entry, atr = float(p["entry_price"]), float(p["atr"])
+                stop, tp = float(p["stop"]), float(p["take_profit"])
+                entry_ns, fees = int(p["entry_ns"]), float(p.get("entry_fees", 0.0))
+            except (KeyError, TypeError, ValueError):
+                self.counters["plan_invalid"] += 1
+                continue
+            qty = account.qty(sym)
+            if qty == 0.0 or (qty > 0) != (d > 0) or sym in self.positions:
+                self.counters["plan_discarded"] += 1
+                continue
+            pos = self._new_position(sym, tf, d, abs(qty), entry, entry_ns, atr, fees)
+            if pos is None:
+                self.counters["plan_invalid"] += 1
+                continue
+            pos.stop, pos.take_profit = stop, tp
+            self.positions[sym] = pos
+            self.counters["plan_restored"] += 1
+            log.info("exit_plan_restored", symbol=sym, timeframe=tf, qty=qty, stop=stop, take_profit=tp)
+            n += 1
+        return n
 
     # ---------------------------------------------------------------------------------- the entry point
     def on_bar_close(self, symbol: str, timeframe: str, bar: Bar, predictions: Mapping[str, float], atr: float,

@@ -244,6 +244,14 @@ first_run_xgb_rounds = 100
         assert code == 200 and body["ok"]
         status = orjson.loads(http_get(url + "/status")[1])
         assert all(p["qty"] == 0.0 for p in status["account"]["positions"].values()), status["account"]
+        # flat: the stored exit plan (written by the store's writer thread, for restarts) is gone too
+        def no_plan():
+            db = sqlite3.connect(f"file:{data / 'tradingd.sqlite'}?mode=ro", uri=True)
+            try:
+                return db.execute("SELECT COUNT(*) FROM kv WHERE key LIKE 'exit_plan.%'").fetchone()[0] == 0
+            finally:
+                db.close()
+        wait_until(no_plan, 10, "exit plan deleted after flatten", d)
         code, body = http_post(url + "/control/resume", TOKEN)
         assert code == 200 and body["risk_state"] == "ACTIVE"
         rc = d.stop()

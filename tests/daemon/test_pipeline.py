@@ -239,3 +239,39 @@ def test_prime_warms_timeframe_selection_from_history(tmp_path, klines):
     assert all(choice.breakdown[tf].eligible for tf in tfs)
     assert choice.timeframe != "1m"
     assert not pipe.decisions                                           # priming decides nothing
+
+
+def test_exit_plans_reach_the_sink_and_a_restart_restores_them(tmp_path, klines):
+    """Every change of the optimizer's exit plan goes to ``plan_sink`` (the daemon stores it); a new optimizer
+    (a restart) restores the open position's plan — same timeframe, entry, stop, take profit — from the last one."""
+    pipe, engines, store = make_pipeline(tmp_path)
+    sunk: list[tuple[str, dict | None]] = []
+    pipe.plan_sink = lambda sym, plan: sunk.append((sym, plan))
+    bars = klines_to_bars(klines)
+    pipe.prime(SYM, bars[:1440])
+    stop_at = None
+    for i, b in enumerate(bars[1440:], 1440):
+        pipe.on_bar(b, synthetic_book(b.close))
+        if SYM in pipe.optimizer.positions and any(p is None for _, p in sunk):
+            stop_at = i  # a position was opened, closed, and another is open now
+            break
+    assert stop_at is not None, pipe.counters
+    assert sunk[-1][1] == pipe.optimizer.exit_plan(SYM) and sunk[-1][1] is not None
+    opened = [p for _, p in sunk if p is not None]
+    assert all(p["stop"] != p["take_profit"] and p["timeframe"] in ("5m", "15m") for p in opened)
+    # "restart": a fresh optimizer, the account as recovered from the store, the last stored plan
+    from daemon.broker import PaperBroker
+    from strategies.risk import AccountState
+    broker2 = PaperBroker(pipe.cfg.broker, store, symbols=(SYM,), filters=FILTERS)
+    acct = AccountState(math.nan, broker2.portfolio.positions, {})
+    opt2 = DollarProfitOptimizer(pipe.cfg.optimizer, pipe.cfg.risk, filters=FILTERS, fee_rate=0.0001,
+                                 timeframes=("5m", "15m"), starting_equity=pipe.cfg.broker.starting_cash)
+    assert opt2.restore_exit_plans([sunk[-1][1]], acct) == 1
+    assert opt2.exit_plan(SYM) == pipe.optimizer.exit_plan(SYM)
+    assert opt2.positions[SYM].qty == pytest.approx(abs(broker2.portfolio.qty(SYM)))
+    # a plan for a position the account does not have (or the other way round) is dropped, not trusted
+    flipped = dict(sunk[-1][1], direction=-sunk[-1][1]["direction"])
+    opt3 = DollarProfitOptimizer(pipe.cfg.optimizer, pipe.cfg.risk, filters=FILTERS, fee_rate=0.0001,
+                                 timeframes=("5m", "15m"), starting_equity=pipe.cfg.broker.starting_cash)
+    assert opt3.restore_exit_plans([flipped, {"symbol": SYM}], acct) == 0
+    assert opt3.counters["plan_discarded"] == 1 and opt3.counters["plan_invalid"] == 1

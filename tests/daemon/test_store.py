@@ -224,3 +224,15 @@ def test_missing_directory_and_readonly_missing(tmp_path):
 
 def test_portfolio_fixture_sanity():
     assert Portfolio(1.0).cash == 1.0
+
+
+def test_kv_put_items_delete(tmp_path):
+    with SQLiteStore(tmp_path / "s.sqlite") as s:
+        s.put_kv("exit_plan.BTCUSDT", '{"a": 1}')
+        s.put_kv("exit_plan.ETHUSDT", '{"b": 2}')
+        s.put_kv("replay_cursor", "7.0")
+        assert s.kv_items("exit_plan.") == {"exit_plan.BTCUSDT": '{"a": 1}', "exit_plan.ETHUSDT": '{"b": 2}'}
+        s.put_kv("exit_plan.BTCUSDT", None)
+        assert s.kv_items("exit_plan.") == {"exit_plan.ETHUSDT": '{"b": 2}'}
+        assert s.kv_items("exit_plan_") == {}  # a prefix, not a LIKE pattern
+        assert s.cursor() == "7.0"
