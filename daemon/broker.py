@@ -57,6 +57,26 @@ def levels_of(book: Any, depth: int) -> Levels | None:
     return bids, asks
 
 
+def raise_if_halted(broker: Any, name: str) -> None:
+    """Paper and testnet brokers alike refuse all work after a store (or store-writer) failure."""
+    if not broker._halted:
+        w = broker.writer
+        if w is None or w.error is None:
+            return
+        broker._halted = f"store writer failed: {w.error}"
+    raise BrokerHalted(f"{name} broker halted after a store failure: {broker._halted}")
+
+
+def reduce_only(intent: OrderIntent, pos: float) -> OrderIntent:
+    """A reduce-only order against the signed position ``pos``: refused unless it reduces it, clipped to it."""
+    if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
+        raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
+                         f"reduce the {intent.symbol} position ({pos!r})")
+    if math.isfinite(intent.qty) and intent.qty > abs(pos):
+        return msgspec.structs.replace(intent, qty=abs(pos))
+    return intent
+
+
 @dataclass
 class PaperBroker:
     """Paper trading against the live (or replayed) book. Recovers its state from ``store`` on construction."""
@@ -179,21 +199,10 @@ class PaperBroker:
 
     # -------------------------------------------------------------------------------------- internals
     def _check_halted(self) -> None:
-        if self._halted:
-            raise BrokerHalted(f"paper broker halted after a store failure: {self._halted}")
-        w = self.writer
-        if w is not None and w.error is not None:
-            self._halted = f"store writer failed: {w.error}"
-            raise BrokerHalted(f"paper broker halted after a store failure: {self._halted}")
+        raise_if_halted(self, "paper")
 
     def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
-        pos = self.portfolio.qty(intent.symbol)
-        if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
-            raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
-                             f"reduce the {intent.symbol} position ({pos!r})")
-        if math.isfinite(intent.qty) and intent.qty > abs(pos):
-            return msgspec.structs.replace(intent, qty=abs(pos))
-        return intent
+        return reduce_only(intent, self.portfolio.qty(intent.symbol))
 
     def _commit(self, results: list[tuple[Order, list[Fill]]], *, cursor: str | None,
                 stops: Mapping[str, Stops | None] | None = None) -> list[Execution]:

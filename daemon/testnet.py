@@ -32,7 +32,6 @@ Secrets: the API secret lives only in the client object (never in reprs, logs or
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,7 +44,7 @@ import msgspec
 import orjson
 import structlog
 
-from daemon.broker import BrokerHalted, Execution, levels_of
+from daemon.broker import BrokerHalted, Execution, levels_of, raise_if_halted, reduce_only
 from daemon.config import BrokerConfig
 from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.matching import MatchingEngine, Order, OrderError, Stops
@@ -743,21 +742,10 @@ class TestnetBroker:
         raise e
 
     def _check_halted(self) -> None:
-        if self._halted:
-            raise BrokerHalted(f"testnet broker halted after a store failure: {self._halted}")
-        w = self.writer
-        if w is not None and w.error is not None:
-            self._halted = f"store writer failed: {w.error}"
-            raise BrokerHalted(f"testnet broker halted after a store failure: {self._halted}")
+        raise_if_halted(self, "testnet")
 
     def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
-        pos = self.portfolio.qty(intent.symbol)
-        if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
-            raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
-                             f"reduce the {intent.symbol} position ({pos!r})")
-        if math.isfinite(intent.qty) and intent.qty > abs(pos):
-            return msgspec.structs.replace(intent, qty=abs(pos))
-        return intent
+        return reduce_only(intent, self.portfolio.qty(intent.symbol))
 
     def _quote_asset(self) -> str:
         return getattr(self.store, "quote_asset", self.cfg.quote_asset)
