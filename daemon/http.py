@@ -58,7 +58,11 @@ def make_app(hooks: HttpHooks, control_token: str | None) -> web.Application:
         if action not in ("halt", "resume", "flatten", "retrain"):
             return _json({"error": f"unknown action {action!r}"}, 404)
         log.info("control request", action=action, remote=req.remote)
-        return _json(await hooks.control(action))
+        try:
+            return _json(await hooks.control(action))
+        except Exception as e:  # noqa: BLE001 - e.g. the store failed under a flatten: say so, in JSON
+            log.exception("control request failed", action=action)
+            return _json({"ok": False, "action": action, "error": f"{type(e).__name__}: {e}"}, 500)
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),

@@ -14,6 +14,8 @@ def _hooks(state):
 
     async def control(action):
         state["actions"].append(action)
+        if action == "flatten":
+            raise RuntimeError("store is locked")
         return {"done": action}
 
     return HttpHooks(render_metrics=m.render, health=lambda: (True, {}),
@@ -53,8 +55,12 @@ def test_endpoints(token):
                         assert r.status == 200 and (await r.json()) == {"done": "halt"}
                     async with s.post(base + "/control/explode", headers={"Authorization": f"Bearer {token}"}) as r:
                         assert r.status == 404
+                    async with s.post(base + "/control/flatten", headers={"Authorization": f"Bearer {token}"}) as r:
+                        assert r.status == 500 and r.content_type == "application/json"
+                        assert (await r.json()) == {"ok": False, "action": "flatten",
+                                                    "error": "RuntimeError: store is locked"}
         finally:
             await srv.stop()
 
     asyncio.run(scenario())
-    assert state["actions"] == (["halt"] if token else [])
+    assert state["actions"] == (["halt", "flatten"] if token else [])
