@@ -15,7 +15,6 @@ assignment, keeping the feature history: the next ``predict`` uses the new model
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,12 +42,47 @@ class LoadedEngine:
     path: str
 
 
+class _Window:
+    """The LSTM's last ``n`` feature rows, oldest first, as a contiguous float32 view without copying: each row
+    is written twice (slot i and i + n of a 2n-row buffer), so ``buf[i:i + n]`` is always the window in order.
+    (``np.stack`` of a deque of rows cost ~100 µs per bar close with cold caches.)"""
+
+    __slots__ = ("n", "buf", "i", "count")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.buf: np.ndarray | None = None
+        self.i = 0
+        self.count = 0
+
+    def append(self, row: np.ndarray) -> None:
+        if self.buf is None:
+            self.buf = np.zeros((2 * self.n, len(row)), dtype=np.float32)
+        i, n = self.i, self.n
+        self.buf[i] = row
+        self.buf[i + n] = row
+        self.i = (i + 1) % n
+        if self.count < n:
+            self.count += 1
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.n
+
+    def rows(self) -> np.ndarray:
+        """The kept rows, oldest first (all ``n`` once full)."""
+        if self.buf is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.buf[self.i + self.n - self.count:self.i + self.n]
+
+
 class EngineSet:
     def __init__(self, timeframe: str, engines: Mapping[str, LoadedEngine], *, metrics: Any = None) -> None:
         self.timeframe = timeframe
         self._engines: dict[str, LoadedEngine] = dict(engines)
         self.metrics = metrics
-        self._rows: dict[str, deque] = {}
+        self._rows: dict[str, _Window] = {}
+        self._lat: dict[tuple[str, str], Any] = {}  # (kind, backend) -> the histogram's child (labels() is slow)
         self.predictions = 0
         self.errors = 0
 
@@ -101,12 +135,15 @@ class EngineSet:
                     "path": le.path} for k, le in self._engines.items()}
 
     # ------------------------------------------------------------------------------------------ hot path
-    def _buffer(self, symbol: str) -> deque:
+    def _buffer(self, symbol: str) -> _Window:
         buf = self._rows.get(symbol)
         n = max(self.seq_len, 1)
-        if buf is None or buf.maxlen != n:
-            buf = deque(buf or (), maxlen=n)
-            self._rows[symbol] = buf
+        if buf is None or buf.n != n:  # first use, or a swapped-in model with another window: keep the rows
+            new = _Window(n)
+            if buf is not None:
+                for r in buf.rows()[-n:]:
+                    new.append(r)
+            self._rows[symbol] = buf = new
         return buf
 
     def observe(self, row: np.ndarray, symbol: str = "") -> None:
@@ -122,16 +159,19 @@ class EngineSet:
         m = self.metrics
         for kind, le in engines.items():
             if kind == "lstm":
-                if len(buf) < buf.maxlen:
+                if not buf.full:
                     continue
-                x = np.stack(buf)[None, :, :]
+                x = buf.rows()[None, :, :]
             else:
                 x = np.asarray(row, dtype=np.float32)[None, :]
             t0 = time.perf_counter_ns()
             p = float(le.engine.predict(x)[0])
             dt = time.perf_counter_ns() - t0
             if m is not None:
-                m.inference_latency.labels(kind, le.backend).observe(dt / 1e9)
+                child = self._lat.get((kind, le.backend))
+                if child is None:
+                    child = self._lat[(kind, le.backend)] = m.inference_latency.labels(kind, le.backend)
+                child.observe(dt / 1e9)
             out[kind] = p
         self.predictions += 1
         return out

@@ -1,0 +1,64 @@
+"""EngineSet's LSTM window (a double-written ring buffer) against the obvious deque + np.stack."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from daemon.engineset import EngineSet, LoadedEngine, _Window
+
+
+class Capture:
+    """A fake engine that records what it was given."""
+
+    def __init__(self, seq_len: int = 0) -> None:
+        self.seq_len = seq_len
+        self.seen: list[np.ndarray] = []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.seen.append(np.array(x, copy=True))
+        return np.array([0.5], dtype=np.float32)
+
+
+def le(kind: str, engine) -> LoadedEngine:
+    return LoadedEngine(kind, engine, "v1", "fake", "test", False, "/nowhere")
+
+
+@pytest.mark.parametrize("n", [1, 3, 32])
+def test_window_equals_a_deque(n):
+    rng = np.random.default_rng(n)
+    w, ref = _Window(n), deque(maxlen=n)
+    for _ in range(5 * n + 7):
+        row = rng.standard_normal(13).astype(np.float32)
+        w.append(row)
+        ref.append(row)
+        got = w.rows()
+        assert got.flags.c_contiguous and got.dtype == np.float32
+        assert np.array_equal(got, np.stack(ref))
+        assert w.full == (len(ref) == n)
+
+
+def test_predict_feeds_the_lstm_the_last_rows_oldest_first_and_keeps_them_across_a_swap():
+    rng = np.random.default_rng(0)
+    lstm, xgb = Capture(seq_len=4), Capture()
+    es = EngineSet("1m", {"lstm": le("lstm", lstm), "xgboost": le("xgboost", xgb)})
+    rows = [rng.standard_normal(13).astype(np.float32) for _ in range(10)]
+    for r in rows[:2]:
+        es.observe(r, "BTCUSDT")
+    out = es.predict(rows[2], "BTCUSDT")
+    assert set(out) == {"xgboost"} and lstm.seen == []  # 3 rows < 4: no LSTM yet
+    for r in rows[3:7]:
+        out = es.predict(r, "BTCUSDT")
+    assert set(out) == {"xgboost", "lstm"}
+    assert np.array_equal(lstm.seen[-1], np.stack(rows[3:7])[None])
+    assert np.array_equal(xgb.seen[-1], rows[6][None])
+    es.predict(rows[0], "ETHUSDT")  # another symbol has its own window
+    assert len(lstm.seen) == 4
+    # a swapped-in LSTM with a longer window keeps the rows it can (and waits for the rest)
+    lstm6 = Capture(seq_len=6)
+    es.swap({"lstm": le("lstm", lstm6), "xgboost": le("xgboost", xgb)})
+    es.predict(rows[7], "BTCUSDT")
+    assert lstm6.seen == []  # 5 rows kept (the old window held 4) + this one = 5 < 6
+    es.predict(rows[8], "BTCUSDT")
+    assert np.array_equal(lstm6.seen[-1], np.stack(rows[3:9])[None])
