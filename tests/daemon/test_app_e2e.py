@@ -36,11 +36,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(path: Path, data_dir: Path, port: int, extra: str = "", timeframes=("1m",)) -> Path:
+def write_config(path: Path, data_dir: Path, port: int, extra: str = "", timeframes=("1m",),
+                 symbols=("BTCUSDT",)) -> Path:
+    """A daemon config for tests: ``[general]``, ``[http]``, JSON logs, then ``extra`` sections."""
     tfs = ", ".join(f'"{t}"' for t in timeframes)
+    syms = ", ".join(f'"{s}"' for s in symbols)
     path.write_text(f"""
 [general]
-symbols = ["BTCUSDT"]
+symbols = [{syms}]
 timeframes = [{tfs}]
 data_dir = "{data_dir}"
 

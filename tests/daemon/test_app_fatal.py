@@ -32,6 +32,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.daemon.test_app_e2e import write_config as e2e_write_config
 from tests.daemon.test_app_e2e import TOKEN, Daemon, check_store, free_port, http_get, wait_until
 
 SEED_QTY = 0.001
@@ -39,20 +40,7 @@ EXIT_WAIT_S = 25
 
 
 def write_config(path: Path, data_dir: Path, port: int) -> Path:
-    path.write_text(f"""
-[general]
-symbols = ["BTCUSDT"]
-timeframes = ["1m"]
-data_dir = "{data_dir}"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[logging]
-level = "info"
-json = true
-
+    return e2e_write_config(path, data_dir, port, extra="""
 [venue]
 mode = "simulate"
 
@@ -71,7 +59,6 @@ first_run_lstm_hidden = 4
 [retrain]
 enabled = false
 """)
-    return path
 
 
 def seed_position(db_path: Path) -> None:

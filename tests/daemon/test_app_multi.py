@@ -17,27 +17,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.daemon.test_app_e2e import Daemon, check_store, free_port, http_get, metric, wait_until
+from tests.daemon.test_app_e2e import Daemon, check_store, free_port, http_get, metric, wait_until, write_config
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
 def write_multi_config(path: Path, data_dir: Path, port: int, symbols=SYMBOLS) -> Path:
-    syms = ", ".join(f'"{s}"' for s in symbols)
-    path.write_text(f"""
-[general]
-symbols = [{syms}]
-timeframes = ["1m"]
-data_dir = "{data_dir}"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[logging]
-level = "info"
-json = true
-
+    return write_config(path, data_dir, port, symbols=symbols, extra="""
 [venue]
 mode = "simulate"
 
@@ -57,7 +43,6 @@ first_run_lstm_hidden = 8
 [retrain]
 enabled = false
 """)
-    return path
 
 
 @pytest.mark.slow
