@@ -189,6 +189,9 @@ class Daemon:
             ok = await asyncio.get_running_loop().run_in_executor(None, self.writer.close, SHUTDOWN_S / 2)
             log.info("store_writer_closed", flushed=ok, **{k: v for k, v in self.writer.snapshot().items()
                                                           if k != "lag"})
+            if not ok and self.exit_code == EXIT_OK:  # writes may be lost: not a clean stop
+                log.error("store_writer_not_flushed", pending=self.writer.pending)
+                self.exit_code = EXIT_FATAL
         if self.store is not None:
             try:
                 self.store.close()
@@ -212,7 +215,10 @@ class Daemon:
         t0 = time.perf_counter()
         self.engine_sets = await asyncio.get_running_loop().run_in_executor(None, self._load_engines)
         self.timings["engines_load_s"] = time.perf_counter() - t0
+        await self._broker_ready()
         self._build_pipeline()
+        for ex in getattr(self.broker, "recovered", ()):  # fills made while we were down reach the optimizer
+            self.pipeline._after_execution(ex, None)
         await self._prime(history)
         self._start_feed()
         await self._start_http()
@@ -366,6 +372,20 @@ class Daemon:
         self.supervisor.spawn("broker", run_broker)
         if self.broker.recovery_discrepancies:
             log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
+
+    async def _broker_ready(self) -> None:
+        """A venue broker (testnet) reconciles with the venue before the pipeline decides on its account."""
+        ready = getattr(self.broker, "_ready", None)
+        if ready is None or ready.is_set():
+            return
+        self._status("broker: reconciling with the venue")
+        assert self.stop_event is not None
+        waiters = {asyncio.ensure_future(ready.wait()), asyncio.ensure_future(self.stop_event.wait())}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for t in waiters:
+            t.cancel()
+        if not ready.is_set():
+            raise StartupError("broker: stopped before it was ready (see the log)")
 
     async def _fetch_history(self, symbol: str, days: float):
         from engines.train import fetch_klines_rest

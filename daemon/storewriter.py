@@ -16,6 +16,7 @@ Durability contract with a write-behind (docs/STORE.md, "Writer thread"):
 * :meth:`flush` waits until everything submitted is durable; shutdown calls it before closing.
 * A failed job stops all writing (later jobs are skipped, so the prefix stays consistent), ``on_error`` is called
   from the writer thread (the daemon turns it into a fatal stop) and later submissions raise ``StoreError``.
+  A droppable job (bar rows) that fails rolled back only itself: it is counted and logged and writing goes on.
 * Backpressure: the queue is bounded. Droppable jobs (bar rows, which the venue's klines can restore) are
   dropped and counted when it is full; executions wait for room (never dropped) and the waits are counted.
 """
@@ -45,7 +46,7 @@ _STOP = object()
 class WriterStats:
     submitted: int = 0
     committed: int = 0
-    dropped: int = 0      # droppable jobs refused because the queue was full
+    dropped: int = 0      # droppable jobs (bars) refused by a full queue or failed on their own
     full_waits: int = 0   # non-droppable jobs that waited for room
     skipped: int = 0      # jobs not run because an earlier one failed
     errors: int = 0
@@ -87,7 +88,9 @@ class StoreWriter:
                              f"{self.error}")
         if self._closed:
             raise RuntimeError("store writer is closed")
-        item = (time.perf_counter_ns(), job, kind)
+        if not self._thread.is_alive():  # never queue behind a dead thread (a full queue would block forever)
+            raise StoreError("?", "store writer thread is not running")
+        item = (time.perf_counter_ns(), job, kind, droppable)
         try:
             self._q.put_nowait(item)
         except queue.Full:
@@ -135,7 +138,7 @@ class StoreWriter:
         if self._closed:
             return not self._thread.is_alive()
         self._closed = True
-        self._q.put((0, _STOP, "stop"))
+        self._q.put((0, _STOP, "stop", False))
         self._thread.join(timeout)
         alive = self._thread.is_alive()
         if alive:
@@ -165,7 +168,7 @@ class StoreWriter:
         self._opened.set()
         try:
             while True:
-                t0, job, kind = self._q.get()
+                t0, job, kind, droppable = self._q.get()
                 try:
                     if job is _STOP:
                         return
@@ -174,21 +177,24 @@ class StoreWriter:
                         continue
                     try:
                         job(store)
+                    except Exception as e:  # noqa: BLE001
+                        if droppable:  # its own transaction rolled back; the prefix is intact
+                            self.stats.dropped += 1
+                            log.error("store_write_dropped", kind=kind, error=f"{type(e).__name__}: {e}")
+                        else:
+                            self._fail(e, kind)
+                        continue
                     except BaseException as e:  # noqa: BLE001 - reported, writing stops (prefix stays consistent)
-                        self.error = e
-                        self.stats.errors += 1
-                        log.error("store_write_failed", kind=kind, error=f"{type(e).__name__}: {e}")
-                        if self._on_error is not None:
-                            try:
-                                self._on_error(e)
-                            except Exception:  # noqa: BLE001
-                                log.exception("store_writer_on_error_failed")
+                        self._fail(e, kind)
                         continue
                     self.stats.committed += 1
                     lag = time.perf_counter_ns() - t0
                     self._lag_ns.append(lag)
                     if self._observe_lag is not None:
-                        self._observe_lag(lag / 1e9)
+                        try:
+                            self._observe_lag(lag / 1e9)
+                        except Exception:  # noqa: BLE001 - a metrics problem must not stop the writer
+                            log.exception("store_writer_observe_failed")
                 finally:
                     self._q.task_done()
         finally:
@@ -196,3 +202,14 @@ class StoreWriter:
                 store.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("store_writer_close_failed", error=str(e))
+
+    def _fail(self, e: BaseException, kind: str) -> None:
+        """A non-droppable job failed: stop writing (later jobs skipped), report it."""
+        self.error = e
+        self.stats.errors += 1
+        log.error("store_write_failed", kind=kind, error=f"{type(e).__name__}: {e}")
+        if self._on_error is not None:
+            try:
+                self._on_error(e)
+            except Exception:  # noqa: BLE001
+                log.exception("store_writer_on_error_failed")

@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import msgspec
 import orjson
 import structlog
@@ -63,6 +64,7 @@ AUTH_ERROR_CODES = {-1022: "bad signature (wrong API secret?)", -2014: "API key 
 _STATUS = {"NEW": OrderStatus.NEW, "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
            "FILLED": OrderStatus.FILLED, "CANCELED": OrderStatus.CANCELED, "EXPIRED": OrderStatus.CANCELED,
            "EXPIRED_IN_MATCH": OrderStatus.CANCELED, "REJECTED": OrderStatus.REJECTED}
+UNKNOWN_GRACE_MS = 5000  # + recvWindow: after that the venue refuses any late copy of an unanswered order
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB")
 
 
@@ -286,7 +288,11 @@ class BinanceRestClient:
             except BinanceApiError as e:
                 if not (e.code == -2010 and "Duplicate" in e.msg):
                     raise
-            found = await self.lookup(symbol, client_order_id)
+            try:
+                found = await self.lookup(symbol, client_order_id)
+            except Exception as e:  # noqa: BLE001 - the POST may have executed: unknown, never "rejected"
+                raise OutcomeUnknown(f"order {client_order_id}: lookup after an unknown outcome failed: "
+                                     f"{type(e).__name__}: {e}") from e
             if found is not None:
                 self.stats["recovered_by_query"] += 1
                 return found
@@ -360,7 +366,9 @@ class TestnetBroker:
         self.recovered: list[Execution] = []
         self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
                       "duplicates": 0, "venue_rejected": 0, "sent": 0, "polls": 0, "reconciled": 0,
-                      "unknown_outcome": 0, "late_updates": 0, "cancels": 0}
+                      "unknown_outcome": 0, "late_updates": 0, "cancels": 0, "unknown_pending": 0,
+                      "poll_errors": 0}
+        self._unknown_at: dict[str, int] = {}  # coid -> local ms when its send ended with an unknown outcome
         log.info("testnet_broker_recovered", open_orders=len(rec.open_orders), fills=self.portfolio.n_fills,
                  cash=self.portfolio.cash, discrepancies=len(rec.discrepancies), venue=self.client.base_url)
 
@@ -540,7 +548,8 @@ class TestnetBroker:
             self._inbox.append(_Delta(order.client_order_id, "REJECTED", [], order.ts_updated,
                                       reason=f"{e.code}: {e.msg}"))
             return
-        except (OutcomeUnknown, OSError, asyncio.TimeoutError) as e:
+        except (OutcomeUnknown, OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+            self._unknown_at[order.client_order_id] = time.time_ns() // 1_000_000
             self.stats["unknown_outcome"] += 1  # the poll loop asks the venue about it later
             log.error("order_outcome_unknown", coid=order.client_order_id, error=str(e))
             return
@@ -565,6 +574,12 @@ class TestnetBroker:
         if v is None:
             if coid in self._venue_ids:
                 log.error("venue_lost_order", coid=coid)
+                return
+            # a request whose outcome was unknown can still execute until its timestamp is older than
+            # recvWindow (the venue refuses it after that): only then is "not found" final
+            last = self._unknown_at.get(coid, order.ts_created // 1_000_000)
+            if time.time_ns() // 1_000_000 - last < self.client.recv_window_ms + UNKNOWN_GRACE_MS:
+                self.stats["unknown_pending"] += 1
                 return
             self._inbox.append(_Delta(coid, "REJECTED", [], order.ts_updated, reason="never reached the venue"))
             return
@@ -616,8 +631,10 @@ class TestnetBroker:
             self.stats["polls"] += 1
             try:
                 await self._refresh(o)
-            except (BinanceApiError, OSError, asyncio.TimeoutError) as e:
-                log.warning("poll_failed", coid=coid, error=str(e))
+            except (BinanceApiError, OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError,
+                    KeyError) as e:
+                self.stats["poll_errors"] += 1
+                log.warning("poll_failed", coid=coid, error=f"{type(e).__name__}: {e}")
 
     async def _reconcile_store(self) -> None:
         """Restart: orders open in the store are asked about; venue open orders we do not know are reported."""
@@ -671,6 +688,9 @@ class TestnetBroker:
         status = _STATUS.get(d.status, o.status)  # PENDING_CANCEL / "": unchanged
         if status == OrderStatus.FILLED and filled < o.qty * (1 - 1e-9):
             status = OrderStatus.PARTIALLY_FILLED  # the venue says filled but fills are missing: poll again
+        elif (status in (OrderStatus.CANCELED, OrderStatus.REJECTED) and d.executed is not None
+              and filled < d.executed * (1 - 1e-9)):
+            status = OrderStatus.PARTIALLY_FILLED  # ended at the venue, but trades we have not seen: poll again
         if status == OrderStatus.NEW and filled > 0:
             status = OrderStatus.PARTIALLY_FILLED
         ts = max(o.ts_updated, d.ts, *(f.ts for f in d.fills))

@@ -80,6 +80,11 @@ RECV_WINDOW_MAX = 60000
 _COID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _NUM_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
 _EPS = 1e-12
+_UINT_RE = re.compile(r"[0-9]{1,20}")  # ASCII digits only (str.isdigit() accepts "²", which int() refuses)
+
+
+def _uint(v: str) -> bool:
+    return _UINT_RE.fullmatch(v) is not None
 
 
 def sign(secret: str, payload: str) -> str:
@@ -315,10 +320,10 @@ class OrderApi:
                 if k != "signature":
                     params[k] = v
         ts_raw = params.get("timestamp", "")
-        if not ts_raw.isdigit():
+        if not _uint(ts_raw):
             raise _mandatory("timestamp")
         rw_raw = params.get("recvWindow", "")
-        if rw_raw and not rw_raw.isdigit():
+        if rw_raw and not _uint(rw_raw):
             raise _ApiError(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is "
                             "'^[0-9]{1,20}$'.")
         recv_window = int(rw_raw) if rw_raw else RECV_WINDOW_DEFAULT
@@ -366,7 +371,7 @@ class OrderApi:
         if not oid_raw and not coid:
             raise _ApiError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
         if oid_raw:
-            if not oid_raw.isdigit():
+            if not _uint(oid_raw):
                 raise _ApiError(-1100, "Illegal characters found in parameter 'orderId'; legal range is "
                                 "'^[0-9]{1,20}$'.")
             o = acct.orders.get(int(oid_raw))
@@ -431,7 +436,7 @@ class OrderApi:
             oid, from_id = params.get("orderId", ""), params.get("fromId", "")
             lim_raw = params.get("limit", "") or "500"
             for name, v in (("orderId", oid), ("fromId", from_id), ("limit", lim_raw)):
-                if v and not v.isdigit():
+                if v and not _uint(v):
                     raise _ApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is "
                                     "'^[0-9]{1,20}$'.")
             limit = int(lim_raw)

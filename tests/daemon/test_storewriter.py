@@ -128,3 +128,17 @@ def test_close_flushes_and_refuses_later_jobs(tmp_path):
     assert rows(path, "SELECT COUNT(*) FROM bars") == [(20,)]
     with pytest.raises(RuntimeError, match="closed"):
         w.write_bars([bar(99)])
+
+
+def test_a_failed_bar_write_is_dropped_and_counted_not_fatal(tmp_path):
+    """Bars are droppable: a bar job that fails rolled back only itself; executions keep committing."""
+    path = tmp_path / "s.sqlite"
+    errors = []
+    w = writer_for(path, on_error=errors.append)
+    w.submit(lambda s: s.write_statements([("INSERT INTO no_such_table VALUES (1)", ())]), droppable=True,
+             kind="bars")
+    w.write_statements([("INSERT INTO kv VALUES ('after', 'ok')", ())])
+    assert w.flush(10)
+    assert errors == [] and w.error is None and w.stats.dropped == 1 and w.stats.committed == 1
+    assert rows(path, "SELECT value FROM kv WHERE key='after'") == [("ok",)]
+    w.close()
