@@ -384,7 +384,7 @@ def build_pipeline(cfg, sets, tmp: Path, books, keep: int | None = 2000):
     from daemon.broker import PaperBroker
     from daemon.pipeline import TradingPipeline
     from daemon.store import SQLiteStore
-    from daemon.storewriter import StoreWriter
+    from daemon.storewriter import BarsAfterEvent, StoreWriter
     from strategies.optimizer import DollarProfitOptimizer
     from strategies.risk import RiskManager
     filters = {SYM: SymbolFilters(SYM, 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
@@ -398,7 +398,7 @@ def build_pipeline(cfg, sets, tmp: Path, books, keep: int | None = 2000):
     risk = RiskManager(cfg.risk, filters)
     # keep=2000 decisions, as daemon/app.py keeps them
     return TradingPipeline(cfg, [SYM], sets, opt, risk, broker, store=store, books=books, timeframes=TFS,
-                           keep=keep, bar_sink=writer.write_bars), store, writer
+                           keep=keep, bar_sink=BarsAfterEvent(writer)), store, writer
 
 
 def history_for(k1m, first_ns: int, first_price: float, n_min: int):

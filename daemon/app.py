@@ -94,6 +94,7 @@ class Daemon:
         self.timings: dict[str, float] = {}
         self._copied: dict[tuple, float] = {}
         self.writer = None  # daemon.storewriter.StoreWriter
+        self._bars_after = None  # daemon.storewriter.BarsAfterEvent
         self._loop: asyncio.AbstractEventLoop | None = None
         self.recorder = None
         self.record_errors = 0
@@ -185,6 +186,8 @@ class Daemon:
                 self.recorder.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("recorder_close_failed", error=str(e))
+        if self._bars_after is not None:
+            self._bars_after.flush()
         if self.writer is not None:  # everything the daemon did becomes durable before exit
             ok = await asyncio.get_running_loop().run_in_executor(None, self.writer.close, SHUTDOWN_S / 2)
             log.info("store_writer_closed", flushed=ok, **{k: v for k, v in self.writer.snapshot().items()
@@ -564,8 +567,12 @@ class Daemon:
         self.writer.write_statements([stmt], kind="exit_plan")
 
     def _bar_sink(self, bars: list) -> None:
-        """Closed bars go to the writer thread (never blocks; dropped and counted if its queue is full)."""
-        self.writer.write_bars(bars)
+        """Closed bars go to the writer thread after the current decision (never blocks; dropped and counted if
+        its queue is full)."""
+        if self._bars_after is None:
+            from daemon.storewriter import BarsAfterEvent
+            self._bars_after = BarsAfterEvent(self.writer)
+        self._bars_after(bars)
 
     async def _bar_clock(self) -> None:
         while True:

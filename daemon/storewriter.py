@@ -35,7 +35,7 @@ import structlog
 
 from daemon.store import StoreError
 
-__all__ = ["StoreWriter", "WriterStats"]
+__all__ = ["StoreWriter", "WriterStats", "BarsAfterEvent"]
 
 log = structlog.get_logger(__name__)
 
@@ -213,3 +213,29 @@ class StoreWriter:
                 self._on_error(e)
             except Exception:  # noqa: BLE001
                 log.exception("store_writer_on_error_failed")
+
+
+class BarsAfterEvent:
+    """A pipeline ``bar_sink`` that hands closed bars to the writer right AFTER the current event's decision
+    (``loop.call_soon``): queueing them mid-decision wakes the writer thread while the decision still needs the
+    GIL. Without a running loop (synchronous callers) the bars go to the writer at once."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+        self._buf: list = []
+
+    def __call__(self, bars: list) -> None:
+        import asyncio
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.writer.write_bars(bars)
+            return
+        if not self._buf:
+            loop.call_soon(self.flush)
+        self._buf.extend(bars)
+
+    def flush(self) -> None:
+        bars, self._buf = self._buf, []
+        if bars:
+            self.writer.write_bars(bars)

@@ -142,3 +142,25 @@ def test_a_failed_bar_write_is_dropped_and_counted_not_fatal(tmp_path):
     assert errors == [] and w.error is None and w.stats.dropped == 1 and w.stats.committed == 1
     assert rows(path, "SELECT value FROM kv WHERE key='after'") == [("ok",)]
     w.close()
+
+
+def test_bars_after_event_hand_off_after_the_current_callback_in_one_job(tmp_path):
+    import asyncio
+
+    from daemon.storewriter import BarsAfterEvent
+    path = tmp_path / "s.sqlite"
+    w = writer_for(path)
+    sink = BarsAfterEvent(w)
+
+    async def event() -> int:
+        sink([bar(1)])
+        sink([bar(2), bar(3)])  # several timeframes closing on one event
+        return w.stats.submitted  # nothing queued while the decision runs
+
+    async def main() -> tuple[int, int]:
+        during = await asyncio.get_running_loop().create_task(event())
+        await asyncio.sleep(0)
+        return during, w.stats.submitted
+    assert asyncio.run(main()) == (0, 1)
+    sink([bar(4)])  # no running loop: at once
+    assert w.close() and rows(path, "SELECT COUNT(*) FROM bars") == [(4,)]
