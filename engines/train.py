@@ -71,6 +71,20 @@ def build_dataset(k1m: Klines, spec: TrainSpec) -> Dataset:
     return Dataset(X, y, fwd, np.asarray(k.open_ns), np.asarray(k.close))
 
 
+def _splits(k1m: Klines, spec: TrainSpec):
+    """The dataset and its time-ordered train/val/test rows (labels never cross a split: ``h`` rows are left
+    out before each boundary). Refuses too little data."""
+    ds = build_dataset(k1m, spec)
+    n = len(ds.y)
+    a, b = split_bounds(n, spec)
+    h = spec.h
+    tr, va, te = _rows(ds.y, 0, a - h), _rows(ds.y, a, b - h), _rows(ds.y, b, n)
+    if len(tr) < 100 or len(va) < 20 or len(te) < 20:
+        raise ValueError(f"{spec.timeframe}: too little labelled data (train {len(tr)}, val {len(va)}, "
+                         f"test {len(te)} rows); need more history")
+    return ds, h, a, b, tr, va, te
+
+
 def split_bounds(n: int, spec: TrainSpec) -> tuple[int, int]:
     """Row indices where validation and test start: train [0, a), val [a+h, b), test [b+h, n)."""
     b = int(n * (1 - spec.test_frac))
@@ -109,14 +123,7 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
 
     say = progress or (lambda msg: None)
     out_dir = Path(out_dir)
-    ds = build_dataset(k1m, spec)
-    n = len(ds.y)
-    a, b = split_bounds(n, spec)
-    h = spec.h
-    tr, va, te = _rows(ds.y, 0, a - h), _rows(ds.y, a, b - h), _rows(ds.y, b, n)
-    if len(tr) < 100 or len(va) < 20 or len(te) < 20:
-        raise ValueError(f"{spec.timeframe}: too little labelled data (train {len(tr)}, val {len(va)}, "
-                         f"test {len(te)} rows); need more history")
+    ds, h, a, b, tr, va, te = _splits(k1m, spec)
     outcome = TrainOutcome(spec.timeframe)
     outcome.data_window = {"symbol": k1m.symbol, "timeframe": spec.timeframe, "horizon": h, "cost": spec.cost,
                            "start_ns": int(ds.open_ns[0]), "end_ns": int(ds.open_ns[-1]),
@@ -211,14 +218,7 @@ def train_timeframe_warm(k1m: Klines, spec: TrainSpec, out_dir: Path, prev_dir: 
 
     say = progress or (lambda msg: None)
     out_dir, prev_dir = Path(out_dir), Path(prev_dir)
-    ds = build_dataset(k1m, spec)
-    n = len(ds.y)
-    a, b = split_bounds(n, spec)
-    h = spec.h
-    tr, va, te = _rows(ds.y, 0, a - h), _rows(ds.y, a, b - h), _rows(ds.y, b, n)
-    if len(tr) < 100 or len(va) < 20 or len(te) < 20:
-        raise ValueError(f"{spec.timeframe}: too little labelled data (train {len(tr)}, val {len(va)}, "
-                         f"test {len(te)} rows); need more history")
+    ds, h, a, b, tr, va, te = _splits(k1m, spec)
     prev_window = (read_meta(prev_dir / "xgboost").get("data_window") or {}) if (prev_dir / "xgboost").is_dir() \
         else {}
     outcome = TrainOutcome(spec.timeframe)
