@@ -276,6 +276,18 @@ class LSTMModel:
                                            weight_decay=self.config.weight_decay)
         return self
 
+    def _check_xy(self, X_train_seq, y_train, X_val_seq, y_val):
+        """Validated float32 train/val windows and labels (same lengths, neither set empty)."""
+        Xtr = self._check_seq(X_train_seq, "X_train_seq")
+        Xva = self._check_seq(X_val_seq, "X_val_seq")
+        ytr = np.asarray(y_train, dtype=np.float32).reshape(-1)
+        yva = np.asarray(y_val, dtype=np.float32).reshape(-1)
+        if len(ytr) != len(Xtr) or len(yva) != len(Xva):
+            raise ValueError("X and y lengths differ")
+        if len(Xtr) == 0 or len(Xva) == 0:
+            raise ValueError("empty training or validation set")
+        return Xtr, ytr, Xva, yva
+
     def _check_seq(self, X: np.ndarray, name: str) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 3 or X.shape[1] != self.config.seq_len:
@@ -304,14 +316,7 @@ class LSTMModel:
         t0 = time.perf_counter()
         if self.net is None:
             self.build(np.asarray(X_train_seq).shape[-1])
-        Xtr = self._check_seq(X_train_seq, "X_train_seq")
-        Xva = self._check_seq(X_val_seq, "X_val_seq")
-        ytr = np.asarray(y_train, dtype=np.float32).reshape(-1)
-        yva = np.asarray(y_val, dtype=np.float32).reshape(-1)
-        if len(ytr) != len(Xtr) or len(yva) != len(Xva):
-            raise ValueError("X and y lengths differ")
-        if len(Xtr) == 0 or len(Xva) == 0:
-            raise ValueError("empty training or validation set")
+        Xtr, ytr, Xva, yva = self._check_xy(X_train_seq, y_train, X_val_seq, y_val)
 
         # standardisation from training rows only: each window's last row is one distinct time step
         last = Xtr[:, -1, :].astype(np.float64)
@@ -411,14 +416,7 @@ class LSTMModel:
             raise ValueError("epochs must be >= 1")
         cfg = self.config
         t0 = time.perf_counter()
-        Xtr = self._check_seq(X_train_seq, "X_train_seq")
-        Xva = self._check_seq(X_val_seq, "X_val_seq")
-        ytr = np.asarray(y_train, dtype=np.float32).reshape(-1)
-        yva = np.asarray(y_val, dtype=np.float32).reshape(-1)
-        if len(ytr) != len(Xtr) or len(yva) != len(Xva):
-            raise ValueError("X and y lengths differ")
-        if len(Xtr) == 0 or len(Xva) == 0:
-            raise ValueError("empty training or validation set")
+        Xtr, ytr, Xva, yva = self._check_xy(X_train_seq, y_train, X_val_seq, y_val)
         dev = self.device
         loss_fn = torch.nn.BCEWithLogitsLoss()
         Xtr_t, ytr_t = torch.from_numpy(Xtr).to(dev), torch.from_numpy(ytr).to(dev)
