@@ -101,6 +101,7 @@ class PaperBroker:
         self.cursor = rec.cursor
         self.engine.restore(rec.open_orders, rec.stops)
         self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
+                      "stops_refused": 0,
                       "duplicates": 0}
         self._halted: str | None = None
         log.info("paper_broker_recovered", open_orders=len(rec.open_orders), fills=self.portfolio.n_fills,
@@ -176,11 +177,18 @@ class PaperBroker:
             else:
                 if intent.qty > abs(pos):
                     intent = msgspec.structs.replace(intent, qty=abs(pos))
-                order, fills, _ = self.engine.submit(intent, levels, trade.ts_recv)
-                self.stats["stops_triggered"] += 1
                 self.engine.stops.pop(sym, None)
                 stop_change[sym] = None
-                results.append((order, fills))
+                try:
+                    order, fills, _ = self.engine.submit(intent, levels, trade.ts_recv)
+                except OrderError as e:
+                    # e.g. the dust left is below min notional: the stops are dropped (in the store too, below),
+                    # not retried on every trade, and this trade's resting fills still commit
+                    self.stats["stops_refused"] += 1
+                    log.warning("stop_exit_refused", symbol=sym, reason=e.reason, error=str(e))
+                else:
+                    self.stats["stops_triggered"] += 1
+                    results.append((order, fills))
         return self._commit(results, cursor=cursor, stops=stop_change)
 
     def set_stops(self, symbol: str, stop_loss: float | None, take_profit: float | None, tag: str,

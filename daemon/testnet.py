@@ -365,6 +365,7 @@ class TestnetBroker:
         self.last_error: str | None = None
         self.recovered: list[Execution] = []
         self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
+                      "stops_refused": 0,
                       "duplicates": 0, "venue_rejected": 0, "sent": 0, "polls": 0, "reconciled": 0,
                       "unknown_outcome": 0, "late_updates": 0, "cancels": 0, "unknown_pending": 0,
                       "poll_errors": 0}
@@ -491,8 +492,11 @@ class TestnetBroker:
             self.engine.stops.pop(sym, None)
             try:
                 ex = self._submit(intent, book, trade.ts_recv, cursor=cursor, stops={sym: None})
-            except OrderError as e:  # e.g. below min notional: the stops are dropped (not retried every trade)
+            except OrderError as e:  # e.g. below min notional: the stops are dropped (not retried every trade),
+                # in the store too (a restart must not re-arm them)
+                self.stats["stops_refused"] += 1
                 log.warning("stop_exit_refused", symbol=sym, reason=e.reason, error=str(e))
+                self._commit([], [], [], self.portfolio, {sym: None}, cursor)
                 return out
             self.stats["stops_triggered"] += 1
             out.append(ex)

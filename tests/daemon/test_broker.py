@@ -293,3 +293,31 @@ def test_cancel_after_restart(tmp_path):
     assert b.store.get_order("rest").status == OrderStatus.CANCELED and not b.open_orders()
     with pytest.raises(OrderError, match="no order"):
         b.cancel("never", 3)
+
+
+def test_refused_stop_exit_keeps_the_same_trades_resting_fill_and_drops_the_stops(tmp_path):
+    """One trade fills a resting take-profit-side limit AND triggers the stops, whose exit for the dust left is
+    below min notional: the refusal must not lose the resting order's fill (one transaction per trade), must
+    not raise into the loop, and drops the stops in memory and in the store (not retried on every trade)."""
+    from daemon.binance import SymbolFilters
+    filters = {"BTCUSDT": SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
+    path = tmp_path / "s.sqlite"
+    b = PaperBroker(CFG, SQLiteStore(path), symbols=("BTCUSDT",), filters=filters)
+    lv = ([(59990.0, 1.0)], [(60010.0, 1.0)])
+    b.submit(OrderIntent("in", "BTCUSDT", Side.BUY, 0.0002), lv, ts=1)
+    rest = b.submit(OrderIntent("part", "BTCUSDT", Side.SELL, 0.00015, OrderType.LIMIT, 61000.0), lv, ts=2)
+    assert rest.order.status == OrderStatus.NEW
+    b.set_stops("BTCUSDT", None, 61000.0, "tp")
+    up = ([(60990.0, 1.0)], [(61010.0, 1.0)])
+    exs = b.on_trade(Trade("BTCUSDT", 7, 61000.0, 0.01, False, 3, 3), up)  # must not raise
+    assert [(e.order.client_order_id, e.order.status) for e in exs] == [("part", OrderStatus.FILLED)]
+    assert b.portfolio.qty("BTCUSDT") == pytest.approx(0.00005)
+    assert "BTCUSDT" not in b.engine.stops and b.stats["stops_refused"] == 1
+    assert b.on_trade(Trade("BTCUSDT", 8, 61000.0, 0.01, False, 4, 4), up) == []
+    b.store.close()
+    with SQLiteStore(path) as st:
+        rec = st.recover(CFG.starting_cash)
+        assert rec.stops == [] and rec.discrepancies == []
+        assert rec.portfolio.qty("BTCUSDT") == pytest.approx(0.00005)
+        fills = st._db.execute("SELECT client_order_id, qty FROM fills ORDER BY rowid").fetchall()
+        assert [f[0] for f in fills] == ["in", "part"]

@@ -509,6 +509,40 @@ def test_stop_loss_sends_a_reduce_only_market_exit(tmp_path):
     run(main())
 
 
+def test_refused_stop_exit_drops_the_stops_in_the_store_too(tmp_path):
+    """A stop whose exit the filters refuse (here: below min notional at the trigger price) is dropped, not
+    retried on every trade; the store must drop it as well, or a restart would re-arm it."""
+    async def main():
+        env, venue = await open_env()
+        try:
+            path = tmp_path / "s.sqlite"
+            with SQLiteStore(path) as store:
+                filters = await env.filters()
+                assert filters[SYM].min_notional == pytest.approx(5.0)
+                d = await env.depth()
+                b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+                await b.start()
+                b.submit(intent("t-dust-1", Side.BUY, 0.0001), book_of(d), 1)   # ~6 USDT at the sim's price
+                assert await b.idle(10)
+                b.on_trade(trade(60000.0, 2))
+                assert b.portfolio.qty(SYM) == pytest.approx(0.0001)
+                b.set_stops(SYM, 40000.0, None, "t-dust")
+                assert await b.idle(10)
+                assert [s.symbol for s in store.recover(BCFG.starting_cash).stops] == [SYM]
+                # the exit at ~40000 is worth ~4 USDT < min notional: refused, stops dropped
+                low = ([(39990.0, 1.0)], [(40010.0, 1.0)])
+                assert b.on_trade(trade(39999.0, 3), low) == []
+                assert SYM not in b.engine.stops and b.stats["stops_refused"] == 1
+                assert await b.idle(10)
+                await b.close()
+            with SQLiteStore(path) as store:
+                assert store.recover(BCFG.starting_cash).stops == []
+            store_check(path)
+        finally:
+            await venue.stop()
+    run(main())
+
+
 def test_replay_venue_has_no_order_api(tmp_path):
     async def main():
         env, venue = await open_env()
