@@ -536,6 +536,42 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class _Mallinfo2(__import__("ctypes").Structure):
+    _fields_ = [(n, __import__("ctypes").c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def mem_breakdown() -> dict[str, float]:
+    """Where the resident memory is, in MB, to tell a leak from caches and allocator retention: ``malloc_used``
+    (glibc bytes handed out and not freed: heap + mmapped chunks; numpy, ONNX Runtime, SQLite all allocate
+    here), ``sqlite`` (SQLite's own heap, page caches included: the same libsqlite3 Python's module loaded),
+    ``py_blocks`` (live pymalloc blocks, thousands: Python objects). RSS - malloc_used is freed memory the
+    allocator keeps plus code and pymalloc arenas. Keys are missing where the library is not there."""
+    import ctypes
+    out: dict[str, float] = {}
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _Mallinfo2
+        mi = libc.mallinfo2()
+        out["malloc_used"] = (mi.uordblks + mi.hblkhd) / 2**20
+        out["malloc_free_kept"] = mi.fordblks / 2**20
+    except (OSError, AttributeError):
+        pass
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        out["sqlite"] = lib.sqlite3_memory_used() / 2**20
+    except (OSError, AttributeError):
+        pass
+    out["py_blocks_k"] = sys.getallocatedblocks() / 1e3
+    return out
+
+
+def _slope_per_h(ts: list[float], ys: list[float]) -> float:
+    return float(np.polyfit(np.array(ts) / 3600.0, ys, 1)[0]) if len(ts) >= 3 else float("nan")
+
+
 def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     import tempfile
 
@@ -602,21 +638,26 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     import gc
     t_start = time.monotonic()
     pass_end: list[tuple[float, float]] = []   # RSS after each pass, garbage collected: the leak signal
+    pass_mem: list[dict[str, float]] = []       # and where it is (mem_breakdown), at the same moments
     while time.monotonic() < deadline:
         asyncio.run(one(loops * span))
         loops += 1
         gc.collect()
         pass_end.append((time.monotonic() - t_start, rss_mb()))
+        pass_mem.append(mem_breakdown())
     stop.set()
     th.join()
     mb = np.array([s[1] for s in samples] + [p[1] for p in pass_end])
     # the allocator keeps freed arenas for ~15-20 passes and the decisions deque fills to its 2000 bound over the
     # first ~140 passes: the slope is fitted on the second half of the run (steady state), not the warm-up
     fit = pass_end[len(pass_end) // 2:]
-    slope = float(np.polyfit(np.array([p[0] for p in fit]) / 3600.0, [p[1] for p in fit], 1)[0]) \
-        if len(fit) >= 3 else float("nan")
+    fit_t = [p[0] for p in fit]
+    slope = _slope_per_h(fit_t, [p[1] for p in fit])
+    mem_fit = pass_mem[len(pass_end) // 2:]
+    mem_slopes = {k: _slope_per_h(fit_t, [m[k] for m in mem_fit]) for k in (pass_mem[0] if pass_mem else {})}
     t.data["soak"] = {"minutes": minutes, "loops": loops, "frames": frames, "samples": samples,
-                      "pass_end": pass_end, "pipeline": pipe is not None, "slope_mb_per_h": slope}
+                      "pass_end": pass_end, "pass_mem": pass_mem, "pipeline": pipe is not None,
+                      "slope_mb_per_h": slope, "mem_slopes_per_h": mem_slopes}
     t.add("soak", f"RSS, {minutes:g} min replay loop: {loops} passes, {frames:,} frames"
           f"{', pipeline' if pipe is not None else ', bars only'}",
           f"start {samples[0][1]:.0f} MB, after pass 1 {pass_end[0][1]:.0f} MB, end {pass_end[-1][1]:.0f} MB, "
@@ -625,6 +666,12 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
           f"<= {T_SOAK_MB_H:g} MB/h", slope <= T_SOAK_MB_H if math.isfinite(slope) else None)
     t.add("soak", "RSS maximum during the soak", f"{mb.max():.0f} MB", f"<= {T_RSS_MB:g} MB",
           bool(mb.max() <= T_RSS_MB))
+    if pass_mem:
+        a, b = pass_mem[0], pass_mem[-1]
+        names = {"malloc_used": "malloc in use", "malloc_free_kept": "malloc freed+kept", "sqlite": "SQLite heap",
+                 "py_blocks_k": "pymalloc blocks (k)"}
+        t.add("soak", "  where it is (after pass 1 -> end; slope over the second half)",
+              "; ".join(f"{names[k]} {a[k]:.1f} -> {b[k]:.1f} ({mem_slopes[k]:+.2f}/h)" for k in names if k in a))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
