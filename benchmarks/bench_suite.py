@@ -437,11 +437,20 @@ async def replay_through_pipeline(cfg, sets, k1m, speed: float, tmp: Path, passe
     shift = 0
     span = 12 * 60 * 1_000_000_000  # the recording spans < 11 minutes
 
+    # per decision: (latency, wall and this thread's CPU time inside pipe.on_event, bars closed by the tick);
+    # wall - CPU is time off the CPU (GIL, scheduler) during the decision, latency - wall is decode + book
+    why: list[tuple[int, int, int, int]] = []
+
     def on_event(ev) -> None:
         try:
             if shift and type(ev) is Trade:
                 ev = msgspec.structs.replace(ev, ts_event=ev.ts_event + shift)  # ts_recv is already "now"
+            n0, b0 = len(pipe.latencies_ns), pipe.counters["bars"]
+            w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             pipe.on_event(ev, feed.books.get(getattr(ev, "symbol", SYM)))
+            if len(pipe.latencies_ns) != n0:
+                why.append((pipe.latencies_ns[-1], time.perf_counter_ns() - w0, time.thread_time_ns() - c0,
+                            pipe.counters["bars"] - b0))
         except Exception as e:  # noqa: BLE001 - reported in the row, never hidden
             errors.append(f"{type(e).__name__}: {e}")
 
@@ -466,14 +475,17 @@ async def replay_through_pipeline(cfg, sets, k1m, speed: float, tmp: Path, passe
     store.close()
     return {"latency": pipe.latency_summary(), "store_write": pipe.store_write_summary(),
             "writer": writer.snapshot(), "lat_ns": list(pipe.latencies_ns), "counters": dict(pipe.counters),
-            "wall_s": wall, "passes": passes, "errors": errors[:5], "n_errors": len(errors), "feed": feed.counters()}
+            "wall_s": wall, "passes": passes, "errors": errors[:5], "n_errors": len(errors), "feed": feed.counters(),
+            "why": why, "cpu_affinity": sorted(os.sched_getaffinity(0))}
 
 
 def sec_tick(t: Table, cfg, sets, k1m, speed: float, passes: int = 3) -> None:
     import tempfile
     with tempfile.TemporaryDirectory(prefix="bench_tick_") as tmp:
         r = asyncio.run(replay_through_pipeline(cfg, sets, k1m, speed, Path(tmp), passes))
-    t.data["tick"] = {k: v for k, v in r.items() if k != "lat_ns"}
+    t.data["tick"] = {k: v for k, v in r.items() if k not in ("lat_ns", "why")}
+    t.data["tick"]["decisions"] = [{"latency_us": a / 1e3, "wall_us": b / 1e3, "cpu_us": c / 1e3, "bars_closed": n}
+                                   for a, b, c, n in r["why"]]
     t.data["tick"]["lat_us_sorted"] = sorted(round(x / 1e3, 1) for x in r["lat_ns"])
     lat = r["latency"]
     if r["n_errors"]:
@@ -486,6 +498,19 @@ def sec_tick(t: Table, cfg, sets, k1m, speed: float, passes: int = 3) -> None:
           f"p50 {us(lat['p50_us'])}, p99 {us(lat['p99_us'])}, max {us(lat['max_us'])} (n={lat['n']} bar-close "
           f"decisions; {r['counters'].get('orders', 0)} orders)", f"p99 <= {T_TICK_P99_MS:g} ms",
           lat["p99_us"] <= T_TICK_P99_MS * 1000)
+    why = r["why"]
+    if why:
+        off = np.array([(b - c) / 1e3 for _, b, c, _ in why])
+        aff = r["cpu_affinity"]
+        pinned = f", pinned to CPU {','.join(map(str, aff))}" if len(aff) < (os.cpu_count() or 1) else ", not pinned"
+        t.add("tick", "  of which: off the CPU inside the decision (wall - thread CPU time)",
+              f"p50 {us(float(np.percentile(off, 50)))}, max {us(float(off.max()))} (n={len(why)}{pinned})")
+        by: dict[int, list[float]] = {}
+        for a, _, _, n in why:
+            by.setdefault(n, []).append(a / 1e3)
+        t.add("tick", "  latency by bars closed on the tick (4 = 1m+5m+15m+1h at an hour)",
+              "; ".join(f"{n}: p50 {us(float(np.percentile(v, 50)))}, max {us(max(v))} (n={len(v)})"
+                        for n, v in sorted(by.items())))
     sw = r["store_write"]
     if sw.get("n"):
         t.add("tick", "  of which: bar hand-off to the store's writer thread (inside the decision path)",
@@ -684,6 +709,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--iters", type=int, default=2000, help="timed calls per inference backend")
     ap.add_argument("--speed", type=float, default=10.0, help="replay speed for tick-to-decision")
     ap.add_argument("--tick-passes", type=int, default=3, help="passes over the recording for tick-to-decision")
+    ap.add_argument("--cpu", default="", help="pin the benchmark process to these CPUs (e.g. 1 or 2,3), as a "
+                    "latency-sensitive deployment would (systemd CPUAffinity=); forked children (the backtest's "
+                    "training) inherit it; default: not pinned")
     ap.add_argument("--registry", type=Path, default=Path("/tmp/tradingd-bench-registry"),
                     help="model registry to reuse or train small models into")
     ap.add_argument("--backtest-args", default="", help="extra arguments for `tradingd backtest`")
@@ -694,12 +722,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     logging.disable(logging.WARNING)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    if a.cpu:
+        os.sched_setaffinity(0, {int(c) for c in a.cpu.split(",")})
     bad = skip - set(SECTIONS)
     if bad:
         ap.error(f"unknown sections {sorted(bad)}")
     t = Table()
     t.data["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                         "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
+                         "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+                         "affinity": sorted(os.sched_getaffinity(0))}
     have_rec = all(p.exists() for p in REC)
     have_k = KLINES.exists()
     state: dict[str, Any] = {}
