@@ -670,6 +670,9 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
         gc.collect()
         pass_end.append((time.monotonic() - t_start, rss_mb()))
         pass_mem.append(mem_breakdown())
+        # one line per pass, so a soak cut short still leaves its curve in the log
+        print(f"[soak] pass {loops} t={pass_end[-1][0]:.0f}s rss={pass_end[-1][1]:.1f}MB "
+              + " ".join(f"{k}={v:.1f}" for k, v in pass_mem[-1].items()), file=sys.stderr, flush=True)
     stop.set()
     th.join()
     mb = np.array([s[1] for s in samples] + [p[1] for p in pass_end])

@@ -26,8 +26,9 @@ from daemon.events import Fill, OrderIntent, OrderType, Side, Trade
 from daemon.matching import Levels, MatchingEngine, Order, OrderError, Stops
 from daemon.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
+from strategies.sizing import is_dust, sellable_qty
 
-__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of"]
+__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of", "reduce_only", "is_dust"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,14 +68,23 @@ def raise_if_halted(broker: Any, name: str) -> None:
     raise BrokerHalted(f"{name} broker halted after a store failure: {broker._halted}")
 
 
-def reduce_only(intent: OrderIntent, pos: float) -> OrderIntent:
-    """A reduce-only order against the signed position ``pos``: refused unless it reduces it, clipped to it."""
+def reduce_only(intent: OrderIntent, pos: float, filters: Any = None) -> OrderIntent:
+    """A reduce-only order against the signed position ``pos``: refused unless it reduces it, clipped to it and,
+    with the symbol's ``filters``, floored to the lot step (a position net of a base-asset commission is off the
+    grid; what is left below one lot is dust, see :func:`is_dust`)."""
     if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
         raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
                          f"reduce the {intent.symbol} position ({pos!r})")
-    if math.isfinite(intent.qty) and intent.qty > abs(pos):
-        return msgspec.structs.replace(intent, qty=abs(pos))
-    return intent
+    qty = intent.qty
+    if math.isfinite(qty) and qty > abs(pos):
+        qty = abs(pos)
+    if filters is not None and math.isfinite(qty) and qty > 0:
+        fl = sellable_qty(qty, filters.lot_step)
+        if fl <= 0.0 or fl < filters.min_qty:
+            raise OrderError("dust", f"order {intent.client_order_id}: {qty!r} {intent.symbol} is below one lot "
+                             f"(step {filters.lot_step}, min qty {filters.min_qty}): the venue cannot sell it")
+        qty = fl
+    return intent if qty == intent.qty else msgspec.structs.replace(intent, qty=qty)
 
 
 @dataclass
@@ -175,11 +185,10 @@ class PaperBroker:
             if levels is None:
                 self.stats["stops_deferred"] += 1  # no tradeable book: try again on the next trade
             else:
-                if intent.qty > abs(pos):
-                    intent = msgspec.structs.replace(intent, qty=abs(pos))
                 self.engine.stops.pop(sym, None)
                 stop_change[sym] = None
                 try:
+                    intent = reduce_only(intent, pos, self.engine.filters.get(sym))
                     order, fills, _ = self.engine.submit(intent, levels, trade.ts_recv)
                 except OrderError as e:
                     # e.g. the dust left is below min notional: the stops are dropped (in the store too, below),
@@ -210,7 +219,7 @@ class PaperBroker:
         raise_if_halted(self, "paper")
 
     def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
-        return reduce_only(intent, self.portfolio.qty(intent.symbol))
+        return reduce_only(intent, self.portfolio.qty(intent.symbol), self.engine.filters.get(intent.symbol))
 
     def _commit(self, results: list[tuple[Order, list[Fill]]], *, cursor: str | None,
                 stops: Mapping[str, Stops | None] | None = None) -> list[Execution]:

@@ -125,7 +125,12 @@ class OrderIntent(msgspec.Struct, frozen=True):
 
 
 class Fill(msgspec.Struct, frozen=True):
-    """One execution. ``fee`` is in quote currency and always >= 0; ``liquidity`` is "taker" or "maker"."""
+    """One execution. ``qty`` is what the venue executed (the order's filled quantity counts it); ``fee`` is the
+    whole commission valued in quote currency, always >= 0; ``liquidity`` is "taker" or "maker".
+
+    ``fee_qty`` is the part of the commission the venue kept in the BASE asset (Binance charges the asset a trade
+    receives: base on a buy without BNB), valued in ``fee`` at the fill price: the position then moves by
+    ``side * qty - fee_qty`` (what the account really holds) and cash by the notional only."""
 
     fill_id: str
     client_order_id: str
@@ -136,3 +141,9 @@ class Fill(msgspec.Struct, frozen=True):
     fee: float
     liquidity: str
     ts: int
+    fee_qty: float = 0.0
+
+    @property
+    def position_delta(self) -> float:
+        """Signed change of the base holding: ``side * qty - fee_qty``."""
+        return int(self.side) * self.qty - self.fee_qty

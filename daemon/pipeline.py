@@ -34,6 +34,7 @@ import numpy as np
 import structlog
 
 from daemon.bars import BarBuilder
+from daemon.broker import is_dust
 from daemon.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
 from strategies.optimizer import BookTop, Signal
 from strategies.risk import AccountState
@@ -214,7 +215,13 @@ class TradingPipeline:
             equity = pf.mark(marks)[0]
         except ValueError:
             equity = math.nan
-        return AccountState(equity, pf.positions, marks)
+        positions = pf.positions
+        filters = getattr(self.broker, "filters", None)
+        if filters and any(is_dust(p.qty, filters.get(s)) for s, p in positions.items()):
+            # a remainder below one lot (a base-asset commission's leftover) is valued in equity but is not a
+            # position: the strategy neither manages nor exits what the venue cannot sell
+            positions = {s: p for s, p in positions.items() if not is_dust(p.qty, filters.get(s))}
+        return AccountState(equity, positions, marks)
 
     # ------------------------------------------------------------------------------------------ priming
     def prime(self, symbol: str, bars_1m: Iterable[Bar]) -> int:
@@ -358,7 +365,7 @@ class TradingPipeline:
         """Close every open position now (reduce-only market orders on the live books)."""
         ts = ts if ts is not None else self.last_ts
         acct = self.account()
-        intents = self.risk.flatten_intents(self.broker.portfolio.positions, ts, prefix=self.prefix)
+        intents = self.risk.flatten_intents(acct.positions, ts, prefix=self.prefix)  # dust is not flattened
         d = Decision("*", "", 0, math.nan, ts, {}, None, None, False)
         for it in intents:
             self.execute([it], acct, self.books.get(it.symbol), ts, d)
@@ -415,9 +422,9 @@ class TradingPipeline:
                                               top, acct, ts, book_stale=stale)
         if math.isfinite(acct.equity):
             self.risk.update_account(acct, ts)  # daily-loss state moves on every bar, not only on orders
-        if self.risk.flatten_required and any(p.qty for p in self.broker.portfolio.positions.values()):
+        if self.risk.flatten_required and any(p.qty for p in acct.positions.values()):
             intents = list(intents) + [i for i in self.risk.flatten_intents(
-                self.broker.portfolio.positions, ts, prefix=self.prefix)
+                acct.positions, ts, prefix=self.prefix)
                 if not any(j.symbol == i.symbol and j.reduce_only for j in intents)]
         if intents:
             self.execute(intents, acct, book, ts, d)

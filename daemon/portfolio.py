@@ -5,7 +5,9 @@ docs/STORE.md, the one place they are written down for the store):
 
 * ``qty > 0`` is long, ``qty < 0`` short (the paper account may go short; a spot venue account cannot).
 * ``cash`` is the quote balance. A buy of ``q`` at ``p`` reduces cash by ``q * p``, a sell increases it; the
-  fee (quote currency, always >= 0) always reduces cash.
+  fee (quote currency, always >= 0) always reduces cash, except the part paid in the base asset
+  (``Fill.fee_qty``, a venue commission on what a buy receives): that reduces the position instead, so the
+  position is what the venue account holds. The identity below holds either way.
 * Average-cost accounting: adding to a position moves the average entry price to the size-weighted mean;
   reducing it realises ``closed_qty * (price - avg) * sign(position)`` and keeps the average; a fill that crosses
   zero (long -> short in one fill) closes the whole position and opens the rest at the fill price.
@@ -96,16 +98,20 @@ class Portfolio:
     # ----------------------------------------------------------------------------------------- updates
     def apply_fill(self, fill: Fill) -> float:
         """Apply one fill; returns the realised P&L (fees excluded) this fill produced."""
-        price, q, fee = fill.price, fill.qty, fill.fee
+        price, gross, fee, fq = fill.price, fill.qty, fill.fee, fill.fee_qty
         if not (math.isfinite(price) and price > 0):
             raise ValueError(f"fill {fill.fill_id}: price must be finite and > 0, got {price!r}")
-        if not (math.isfinite(q) and q > 0):
-            raise ValueError(f"fill {fill.fill_id}: qty must be finite and > 0, got {q!r}")
+        if not (math.isfinite(gross) and gross > 0):
+            raise ValueError(f"fill {fill.fill_id}: qty must be finite and > 0, got {gross!r}")
         if not (math.isfinite(fee) and fee >= 0):
             raise ValueError(f"fill {fill.fill_id}: fee must be finite and >= 0, got {fee!r}")
-        sign = int(Side(fill.side))
+        if not (math.isfinite(fq) and 0 <= fq < gross):
+            raise ValueError(f"fill {fill.fill_id}: fee_qty must be finite, >= 0 and < qty, got {fq!r}")
+        side = int(Side(fill.side))
         old = self.position(fill.symbol)
-        signed = sign * q
+        signed = side * gross - fq  # what the holding really moves by
+        sign = 1 if signed > 0 else -1
+        q = abs(signed)
         realised = 0.0
         if old.qty == 0.0 or (old.qty > 0) == (sign > 0):
             # opening or adding: size-weighted average entry
@@ -123,6 +129,6 @@ class Portfolio:
                 avg = old.avg_price
         self.positions[fill.symbol] = replace(old, qty=new_qty, avg_price=avg, realised=old.realised + realised,
                                               fees=old.fees + fee)
-        self.cash -= signed * price + fee
+        self.cash -= side * gross * price + (fee - fq * price)  # the notional, and the fee part paid in quote
         self.n_fills += 1
         return realised

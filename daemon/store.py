@@ -138,6 +138,9 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         )""",
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    (2, "fills.fee_qty: commission kept in the base asset (Binance charges a buy's base)", (
+        "ALTER TABLE fills ADD COLUMN fee_qty REAL NOT NULL DEFAULT 0 CHECK (fee_qty >= 0)",
+    )),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -361,7 +364,7 @@ class SQLiteStore:
                                                     "client_order_id")]
 
     def fills(self, symbol: str | None = None) -> list[Fill]:
-        q = ("SELECT fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, ts FROM fills"
+        q = ("SELECT fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, ts, fee_qty FROM fills"
              + (" WHERE symbol=?" if symbol else "") + " ORDER BY seq")
         return [Fill(r[0], r[1], r[2], Side(r[3]), *r[4:]) for r in self._db.execute(q, (symbol,) if symbol else ())]
 
@@ -449,9 +452,9 @@ def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realise
              o.timeframe, int(o.active), o.ts_created, o.active_at, o.ts_updated)))
     for f, r in zip(fills, realised):
         out.append(("INSERT INTO fills (fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, "
-                    "ts, realised_pnl) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "ts, realised_pnl, fee_qty) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (f.fill_id, f.client_order_id, f.symbol, int(f.side), f.price, f.qty, f.fee, f.liquidity,
-                     f.ts, r)))
+                     f.ts, r, f.fee_qty)))
         out.append(("INSERT INTO daily_pnl (day, realised_pnl, fees, volume_quote, n_fills) VALUES "
                     "(?,?,?,?,1) ON CONFLICT(day) DO UPDATE SET realised_pnl=realised_pnl+excluded."
                     "realised_pnl, fees=fees+excluded.fees, volume_quote=volume_quote+excluded."

@@ -24,8 +24,12 @@ it. Client order ids are deterministic (the strategy's), so a resend can never d
   order the venue never saw (-2013) is marked REJECTED. Venue open orders the store does not know are reported
   as discrepancies (never touched).
 * Stops/take-profits are local, as in PaperBroker (a trigger sends a reduce-only market order).
-* Fees: ``commissionAsset`` == the symbol's quote asset is the fee; a base-asset commission is converted at the
-  fill price (the Fill's fee is always quote).
+* Fees: ``commissionAsset`` == the symbol's quote asset is the fee; a base-asset commission (what Binance charges
+  a buy without BNB) is ``Fill.fee_qty`` and valued at the fill price in ``Fill.fee``: the position is what the
+  venue account holds (qty - commission), the order's filled quantity is what the venue executed. A commission in
+  a third asset (BNB) is recorded as 0 and counted (``fees_unpriced``).
+* Exits are floored to the lot step (a position net of a base commission is off the grid); a remainder below
+  one lot (``daemon.broker.is_dust``) cannot be sold and is not a position the strategy manages.
 
 Secrets: the API secret lives only in the client object (never in reprs, logs or errors).
 """
@@ -45,7 +49,7 @@ import msgspec
 import orjson
 import structlog
 
-from daemon.broker import BrokerHalted, Execution, levels_of, raise_if_halted, reduce_only
+from daemon.broker import BrokerHalted, Execution, is_dust, levels_of, raise_if_halted, reduce_only
 from daemon.config import BrokerConfig
 from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.matching import MatchingEngine, Order, OrderError, Stops
@@ -483,8 +487,6 @@ class TestnetBroker:
         if intent is not None:
             if any(o.symbol == sym and o.reduce_only for o in self.orders.values()):
                 return out  # an exit is already in flight
-            if intent.qty > abs(pos):
-                intent = msgspec.structs.replace(intent, qty=abs(pos))
             levels = levels_of(book, self.cfg.book_depth)
             if levels is None and book is not None:
                 self.stats["stops_deferred"] += 1
@@ -617,11 +619,20 @@ class TestnetBroker:
             seen.add(fid)
             price, qty, comm = float(x["price"]), float(x["qty"]), float(x["commission"])
             asset = x.get("commissionAsset", quote)
-            fee = comm if asset == quote else comm * price if asset == base else 0.0
+            fee_qty = 0.0
+            if asset == quote:
+                fee = comm
+            elif asset == base:  # the venue kept part of what the buy received: the holding is qty - comm
+                fee, fee_qty = comm * price, comm
+            else:  # e.g. BNB: no price for it here; the fee is recorded as 0 and counted
+                fee = 0.0
+                if comm > 0:
+                    self.stats["fees_unpriced"] += 1
+                    log.warning("commission_asset_unpriced", coid=coid, asset=asset, commission=comm)
             maker = bool(x.get("isMaker", not taker_default))
             ts = int(x["time"]) * 1_000_000 if x.get("time") else ts_default
             fills.append(Fill(fid, coid, order.symbol, order.side, price, qty, fee, "maker" if maker else "taker",
-                              ts))
+                              ts, fee_qty))
         return _Delta(coid, str(v.get("status", "")), fills, ts_default, executed=float(v.get("executedQty", 0)))
 
     async def poll_once(self) -> None:
@@ -709,7 +720,9 @@ class TestnetBroker:
         pf = self.portfolio.copy()
         realised = [pf.apply_fill(f) for f in d.fills]
         stop_changes: dict[str, Stops | None] = {}
-        if d.fills and pf.qty(o.symbol) == 0.0 and o.symbol in self.engine.stops:
+        left = pf.qty(o.symbol)
+        if d.fills and (left == 0.0 or is_dust(left, self.engine.filters.get(o.symbol))) \
+                and o.symbol in self.engine.stops:
             self.engine.stops.pop(o.symbol)
             stop_changes[o.symbol] = None
         self._commit([new], d.fills, realised, pf, stop_changes, cursor)
@@ -769,7 +782,7 @@ class TestnetBroker:
         raise_if_halted(self, "testnet")
 
     def _reduce_only(self, intent: OrderIntent) -> OrderIntent:
-        return reduce_only(intent, self.portfolio.qty(intent.symbol))
+        return reduce_only(intent, self.portfolio.qty(intent.symbol), self.engine.filters.get(intent.symbol))
 
     def _quote_asset(self) -> str:
         return getattr(self.store, "quote_asset", self.cfg.quote_asset)

@@ -31,7 +31,7 @@ from daemon.events import TIMEFRAME_SECONDS, Bar, Fill, OrderIntent, Side, timef
 from strategies.peaks import TrailingPeakDetector
 from strategies.performance import ClosedTrade, PerformanceMetrics, PerformanceTracker
 from strategies.risk import AccountState, RiskConfig
-from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order_id, parse_tf_pairs,
+from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order_id, is_dust, parse_tf_pairs,
                                position_size, risk_levels)
 
 __all__ = ["OptimizerConfig", "MarketMetrics", "TimeframeScore", "TimeframeChoice", "Signal", "BookTop",
@@ -635,16 +635,17 @@ class DollarProfitOptimizer:
         pe = self._pending.get(sym)
         pos = self.positions.get(sym)
         if pe is not None and fill.client_order_id == pe.intent.client_order_id:
+            held = abs(fill.position_delta)  # net of a commission the venue kept in the base asset
             if pos is None:
-                pos = self._new_position(sym, pe.intent.timeframe, pe.direction, fill.qty, fill.price, fill.ts,
+                pos = self._new_position(sym, pe.intent.timeframe, pe.direction, held, fill.price, fill.ts,
                                          pe.atr, fill.fee)
                 if pos is None:
                     self.counters["fill_no_levels"] += 1
                 else:
                     self.positions[sym] = pos
             else:
-                total = pos.qty + fill.qty
-                entry = (pos.entry_price * pos.qty + fill.price * fill.qty) / total
+                total = pos.qty + held
+                entry = (pos.entry_price * pos.qty + fill.price * held) / total
                 fresh = self._new_position(sym, pos.timeframe, pos.direction, total, entry, pos.entry_ns, pe.atr,
                                            pos.entry_fees + fill.fee)
                 if fresh is not None:
@@ -660,10 +661,12 @@ class DollarProfitOptimizer:
             pos.exit_qty += closing
             pos.exit_value += closing * fill.price
             pos.exit_fees += fill.fee
-            if pos.qty - pos.exit_qty <= 1e-9 * pos.qty:
+            left = pos.qty - pos.exit_qty
+            if left <= 1e-9 * pos.qty or is_dust(left, self.filters.get(sym)):  # what is left cannot be sold
                 reason = (pos.pending_exit.reason if pos.pending_exit is not None
                           and fill.client_order_id == pos.pending_exit.client_order_id else "external")
-                trade = ClosedTrade(sym, pos.timeframe, pos.direction, pos.qty, pos.entry_price,
+                sold = pos.qty if left <= 1e-9 * pos.qty else pos.exit_qty  # dust stays in the account, unsold
+                trade = ClosedTrade(sym, pos.timeframe, pos.direction, sold, pos.entry_price,
                                     pos.exit_value / pos.exit_qty, pos.entry_ns, fill.ts,
                                     pos.entry_fees + pos.exit_fees, reason)
                 self.performance.update_performance(trade)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
-    "FiltersLike", "floor_to_step", "ceil_to_step", "is_step_multiple", "client_order_id", "parse_tf_pairs",
+    "FiltersLike", "floor_to_step", "ceil_to_step", "is_step_multiple", "is_dust", "sellable_qty", "client_order_id", "parse_tf_pairs",
     "SizeResult", "position_size", "RiskLevels", "risk_levels", "MAX_CLIENT_ID_LEN",
 ]
 
@@ -50,6 +50,22 @@ def floor_to_step(x: float, step: float) -> float:
         n -= 1
         v = round(n * step, d)
     return v
+
+
+def is_dust(qty: float, filters: FiltersLike | None) -> bool:
+    """A non-zero holding the venue cannot sell: less than one lot (or than LOT_SIZE minQty) once floored to the
+    lot step. A buy whose commission the venue kept in the base asset leaves such a remainder after the exit;
+    it is valued in equity but is not a position anyone can manage or close."""
+    if qty == 0.0 or filters is None or not math.isfinite(qty):
+        return False
+    fl = sellable_qty(abs(qty), filters.lot_step)
+    return fl <= 0.0 or fl < filters.min_qty
+
+
+def sellable_qty(x: float, step: float) -> float:
+    """``x`` itself when it is on the lot grid (to float rounding: a position summed from fills may be 1 ulp
+    under a whole number of lots, and must not lose a lot to flooring), else ``floor_to_step``."""
+    return x if is_step_multiple(x, step) else floor_to_step(x, step)
 
 
 def ceil_to_step(x: float, step: float) -> float:

@@ -35,8 +35,11 @@ Matching model (the simulator's market, kept visible):
   resting sell; each print's size is shared across resting orders in price-time priority. A depth change that
   moves the opposite touch through a resting price fills it too (up to the size shown there).
 * Our orders do not remove liquidity from the simulated book (the simulator does not know them), as in paper.
-* Commission is charged in the QUOTE asset (``commissionAsset`` = quote) at ``maker_fee``/``taker_fee``; balances
-  (free/locked) are checked: a buy needs quote, a sell needs base (spot: no shorting beyond the base balance).
+* Commission at ``maker_fee``/``taker_fee`` is charged, as on Binance without BNB, in the asset the trade
+  RECEIVES (``commission_in="received"``, the default): a buy's in the base asset (it receives ``qty -
+  commission``, commission rounded to 8 decimals as the venue shows it), a sell's in the quote asset.
+  ``commission_in="quote"`` charges every trade in quote. Balances (free/locked) are checked: a buy needs quote,
+  a sell needs base (spot: no shorting beyond the base balance).
 * ``clientOrderId`` uniqueness is checked against OPEN orders only (as on Binance): resending the id of an order
   that already FILLED creates a second order. A client must query before resending (see daemon.testnet).
 
@@ -194,11 +197,12 @@ class OrderApi:
     only a :class:`daemon.venue.server.SimulatorSource` (it has ``sims``) can match orders."""
 
     def __init__(self, source: Any, *, maker_fee: float = 0.001, taker_fee: float = 0.001,
-                 fill_at_touch: bool = True, venue: LocalVenue | None = None) -> None:
+                 commission_in: str = "received", fill_at_touch: bool = True,
+                 venue: LocalVenue | None = None) -> None:
         self.source = source
         self.venue = venue
         self.sims = getattr(source, "sims", None)
-        self.maker_fee, self.taker_fee = maker_fee, taker_fee
+        self.set_fees(maker_fee, taker_fee, commission_in=commission_in)
         self.fill_at_touch = fill_at_touch
         self.accounts: dict[str, _Account] = {}
         self.stats: Counter = Counter()  # by "path" and by error "code:<n>"
@@ -231,7 +235,12 @@ class OrderApi:
                 balances.setdefault(i.base, 10.0)
         self.accounts[api_key] = _Account(api_key, secret, {a: [float(v), 0.0] for a, v in balances.items()})
 
-    def set_fees(self, maker_fee: float, taker_fee: float) -> None:
+    def set_fees(self, maker_fee: float, taker_fee: float, *, commission_in: str | None = None) -> None:
+        """Fee rates, and the asset commissions are charged in: "received" (Binance: a buy's in base) or "quote"."""
+        if commission_in is not None:
+            if commission_in not in ("received", "quote"):
+                raise ValueError(f"commission_in must be 'received' or 'quote', got {commission_in!r}")
+            self.commission_in = commission_in
         self.maker_fee, self.taker_fee = maker_fee, taker_fee
 
     def inject_rate_limit(self, retry_after_s: int = 1, times: int = 1) -> None:
@@ -510,7 +519,8 @@ class OrderApi:
         if side == "BUY":
             taken = sum(p * x for p, x in takes)
             rest = (q - sum(x for _, x in takes)) * px if typ == "LIMIT" else 0.0
-            need, asset = taken * (1 + self.taker_fee) + rest, info.quote
+            quote_fee = self.taker_fee if self.commission_in == "quote" else 0.0
+            need, asset = taken * (1 + quote_fee) + rest, info.quote
         else:
             need, asset = q, info.base
         if acct.balances.get(asset, [0.0, 0.0])[0] + 1e-9 < need:
@@ -563,7 +573,9 @@ class OrderApi:
 
     def _fill(self, acct: _Account, o: _Order, price: float, qty: float, *, maker: bool, now: int) -> _Trade:
         info = self.info[o.symbol]
-        commission = price * qty * (self.maker_fee if maker else self.taker_fee)
+        rate = self.maker_fee if maker else self.taker_fee
+        in_base = o.side == "BUY" and self.commission_in == "received"
+        commission = round(qty * rate, 8) if in_base else price * qty * rate
         if o.locked:  # a resting order's fill uses what it locked
             self._release(acct, o)
             relock = True
@@ -571,7 +583,10 @@ class OrderApi:
             relock = False
         base = acct.balances.setdefault(info.base, [0.0, 0.0])
         quote = acct.balances.setdefault(info.quote, [0.0, 0.0])
-        if o.side == "BUY":
+        if in_base:
+            base[0] += qty - commission
+            quote[0] -= price * qty
+        elif o.side == "BUY":
             base[0] += qty
             quote[0] -= price * qty + commission
         else:
@@ -584,7 +599,7 @@ class OrderApi:
         if relock and o.is_open:
             self._lock(acct, o)
         self._trade_id += 1
-        t = _Trade(self._trade_id, o.order_id, o.symbol, price, qty, commission, info.quote, now,
+        t = _Trade(self._trade_id, o.order_id, o.symbol, price, qty, commission, info.base if in_base else info.quote, now,
                    o.side == "BUY", maker)
         acct.trades.append(t)
         return t

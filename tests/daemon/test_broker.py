@@ -321,3 +321,23 @@ def test_refused_stop_exit_keeps_the_same_trades_resting_fill_and_drops_the_stop
         assert rec.portfolio.qty("BTCUSDT") == pytest.approx(0.00005)
         fills = st._db.execute("SELECT client_order_id, qty FROM fills ORDER BY rowid").fetchall()
         assert [f[0] for f in fills] == ["in", "part"]
+
+
+def test_reduce_only_floors_to_whole_lots_keeps_a_position_on_the_grid_and_refuses_dust():
+    """A position net of a base-asset commission is off the lot grid: the exit is floored to whole lots. A
+    position summed from fills that is 1 ulp under a whole number of lots keeps its last lot. Below one lot the
+    venue cannot sell: refused with reason "dust" (and ``is_dust`` says so)."""
+    from daemon.binance import SymbolFilters
+    from daemon.broker import is_dust, reduce_only
+    f = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)
+    sell = OrderIntent("x-1", "BTCUSDT", Side.SELL, 100.0, reduce_only=True)  # "all of it"
+    assert reduce_only(sell, 0.01232766, f).qty == 0.01232
+    on_grid = 0.1 + 0.2  # 0.30000000000000004: on the grid to float rounding
+    assert reduce_only(sell, on_grid, f).qty == on_grid
+    under = 1.2345 - 2e-16  # a sum of fills a hair under 1.2345
+    assert reduce_only(sell, under, f).qty == under and not is_dust(under, f)
+    assert reduce_only(sell, 0.01232766).qty == 0.01232766  # no filters: clipped to the position only
+    assert is_dust(0.00000766, f) and is_dust(-0.00000766, f) and not is_dust(0.0, f) and not is_dust(0.00001, f)
+    with pytest.raises(OrderError, match="below one lot") as ei:
+        reduce_only(sell, 0.00000766, f)
+    assert ei.value.reason == "dust"

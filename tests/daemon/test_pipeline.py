@@ -275,3 +275,24 @@ def test_exit_plans_reach_the_sink_and_a_restart_restores_them(tmp_path, klines)
                                  timeframes=("5m", "15m"), starting_equity=pipe.cfg.broker.starting_cash)
     assert opt3.restore_exit_plans([flipped, {"symbol": SYM}], acct) == 0
     assert opt3.counters["plan_discarded"] == 1 and opt3.counters["plan_invalid"] == 1
+
+
+def test_dust_below_one_lot_is_valued_but_not_a_position_for_the_strategy(tmp_path):
+    """What a base-asset commission leaves after an exit (< one lot) stays in equity, but the account the
+    optimizer, risk and flatten see has no position there: nothing tries to sell what the venue cannot."""
+    from daemon.events import Fill, Side
+    pipe, _, store = make_pipeline(tmp_path)
+    try:
+        pf = pipe.broker.portfolio
+        pf.apply_fill(Fill("b-1", "b", SYM, Side.BUY, 60000.0, 0.01234, 0.7404, "taker", 1, 0.00001234))
+        pf.apply_fill(Fill("s-1", "s", SYM, Side.SELL, 60000.0, 0.01232, 0.7392, "taker", 2))
+        assert pf.qty(SYM) == pytest.approx(0.00000766, abs=1e-12)
+        acct = pipe.account()
+        assert acct.qty(SYM) == 0.0 and acct.open_symbols() == []
+        assert acct.equity == pytest.approx(pf.cash + pf.qty(SYM) * 60000.0)  # still valued (mark = entry)
+        d = pipe.flatten(3)
+        assert d.intents == []  # no exit for dust
+        pf.apply_fill(Fill("b-2", "b2", SYM, Side.BUY, 60000.0, 0.001, 0.06, "taker", 4))  # a real position again
+        assert pipe.account().qty(SYM) == pytest.approx(0.00100766, abs=1e-12)
+    finally:
+        store.close()

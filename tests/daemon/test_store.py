@@ -187,9 +187,49 @@ def test_newer_schema_version_refused(tmp_path):
     db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer .*supports \(1\)") as ei:
+    with pytest.raises(StoreError, match=rf"schema version 99 is newer .*supports \({SCHEMA_VERSION}\)") as ei:
         SQLiteStore(path)
     assert str(path) in str(ei.value)
+
+
+def test_version_1_store_is_migrated_and_its_fills_keep_their_meaning(tmp_path):
+    """A store written before fills.fee_qty existed (version 1) opens, gains the column (0 for old fills) and
+    recovers with no discrepancy; a fill with a base-asset commission then round-trips."""
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+               "applied_ns INTEGER NOT NULL)")
+    for stmt in MIGRATIONS[0][2]:
+        db.execute(stmt)
+    db.execute("INSERT INTO schema_version VALUES (1, ?, 0)", (MIGRATIONS[0][1],))
+    o, f = order(), fill()
+    pf = Portfolio(1000.0)
+    r = pf.apply_fill(f)
+    db.execute("INSERT INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               (o.client_order_id, o.symbol, 1, "MARKET", o.qty, None, "FILLED", 1.0, 100.0, 1, 0, "", "", 1, 1, 1, 1))
+    db.execute("INSERT INTO fills (fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, ts, "
+               "realised_pnl) VALUES (?,?,?,?,?,?,?,?,?,?)",
+               (f.fill_id, f.client_order_id, f.symbol, 1, f.price, f.qty, f.fee, f.liquidity, f.ts, r))
+    p = pf.position("BTCUSDT")
+    db.execute("INSERT INTO positions VALUES (?,?,?,?,?,?)", ("BTCUSDT", p.qty, p.avg_price, p.realised, p.fees, 1))
+    db.execute("INSERT INTO balances VALUES (?,?,?,?)", ("USDT", pf.cash, 1000.0, 1))
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as s:
+        assert s._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert [x.fee_qty for x in s.fills()] == [0.0]
+        rec = s.recover(1000.0)
+        assert rec.discrepancies == [] and rec.portfolio.qty("BTCUSDT") == 1.0
+        # a buy whose commission (0.001 BTC) the venue kept: the position grows by 0.999, cash pays 100 * 1
+        f2 = Fill("o2-1", "o2", "BTCUSDT", Side.BUY, 100.0, 1.0, 0.1, "taker", f.ts + 1, 0.001)
+        pf2 = execute(s, rec.portfolio, order("o2"), [f2])
+        assert pf2.qty("BTCUSDT") == pytest.approx(1.999, abs=1e-12)
+        assert pf2.cash == pytest.approx(rec.portfolio.cash - 100.0, abs=1e-9)
+    with SQLiteStore(path) as s:
+        rec = s.recover(1000.0)
+        assert rec.discrepancies == []
+        assert [x.fee_qty for x in s.fills()] == [0.0, 0.001]
+        assert rec.portfolio.qty("BTCUSDT") == pytest.approx(1.999, abs=1e-12)
 
 
 def test_foreign_sqlite_file_refused(tmp_path):

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from daemon.binance import parse_exchange_info
+from daemon.broker import OrderError, is_dust
 from daemon.config import BrokerConfig, SimulatorConfig
 from daemon.events import OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.store import SQLiteStore
@@ -97,7 +98,7 @@ def store_check(path: Path) -> dict[str, float]:
     """positions == signed sum of fills, no orphan fill, recover() finds no discrepancy."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        fills = dict(db.execute("SELECT symbol, SUM(side * qty) FROM fills GROUP BY symbol").fetchall())
+        fills = dict(db.execute("SELECT symbol, SUM(side * qty - fee_qty) FROM fills GROUP BY symbol").fetchall())
         pos = dict(db.execute("SELECT symbol, qty FROM positions").fetchall())
         for s in set(fills) | set(pos):
             assert pos.get(s, 0.0) == pytest.approx(fills.get(s, 0.0), abs=1e-12), s
@@ -216,10 +217,13 @@ def test_market_order_fills_match_a_walk_of_the_venue_book(tmp_path):
             assert len(exs) == 1 and exs[0].order.status == OrderStatus.FILLED
             assert [f.price for f in exs[0].fills] == [p for p, _ in expected]
             assert [f.qty for f in exs[0].fills] == pytest.approx([q for _, q in expected], abs=1e-12)
-            for f in exs[0].fills:
-                assert f.fee == pytest.approx(f.price * f.qty * FEE, rel=1e-6, abs=1e-8)
+            for f in exs[0].fills:  # Binance charges a buy's commission in the base asset it receives
+                assert f.fee_qty == round(f.qty * FEE, 8) and f.fee == pytest.approx(f.fee_qty * f.price)
                 assert f.liquidity == "taker" and f.fill_id.startswith("t-mkt-1-")
-            assert b.portfolio.qty(SYM) == pytest.approx(qty)
+            net = qty - sum(f.fee_qty for f in exs[0].fills)
+            assert exs[0].order.filled_qty == pytest.approx(qty)  # the order counts what the venue executed
+            assert b.portfolio.qty(SYM) == pytest.approx(net, abs=1e-12)  # the position what the account holds
+            assert venue.orders.accounts[KEY].balances["BTC"][0] - 10.0 == pytest.approx(net, abs=1e-9)
             assert b.on_trade(trade(1.0)) == []  # delivered once
             # the venue agrees: its trades are exactly our fills
             async with env.client() as c:
@@ -238,7 +242,7 @@ def test_market_order_fills_match_a_walk_of_the_venue_book(tmp_path):
             store.close()
             await venue.stop()
         pos = store_check(path)
-        assert pos[SYM] == pytest.approx(qty)
+        assert pos[SYM] == pytest.approx(net, abs=1e-12)
     run(main())
 
 
@@ -466,7 +470,7 @@ def test_restart_reconciles_orders_filled_or_never_sent_while_down(tmp_path):
                     assert sorted((f.fill_id, f.price, f.qty) for f in mine) == sorted(
                         (f"{coid}-{t['id']}", float(t["price"]), float(t["qty"])) for t in vt)
                 assert await c.get_order(SYM, "t-rst-3") is None  # never reached the venue
-            assert b3.portfolio.qty(SYM) == pytest.approx(0.03)
+            assert b3.portfolio.qty(SYM) == pytest.approx(0.03 * (1 - FEE))  # net of the base commission
             await b3.close()
             store.close()
             # a second restart finds nothing to do and records nothing twice
@@ -478,7 +482,7 @@ def test_restart_reconciles_orders_filled_or_never_sent_while_down(tmp_path):
         finally:
             await venue.stop()
         pos = store_check(path)
-        assert pos[SYM] == pytest.approx(0.03)
+        assert pos[SYM] == pytest.approx(0.03 * (1 - FEE))
     run(main())
 
 
@@ -509,6 +513,50 @@ def test_stop_loss_sends_a_reduce_only_market_exit(tmp_path):
     run(main())
 
 
+def test_base_commission_exit_sells_whole_lots_and_leaves_dust_nobody_manages(tmp_path):
+    """A buy of 0.01234 BTC holds 0.01232766 after the venue's base commission: off the lot grid. The stop exit
+    sells the whole lots (0.01232, what LOT_SIZE accepts); the 0.00000766 left is dust: the venue still holds it,
+    the position says so, but it is below one lot, so the stops are dropped and the strategy's account view
+    (Pipeline.account) treats the symbol as flat."""
+    async def main():
+        env, venue = await open_env()
+        try:
+            path = tmp_path / "s.sqlite"
+            with SQLiteStore(path) as store:
+                filters = await env.filters()
+                f = filters[SYM]
+                assert f.lot_step == pytest.approx(1e-5)
+                d = await env.depth()
+                b = TestnetBroker(BCFG, store, env.client(), symbols=(SYM,), filters=filters)
+                await b.start()
+                b.submit(intent("t-bc-1", Side.BUY, 0.01234), book_of(d), 1)
+                assert await b.idle(10)
+                b.on_trade(trade(60000.0, 2))
+                held = b.portfolio.qty(SYM)
+                assert held == pytest.approx(0.01234 - 0.00001234, abs=1e-12) and not is_dust(held, f)
+                # a reduce-only exit of the whole holding is floored to the lot (the venue refuses off-grid qty)
+                b.set_stops(SYM, 50000.0, None, "t-bc")
+                exs = b.on_trade(trade(49000.0, 3), book_of(d))
+                assert [e.order.qty for e in exs] == [pytest.approx(0.01232)]
+                assert await b.idle(10)
+                exs = b.on_trade(trade(49000.0, 4), book_of(d))
+                assert exs[0].order.status == OrderStatus.FILLED and exs[0].fills[0].fee_qty == 0.0  # sell: quote
+                dust = b.portfolio.qty(SYM)
+                assert dust == pytest.approx(0.00000766, abs=1e-12) and is_dust(dust, f)
+                assert venue.orders.accounts[KEY].balances["BTC"][0] - 10.0 == pytest.approx(dust, abs=1e-9)
+                assert SYM not in b.engine.stops
+                # another exit of the dust is refused before it reaches the venue
+                sent = b.stats["sent"]
+                with pytest.raises(OrderError, match="below one lot"):
+                    b.submit(intent("t-bc-2", Side.SELL, dust, reduce_only=True), book_of(d), 5)
+                assert b.stats["sent"] == sent
+                await b.close()
+            store_check(path)
+        finally:
+            await venue.stop()
+    run(main())
+
+
 def test_refused_stop_exit_drops_the_stops_in_the_store_too(tmp_path):
     """A stop whose exit the filters refuse (here: below min notional at the trigger price) is dropped, not
     retried on every trade; the store must drop it as well, or a restart would re-arm it."""
@@ -525,7 +573,7 @@ def test_refused_stop_exit_drops_the_stops_in_the_store_too(tmp_path):
                 b.submit(intent("t-dust-1", Side.BUY, 0.0001), book_of(d), 1)   # ~6 USDT at the sim's price
                 assert await b.idle(10)
                 b.on_trade(trade(60000.0, 2))
-                assert b.portfolio.qty(SYM) == pytest.approx(0.0001)
+                assert b.portfolio.qty(SYM) == pytest.approx(0.0001 * (1 - FEE))
                 b.set_stops(SYM, 40000.0, None, "t-dust")
                 assert await b.idle(10)
                 assert [s.symbol for s in store.recover(BCFG.starting_cash).stops] == [SYM]

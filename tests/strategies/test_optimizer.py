@@ -155,6 +155,24 @@ def test_entry_then_peak_exit_and_closed_trade():
     assert m.trades == 1 and m.win_rate == 1.0 and m.realised_pnl == pytest.approx(167.3)
 
 
+def test_entry_net_of_base_commission_and_exit_leaving_dust_closes_the_trade():
+    """The venue kept 0.000255 BTC of a 0.25 BTC buy: the managed position is 0.249745 (off the 1e-5 lot grid);
+    the exit sells the whole lots (0.24974) and the trade closes on them, although 0.000005 BTC (dust below one
+    lot) stays in the account."""
+    o = make()
+    b0 = bar(0, 60_000, 60_100, 59_900, 60_000)
+    it = o.on_bar_close("BTCUSDT", "1h", b0, {"xgboost": 0.8, "lstm": 0.7}, 1000.0, BOOK, acct(), close_ts(b0))[0]
+    o.on_fill(Fill("f1", it.client_order_id, "BTCUSDT", Side.BUY, 60_000.0, 0.25, 15.0, "taker", close_ts(b0) + 1,
+                   0.000255))
+    pos = o.positions["BTCUSDT"]
+    assert pos.qty == pytest.approx(0.249745)  # what the account holds, not what was executed
+    assert "BTCUSDT" not in o._pending  # the entry order is complete: 0.25 executed
+    tr = o.on_fill(Fill("f2", "exit-1", "BTCUSDT", Side.SELL, 61_000.0, 0.24974, 15.2, "taker", close_ts(b0) + 2))
+    assert tr is not None and tr.qty == pytest.approx(0.24974)  # 0.000005 left: dust, the trade is closed
+    assert tr.pnl == pytest.approx(0.24974 * 1000.0 - 15.0 - 15.2)
+    assert "BTCUSDT" not in o.positions and o.counters["closed_trades"] == 1
+
+
 def test_stop_exit_on_bar_low_and_on_price():
     o = make()
     _enter(o)
