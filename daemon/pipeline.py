@@ -35,6 +35,7 @@ import structlog
 
 from daemon.bars import BarBuilder
 from daemon.broker import is_dust
+from daemon.samples import SampleRing
 from daemon.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
 from strategies.optimizer import BookTop, Signal
 from strategies.risk import AccountState
@@ -184,10 +185,10 @@ class TradingPipeline:
         self._sym = {s: _SymState(s, self.timeframes, cfg) for s in self.symbols}
         self.decisions: deque[Decision] = deque(maxlen=keep)
         self.counters: Counter[str] = Counter()
-        self.latencies_ns: deque[int] = deque(maxlen=100_000)
+        self.latencies_ns = SampleRing(100_000)  # preallocated: no per-sample allocation (soak)
         self.book_states: dict[str, str] = {}
         self.last_ts = 0
-        self._store_ns: deque[int] = deque(maxlen=1000)
+        self._store_ns = SampleRing(1000)
 
     # ------------------------------------------------------------------------------------------ accessors
     def builder(self, symbol: str) -> BarBuilder:
@@ -519,12 +520,12 @@ class TradingPipeline:
         """Tick-to-decision p50/p99/max in microseconds over the kept samples."""
         if not self.latencies_ns:
             return {"n": 0}
-        a = np.asarray(self.latencies_ns, dtype=np.float64) / 1e3
+        a = self.latencies_ns.values().astype(np.float64) / 1e3
         return {"n": int(a.size), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
                 "max_us": float(a.max())}
 
     def store_write_summary(self) -> dict[str, float | int]:
         if not self._store_ns:
             return {"n": 0}
-        a = np.asarray(self._store_ns, dtype=np.float64) / 1e6
+        a = self._store_ns.values().astype(np.float64) / 1e6
         return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "max_ms": float(a.max())}

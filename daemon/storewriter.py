@@ -25,7 +25,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from daemon.samples import SampleRing
 from daemon.store import StoreError
 
 __all__ = ["StoreWriter", "WriterStats", "BarsAfterEvent"]
@@ -70,7 +70,7 @@ class StoreWriter:
         self._observe_lag = observe_lag  # e.g. a Prometheus histogram's observe (seconds; thread-safe)
         self.stats = WriterStats()
         self.error: BaseException | None = None
-        self._lag_ns: deque[int] = deque(maxlen=10_000)
+        self._lag_ns = SampleRing(10_000)
         self._closed = False
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
@@ -149,7 +149,7 @@ class StoreWriter:
         """Submit-to-durable lag (ms) over the last jobs: how far memory led the disk."""
         if not self._lag_ns:
             return {"n": 0}
-        a = np.asarray(self._lag_ns, dtype=np.float64) / 1e6
+        a = self._lag_ns.values().astype(np.float64) / 1e6
         return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
                 "max_ms": float(a.max())}
 

@@ -101,12 +101,14 @@ class _TfAcc:
 class PerformanceTracker:
     """Accumulates closed trades (in close order) and unrealised marks; :meth:`get_performance_metrics`."""
 
-    def __init__(self, starting_equity: float, *, hit_rate_window: int = 100) -> None:
+    def __init__(self, starting_equity: float, *, hit_rate_window: int = 100, keep_trades: int = 1000) -> None:
         if not (math.isfinite(starting_equity) and starting_equity > 0):
             raise ValueError("starting_equity must be finite and > 0")
         self.starting_equity = starting_equity
         self.hit_rate_window = hit_rate_window
-        self.trades: list[ClosedTrade] = []
+        # constant memory over months: the last trades for inspection, every statistic as a running sum
+        self.trades: deque[ClosedTrade] = deque(maxlen=keep_trades)
+        self.n_trades = 0
         self._realised = 0.0
         self._gross_profit = 0.0
         self._gross_loss = 0.0
@@ -114,12 +116,14 @@ class PerformanceTracker:
         self._peak = starting_equity
         self._max_dd = 0.0
         self._max_dd_pct = 0.0
-        self._returns: list[float] = []
+        self._ret_mean = 0.0  # per-trade returns, Welford's running mean and sum of squared deviations
+        self._ret_m2 = 0.0
         self._tf: dict[str, _TfAcc] = {}
         self._hits: dict[str, deque[bool]] = {}
         self._hit_count: dict[str, int] = {}  # running sum(self._hits[tf]): read at every bar close
         self._unrealised: dict[str, float] = {}
-        self._daily: dict[int, float] = {}  # UTC day number -> realised pnl
+        self._day = -1  # UTC day number of the last closed trade, and that day's realised pnl
+        self._day_pnl = 0.0
         self.dropped = 0  # non-finite trades refused
 
     # ------------------------------------------------------------------------------------- updates
@@ -131,13 +135,17 @@ class PerformanceTracker:
             return False
         equity_before = self.starting_equity + self._realised
         self.trades.append(trade)
+        self.n_trades += 1
         self._realised += pnl
         if pnl > 0:
             self._wins += 1
             self._gross_profit += pnl
         elif pnl < 0:
             self._gross_loss += -pnl
-        self._returns.append(pnl / equity_before if equity_before > 0 else 0.0)
+        r = pnl / equity_before if equity_before > 0 else 0.0
+        delta = r - self._ret_mean
+        self._ret_mean += delta / self.n_trades
+        self._ret_m2 += delta * (r - self._ret_mean)
         eq = self.starting_equity + self._realised
         self._peak = max(self._peak, eq)
         dd = self._peak - eq
@@ -154,7 +162,9 @@ class PerformanceTracker:
         elif pnl < 0:
             acc.gross_loss += -pnl
         day = trade.exit_ns // NS_PER_DAY
-        self._daily[day] = self._daily.get(day, 0.0) + pnl
+        if day != self._day:
+            self._day, self._day_pnl = day, 0.0
+        self._day_pnl += pnl
         return True
 
     def set_unrealised(self, symbol: str, pnl: float) -> None:
@@ -183,15 +193,14 @@ class PerformanceTracker:
                               len(hits), self._hit_count.get(timeframe, 0))
 
     def daily_profit(self, ts: int) -> float:
-        return self._daily.get(ts // NS_PER_DAY, 0.0)
+        return self._day_pnl if ts // NS_PER_DAY == self._day else 0.0
 
     def get_performance_metrics(self, ts: int) -> PerformanceMetrics:
-        n = len(self.trades)
+        n = self.n_trades
         sharpe = None
         if n >= 2:
-            m = sum(self._returns) / n
-            var = sum((r - m) ** 2 for r in self._returns) / (n - 1)
-            sharpe = m / math.sqrt(var) if var > 0 else None
+            var = self._ret_m2 / (n - 1)
+            sharpe = self._ret_mean / math.sqrt(var) if var > 0 else None
         unreal = sum(self._unrealised.values())
         tfs = sorted(set(self._tf) | set(self._hits))
         return PerformanceMetrics(

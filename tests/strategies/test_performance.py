@@ -49,7 +49,7 @@ def test_daily_profit_by_utc_day_and_unrealised():
     t.set_unrealised("BTCUSDT", 12.5)
     m = t.get_performance_metrics(DAY0 + 5)
     assert m.daily_profit == pytest.approx(50.0)
-    assert t.daily_profit(DAY0 - 5) == pytest.approx(50.0)
+    assert t.daily_profit(DAY0 - 5) == 0.0  # only the current day is kept (constant memory over months)
     assert m.unrealised_pnl == 12.5 and m.equity == pytest.approx(10_000 + 100 + 12.5)
     t.set_unrealised("BTCUSDT", 0.0)
     assert t.get_performance_metrics(DAY0).unrealised_pnl == 0.0
@@ -92,3 +92,20 @@ def test_empty_and_bad_input():
     assert t.dropped == 1 and t.get_performance_metrics(0).trades == 0
     with pytest.raises(ValueError):
         PerformanceTracker(0.0)
+
+
+def test_constant_memory_statistics_equal_the_full_history():
+    """Trades beyond ``keep_trades`` are forgotten, yet count, Sharpe and P&L are those of every trade."""
+    import statistics
+    t = PerformanceTracker(10_000.0, keep_trades=5)
+    pnls = [13.0, -7.5, 2.25, 40.0, -18.0, 5.5, -1.0, 9.0, -3.25, 21.0, 0.5, -12.0]
+    rets, eq = [], 10_000.0
+    for i, p in enumerate(pnls):
+        t.update_performance(trade(p, exit_ns=DAY0 + i))
+        rets.append(p / eq)
+        eq += p
+    m = t.get_performance_metrics(DAY0 + 100)
+    assert len(t.trades) == 5 and [x.pnl for x in t.trades] == pnls[-5:]
+    assert m.trades == len(pnls) and m.realised_pnl == pytest.approx(sum(pnls))
+    assert m.sharpe_per_trade == pytest.approx(statistics.mean(rets) / statistics.stdev(rets), rel=1e-9)
+    assert m.daily_profit == pytest.approx(sum(pnls))
