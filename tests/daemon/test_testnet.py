@@ -516,8 +516,8 @@ def test_stop_loss_sends_a_reduce_only_market_exit(tmp_path):
 def test_base_commission_exit_sells_whole_lots_and_leaves_dust_nobody_manages(tmp_path):
     """A buy of 0.01234 BTC holds 0.01232766 after the venue's base commission: off the lot grid. The stop exit
     sells the whole lots (0.01232, what LOT_SIZE accepts); the 0.00000766 left is dust: the venue still holds it,
-    the position says so, but it is below one lot, so the stops are dropped and the strategy's account view
-    (Pipeline.account) treats the symbol as flat."""
+    the position says so, but it is below one lot, so the stops are dropped and another exit is refused before
+    it is sent (the strategy's view of dust: tests/daemon/test_pipeline.py)."""
     async def main():
         env, venue = await open_env()
         try:
