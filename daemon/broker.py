@@ -58,6 +58,21 @@ def levels_of(book: Any, depth: int) -> Levels | None:
     return bids, asks
 
 
+def admit(intent: OrderIntent, known: Order | None, book: Any, depth: int,
+          stats: Any) -> tuple[Execution | None, Levels | None]:
+    """The submit prelude both brokers share: a client order id already known returns that order unchanged
+    (an idempotent retry, ``(Execution, None)``); a market order on a book known not to be synced is refused
+    before anything is written; otherwise ``(None, levels)`` of ``book``."""
+    if known is not None:
+        stats["duplicates"] += 1
+        return Execution(known, (), False), None
+    levels = levels_of(book, depth)
+    if intent.order_type == OrderType.MARKET and levels is None and book is not None:
+        stats["rejected"] += 1
+        raise OrderError("book_not_tradeable", f"order {intent.client_order_id}: the book is not synced")
+    return None, levels
+
+
 def raise_if_halted(broker: Any, name: str) -> None:
     """Paper and testnet brokers alike refuse all work after a store (or store-writer) failure."""
     if not broker._halted:
@@ -125,13 +140,9 @@ class PaperBroker:
         A bad order raises :class:`OrderError` and nothing is written."""
         self._check_halted()
         known = self.engine.get(intent.client_order_id) or self.store.get_order(intent.client_order_id)
-        if known is not None:
-            self.stats["duplicates"] += 1
-            return Execution(known, (), False)
-        levels = levels_of(book, self.cfg.book_depth)
-        if intent.order_type == OrderType.MARKET and levels is None and book is not None:
-            self.stats["rejected"] += 1
-            raise OrderError("book_not_tradeable", f"order {intent.client_order_id}: the book is not synced")
+        dup, levels = admit(intent, known, book, self.cfg.book_depth, self.stats)
+        if dup is not None:
+            return dup
         if intent.reduce_only:
             intent = self._reduce_only(intent)
         try:

@@ -49,7 +49,7 @@ import msgspec
 import orjson
 import structlog
 
-from daemon.broker import BrokerHalted, Execution, is_dust, levels_of, raise_if_halted, reduce_only
+from daemon.broker import BrokerHalted, Execution, admit, is_dust, levels_of, raise_if_halted, reduce_only
 from daemon.config import BrokerConfig
 from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.matching import MatchingEngine, Order, OrderError, Stops
@@ -432,13 +432,9 @@ class TestnetBroker:
         self._check_halted()
         coid = intent.client_order_id
         known = self.orders.get(coid) or self._closed.get(coid) or self.store.get_order(coid)
-        if known is not None:
-            self.stats["duplicates"] += 1
-            return Execution(known, (), False)
-        levels = levels_of(book, self.cfg.book_depth)
-        if intent.order_type == OrderType.MARKET and levels is None and book is not None:
-            self.stats["rejected"] += 1
-            raise OrderError("book_not_tradeable", f"order {coid}: the book is not synced")
+        dup, levels = admit(intent, known, book, self.cfg.book_depth, self.stats)
+        if dup is not None:
+            return dup
         try:
             if intent.reduce_only:
                 intent = self._reduce_only(intent)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["InferenceEngine", "ModelLoadError", "EngineInfo", "BackendUnavailable", "latency_p50_us"]
+__all__ = ["InferenceEngine", "ModelLoadError", "EngineInfo", "BackendUnavailable", "VersionedEngine",
+           "latency_p50_us"]
 
 
 class ModelLoadError(Exception):
@@ -66,3 +67,65 @@ def latency_p50_us(samples_ns: list[int] | np.ndarray) -> float | None:
     if len(samples_ns) == 0:
         return None
     return float(np.median(np.asarray(samples_ns, dtype=np.float64)) / 1e3)
+
+
+class VersionedEngine:
+    """What LSTM and XGBoost backends share: the state of one loaded model version, the loaded/ready gates,
+    the feature-schema check, one error type for whatever a library raises at load, and ``info``.
+
+    Subclasses write ``load`` as: ``meta = ...; schema = self._check_schema(d, meta)``, then
+    ``self._guarded(d, what, open_fn)``, then ``self._set_loaded(d, meta, schema)``."""
+
+    kind = ""
+    backend = ""
+    device = "cpu"
+
+    def __init__(self, *, expected_schema_hash: str | None = None, **options: Any) -> None:
+        self.options = options
+        self.expected_schema_hash = expected_schema_hash
+        self._ready = False
+        self._loaded = False
+        self.version = ""
+        self.n_features = 0
+        self.schema_hash = ""
+        self.meta: dict[str, Any] = {}
+        self._warm_ns: list[int] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _check_schema(self, d: Path, meta: dict[str, Any]) -> str:
+        """A model trained on other features than the daemon computes would answer garbage: refused."""
+        schema = str(meta.get("schema_hash", ""))
+        if self.expected_schema_hash is not None and schema != self.expected_schema_hash:
+            raise ModelLoadError(f"{d}: model feature schema {schema!r} differs from the running feature "
+                                 f"pipeline's {self.expected_schema_hash!r}; retrain the model")
+        return schema
+
+    def _guarded(self, d: Path, what: str, open_fn: Callable[[], None]) -> None:
+        """Library errors at the boundary become ModelLoadError (the daemon keeps the previous engine)."""
+        try:
+            open_fn()
+        except (ModelLoadError, BackendUnavailable):
+            raise
+        except Exception as e:  # noqa: BLE001 - any library's failure means: this version cannot be used
+            raise ModelLoadError(f"{self.backend}: cannot load {what} from {d}: {type(e).__name__}: {e}") from None
+
+    def _set_loaded(self, d: Path, meta: dict[str, Any], schema: str) -> None:
+        self.meta, self.n_features, self.schema_hash = meta, int(meta["n_features"]), schema
+        self.version = Path(d).name
+        self._warm_ns = []
+        self._loaded = True
+
+    def _require_loaded(self, what: str) -> None:
+        if not self._loaded:
+            raise RuntimeError(f"{self.backend}: {what} before load")
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(kind=self.kind, backend=self.backend, device=self.device, version=self.version,
+                          warm=self._ready, p50_latency_us=latency_p50_us(self._warm_ns),
+                          extra=self._extra_info())
+
+    def _extra_info(self) -> dict[str, Any]:
+        return {}

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import structlog
 
-from engines.base import BackendUnavailable, EngineInfo, ModelLoadError, latency_p50_us
+from engines.base import BackendUnavailable, ModelLoadError, VersionedEngine, latency_p50_us
 from engines.lstm_model import (
     INPUT_NAME, ONNX_FILE, OUTPUT_NAME, _config_from_dict, load_net, prob_module, read_meta, verify_file,
 )
@@ -36,27 +36,14 @@ __all__ = [
 ]
 
 
-class LSTMEngine:
-    """Shared load/validate/warm-up logic; subclasses implement ``_open`` and ``_run``."""
+class LSTMEngine(VersionedEngine):
+    """LSTM load/validate/warm-up; subclasses implement ``_open`` and ``_run``."""
 
     kind = "lstm"
-    backend = ""
-    device = "cpu"
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
-        self._ready = False
-        self._loaded = False
-        self.version = ""
+        super().__init__(**options)
         self.seq_len = 0
-        self.n_features = 0
-        self.schema_hash = ""
-        self.meta: dict[str, Any] = {}
-        self._warm_ns: list[int] = []
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
 
     def load(self, version_dir: Path) -> None:
         """Read and verify the version directory; any failure is a ModelLoadError and leaves us not ready."""
@@ -64,26 +51,14 @@ class LSTMEngine:
         d = Path(version_dir)
         meta = read_meta(d)
         cfg = _config_from_dict(meta["config"])
-        want = self.options.get("expected_schema_hash")
-        if want is not None and meta.get("schema_hash", "") != want:
-            raise ModelLoadError(f"{d}: feature schema {meta.get('schema_hash', '')!r} differs from the "
-                                 f"running feature pipeline's {want!r}; refusing the model")
-        try:
-            self._open(d, meta)
-        except (ModelLoadError, BackendUnavailable):
-            raise
-        except Exception as e:  # library errors at the boundary -> one error type for the daemon
-            raise ModelLoadError(f"{self.backend}: cannot load LSTM from {d}: {type(e).__name__}: {e}") from None
-        self.meta, self.seq_len, self.n_features = meta, cfg.seq_len, int(meta["n_features"])
-        self.schema_hash = str(meta.get("schema_hash", ""))
-        self.version = d.name
-        self._warm_ns = []
-        self._loaded = True
+        schema = self._check_schema(d, meta)
+        self._guarded(d, "LSTM", lambda: self._open(d, meta))
+        self.seq_len = cfg.seq_len
+        self._set_loaded(d, meta, schema)
 
     def warmup(self, n: int) -> None:
         """Run n batch-1 predictions (plus backend-specific batch shapes) on realistic inputs, then go ready."""
-        if not self._loaded:
-            raise RuntimeError(f"{self.backend}: warmup before load")
+        self._require_loaded("warmup")
         rng = np.random.default_rng(0)
         mean = np.asarray(self.meta["norm"]["mean"], np.float32)
         std = np.asarray(self.meta["norm"]["std"], np.float32)
@@ -102,8 +77,7 @@ class LSTMEngine:
                  p50_us=latency_p50_us(times))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        if not self._loaded:
-            raise RuntimeError(f"{self.backend}: predict before load")
+        self._require_loaded("predict")
         x = np.asarray(batch)
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_features:
             raise ValueError(f"LSTM input must be (n, {self.seq_len}, {self.n_features}), got {x.shape}")
@@ -114,11 +88,6 @@ class LSTMEngine:
         if not np.isfinite(x).all():
             raise ValueError("LSTM input contains NaN/inf")
         return self._run(x).reshape(x.shape[0])
-
-    def info(self) -> EngineInfo:
-        return EngineInfo(kind=self.kind, backend=self.backend, device=self.device, version=self.version,
-                          warm=self._ready, p50_latency_us=latency_p50_us(self._warm_ns),
-                          extra=self._extra_info())
 
     # -- backend hooks
     def _open(self, d: Path, meta: dict[str, Any]) -> None:
@@ -132,9 +101,6 @@ class LSTMEngine:
 
     def _warm_batches(self) -> Sequence[int]:
         return (64,)
-
-    def _extra_info(self) -> dict[str, Any]:
-        return {}
 
 
 # --------------------------------------------------------------------------------------------- ONNX Runtime

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from engines.base import BackendUnavailable, EngineInfo, ModelLoadError, latency_p50_us
+from engines.base import BackendUnavailable, ModelLoadError, VersionedEngine, latency_p50_us
 from engines.xgb_model import XGBoostModel, read_meta, select_device
 
 log = structlog.get_logger(__name__)
@@ -45,50 +45,19 @@ MATCH_TOL = 1e-6          # compiled walker vs booster, probability units
 
 
 # ------------------------------------------------------------------------------------------ shared base
-class XGBEngine:
-    """Shared load/validate/warm-up logic; subclasses implement ``_open`` and ``_run`` (float32 rows in,
-    P(up) out)."""
+class XGBEngine(VersionedEngine):
+    """XGBoost load/validate/warm-up; subclasses implement ``_open`` and ``_run`` (float32 rows in, P(up) out)."""
 
     kind = "xgboost"
-    backend = ""
-    device = "cpu"
-
-    def __init__(self, *, expected_schema_hash: str | None = None, **options: Any) -> None:
-        self.options = options
-        self.expected_schema_hash = expected_schema_hash
-        self._ready = False
-        self._loaded = False
-        self.version = ""
-        self.n_features = 0
-        self.schema_hash = ""
-        self.meta: dict[str, Any] = {}
-        self._warm_ns: list[int] = []
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
 
     def load(self, version_dir: Path) -> None:
         """Read + verify the version dir (checksums, schema); any failure is ModelLoadError, never ready."""
         self._ready = self._loaded = False
         d = Path(version_dir)
         meta = read_meta(d)
-        schema = str(meta.get("schema_hash", ""))
-        if self.expected_schema_hash is not None and schema != self.expected_schema_hash:
-            raise ModelLoadError(f"{d}: model feature schema hash {schema!r} differs from the running feature "
-                                 f"set {self.expected_schema_hash!r}; retrain the model")
-        try:
-            model = XGBoostModel.load(d, device=self.device)
-            self._open(model, meta)
-        except (ModelLoadError, BackendUnavailable):
-            raise
-        except Exception as e:  # library errors at the boundary -> one error type for the daemon
-            raise ModelLoadError(f"{self.backend}: cannot load XGBoost model from {d}: "
-                                 f"{type(e).__name__}: {e}") from None
-        self.meta, self.n_features, self.schema_hash = meta, int(meta["n_features"]), schema
-        self.version = d.name
-        self._warm_ns = []
-        self._loaded = True
+        schema = self._check_schema(d, meta)
+        self._guarded(d, "XGBoost model", lambda: self._open(XGBoostModel.load(d, device=self.device), meta))
+        self._set_loaded(d, meta, schema)
 
     def representative_rows(self, n: int, seed: int = 0) -> np.ndarray:
         """Rows drawn from the training feature stats (mean/std/NaN fraction), at least one NaN per column."""
@@ -104,8 +73,7 @@ class XGBEngine:
 
     def warmup(self, n: int) -> None:
         """Run n single-row predictions and one batch of 64 on representative rows, then go ready."""
-        if not self._loaded:
-            raise RuntimeError(f"{self.backend}: warmup before load")
+        self._require_loaded("warmup")
         x = self.representative_rows(64)
         times = []
         for i in range(max(1, int(n))):
@@ -122,8 +90,7 @@ class XGBEngine:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(up) per row for (n, n_features) input; NaN = missing (takes the trees' default branch)."""
-        if not self._loaded:
-            raise RuntimeError(f"{self.backend}: predict before load")
+        self._require_loaded("predict")
         x = batch if isinstance(batch, np.ndarray) else np.asarray(batch)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"XGBoost input must be (n, {self.n_features}), got {x.shape}")
@@ -133,11 +100,6 @@ class XGBEngine:
             return np.empty(0, np.float64)
         self._check_inf(x)
         return self._run(x)
-
-    def info(self) -> EngineInfo:
-        return EngineInfo(kind=self.kind, backend=self.backend, device=self.device, version=self.version,
-                          warm=self._ready, p50_latency_us=latency_p50_us(self._warm_ns),
-                          extra=self._extra_info())
 
     # -- backend hooks
     def _check_inf(self, x: np.ndarray) -> None:
@@ -149,9 +111,6 @@ class XGBEngine:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-    def _extra_info(self) -> dict[str, Any]:
-        return {}
 
 
 # ------------------------------------------------------------------------------------------ native booster
