@@ -567,6 +567,24 @@ class _Mallinfo2(__import__("ctypes").Structure):
                  "keepcost")]
 
 
+_LIBS: dict[str, Any] = {}
+
+
+def _lib(name: str | None, fn: str, restype: Any) -> Any:
+    """A C function, looked up once: a ctypes.CDLL per call builds a new function-pointer class each time
+    (allocation the soak would count)."""
+    key = f"{name}:{fn}"
+    if key not in _LIBS:
+        import ctypes
+        try:
+            f = getattr(ctypes.CDLL(name), fn)
+            f.restype = restype
+            _LIBS[key] = f
+        except (OSError, AttributeError):
+            _LIBS[key] = None
+    return _LIBS[key]
+
+
 def mem_breakdown() -> dict[str, float]:
     """Where the resident memory is, in MB, to tell a leak from caches and allocator retention: ``malloc_used``
     (glibc bytes handed out and not freed: heap + mmapped chunks; numpy, ONNX Runtime, SQLite all allocate
@@ -575,26 +593,41 @@ def mem_breakdown() -> dict[str, float]:
     allocator keeps plus code and pymalloc arenas. Keys are missing where the library is not there."""
     import ctypes
     out: dict[str, float] = {}
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallinfo2.restype = _Mallinfo2
-        mi = libc.mallinfo2()
+    mallinfo2 = _lib(None, "mallinfo2", _Mallinfo2)
+    if mallinfo2 is not None:
+        mi = mallinfo2()
         out["malloc_used"] = (mi.uordblks + mi.hblkhd) / 2**20
         out["malloc_free_kept"] = mi.fordblks / 2**20
-    except (OSError, AttributeError):
-        pass
-    try:
-        lib = ctypes.CDLL("libsqlite3.so.0")
-        lib.sqlite3_memory_used.restype = ctypes.c_int64
-        out["sqlite"] = lib.sqlite3_memory_used() / 2**20
-    except (OSError, AttributeError):
-        pass
+    used = _lib("libsqlite3.so.0", "sqlite3_memory_used", ctypes.c_int64)
+    if used is not None:
+        out["sqlite"] = used() / 2**20
     out["py_blocks_k"] = sys.getallocatedblocks() / 1e3
     return out
 
 
 def _slope_per_h(ts: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.array(ts) / 3600.0, ys, 1)[0]) if len(ts) >= 3 else float("nan")
+
+
+class _Rows:
+    """Float rows in a preallocated array: the soak's own records must not allocate per sample, or the
+    harness's growth (~0.5 KB of tuples/floats/dicts per pass, ~0.9 MB/h) is measured as the daemon's."""
+
+    def __init__(self, cap: int, width: int) -> None:
+        self.a = np.full((max(16, cap), width), np.nan)
+        self.n = 0
+
+    def add(self, *vals: float) -> None:
+        if self.n == len(self.a):  # only when the estimate was short: doubling, rare
+            self.a = np.concatenate([self.a, np.full_like(self.a, np.nan)])
+        self.a[self.n, :len(vals)] = vals
+        self.n += 1
+
+    def col(self, j: int) -> np.ndarray:
+        return self.a[:self.n, j]
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
@@ -609,13 +642,13 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     from daemon.venue.replay import ReplaySource
     from daemon.venue.server import LocalVenue
 
-    samples: list[tuple[float, float]] = []
+    samples = _Rows(int(minutes * 30) + 16, 2)   # (t, RSS) every 2 s
     stop = threading.Event()
 
     def sampler() -> None:
         t0 = time.monotonic()
         while not stop.is_set():
-            samples.append((time.monotonic() - t0, rss_mb()))
+            samples.add(time.monotonic() - t0, rss_mb())
             stop.wait(2.0)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_soak_"))
@@ -662,33 +695,40 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     span = 12 * 60 * 1_000_000_000  # the recording spans < 11 min; each pass starts 12 min later
     import gc
     t_start = time.monotonic()
-    pass_end: list[tuple[float, float]] = []   # RSS after each pass, garbage collected: the leak signal
-    pass_mem: list[dict[str, float]] = []       # and where it is (mem_breakdown), at the same moments
+    keys = tuple(mem_breakdown())
+    # after each pass, garbage collected: (t, RSS) (the leak signal) + where it is (mem_breakdown), preallocated
+    # for a pass every 0.5 s (they take ~2 s)
+    passes = _Rows(int(minutes * 120) + 16, 2 + len(keys))
     while time.monotonic() < deadline:
         asyncio.run(one(loops * span))
         loops += 1
         gc.collect()
-        pass_end.append((time.monotonic() - t_start, rss_mb()))
-        pass_mem.append(mem_breakdown())
+        mem = mem_breakdown()
+        passes.add(time.monotonic() - t_start, rss_mb(), *(mem.get(k, math.nan) for k in keys))
         # one line per pass, so a soak cut short still leaves its curve in the log
-        print(f"[soak] pass {loops} t={pass_end[-1][0]:.0f}s rss={pass_end[-1][1]:.1f}MB "
-              + " ".join(f"{k}={v:.1f}" for k, v in pass_mem[-1].items()), file=sys.stderr, flush=True)
+        print(f"[soak] pass {loops} t={passes.col(0)[-1]:.0f}s rss={passes.col(1)[-1]:.1f}MB "
+              + " ".join(f"{k}={v:.1f}" for k, v in mem.items()), file=sys.stderr, flush=True)
+        del mem
     stop.set()
     th.join()
-    mb = np.array([s[1] for s in samples] + [p[1] for p in pass_end])
+    pt, prss = passes.col(0), passes.col(1)
+    mb = np.concatenate([samples.col(1), prss])
     # the allocator keeps freed arenas for ~15-20 passes and the decisions deque fills to its 2000 bound over the
     # first ~140 passes: the slope is fitted on the second half of the run (steady state), not the warm-up
-    fit = pass_end[len(pass_end) // 2:]
-    fit_t = [p[0] for p in fit]
-    slope = _slope_per_h(fit_t, [p[1] for p in fit])
-    mem_fit = pass_mem[len(pass_end) // 2:]
-    mem_slopes = {k: _slope_per_h(fit_t, [m[k] for m in mem_fit]) for k in (pass_mem[0] if pass_mem else {})}
-    t.data["soak"] = {"minutes": minutes, "loops": loops, "frames": frames, "samples": samples,
+    h = loops // 2
+    fit_t = pt[h:]
+    slope = _slope_per_h(fit_t, prss[h:])
+    mem_slopes = {k: _slope_per_h(fit_t, passes.col(2 + j)[h:]) for j, k in enumerate(keys)}
+    pass_end = list(zip(pt.tolist(), prss.tolist()))
+    pass_mem = [dict(zip(keys, r)) for r in passes.a[:loops, 2:].tolist()]
+    fit = pass_end[h:]
+    t.data["soak"] = {"minutes": minutes, "loops": loops, "frames": frames,
+                      "samples": samples.a[:samples.n].tolist(),
                       "pass_end": pass_end, "pass_mem": pass_mem, "pipeline": pipe is not None,
                       "slope_mb_per_h": slope, "mem_slopes_per_h": mem_slopes}
     t.add("soak", f"RSS, {minutes:g} min replay loop: {loops} passes, {frames:,} frames"
           f"{', pipeline' if pipe is not None else ', bars only'}",
-          f"start {samples[0][1]:.0f} MB, after pass 1 {pass_end[0][1]:.0f} MB, end {pass_end[-1][1]:.0f} MB, "
+          f"start {samples.col(1)[0]:.0f} MB, after pass 1 {pass_end[0][1]:.0f} MB, end {pass_end[-1][1]:.0f} MB, "
           f"max {mb.max():.0f} MB; growth {slope:+.1f} MB/h (line through post-GC RSS after passes "
           f"{len(pass_end) - len(fit) + 1}..{loops}, the second half)",
           f"<= {T_SOAK_MB_H:g} MB/h", slope <= T_SOAK_MB_H if math.isfinite(slope) else None)
