@@ -626,9 +626,6 @@ class _Rows:
     def col(self, j: int) -> np.ndarray:
         return self.a[:self.n, j]
 
-    def __len__(self) -> int:
-        return self.n
-
 
 def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     import tempfile
@@ -708,7 +705,6 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
         # one line per pass, so a soak cut short still leaves its curve in the log
         print(f"[soak] pass {loops} t={passes.col(0)[-1]:.0f}s rss={passes.col(1)[-1]:.1f}MB "
               + " ".join(f"{k}={v:.1f}" for k, v in mem.items()), file=sys.stderr, flush=True)
-        del mem
     stop.set()
     th.join()
     pt, prss = passes.col(0), passes.col(1)
@@ -721,7 +717,6 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
     mem_slopes = {k: _slope_per_h(fit_t, passes.col(2 + j)[h:]) for j, k in enumerate(keys)}
     pass_end = list(zip(pt.tolist(), prss.tolist()))
     pass_mem = [dict(zip(keys, r)) for r in passes.a[:loops, 2:].tolist()]
-    fit = pass_end[h:]
     t.data["soak"] = {"minutes": minutes, "loops": loops, "frames": frames,
                       "samples": samples.a[:samples.n].tolist(),
                       "pass_end": pass_end, "pass_mem": pass_mem, "pipeline": pipe is not None,
@@ -730,7 +725,7 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
           f"{', pipeline' if pipe is not None else ', bars only'}",
           f"start {samples.col(1)[0]:.0f} MB, after pass 1 {pass_end[0][1]:.0f} MB, end {pass_end[-1][1]:.0f} MB, "
           f"max {mb.max():.0f} MB; growth {slope:+.1f} MB/h (line through post-GC RSS after passes "
-          f"{len(pass_end) - len(fit) + 1}..{loops}, the second half)",
+          f"{h + 1}..{loops}, the second half)",
           f"<= {T_SOAK_MB_H:g} MB/h", slope <= T_SOAK_MB_H if math.isfinite(slope) else None)
     t.add("soak", "RSS maximum during the soak", f"{mb.max():.0f} MB", f"<= {T_RSS_MB:g} MB",
           bool(mb.max() <= T_RSS_MB))

@@ -28,7 +28,7 @@ from daemon.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
 from strategies.sizing import is_dust, sellable_qty
 
-__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of", "reduce_only", "is_dust"]
+__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of", "reduce_only"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +86,7 @@ def raise_if_halted(broker: Any, name: str) -> None:
 def reduce_only(intent: OrderIntent, pos: float, filters: Any = None) -> OrderIntent:
     """A reduce-only order against the signed position ``pos``: refused unless it reduces it, clipped to it and,
     with the symbol's ``filters``, floored to the lot step (a position net of a base-asset commission is off the
-    grid; what is left below one lot is dust, see :func:`is_dust`)."""
+    grid; what is left below one lot is dust, see :func:`strategies.sizing.is_dust`)."""
     if pos == 0.0 or (pos > 0) == (intent.side == Side.BUY):
         raise OrderError("reduce_only", f"order {intent.client_order_id}: reduce-only but it would not "
                          f"reduce the {intent.symbol} position ({pos!r})")
@@ -94,11 +94,10 @@ def reduce_only(intent: OrderIntent, pos: float, filters: Any = None) -> OrderIn
     if math.isfinite(qty) and qty > abs(pos):
         qty = abs(pos)
     if filters is not None and math.isfinite(qty) and qty > 0:
-        fl = sellable_qty(qty, filters.lot_step)
-        if fl <= 0.0 or fl < filters.min_qty:
+        if is_dust(qty, filters):
             raise OrderError("dust", f"order {intent.client_order_id}: {qty!r} {intent.symbol} is below one lot "
                              f"(step {filters.lot_step}, min qty {filters.min_qty}): the venue cannot sell it")
-        qty = fl
+        qty = sellable_qty(qty, filters.lot_step)
     return intent if qty == intent.qty else msgspec.structs.replace(intent, qty=qty)
 
 

@@ -34,11 +34,11 @@ import numpy as np
 import structlog
 
 from daemon.bars import BarBuilder
-from daemon.broker import is_dust
-from daemon.samples import SampleRing
 from daemon.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
+from daemon.samples import SampleRing
 from strategies.optimizer import BookTop, Signal
 from strategies.risk import AccountState
+from strategies.sizing import is_dust
 
 __all__ = ["TradingPipeline", "Decision", "EngineSetLike", "MinuteAggregator", "book_top", "history_bars_needed"]
 

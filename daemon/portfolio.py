@@ -109,7 +109,7 @@ class Portfolio:
             raise ValueError(f"fill {fill.fill_id}: fee_qty must be finite, >= 0 and < qty, got {fq!r}")
         side = int(Side(fill.side))
         old = self.position(fill.symbol)
-        signed = side * gross - fq  # what the holding really moves by
+        signed = fill.position_delta  # what the holding really moves by
         sign = 1 if signed > 0 else -1
         q = abs(signed)
         realised = 0.0

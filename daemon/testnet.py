@@ -29,7 +29,7 @@ it. Client order ids are deterministic (the strategy's), so a resend can never d
   venue account holds (qty - commission), the order's filled quantity is what the venue executed. A commission in
   a third asset (BNB) is recorded as 0 and counted (``fees_unpriced``).
 * Exits are floored to the lot step (a position net of a base commission is off the grid); a remainder below
-  one lot (``daemon.broker.is_dust``) cannot be sold and is not a position the strategy manages.
+  one lot (``strategies.sizing.is_dust``) cannot be sold and is not a position the strategy manages.
 
 Secrets: the API secret lives only in the client object (never in reprs, logs or errors).
 """
@@ -49,13 +49,14 @@ import msgspec
 import orjson
 import structlog
 
-from daemon.broker import BrokerHalted, Execution, admit, is_dust, levels_of, raise_if_halted, reduce_only
+from daemon.broker import BrokerHalted, Execution, admit, levels_of, raise_if_halted, reduce_only
 from daemon.config import BrokerConfig
 from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.matching import MatchingEngine, Order, OrderError, Stops
 from daemon.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
 from daemon.venue.orders import sign
+from strategies.sizing import is_dust
 
 __all__ = ["BinanceRestClient", "BinanceApiError", "OutcomeUnknown", "TestnetError", "TestnetBroker",
            "fmt_step", "AUTH_ERROR_CODES"]

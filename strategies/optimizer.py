@@ -662,10 +662,11 @@ class DollarProfitOptimizer:
             pos.exit_value += closing * fill.price
             pos.exit_fees += fill.fee
             left = pos.qty - pos.exit_qty
-            if left <= 1e-9 * pos.qty or is_dust(left, self.filters.get(sym)):  # what is left cannot be sold
+            all_sold = left <= 1e-9 * pos.qty
+            if all_sold or is_dust(left, self.filters.get(sym)):  # what is left cannot be sold
                 reason = (pos.pending_exit.reason if pos.pending_exit is not None
                           and fill.client_order_id == pos.pending_exit.client_order_id else "external")
-                sold = pos.qty if left <= 1e-9 * pos.qty else pos.exit_qty  # dust stays in the account, unsold
+                sold = pos.qty if all_sold else pos.exit_qty  # dust stays in the account, unsold
                 trade = ClosedTrade(sym, pos.timeframe, pos.direction, sold, pos.entry_price,
                                     pos.exit_value / pos.exit_qty, pos.entry_ns, fill.ts,
                                     pos.entry_fees + pos.exit_fees, reason)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
-    "FiltersLike", "floor_to_step", "ceil_to_step", "is_step_multiple", "is_dust", "sellable_qty", "client_order_id", "parse_tf_pairs",
+    "FiltersLike", "floor_to_step", "ceil_to_step", "is_step_multiple", "is_dust", "sellable_qty", "client_order_id",
+    "parse_tf_pairs",
     "SizeResult", "position_size", "RiskLevels", "risk_levels", "MAX_CLIENT_ID_LEN",
 ]
 

@@ -599,8 +599,8 @@ class OrderApi:
         if relock and o.is_open:
             self._lock(acct, o)
         self._trade_id += 1
-        t = _Trade(self._trade_id, o.order_id, o.symbol, price, qty, commission, info.base if in_base else info.quote, now,
-                   o.side == "BUY", maker)
+        t = _Trade(self._trade_id, o.order_id, o.symbol, price, qty, commission,
+                   info.base if in_base else info.quote, now, o.side == "BUY", maker)
         acct.trades.append(t)
         return t
 

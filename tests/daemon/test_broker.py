@@ -328,7 +328,8 @@ def test_reduce_only_floors_to_whole_lots_keeps_a_position_on_the_grid_and_refus
     position summed from fills that is 1 ulp under a whole number of lots keeps its last lot. Below one lot the
     venue cannot sell: refused with reason "dust" (and ``is_dust`` says so)."""
     from daemon.binance import SymbolFilters
-    from daemon.broker import is_dust, reduce_only
+    from daemon.broker import reduce_only
+    from strategies.sizing import is_dust
     f = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)
     sell = OrderIntent("x-1", "BTCUSDT", Side.SELL, 100.0, reduce_only=True)  # "all of it"
     assert reduce_only(sell, 0.01232766, f).qty == 0.01232

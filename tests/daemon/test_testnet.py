@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from daemon.binance import parse_exchange_info
-from daemon.broker import OrderError, is_dust
+from daemon.broker import OrderError
 from daemon.config import BrokerConfig, SimulatorConfig
 from daemon.events import OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.store import SQLiteStore
@@ -30,6 +30,7 @@ from daemon.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, Te
 from daemon.venue.orders import sign
 from daemon.venue.replay import OutFrame
 from daemon.venue.server import LocalVenue, SimulatorSource
+from strategies.sizing import is_dust
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=20.0)
