@@ -48,6 +48,18 @@ warm-up, and the command says so). Equity is marked on the book mid every minute
 stop/TP exits, resting or latency-delayed orders) reaches the report through a tap on the broker. Undecodable
 frames are counted drops (``counters.replay.decode_dropped.<reason>``), never a crash.
 
+Short files (:func:`fit_windows`): a walk-forward needs ``--train-days`` + ``--test-days`` of data. A shorter
+file has both shrunk by the same factor (whole minutes; logged, in metrics.json ``info.windows_rule`` and the
+report's warnings) as long as training keeps >= ``MIN_TRAIN_DAYS`` (3) days and the test window >= ``MIN_TEST_DAYS``
+(1) day; shorter still, the command exits 2 naming the file and its length. With the defaults (30 + 7) a 30-day
+file trains 24.3 days and trades 5.7; a file of 37 days or more runs exactly as before. A run that trades less than
+``TRADED_SHARE_WARN`` (10 %) of the data's span (e.g. ``--train-days 30 --test-days 1`` on 31 days) says so in the
+log, metrics.json ``info.coverage``/``info.warnings`` and the report.
+
+Symbol: ``--symbol``, else the pair the file name names (``BTC_USDT-1m_...``, ``BTCUSDT-5m.csv.gz``:
+``engines.data.symbol_from_name``); a name that names none (``eth.csv``) exits 2 asking for ``--symbol``, and so
+does ``--store`` without it. Never a default symbol.
+
 Bad input: ``engines.data.load_klines_csv`` refuses unusable files with an error naming the file and line (the
 command prints it and exits 2) and repairs what has one right answer (missing minutes filled as flat
 zero-volume bars at the previous close, exact duplicate rows dropped); the counts are in metrics.json ``info``.
@@ -73,13 +85,16 @@ from daemon.events import Bar, OrderIntent, Side, timeframe_ns
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["BacktestOptions", "Window", "SynthBook", "SymbolRules", "BatchPredictions", "MomentumBaseline",
+__all__ = ["BacktestOptions", "Window", "WindowRule", "DataTooShort", "fit_windows", "SynthBook", "SymbolRules", "BatchPredictions", "MomentumBaseline",
            "walk_forward_windows", "run_backtest", "BacktestResult", "run_recording_backtest", "RecordingResult",
            "OrderRecord", "decision_key", "add_arguments", "main"]
 
 _M = 60_000_000_000
 _LSTM_CHUNK = 256
 _DAY = 86_400_000_000_000
+MIN_TRAIN_DAYS = 3.0      # a short file's windows shrink no further than this (see fit_windows)
+MIN_TEST_DAYS = 1.0
+TRADED_SHARE_WARN = 0.10  # warn when the test windows cover less than this share of the data's span
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -135,8 +150,8 @@ class BacktestOptions:
         bad = set(self.models) - {"xgboost", "lstm"}
         if bad or not self.models:
             raise ValueError(f"models must be a subset of xgboost,lstm, got {self.models}")
-        if not (self.train_days > 0 and self.test_days > 0 and self.warm_days >= 0):
-            raise ValueError("train_days and test_days must be > 0, warm_days >= 0")
+        if not (round(self.train_days * 1440) >= 1 and round(self.test_days * 1440) >= 1 and self.warm_days >= 0):
+            raise ValueError("train_days and test_days must be >= 1 minute, warm_days >= 0")
         if not (self.spread_bps > 0 and self.level_bps > 0 and self.levels >= 1 and self.level_notional > 0):
             raise ValueError("costs are never off: spread_bps, level_bps, level_notional must be > 0, levels >= 1")
         if not 0 <= self.baseline_conviction <= 1:
@@ -156,14 +171,57 @@ class Window:
 
 
 def walk_forward_windows(first_open_ns: int, end_ns: int, train_days: float, test_days: float) -> list[Window]:
-    """Rolling windows over [first_open_ns, end_ns): train ``train_days``, trade the next ``test_days``, roll."""
-    tr, te = int(train_days * _DAY), int(test_days * _DAY)
+    """Rolling windows over [first_open_ns, end_ns): train ``train_days``, trade the next ``test_days``, roll.
+    Lengths are whole minutes (decisions are at 1m closes; no float rounding can leave a 1 ns window)."""
+    tr, te = round(train_days * 1440) * _M, round(test_days * 1440) * _M
+    if tr <= 0 or te <= 0:
+        raise ValueError("train_days and test_days must be >= 1 minute")
     out: list[Window] = []
     start = first_open_ns + tr
     while start < end_ns:
         out.append(Window(len(out), start - tr, start, start, min(start + te, end_ns)))
         start += te
     return out
+
+
+class DataTooShort(ValueError):
+    """The data cannot hold even the smallest walk-forward window (the CLI prefixes the file name, exits 2)."""
+
+
+@dataclass(frozen=True)
+class WindowRule:
+    """The walk-forward lengths a run uses and why (metrics.json ``info.windows_rule``)."""
+
+    data_days: float
+    requested_train_days: float
+    requested_test_days: float
+    train_days: float
+    test_days: float
+    adapted: bool
+    rule: str = (f"data shorter than train+test: both shrink by the same factor (whole minutes) while train >= "
+                 f"{MIN_TRAIN_DAYS:g} d and test >= {MIN_TEST_DAYS:g} d, else refused")
+
+
+def fit_windows(data_ns: int, train_days: float, test_days: float) -> WindowRule:
+    """Fit the requested walk-forward lengths to ``data_ns`` of 1m data (pure). Data of at least train+test days:
+    unchanged. Shorter: train and test shrink by the same factor to fill it exactly (one window, the last
+    ``test/(train+test)`` of the data traded) unless that leaves train < MIN_TRAIN_DAYS or test < MIN_TEST_DAYS:
+    :class:`DataTooShort`. Without this a 30-day file under 30+7 traded its last 9 minutes (Sharpe -413) and a
+    file of exactly 30 days traded nothing."""
+    data_min = data_ns // _M
+    days = data_min / 1440
+    req_tr, req_te = round(train_days * 1440), round(test_days * 1440)
+    if data_min >= req_tr + req_te:
+        return WindowRule(days, train_days, test_days, train_days, test_days, False)
+    tr = data_min * req_tr // (req_tr + req_te)
+    te = data_min - tr
+    if tr < MIN_TRAIN_DAYS * 1440 or te < MIN_TEST_DAYS * 1440:
+        need = max(MIN_TRAIN_DAYS * (req_tr + req_te) / req_tr, MIN_TEST_DAYS * (req_tr + req_te) / req_te)
+        raise DataTooShort(
+            f"{days:.2f} days of 1m data ({data_min} minutes): the walk-forward needs train {train_days:g} + test "
+            f"{test_days:g} days, or, shrunk in proportion, at least {need:.2f} days (train >= {MIN_TRAIN_DAYS:g} "
+            f"d, test >= {MIN_TEST_DAYS:g} d); give a longer file or smaller --train-days/--test-days")
+    return WindowRule(days, train_days, test_days, tr / 1440, te / 1440, True)
 
 
 # ------------------------------------------------------------------------------------------------ book
@@ -872,7 +930,10 @@ def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = 
     from engines.data import klines_to_bars
     opts.validate()
     cfg = cfg or Config()
-    rules = rules or SymbolRules(k1m.symbol or "BTCUSDT")
+    if rules is None:
+        if not k1m.symbol:
+            raise ValueError("the klines name no symbol: pass rules=SymbolRules(symbol) (CLI: --symbol)")
+        rules = SymbolRules(k1m.symbol)
     if k1m.timeframe != "1m":
         raise ValueError(f"backtest needs 1m klines, got {k1m.timeframe}")
     starting_cash = float(starting_cash or cfg.broker.starting_cash)
@@ -884,10 +945,28 @@ def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = 
                                      "fill_rule": "missing minutes are flat zero-volume bars at the previous close"},
                             "timing": {}}
     first, end = int(k1m.open_ns[0]), int(k1m.open_ns[-1]) + _M
-    windows = walk_forward_windows(first, end, opts.train_days, opts.test_days)
-    if not windows:
-        raise ValueError(f"{len(k1m)} minutes of data: need more than train_days={opts.train_days} days")
+    fit = fit_windows(end - first, opts.train_days, opts.test_days)
+    windows = walk_forward_windows(first, end, fit.train_days, fit.test_days)
     record_from = windows[0].test_start_ns
+    warnings: list[str] = []
+    info["windows_rule"] = asdict(fit)
+    if fit.adapted:
+        warnings.append(f"{fit.data_days:.2f} days of data, shorter than train {fit.requested_train_days:g} + test "
+                        f"{fit.requested_test_days:g} days: windows shrunk in proportion to train "
+                        f"{fit.train_days:.2f} + test {fit.test_days:.2f} days")
+        log.warning("backtest_windows_shrunk", data_days=round(fit.data_days, 3), train_days=round(fit.train_days, 3),
+                    test_days=round(fit.test_days, 3))
+    share = (end - record_from) / (end - first)
+    info["coverage"] = {"data_days": fit.data_days, "traded_days": (end - record_from) / _DAY,
+                        "traded_share": share, "warn_below": TRADED_SHARE_WARN}
+    if share < TRADED_SHARE_WARN:
+        warnings.append(f"only {share:.1%} of the data is traded ({(end - record_from) / _DAY:.2f} of "
+                        f"{fit.data_days:.2f} days; the first {fit.train_days:g} days only train): the metrics "
+                        f"describe a short span")
+        log.warning("backtest_little_traded", traded_share=round(share, 4), data_days=round(fit.data_days, 3))
+    info["warnings"] = warnings
+    for w in warnings:
+        say(f"warning: {w}")
     # the first recorded point (the bar closing at record_from) is simulated, never primed; nothing trades
     # before record_from (no predictions), so the curve starts at the starting cash
     prime_until = min(max(first, record_from - int(opts.warm_days * _DAY)), record_from - _M)
@@ -1381,13 +1460,17 @@ def add_arguments(p) -> None:
     p.add_argument("--registry", help="--recording: model registry directory (e.g. made by `tradingd train`)")
     p.add_argument("--history", help="--recording: 1m klines CSV ending before the recording, primes the features "
                                      "(without it predictions start after the warm-up)")
-    p.add_argument("--symbol", default="", help="symbol (default: from the file name, else BTCUSDT)")
+    p.add_argument("--symbol", default="",
+                   help="symbol (default: the pair the --data file name names, e.g. BTC_USDT-1m_...csv.gz or "
+                        "BTCUSDT-5m.csv.gz; required when it names none, and with --store)")
     p.add_argument("--report", required=True, help="report directory (metrics.json, trades.csv, PNGs, index.html)")
     p.add_argument("--config", help="config.toml (optimizer, risk, broker fees, bars); default: built-in defaults")
     p.add_argument("--timeframes", default=",".join(d.timeframes))
     p.add_argument("--models", default=",".join(d.models), help="xgboost,lstm or one of them")
-    p.add_argument("--train-days", type=float, default=d.train_days)
-    p.add_argument("--test-days", type=float, default=d.test_days)
+    p.add_argument("--train-days", type=float, default=d.train_days,
+                   help=f"walk-forward training days; a file shorter than train+test has both shrunk in proportion "
+                        f"(down to {MIN_TRAIN_DAYS:g} + {MIN_TEST_DAYS:g} days, else exit 2)")
+    p.add_argument("--test-days", type=float, default=d.test_days, help="walk-forward test (traded) days")
     p.add_argument("--warm-days", type=float, default=d.warm_days,
                    help="days of decisions without predictions before the first window (optimizer warm-up)")
     p.add_argument("--xgb-rounds", type=int, default=d.xgb_rounds)
@@ -1461,26 +1544,35 @@ def main(args) -> int:
         opts.validate()
         t0 = time.perf_counter()
         if args.data:
-            from engines.data import load_klines_csv
+            from engines.data import load_klines_csv, symbol_from_name
+            if not (args.symbol or symbol_from_name(args.data)):  # never a default symbol (eth.csv is not BTC)
+                print(f"tradingd backtest: {args.data}: the file name names no trading pair (like BTC_USDT-1m_... "
+                      f"or BTCUSDT-5m.csv.gz); pass --symbol, e.g. --symbol ETHUSDT", file=sys.stderr)
+                return 2
             k = load_klines_csv(args.data, symbol=args.symbol or None)
         else:
+            if not args.symbol:
+                print("tradingd backtest: --store needs --symbol (the store keeps bars of every symbol)",
+                      file=sys.stderr)
+                return 2
             from engines.train import load_training_data
-            k = load_training_data(None, store=args.store, symbol=args.symbol or "BTCUSDT")
+            k = load_training_data(None, store=args.store, symbol=args.symbol)
         load_s = time.perf_counter() - t0
-        if not k.symbol:  # a file name that names no symbol: --symbol, else BTCUSDT (as --help says)
-            import dataclasses
-            k = dataclasses.replace(k, symbol=args.symbol or "BTCUSDT")
         rules = SymbolRules(k.symbol, tick_size=args.tick_size, lot_step=args.lot_step,
                             min_qty=args.lot_step, min_notional=args.min_notional)
         res = run_backtest(k, args.report, opts=opts, cfg=cfg, rules=rules,
                            starting_cash=args.starting_cash or None, workdir=args.workdir,
                            progress=lambda m: print(m, file=sys.stderr))
+    except DataTooShort as e:
+        print(f"tradingd backtest: {args.data or args.store}: {e}", file=sys.stderr)
+        return 2
     except (KlinesError, ValueError, OSError) as e:
         print(f"tradingd backtest: {e}", file=sys.stderr)
         return 2
     m = res.metrics
     t = dict(m["info"]["timing"], load_s=load_s)
     summary = {"report": str(Path(args.report).resolve()), "symbol": m["symbol"], "timing_s": t,
+               "warnings": m["info"].get("warnings", []),
                "runs": {name: {k: r.get(k) for k in ("total_return", "annualised_return", "sharpe", "sortino",
                                                       "max_drawdown", "trades", "win_rate", "profit_factor",
                                                       "fees_paid", "slippage_paid", "exposure")}

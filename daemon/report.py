@@ -499,6 +499,7 @@ def _html(data: ReportData, metrics: dict, plots: list[tuple[str, str]]) -> str:
     imgs = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
                    f"</figcaption></figure>" for f, c in plots)
     info = html.escape(json.dumps(_jsonable(data.info), indent=1)[:20000])
+    warn = "".join(f'<p class="warning"><b>Warning:</b> {html.escape(w)}</p>' for w in data.info.get("warnings", ()))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tradingd backtest {html.escape(data.symbol)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
@@ -506,7 +507,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}pre{{background:#f6f6f6;padding:1em
 <body><h1>Backtest: {html.escape(data.symbol)}</h1>
 <p>{html.escape(metrics['annualisation'])}. Costs (fees, spread, depth slippage) are always on.
 Files: <a href="metrics.json">metrics.json</a>, <a href="trades.csv">trades.csv</a>.</p>
-<h2>Metrics</h2><table><tr><th></th>{head}</tr>{rows}</table>
+{warn}<h2>Metrics</h2><table><tr><th></th>{head}</tr>{rows}</table>
 <h2>Strategy by timeframe</h2><table><tr><th>timeframe</th><th>trades</th><th>net P&amp;L</th><th>win rate</th>
 <th>profit factor</th><th>avg trade</th><th>fees</th><th>slippage</th></tr>{tf_rows}</table>
 <h2>Plots</h2>{imgs}

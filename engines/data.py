@@ -99,7 +99,21 @@ class Klines:
 
 
 # -------------------------------------------------------------------------------------------------- loading
-_NAME_RE = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)-(?P<tf>\d+[mhd])(?:_|\.|$)")
+# the quote assets a file name's pair may end with (Binance spot's main ones)
+QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+_Q = "|".join(QUOTE_ASSETS)
+# BTC_USDT-1m_..., BTC-USDT..., btcusdt-5m.csv.gz, ETHBTC.csv: a base, an optional _ or -, a known quote, then the
+# end of the stem or a separator; an optional -<timeframe> follows
+_NAME_RE = re.compile(rf"^(?P<base>[A-Za-z0-9]+?)[_-]?(?P<quote>{_Q})(?:$|[_.-])(?:(?P<tf>\d+[mhd])(?:$|[_.-]))?",
+                      re.IGNORECASE)
+
+
+def symbol_from_name(name: str) -> str:
+    """The pair a file name names (``BTC_USDT-1m_2025...csv.gz`` -> ``BTCUSDT``, ``ethbtc.csv`` -> ``ETHBTC``),
+    else "" (``eth.csv``, ``data.csv``: a base alone is not a pair; callers ask for the symbol instead of
+    guessing one)."""
+    m = _NAME_RE.match(Path(name).name)
+    return (m["base"] + m["quote"]).upper() if m else ""
 
 
 def _guess_from_name(path: Path) -> tuple[str, str | None]:

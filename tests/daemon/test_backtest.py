@@ -281,7 +281,7 @@ def test_bad_csv_exits_nonzero_naming_the_line(k6, tmp_path, capsys, case, expec
         rows[2][3] = -1
     elif case == "garbage":
         rows[1][2] = "abc"
-    p = tmp_path / "bad.csv"
+    p = tmp_path / "BTCUSDT-1m-bad.csv"
     _write_csv(p, rows)
     rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r")])
     err = capsys.readouterr().err
@@ -300,9 +300,9 @@ def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k
     dropped = {2000, 2001, 2002, 3500}        # missing minutes
     rows.insert(4000, list(rows[4000]))       # exact duplicate
     rows = [r for i, r in enumerate(rows) if i not in dropped]
-    p = tmp_path / "gappy.csv"  # a name without a symbol: --symbol, else BTCUSDT (was a KeyError '')
+    p = tmp_path / "gappy.csv"  # a name without a symbol: --symbol says it (never a default)
     _write_csv(p, rows)
-    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), "--timeframes", "5m",
+    rc = cli(["backtest", "--data", str(p), "--symbol", "BTCUSDT", "--report", str(tmp_path / "r"), "--timeframes", "5m",
               "--models", "xgboost", "--train-days", "3", "--test-days", "2", "--xgb-rounds", "10",
               "--no-baseline"])
     out = capsys.readouterr().out
@@ -315,6 +315,106 @@ def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k
     assert summary["symbol"] == "BTCUSDT"
     assert summary["runs"]["strategy"]["fees_paid"] is not None and math.isfinite(summary["runs"]["buy_and_hold"]
                                                                                   ["total_return"])
+
+
+# ------------------------------------------------------------------------------------------------ short files, symbol
+# tiny settings for the CLI runs below; --train-days/--test-days are left at their defaults (30 + 7) unless named
+FAST = ["--timeframes", "5m", "--models", "xgboost", "--xgb-rounds", "10", "--no-baseline"]
+
+
+@pytest.fixture(scope="module")
+def k_all(btc_klines_path):
+    from engines.data import load_klines_csv
+    return load_klines_csv(btc_klines_path)
+
+
+def test_fit_windows_rule():
+    from daemon.backtest import DataTooShort, fit_windows
+    f = fit_windows(90 * DAY, 30, 7)  # long enough: exactly what was asked (the 90-day run is unchanged)
+    assert (f.train_days, f.test_days, f.adapted) == (30, 7, False)
+    assert not fit_windows(37 * DAY, 30, 7).adapted
+    for days in (30, 30 + 9 / 1440, 10):  # 30 d + 9 min used to trade 9 minutes; exactly 30 d used to exit 2
+        f = fit_windows(round(days * 1440) * M, 30, 7)
+        assert f.adapted and f.train_days + f.test_days == pytest.approx(days, abs=1e-9)
+        assert f.train_days / f.test_days == pytest.approx(30 / 7, rel=1e-3)
+        ws = walk_forward_windows(0, round(days * 1440) * M, f.train_days, f.test_days)
+        assert len(ws) == 1 and ws[0].test_end_ns == round(days * 1440) * M
+        assert ws[0].test_end_ns - ws[0].test_start_ns == round(f.test_days * 1440) * M
+    with pytest.raises(DataTooShort, match=r"4\.00 days of 1m data \(5760 minutes\).*at least 5\.29 days"):
+        fit_windows(4 * DAY, 30, 7)
+    with pytest.raises(ValueError, match=">= 1 minute"):
+        BacktestOptions(test_days=1e-6).validate()
+
+
+@pytest.mark.parametrize("days", [30, 10])
+def test_short_file_adapts_its_windows(k_all, tmp_path, capsys, days):
+    """A 30-day (exactly) or 10-day slice under the default 30 + 7 days trains and trades in proportion (the
+    last 7/37 of the data), and says so in the log, metrics.json and the report."""
+    from daemon.cli import main as cli
+    p = tmp_path / f"BTC_USDT-1m_{days}d.csv"
+    _write_csv(p, _rows(k_all, days * 1440))
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), *FAST])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "backtest_windows_shrunk" in cap.err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    wr, cov = m["info"]["windows_rule"], m["info"]["coverage"]
+    assert wr["adapted"] and wr["requested_train_days"] == 30 and wr["data_days"] == days
+    assert cov["traded_days"] == pytest.approx(days * 7 / 37, abs=1 / 1440)
+    assert cov["traded_share"] == pytest.approx(7 / 37, abs=1e-3) and cov["traded_share"] >= cov["warn_below"]
+    assert len(m["info"]["windows"]) == 1
+    assert m["runs"]["strategy"]["bars"] == round(wr["test_days"] * 1440) + 1  # every traded minute, from the start
+    assert any("shrunk in proportion" in w for w in m["info"]["warnings"])
+    assert "shrunk in proportion" in (tmp_path / "r" / "index.html").read_text()
+    assert json.loads(cap.out)["warnings"] == m["info"]["warnings"]
+
+
+def test_too_short_file_exits_2_naming_the_file_and_its_length(k_all, tmp_path, capsys):
+    from daemon.cli import main as cli
+    p = tmp_path / "BTC_USDT-1m_4d.csv"
+    _write_csv(p, _rows(k_all, 4 * 1440))
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{p}: 4.00 days of 1m data (5760 minutes)" in err and "at least 5.29 days" in err, err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_little_traded_share_warns(k_all, tmp_path, capsys):
+    """A run that trades under TRADED_SHARE_WARN of the span (30 min of 10 days) runs, and warns everywhere."""
+    from daemon.backtest import TRADED_SHARE_WARN
+    from daemon.cli import main as cli
+    p = tmp_path / "BTCUSDT-1m.csv"
+    _write_csv(p, _rows(k_all, 10 * 1440))
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r"), *FAST, "--train-days", "9.5",
+              "--test-days", "0.5"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert not m["info"]["windows_rule"]["adapted"]
+    share = m["info"]["coverage"]["traded_share"]
+    assert share == pytest.approx(0.05) and share < TRADED_SHARE_WARN
+    assert "backtest_little_traded" in cap.err
+    assert any("only 5.0% of the data is traded" in w for w in m["info"]["warnings"]), m["info"]["warnings"]
+    assert "only 5.0% of the data is traded" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_symbol_from_the_flag_or_the_file_name_never_a_default(k6, tmp_path, capsys):
+    from daemon.cli import main as cli
+    p = tmp_path / "eth.csv"
+    _write_csv(p, _rows(k6, 20))
+    rc = cli(["backtest", "--data", str(p), "--report", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{p}: the file name names no trading pair" in err and "--symbol" in err, err
+    rc = cli(["backtest", "--store", str(tmp_path / "s.sqlite"), "--report", str(tmp_path / "r")])
+    assert rc == 2 and "--store needs --symbol" in capsys.readouterr().err
+    # --symbol names it: the run gets past the symbol (and then refuses 20 minutes as too short, by name)
+    rc = cli(["backtest", "--data", str(p), "--symbol", "ETHUSDT", "--report", str(tmp_path / "r")])
+    assert rc == 2 and f"{p}: 0.01 days of 1m data" in capsys.readouterr().err
+    # the library refuses klines without a symbol instead of calling them BTCUSDT
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="name no symbol"):
+        run_backtest(replace(k6, symbol=""), None, opts=OPTS, cfg=CFG)
 
 
 # ------------------------------------------------------------------------------------------------ recording

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from daemon.bars import BarBuilder
 from daemon.events import Bar, Trade, timeframe_ns
-from engines.data import Klines, KlinesError, bars_to_klines, klines_to_bars, load_klines_csv, resample
+from engines.data import (Klines, KlinesError, bars_to_klines, klines_to_bars, load_klines_csv, resample,
+                          symbol_from_name)
 
 M = 60_000_000_000
 HDR = "open_time_ms,open,high,low,close,volume\n"
@@ -126,6 +127,22 @@ def test_timeframe_from_name_or_step(tmp_path):
     k = load_klines_csv(p)
     assert k.timeframe == "5m" and k.symbol == ""
     assert load_klines_csv(p, symbol="ABC", timeframe="1m").filled == 12
+
+
+@pytest.mark.parametrize("name, symbol", [
+    ("BTC_USDT-1m_2025-05-20_2025-08-18.csv.gz", "BTCUSDT"), ("BTCUSDT-5m.csv.gz", "BTCUSDT"),
+    ("ethusdt.csv", "ETHUSDT"), ("ETH-BTC-1h.csv", "ETHBTC"), ("BNBFDUSD-1m-2025-01.csv", "BNBFDUSD"),
+    ("eth.csv", ""), ("usdt.csv", ""), ("data.csv", ""), ("klines-1m.csv.gz", "")])
+def test_symbol_from_name(name, symbol):
+    """A name that names a pair with a known quote asset is parsed; one that does not gives "" (callers then ask
+    for the symbol: eth.csv is not BTCUSDT)."""
+    assert symbol_from_name(name) == symbol
+
+
+def test_symbol_and_timeframe_from_a_binance_style_name(tmp_path):
+    p = write(tmp_path, [f"{T0 + i * 300_000},1,1,1,1,1" for i in range(4)], name="BTCUSDT-5m.csv")
+    k = load_klines_csv(p)
+    assert (k.symbol, k.timeframe) == ("BTCUSDT", "5m")
 
 
 # ------------------------------------------------------------------------------------------------ resample
