@@ -118,14 +118,16 @@ class BinanceFeed:
         self._last_recv = 0.0
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
+        self._close_task: asyncio.Task | None = None  # stop()'s ws.close(), awaited by run() before it returns
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
         """Ask run() to finish: closes the socket and ends the reconnect loop."""
         self._stopping = True
         self._wake.set()
-        if self._ws is not None:
-            asyncio.ensure_future(self._ws.close())
+        if self._ws is not None and self._close_task is None:
+            # held, not fire-and-forget: the loop keeps only weak references to tasks, and run() awaits it
+            self._close_task = asyncio.get_running_loop().create_task(self._ws.close(), name="feed-close")
 
     async def run(self) -> None:
         """Connect, stream, reconnect until stop(). Only cancellation or stop() ends it."""
@@ -160,6 +162,8 @@ class BinanceFeed:
                 except asyncio.TimeoutError:
                     pass
         self._http = None
+        if self._close_task is not None:
+            await self._close_task  # the close stop() started has finished (its errors surface) when run() ends
 
     # ------------------------------------------------------------------ one connection
     async def _session(self, ws: Any) -> bool:

@@ -96,6 +96,29 @@ def test_garbage_is_counted_and_dropped_and_queue_mode_delivers():
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_stop_closes_the_socket_through_a_held_task_that_run_awaits():
+    """stop() is synchronous, so it starts ws.close() as a task: the feed holds that task (the loop keeps only a
+    weak reference: a fire-and-forget close can be collected mid-flight) and run() returns only once it is done,
+    with no close left pending behind it."""
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT"], SIM)) as venue:
+            feed = BinanceFeed(["BTCUSDT"], venue.ws_url, venue.rest_url, FAST, lambda ev: None, seed=4)
+            task = asyncio.create_task(feed.run())
+            await _until(lambda: feed.connected.is_set() and sum(feed.stats.frames.values()) > 10)
+            feed.stop()
+            closing = feed._close_task
+            assert isinstance(closing, asyncio.Task)
+            feed.stop()  # a second stop() starts no second close
+            assert feed._close_task is closing
+            await asyncio.wait_for(task, 5)
+            assert closing.done() and closing.exception() is None
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
+                      and "close" in repr(t.get_coro())]
+            assert others == []
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_record_command_core_writes_frames_and_snapshots(tmp_path):
     async def main():
         async with LocalVenue(SimulatorSource(["BTCUSDT"], SIM)) as venue:
