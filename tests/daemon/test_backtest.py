@@ -302,9 +302,9 @@ def test_missing_minutes_zero_volume_and_exact_duplicates_follow_the_fill_rule(k
     rows = [r for i, r in enumerate(rows) if i not in dropped]
     p = tmp_path / "gappy.csv"  # a name without a symbol: --symbol says it (never a default)
     _write_csv(p, rows)
-    rc = cli(["backtest", "--data", str(p), "--symbol", "BTCUSDT", "--report", str(tmp_path / "r"), "--timeframes", "5m",
-              "--models", "xgboost", "--train-days", "3", "--test-days", "2", "--xgb-rounds", "10",
-              "--no-baseline"])
+    rc = cli(["backtest", "--data", str(p), "--symbol", "BTCUSDT", "--report", str(tmp_path / "r"),
+              "--timeframes", "5m", "--models", "xgboost", "--train-days", "3", "--test-days", "2",
+              "--xgb-rounds", "10", "--no-baseline"])
     out = capsys.readouterr().out
     assert rc == 0, out
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())

@@ -5,7 +5,6 @@ import gzip
 import math
 from collections import defaultdict
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -295,11 +294,8 @@ def test_closed_bars_sorted_by_end_for_non_nested_timeframes():
 
 # ------------------------------------------------------------------------------------------------ real data
 def recorded_trades(paths) -> list[Trade]:
-    """The ``@trade`` frames of the recording, decoded by daemon.binance when it exists, else here."""
-    try:
-        from daemon.binance import decode_frame
-    except ImportError:
-        decode_frame = None
+    """The ``@trade`` frames of the recording, decoded by daemon.binance (the live decoder)."""
+    from daemon.binance import decode_frame
     out = []
     for path in paths:
         with gzip.open(path, "rb") as fh:
@@ -307,12 +303,7 @@ def recorded_trades(paths) -> list[Trade]:
                 ts_recv, _, raw = line.rstrip(b"\n").partition(b" ")
                 if b'"stream":"btcusdt@trade"' not in raw[:40]:
                     continue
-                if decode_frame is not None:
-                    t = decode_frame(raw, int(ts_recv))
-                else:
-                    d = orjson.loads(raw)["data"]
-                    t = Trade(d["s"], d["t"], float(d["p"]), float(d["q"]), d["m"], d["T"] * 1_000_000,
-                              int(ts_recv))
+                t = decode_frame(raw, int(ts_recv))
                 assert isinstance(t, Trade)
                 out.append(t)
     return out

@@ -22,7 +22,6 @@ def make(tmp_path, cfg=CFG, name="s.sqlite"):
 @pytest.fixture(scope="module")
 def events(binance_recording):
     """Decoded trade/depth/snapshot events of the real recording, in receive order."""
-    pytest.importorskip("daemon.book")
     from daemon.binance import decode_frame
     from daemon.recording import iter_recording
     out = []

@@ -10,7 +10,6 @@ from tests.daemon import crash_worker as cw
 
 @pytest.fixture(scope="module")
 def clean(binance_recording, tmp_path_factory):
-    pytest.importorskip("daemon.book")
     path = tmp_path_factory.mktemp("clean") / "clean.sqlite"
     cw.run_clean(path, [str(p) for p in binance_recording])
     state = cw.read_state(path)

@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.base import ModelLoadError  # noqa: E402
+from engines.data import Klines, load_klines_csv  # noqa: E402
+from engines.features import FEATURE_SCHEMA, batch_features  # noqa: E402
 from engines.lstm_model import (  # noqa: E402
     LSTMModel, dollar_pnl, make_sequences, time_split, binary_metrics, ONNX_FILE, WEIGHTS_FILE, META_FILE,
 )
@@ -21,53 +23,20 @@ from engines.lstm_model import (  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ real inputs
 @functools.lru_cache(maxsize=2)
-def _load_close_matrix(path: str) -> np.ndarray:
-    import gzip
-    with gzip.open(path, "rt") as f:
-        return np.loadtxt(f, delimiter=",", skiprows=1)  # open_time_ms, open, high, low, close, volume
-
-
-def _local_features(k: np.ndarray) -> np.ndarray:
-    """Small causal feature set (used only until engines.features exists): NaN during warm-up."""
-    o, h, low, c, v = k[:, 1], k[:, 2], k[:, 3], k[:, 4], k[:, 5]
-    lc = np.log(c)
-    n = len(c)
-
-    def lag_ret(p: int) -> np.ndarray:
-        r = np.full(n, np.nan)
-        r[p:] = lc[p:] - lc[:-p]
-        return r
-
-    lv = np.log1p(v)
-    cs = np.concatenate([[0.0], np.cumsum(lv)])
-    m60 = np.full(n, np.nan)
-    m60[59:] = (cs[60:] - cs[:-60]) / 60
-    return np.column_stack([lag_ret(1), lag_ret(5), lag_ret(15), np.log(h / low), np.log(c / o), lv - m60])
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_klines(path: str, loader):
-    return loader(path)
+def _cached_klines(path: str) -> Klines:
+    return load_klines_csv(path)
 
 
 def real_dataset(path: Path, rows: int, horizon: int = 5, start: int = 0):
     """(features (n, f) float64 with NaN warm-up, close (n,), y (n,) up-label, fwd returns (n,), names).
 
-    Uses engines.features.batch_features when that module exists (the shared feature pipeline), else a
-    small local causal feature set. The last ``horizon`` rows have no label (NaN)."""
-    k = _load_close_matrix(str(path))[start:start + rows]
-    try:
-        from engines.data import load_klines_csv
-        from engines.features import FEATURE_SCHEMA, batch_features
-    except ImportError:  # shared feature pipeline not there: local features
-        X = _local_features(k)
-        names = ["r1", "r5", "r15", "hl", "co", "lvol_dev60"]
-    else:
-        kl = _cached_klines(str(path), load_klines_csv)[start:start + rows]
-        X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
-        names = list(FEATURE_SCHEMA.names)
-        assert X.shape == (len(k), len(names)) and np.allclose(kl.close, k[:, 4])
-    c = k[:, 4]
+    The features are the shared pipeline's (engines.features.batch_features). The last ``horizon`` rows have no
+    label (NaN)."""
+    kl = _cached_klines(str(path))[start:start + rows]
+    X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
+    names = list(FEATURE_SCHEMA.names)
+    assert X.shape == (len(kl), len(names))
+    c = np.asarray(kl.close, dtype=np.float64)
     fwd = np.full(len(c), np.nan)
     fwd[:-horizon] = c[horizon:] / c[:-horizon] - 1.0
     y = np.where(np.isfinite(fwd), (fwd > 0).astype(np.float64), np.nan)

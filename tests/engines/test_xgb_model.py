@@ -3,7 +3,6 @@ save/load round trip, custom dollar-profit objective end to end, refusal of corr
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 
 from engines.base import ModelLoadError
+from engines.data import load_klines_csv
+from engines.features import FEATURE_SCHEMA, batch_features
 from engines.xgb_model import (
     META_FILE, MODEL_FILE, XGBoostModel, binary_metrics, dollar_pnl, dollar_weights, time_split,
 )
@@ -19,58 +20,14 @@ FAST = {"num_boost_round": 200, "nthread": 2, "learning_rate": 0.05}
 
 
 # ------------------------------------------------------------------------------------------- real features
-def _load_close_volume(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    with gzip.open(path, "rt") as f:
-        a = np.loadtxt(f, delimiter=",", skiprows=1)
-    return a[:, 2], a[:, 3], a[:, 4], a[:, 5]   # high, low, close, volume
-
-
 @functools.lru_cache(maxsize=4)
 def real_dataset(path: str, n_last: int = 20_000, horizon: int = 1):
-    """(X float64 with NaN warm-up rows, y, fwd_return, names) from the last ``n_last`` 1m bars.
-
-    Uses engines.features.batch_features when it exists, else a small built-in set of return/volatility/
-    volume features computed from the same real klines (past-only, so no look-ahead).
-    """
-    try:  # the shared feature pipeline, once the features helper has landed it
-        from engines.data import load_klines_csv
-        from engines.features import FEATURE_SCHEMA, batch_features
-        k = load_klines_csv(Path(path))
-        X = batch_features(k, "1m")
-        close = np.asarray(k.close, dtype=np.float64)
-        names = list(FEATURE_SCHEMA.names)
-    except ImportError:
-        high, low, close, vol = _load_close_volume(Path(path))
-        lc = np.log(close)
-        cols, names = [], []
-
-        def lag_ret(k):
-            r = np.full_like(lc, np.nan)
-            r[k:] = lc[k:] - lc[:-k]
-            return r
-
-        def roll_std(x, w):
-            out = np.full_like(x, np.nan)
-            v = np.lib.stride_tricks.sliding_window_view(x, w)
-            out[w - 1:] = v.std(axis=1)
-            return out
-
-        def roll_mean(x, w):
-            out = np.full_like(x, np.nan)
-            c = np.concatenate([[0.0], np.nancumsum(x)])
-            out[w - 1:] = (c[w:] - c[:-w]) / w
-            return out
-
-        r1 = lag_ret(1)
-        for k in (1, 3, 5, 15, 60):
-            cols.append(lag_ret(k)), names.append(f"ret_{k}")
-        for w in (15, 60):
-            cols.append(roll_std(np.nan_to_num(r1), w)), names.append(f"vol_{w}")
-        lv = np.log1p(vol)
-        cols.append((lv - roll_mean(lv, 60)) / (roll_std(lv, 60) + 1e-9)), names.append("volume_z60")
-        cols.append(np.log(high / low)), names.append("range")
-        cols.append(lc - np.log(roll_mean(close, 30))), names.append("close_vs_ma30")
-        X = np.column_stack(cols)
+    """(X float64 with NaN warm-up rows, y, fwd_return, names) from the last ``n_last`` 1m bars, with the shared
+    feature pipeline (engines.features.batch_features: past-only, so no look-ahead)."""
+    k = load_klines_csv(Path(path))
+    X = batch_features(k, "1m")
+    close = np.asarray(k.close, dtype=np.float64)
+    names = list(FEATURE_SCHEMA.names)
     fwd = np.full(close.shape, np.nan)
     fwd[:-horizon] = close[horizon:] / close[:-horizon] - 1.0
     sl = slice(len(close) - n_last, len(close))

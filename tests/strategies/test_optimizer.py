@@ -13,10 +13,7 @@ from strategies.optimizer import BookTop, DollarProfitOptimizer, MarketMetrics, 
 from strategies.risk import AccountState, RiskConfig, RiskManager
 from strategies.sizing import is_step_multiple
 
-try:
-    from daemon.binance import SymbolFilters
-except ImportError:
-    from tests.strategies.test_sizing import SymbolFilters  # type: ignore
+from daemon.binance import SymbolFilters
 
 S = 1_000_000_000
 H = 3600 * S

@@ -12,10 +12,7 @@ from daemon.events import OrderIntent, OrderType, Side
 from strategies.risk import NS_PER_MINUTE, AccountState, RiskConfig, RiskManager, RiskState
 from strategies.sizing import is_step_multiple
 
-try:
-    from daemon.binance import SymbolFilters
-except ImportError:
-    from tests.strategies.test_sizing import SymbolFilters  # type: ignore
+from daemon.binance import SymbolFilters
 
 S = 1_000_000_000
 DAY = 86_400 * S

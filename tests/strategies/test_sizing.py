@@ -11,19 +11,7 @@ from hypothesis import strategies as st
 from strategies.sizing import (MAX_CLIENT_ID_LEN, ceil_to_step, client_order_id, floor_to_step, is_step_multiple,
                                parse_tf_pairs, position_size, risk_levels)
 
-try:
-    from daemon.binance import SymbolFilters
-except ImportError:  # the market-data helper's type; any object with these attributes works
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class SymbolFilters:  # type: ignore[no-redef]
-        symbol: str
-        tick_size: float
-        lot_step: float
-        min_qty: float
-        max_qty: float
-        min_notional: float
+from daemon.binance import SymbolFilters
 
 BTC = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)
 BIG = dict(max_position_notional=1e12, max_position_fraction=1e6)
