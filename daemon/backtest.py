@@ -85,7 +85,8 @@ from daemon.events import Bar, OrderIntent, Side, timeframe_ns
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["BacktestOptions", "Window", "WindowRule", "DataTooShort", "fit_windows", "SynthBook", "SymbolRules", "BatchPredictions", "MomentumBaseline",
+__all__ = ["BacktestOptions", "Window", "WindowRule", "DataTooShort", "fit_windows", "SynthBook", "SymbolRules",
+           "BatchPredictions", "MomentumBaseline",
            "walk_forward_windows", "run_backtest", "BacktestResult", "run_recording_backtest", "RecordingResult",
            "OrderRecord", "decision_key", "add_arguments", "main"]
 

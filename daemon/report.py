@@ -499,7 +499,8 @@ def _html(data: ReportData, metrics: dict, plots: list[tuple[str, str]]) -> str:
     imgs = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
                    f"</figcaption></figure>" for f, c in plots)
     info = html.escape(json.dumps(_jsonable(data.info), indent=1)[:20000])
-    warn = "".join(f'<p class="warning"><b>Warning:</b> {html.escape(w)}</p>' for w in data.info.get("warnings", ()))
+    warn = "".join(f'<p class="warning"><b>Warning:</b> {html.escape(w)}</p>'
+                   for w in data.info.get("warnings", ()))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tradingd backtest {html.escape(data.symbol)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
