@@ -3,8 +3,11 @@
 ``EngineSet.load`` takes the CURRENT xgboost and lstm versions from the model registry (verified against their
 manifests and the running feature schema hash), picks each backend with :func:`engines.backends.choose_backend`
 (the choice, its reason and whether it was a fallback are kept for /status and the logs), loads and warms the
-engines. Any problem (no model, truncated or corrupt file, other schema) is a :class:`ModelLoadError` naming the
-file: the daemon refuses to start rather than trade on it.
+engines. A backend that probes available but fails to load or warm up (a TensorRT build error, ORT's CUDA provider
+failing to initialise) is a logged fallback to the next available backend, kept in ``info()["failed"]`` and counted
+in ``tradingd_backend_fallbacks_total``. Any model problem (no model, truncated or corrupt file, other schema, or no
+backend at all able to load it) is a :class:`ModelLoadError` naming the file: the daemon refuses to start rather
+than trade on it.
 
 The LSTM needs the last ``seq_len`` feature rows: they are kept per symbol in a ring buffer; until a symbol has
 ``seq_len`` rows only the XGBoost prediction is returned (the optimizer combines whatever is finite).
@@ -40,6 +43,35 @@ class LoadedEngine:
     reason: str
     fallback: bool
     path: str
+    failed: tuple[str, ...] = ()  # backends tried first that failed to load or warm up, with the error
+
+
+class _BackendFailed(Exception):
+    def __init__(self, stage: str, error: str) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage, self.error = stage, error
+
+
+def _load_warm(kind: str, backend: str, path: Any, warmup_iters: int, schema_hash: str,
+               opts: dict[str, Any]) -> Any:
+    """One backend's engine, loaded and warmed; any failure is a _BackendFailed naming the stage."""
+    from engines.backends import create_engine
+    try:
+        engine = create_engine(kind, backend, expected_schema_hash=schema_hash, **opts)
+        engine.load(path)
+    except Exception as e:  # a library error at the boundary is a load failure of this backend
+        raise _BackendFailed("load", f"{type(e).__name__}: {e}") from None
+    try:
+        engine.warmup(warmup_iters)
+    except Exception as e:
+        raise _BackendFailed("warmup", f"{type(e).__name__}: {e}") from None
+    return engine
+
+
+def _count_fallback(metrics: Any, timeframe: str, kind: str, requested: str, reason: str) -> None:
+    c = getattr(metrics, "backend_fallbacks", None)
+    if c is not None:
+        c.labels(timeframe, kind, requested, reason).inc()
 
 
 class _Window:
@@ -91,7 +123,7 @@ class EngineSet:
     def load(cls, registry: Any, timeframe: str, engines_cfg: Any, *, schema_hash: str | None = None,
              kinds: tuple[str, ...] = KINDS, metrics: Any = None) -> EngineSet:
         """Load and warm the current versions of ``kinds`` for ``timeframe`` (raises ModelLoadError)."""
-        from engines.backends import choose_backend, create_engine, lstm_options
+        from engines.backends import candidates, lstm_options
         from engines.features import FEATURE_SCHEMA
         schema_hash = schema_hash or FEATURE_SCHEMA.hash
         out: dict[str, LoadedEngine] = {}
@@ -99,25 +131,35 @@ class EngineSet:
             ref = registry.load(timeframe, kind, schema_hash=schema_hash)
             requested = engines_cfg.xgb_backend if kind == "xgboost" else engines_cfg.lstm_backend
             try:
-                choice = choose_backend(kind, requested)
+                chain = candidates(kind, requested)
             except BackendUnavailable as e:
                 raise ModelLoadError(f"{timeframe} {kind}: {e}") from None
+            if chain[0].fallback:  # the requested backend did not even probe available
+                _count_fallback(metrics, timeframe, kind, requested, "unavailable")
             opts = lstm_options(engines_cfg) if kind == "lstm" else {}
-            engine = create_engine(kind, choice.backend, expected_schema_hash=schema_hash, **opts)
-            t0 = time.perf_counter()
-            try:
-                engine.load(ref.path)
-            except ModelLoadError as e:
-                raise ModelLoadError(f"{timeframe} {kind} version {ref.version}: {e}") from None
-            except Exception as e:  # a library error at the boundary is a model problem too
+            failures: list[str] = []
+            for choice in chain:
+                t0 = time.perf_counter()
+                try:
+                    engine = _load_warm(kind, choice.backend, ref.path, engines_cfg.warmup_iters, schema_hash, opts)
+                except _BackendFailed as e:
+                    failures.append(f"{choice.backend} {e.stage} failed: {e.error}")
+                    log.warning("backend_load_failed", timeframe=timeframe, kind=kind, version=ref.version,
+                                backend=choice.backend, stage=e.stage, error=e.error)
+                    _count_fallback(metrics, timeframe, kind, requested, f"{e.stage}_failed")
+                    continue
+                backend = getattr(engine, "backend", choice.backend) or choice.backend
+                reason = choice.reason + (f" (after {'; '.join(failures)})" if failures else "")
+                fallback = choice.fallback or bool(failures)
+                (log.warning if failures else log.info)(
+                    "engine_loaded", timeframe=timeframe, kind=kind, version=ref.version, backend=backend,
+                    reason=reason, fallback=fallback, seconds=round(time.perf_counter() - t0, 3))
+                out[kind] = LoadedEngine(kind, engine, ref.version, backend, reason, fallback, str(ref.path),
+                                         tuple(failures))
+                break
+            else:  # every backend failed on this model: the model (not the backend) is the problem
                 raise ModelLoadError(f"{timeframe} {kind} version {ref.version} at {ref.path}: "
-                                     f"{type(e).__name__}: {e}") from None
-            engine.warmup(engines_cfg.warmup_iters)
-            backend = getattr(engine, "backend", choice.backend) or choice.backend
-            log.info("engine_loaded", timeframe=timeframe, kind=kind, version=ref.version, backend=backend,
-                     reason=choice.reason, fallback=choice.fallback, seconds=round(time.perf_counter() - t0, 3))
-            out[kind] = LoadedEngine(kind, engine, ref.version, backend, choice.reason, choice.fallback,
-                                     str(ref.path))
+                                     f"no backend could load it: {'; '.join(failures)}")
         return cls(timeframe, out, metrics=metrics)
 
     # ------------------------------------------------------------------------------------------ queries
@@ -132,7 +174,7 @@ class EngineSet:
 
     def info(self) -> dict[str, dict]:
         return {k: {"version": le.version, "backend": le.backend, "reason": le.reason, "fallback": le.fallback,
-                    "path": le.path} for k, le in self._engines.items()}
+                    "path": le.path, "failed": list(le.failed)} for k, le in self._engines.items()}
 
     # ------------------------------------------------------------------------------------------ hot path
     def _buffer(self, symbol: str) -> _Window:

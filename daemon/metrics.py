@@ -60,6 +60,9 @@ class Metrics:
                                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
         self.task_restarts = Counter("tradingd_task_restarts_total", "Background tasks restarted after a crash",
                                      ["task"], registry=r)
+        self.backend_fallbacks = Counter("tradingd_backend_fallbacks_total",
+                                         "Engine backends passed over (unavailable, load or warm-up failed)",
+                                         ["timeframe", "kind", "requested", "reason"], registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
 
     def render(self) -> bytes:

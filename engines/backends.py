@@ -25,7 +25,7 @@ def _log():
 
 __all__ = [
     "LSTM_PREFERENCE", "XGB_PREFERENCE", "KINDS", "BackendChoice", "probe", "choose_backend", "select_backend",
-    "create_engine", "gpu_present", "lstm_options",
+    "create_engine", "gpu_present", "lstm_options", "candidates",
 ]
 
 # Best first. torch-cpu is a comparison backend (benchmarks), never picked by auto.
@@ -163,6 +163,22 @@ def choose_backend(kind: str, requested: str = "auto") -> BackendChoice:
             return choice
         skipped.append(f"{b}: {why}")
     raise BackendUnavailable(f"no {kind} backend can run here: {'; '.join(skipped)}")
+
+
+def candidates(kind: str, requested: str = "auto") -> list[BackendChoice]:
+    """Backends to try in order: :func:`choose_backend`'s pick, then every other backend that probes
+    available (preference order, then the comparison backends as a last resort). A backend can probe fine
+    and still fail to load or warm up (a TensorRT build error, ORT's CUDA provider failing to initialise):
+    the caller then moves on to the next one instead of refusing to start."""
+    first = choose_backend(kind, requested)
+    out = [first]
+    for b in KINDS[kind] + EXTRA_BACKENDS[kind]:
+        if b in (first.backend, requested):
+            continue
+        ok, why = probe(kind, b)
+        if ok:
+            out.append(BackendChoice(kind, requested, b, f"{b}: {why}", True))
+    return out
 
 
 def select_backend(kind: str, requested: str = "auto") -> str:

@@ -1,7 +1,8 @@
 """``tradingd doctor``: what this machine offers the engines, and which backend ``auto`` picks for each.
 
 Every probe is guarded: a missing library or GPU is reported, never raised, and the command exits 0 on a
-CPU-only box. Heavy imports happen inside functions (the CLI loads this module for ``--help`` too).
+CPU-only box. Installs that cannot work as meant (both ONNX Runtime packages, xgboost beside xgboost-cpu, a CPU
+torch on a machine with an NVIDIA GPU, an unsupported TensorRT) are listed as conflicts and make it exit 1. Heavy imports happen inside functions (the CLI loads this module for ``--help`` too).
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-__all__ = ["add_arguments", "main", "collect"]
+__all__ = ["add_arguments", "main", "collect", "install_conflicts"]
+
+# TensorRT majors the engine builder supports (engines.lstm_engine.convert_to_tensorrt: strongly typed networks)
+TENSORRT_MAJORS = (10, 11)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +129,65 @@ def _onnxruntime() -> dict[str, Any]:
             "device": ort.get_device()}
 
 
+def install_conflicts(dists: dict[str, str], *, torch_cuda: str | None, nvidia_gpu: bool,
+                      ort_providers: list[str] | None = None) -> list[str]:
+    """Installs that cannot work as meant, from the installed distributions (name -> version), torch's CUDA
+    build (``torch.version.cuda``) and whether NVIDIA hardware is present. Pure: the rules, no probing."""
+    out = []
+    if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
+        out.append(f"onnxruntime {dists['onnxruntime']} and onnxruntime-gpu {dists['onnxruntime-gpu']} are both "
+                   "installed: they share the `onnxruntime` module and the CPU one can hide the CUDA provider; "
+                   "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu` (or `make gpu`)")
+    elif "onnxruntime-gpu" in dists and ort_providers is not None and nvidia_gpu \
+            and "CUDAExecutionProvider" not in ort_providers:
+        out.append(f"onnxruntime-gpu {dists['onnxruntime-gpu']} is installed but offers no CUDAExecutionProvider "
+                   f"(providers {ort_providers}): CUDA/cuDNN libraries missing or a CPU build shadows it")
+    if "xgboost" in dists and "xgboost-cpu" in dists:
+        out.append(f"xgboost {dists['xgboost']} and xgboost-cpu {dists['xgboost-cpu']} are both installed (one "
+                   "`xgboost` module, whichever was installed last wins): `pip uninstall -y xgboost-cpu xgboost && "
+                   "pip install xgboost` on a GPU box")
+    if "torch" in dists and nvidia_gpu and not torch_cuda:
+        out.append(f"torch {dists['torch']} is a CPU-only build but an NVIDIA GPU is present: install a CUDA "
+                   "build (`make gpu`)")
+    if "tensorrt" in dists:
+        try:
+            major = int(dists["tensorrt"].split(".")[0])
+        except ValueError:
+            major = -1
+        if major not in TENSORRT_MAJORS:
+            out.append(f"tensorrt {dists['tensorrt']} is outside the supported majors {TENSORRT_MAJORS}")
+    return out
+
+
+def _distributions() -> dict[str, str]:
+    from importlib import metadata
+    names = ("onnxruntime", "onnxruntime-gpu", "xgboost", "xgboost-cpu", "torch", "tensorrt", "tensorrt-cu12",
+             "tensorrt-cu13")
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def nvidia_hardware() -> bool:
+    """NVIDIA hardware on this machine, whatever CUDA_VISIBLE_DEVICES says: the driver's /proc entries, a
+    device node, or nvidia-smi."""
+    try:
+        if os.listdir("/proc/driver/nvidia/gpus"):
+            return True
+    except OSError:
+        pass
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+
+
+def _conflicts(torch_info: dict[str, Any], ort_info: dict[str, Any]) -> list[str]:
+    return install_conflicts(_distributions(), torch_cuda=torch_info.get("cuda_build"),
+                             nvidia_gpu=nvidia_hardware(), ort_providers=ort_info.get("providers"))
+
+
 def _backends() -> dict[str, Any]:
     from engines.backends import KINDS, EXTRA_BACKENDS, choose_backend, probe
     out: dict[str, Any] = {}
@@ -147,6 +210,11 @@ def _backends() -> dict[str, Any]:
 def collect() -> dict[str, Any]:
     torch_info = _guard(_torch)
     gpu = _guard(lambda: _gpu(torch_info))
+    ort_info = _guard(_onnxruntime)
+    try:
+        conflicts = _conflicts(torch_info, ort_info)
+    except Exception as e:  # noqa: BLE001 - a probe must never take the report down
+        conflicts = [f"conflict check failed: {type(e).__name__}: {e}"]
     return {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable": sys.executable},
@@ -158,8 +226,9 @@ def collect() -> dict[str, Any]:
         "torch": torch_info,
         "tensorrt": _guard(_tensorrt),
         "xgboost": _guard(_xgboost),
-        "onnxruntime": _guard(_onnxruntime),
+        "onnxruntime": ort_info,
         "backends": _guard(_backends),
+        "conflicts": conflicts,
     }
 
 
@@ -202,6 +271,8 @@ def render(r: dict[str, Any]) -> str:
     for name in ("cpu", "memory", "gpu", "torch", "tensorrt", "xgboost", "onnxruntime"):
         if isinstance(r.get(name), dict) and "error" in r[name]:
             lines.append(f"  ! {name} probe failed: {r[name]['error']}")
+    for c in r.get("conflicts", []):
+        lines.append(f"  ! CONFLICT: {c}")
     lines.append("")
     for kind, e in r["backends"].items():
         if not isinstance(e, dict) or "candidates" not in e:
@@ -219,4 +290,4 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1, default=str))
     else:
         print(render(report))
-    return 0
+    return 1 if report["conflicts"] else 0  # `make gpu` ends with doctor: a conflicting install fails it

@@ -5,8 +5,8 @@
 * ``onnxruntime-cuda`` — the same ONNX file on the CUDAExecutionProvider.
 * ``torch-cuda``       — eager PyTorch on the GPU with CUDA graphs captured at warm-up for fixed batch sizes
   (static input buffer; smaller batches are padded up to the next captured size).
-* ``tensorrt``         — a TensorRT engine built from the ONNX file (fp16, optimisation profile over the batch
-  axis), serialised and cached by GPU name + compute capability + TensorRT version + ONNX sha256.
+* ``tensorrt``         — a TensorRT engine built from the ONNX file (strongly typed; fp16 by casting the ONNX,
+  optimisation profile over the batch axis), serialised and cached by GPU name + compute capability + TensorRT version + ONNX sha256.
 * ``torch-cpu``        — eager PyTorch on CPU, for comparison only.
 
 All backends read one version directory written by :class:`engines.lstm_model.LSTMModel.save`; the
@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 __all__ = [
     "LSTMEngine", "OnnxRuntimeCPUEngine", "OnnxRuntimeCUDAEngine", "TorchCPUEngine", "TorchCUDAGraphEngine",
-    "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key",
+    "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key", "onnx_to_fp16",
 ]
 
 
@@ -265,27 +265,46 @@ def tensorrt_cache_key(gpu_name: str, compute_capability: str, trt_version: str,
                        fp16: bool, max_batch: int) -> str:
     """Plan file name: a plan is only valid for the same GPU model, compute capability, TensorRT version and
     ONNX bytes (and build flags)."""
-    raw = f"{gpu_name}|{compute_capability}|{trt_version}|{onnx_sha256}|fp16={fp16}|max_batch={max_batch}"
+    raw = f"{gpu_name}|{compute_capability}|{trt_version}|{onnx_sha256}|fp16={fp16}|max_batch={max_batch}|strong"
     tag = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-")[:40]
     return f"lstm-{tag}-sm{compute_capability.replace('.', '')}-trt{trt_version}-" \
            f"{hashlib.sha256(raw.encode()).hexdigest()[:16]}.plan"
 
 
+def onnx_to_fp16(onnx_bytes: bytes) -> bytes:
+    """The ONNX graph with fp16 weights and arithmetic but fp32 inputs/outputs (casts at the edges), for a
+    strongly typed fp16 TensorRT engine. Uses onnxconverter-common (the ``gpu`` extra)."""
+    import onnx
+    from onnxconverter_common import float16
+    model = onnx.load_model_from_string(onnx_bytes)
+    return float16.convert_float_to_float16(model, keep_io_types=True).SerializeToString()
+
+
 def convert_to_tensorrt(onnx_bytes: bytes, *, seq_len: int, n_features: int, max_batch: int = 256,
-                        opt_batch: int = 1, fp16: bool = True, workspace_mb: int = 1024) -> bytes:
-    """Build a serialised TensorRT engine (plan) from ONNX bytes with the TensorRT 10 Python API."""
+                        opt_batch: int = 1, fp16: bool = True, workspace_mb: int = 1024) -> tuple[bytes, str]:
+    """Build a serialised TensorRT engine (plan) from ONNX bytes; returns (plan, precision).
+
+    The network is strongly typed (TensorRT 10 and 11: the weakly typed ``BuilderFlag.FP16`` and
+    ``platform_has_fast_fp16`` are deprecated in 10 and gone in 11), so precision comes from the ONNX types:
+    for fp16 the graph is cast to fp16 first (:func:`onnx_to_fp16`); without onnxconverter-common it is built
+    in fp32 and the returned precision says why."""
     import tensorrt as trt
+    precision = "fp32"
+    if fp16:
+        try:
+            onnx_bytes, precision = onnx_to_fp16(onnx_bytes), "fp16"
+        except ImportError as e:
+            precision = f"fp32 (fp16 requested but {e.name or e} is not installed)"
+            log.warning("tensorrt_fp16_unavailable", reason=precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelLoadError(f"tensorrt: ONNX parser failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if fp16 and builder.platform_has_fast_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (1, seq_len, n_features), (max(1, min(opt_batch, max_batch)), seq_len, n_features),
                       (max_batch, seq_len, n_features))
@@ -293,7 +312,7 @@ def convert_to_tensorrt(onnx_bytes: bytes, *, seq_len: int, n_features: int, max
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ModelLoadError("tensorrt: build_serialized_network returned None (see TensorRT log)")
-    return bytes(plan)
+    return bytes(plan), precision
 
 
 class TensorRTEngine(LSTMEngine):
@@ -331,7 +350,7 @@ class TensorRTEngine(LSTMEngine):
         self._cache_hit = engine is not None
         if engine is None:
             t0 = time.perf_counter()
-            plan = convert_to_tensorrt(onnx_bytes, seq_len=cfg.seq_len, n_features=n_features,
+            plan, self._precision = convert_to_tensorrt(onnx_bytes, seq_len=cfg.seq_len, n_features=n_features,
                                        max_batch=self._max_batch, fp16=fp16,
                                        workspace_mb=int(self.options.get("workspace_mb", 1024)))
             self._build_s = time.perf_counter() - t0
@@ -368,6 +387,7 @@ class TensorRTEngine(LSTMEngine):
 
     def _extra_info(self) -> dict[str, Any]:
         return {"plan": str(getattr(self, "_plan_path", "")), "cache_hit": getattr(self, "_cache_hit", None),
+                "precision": getattr(self, "_precision", "from cached plan"),
                 "build_s": getattr(self, "_build_s", None)}
 
 

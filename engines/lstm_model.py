@@ -57,6 +57,7 @@ class LSTMConfig:
     patience: int = 3
     grad_clip: float = 1.0
     mixed_precision: bool = True      # only acts on CUDA; CPU stays fp32
+    amp_dtype: str = "auto"           # auto (bf16 where supported, else fp16), bfloat16, or float16 (+GradScaler)
     seed: int = 0
 
     def validate(self) -> None:
@@ -64,7 +65,7 @@ class LSTMConfig:
             "seq_len": self.seq_len >= 1, "hidden": self.hidden >= 1, "layers": self.layers >= 1,
             "dropout": 0.0 <= self.dropout < 1.0, "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0,
             "batch_size": self.batch_size >= 1, "epochs": self.epochs >= 1, "patience": self.patience >= 1,
-            "grad_clip": self.grad_clip >= 0,
+            "grad_clip": self.grad_clip >= 0, "amp_dtype": self.amp_dtype in ("auto", "bfloat16", "float16"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -328,7 +329,7 @@ class LSTMModel:
             self.net.std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
         dev = self.device
-        amp = MixedPrecisionAdapter(dev)
+        amp = MixedPrecisionAdapter(dev, prefer=cfg.amp_dtype)
         if cfg.mixed_precision:
             amp.enable()
         opt = amp.wrap_optimizer(self.optimizer)

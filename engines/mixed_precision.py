@@ -51,8 +51,11 @@ class ScaledOptimizer:
 
 
 class MixedPrecisionAdapter:
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", prefer: str = "auto") -> None:
+        if prefer not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"prefer must be auto, bfloat16 or float16, got {prefer!r}")
         self.device = str(device)
+        self.prefer = prefer
         self.enabled = False
         self.dtype_name = "float32"
         self.reason = "not enabled"
@@ -63,20 +66,24 @@ class MixedPrecisionAdapter:
         return "cuda" if self.device.startswith("cuda") else "cpu"
 
     def enable(self) -> "MixedPrecisionAdapter":
-        """bf16 if supported, else fp16 + GradScaler; on CPU stay fp32 (autocast there would slow the LSTM)."""
+        """bf16 if supported, else fp16 + GradScaler (``prefer`` forces one: fp16 to compare, or bf16 where the
+        GPU has it); on CPU stay fp32 (autocast there would slow the LSTM)."""
         import torch
         if self.device_type != "cuda" or not torch.cuda.is_available():
             self.enabled, self.dtype_name = False, "float32"
             self.reason = "CPU device: mixed precision is a no-op, training runs in fp32"
             return self
         self.enabled = True
-        if torch.cuda.is_bf16_supported():
+        bf16 = torch.cuda.is_bf16_supported()
+        if bf16 and self.prefer in ("auto", "bfloat16"):
             self.dtype_name, self._scaler = "bfloat16", None
             self.reason = "CUDA with bf16 support: bf16 autocast, no loss scaling"
         else:
             self.dtype_name = "float16"
             self._scaler = torch.amp.GradScaler("cuda")
-            self.reason = "CUDA without bf16: fp16 autocast with GradScaler"
+            self.reason = ("fp16 requested: fp16 autocast with GradScaler" if self.prefer == "float16" else
+                           "CUDA without bf16: fp16 autocast with GradScaler" + (
+                               " (bf16 requested but unsupported)" if self.prefer == "bfloat16" else ""))
         return self
 
     def disable(self) -> "MixedPrecisionAdapter":

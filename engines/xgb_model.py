@@ -40,7 +40,7 @@ from engines.metrics_common import (  # noqa: F401 - re-exported: callers import
 __all__ = [
     "XGBoostModel", "TrainResult", "time_split", "binary_metrics", "dollar_pnl", "dollar_weights",
     "dollar_logistic_objective", "logloss_metric", "feature_stats", "select_device", "sigmoid", "read_meta",
-    "sha256_file", "verified_model_path",
+    "sha256_file", "verified_model_path", "booster_device",
     "MODEL_FILE", "META_FILE", "FORMAT_VERSION", "SEED_PARAMS",
 ]
 
@@ -140,6 +140,25 @@ def select_device() -> str:
     return "cpu"
 
 
+def booster_device(booster) -> str:
+    """The device a booster really used, from its own configuration (``cpu`` or ``cuda``): XGBoost quietly
+    trains on CPU when asked for ``cuda`` on a CPU-only wheel or a machine without a usable GPU."""
+    cfg = json.loads(booster.save_config())
+    dev = str(cfg.get("learner", {}).get("generic_param", {}).get("device", "cpu"))
+    return "cuda" if dev.startswith("cuda") or dev.startswith("gpu") else "cpu"
+
+
+def device_mismatch_reason(requested: str, actual: str) -> str:
+    """Why XGBoost did not use ``requested`` ("" when it did)."""
+    if requested.split(":")[0] == actual:
+        return ""
+    import xgboost as xgb
+    if not xgb.build_info().get("USE_CUDA"):
+        return (f"requested {requested} but xgboost {xgb.__version__} is built without CUDA (USE_CUDA=False; "
+                f"the xgboost-cpu wheel?): trained on {actual}")
+    return f"requested {requested} but XGBoost found no usable GPU: trained on {actual}"
+
+
 def feature_stats(X: np.ndarray) -> dict[str, list[float]]:
     """Per-feature mean, std and NaN fraction of the training rows: engines warm up on inputs drawn from
     these (representative magnitudes and missing values) instead of zeros."""
@@ -194,8 +213,10 @@ class TrainResult:
     rounds_run: int              # rounds actually boosted before early stopping fired
     best_score: float
     seconds: float
-    device: str
+    device: str                  # the device XGBoost actually trained on (read back from the booster)
     objective: str               # "binary:logistic" or "dollar_logistic"
+    device_requested: str = ""
+    device_reason: str = ""      # why ``device`` differs from ``device_requested`` ("" when it does not)
 
 
 class XGBoostModel:
@@ -214,6 +235,7 @@ class XGBoostModel:
         self.metrics: dict[str, Any] = {}
         self.train_result: TrainResult | None = None
         self.feature_stats: dict[str, list[float]] = {}
+        self.device_reason = ""
         if params:
             self.configure(**params)
 
@@ -326,10 +348,18 @@ class XGBoostModel:
         self.booster = booster[: best + 1]            # keep only the trees that early stopping chose
         self.feature_stats = feature_stats(X_train)
         self.best_iteration = best
+        requested = str(params["device"])
+        actual = booster_device(booster)
+        why = device_mismatch_reason(requested, actual)
+        if why:
+            log.warning("xgb_device_fallback", requested=requested, device=actual, reason=why)
+            self._device = actual  # later boosters and predictions say what really runs
+        self.device_reason = why
         self.train_result = TrainResult(best_iteration=best, rounds_used=best + 1, rounds_run=rounds_run,
-                                        best_score=best_score, seconds=seconds, device=params["device"],
-                                        objective="dollar_logistic" if self.custom_objective else "binary:logistic")
-        log.info("xgb_trained", device=params["device"], rounds_used=best + 1, rounds_run=rounds_run,
+                                        best_score=best_score, seconds=seconds, device=actual,
+                                        objective="dollar_logistic" if self.custom_objective else "binary:logistic",
+                                        device_requested=requested, device_reason=why)
+        log.info("xgb_trained", device=actual, rounds_used=best + 1, rounds_run=rounds_run,
                  best_score=best_score, seconds=round(seconds, 3), custom_objective=self.custom_objective,
                  n_train=int(X_train.shape[0]), n_val=int(X_val.shape[0]))
         return self.train_result
@@ -421,6 +451,7 @@ class XGBoostModel:
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration,
             "device_trained": self.train_result.device if self.train_result else None,
+            "device_reason": self.train_result.device_reason if self.train_result else "",
             "metrics": jsonable(self.metrics),
             "feature_stats": jsonable(self.feature_stats),
             "data_window": data_window,

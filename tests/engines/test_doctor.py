@@ -57,3 +57,31 @@ def test_a_failing_probe_is_reported_not_raised(monkeypatch):
     r = doctor.collect()
     assert r["onnxruntime"] == {"error": "RuntimeError: driver exploded"}
     assert "onnxruntime probe failed: RuntimeError: driver exploded" in doctor.render(r)
+
+
+def test_install_conflicts_rules():
+    ok = {"onnxruntime": "1.32.0", "xgboost-cpu": "3.2.0", "torch": "2.13.0+cpu"}
+    assert doctor.install_conflicts(ok, torch_cuda=None, nvidia_gpu=False) == []
+    both = doctor.install_conflicts({**ok, "onnxruntime-gpu": "1.31.1", "xgboost": "3.2.0"}, torch_cuda=None,
+                                    nvidia_gpu=False)
+    assert len(both) == 2 and "onnxruntime-gpu" in both[0] and "xgboost-cpu" in both[1]
+    cpu_torch = doctor.install_conflicts(ok, torch_cuda=None, nvidia_gpu=True)
+    assert len(cpu_torch) == 1 and "CPU-only build" in cpu_torch[0]
+    assert doctor.install_conflicts(ok, torch_cuda="12.8", nvidia_gpu=True) == []
+    no_provider = doctor.install_conflicts({"onnxruntime-gpu": "1.31.1"}, torch_cuda="12.8", nvidia_gpu=True,
+                                           ort_providers=["CPUExecutionProvider"])
+    assert len(no_provider) == 1 and "no CUDAExecutionProvider" in no_provider[0]
+    assert doctor.install_conflicts({"tensorrt": "11.4.0.106"}, torch_cuda="12.8", nvidia_gpu=True) == []
+    assert "outside the supported" in doctor.install_conflicts({"tensorrt": "8.6.1"}, torch_cuda="12.8",
+                                                               nvidia_gpu=True)[0]
+
+
+def test_doctor_reports_a_real_conflicting_install(monkeypatch, capsys):
+    """The distributions doctor reads are this venv's real ones; one more (a second ORT package) is added
+    to what importlib.metadata reports, and doctor names it and exits 1."""
+    real = doctor._distributions()
+    assert "onnxruntime" in real or "onnxruntime-gpu" in real
+    monkeypatch.setattr(doctor, "_distributions", lambda: {**real, "onnxruntime": "1.32.0",
+                                                           "onnxruntime-gpu": "1.31.1"})
+    assert doctor.main(argparse.Namespace(json=False)) == 1
+    assert "CONFLICT: onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1 are both installed" in capsys.readouterr().out

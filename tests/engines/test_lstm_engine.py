@@ -172,3 +172,27 @@ def test_truncated_onnx_refused_by_ort(version, tmp_path):
     (v / "lstm.onnx").write_bytes(data[:100])
     with pytest.raises(ModelLoadError, match="lstm.onnx"):
         OnnxRuntimeCPUEngine().load(v)
+
+
+def test_onnx_fp16_cast_for_strongly_typed_tensorrt(version):
+    """The fp16 ONNX a strongly typed TensorRT engine is built from: fp16 weights, fp32 at the edges, and (where
+    ONNX Runtime CPU runs it) the same probabilities within fp16 error."""
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common (the gpu extra) not installed")
+    import onnx
+    import onnxruntime as ort
+    from engines.lstm_engine import onnx_to_fp16
+    d, xs, m = version
+    raw = (d / "lstm.onnx").read_bytes()
+    half = onnx.load_model_from_string(onnx_to_fp16(raw))
+    onnx.checker.check_model(half)
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [i.type.tensor_type.elem_type for i in half.graph.input] == [f32]
+    assert [o.type.tensor_type.elem_type for o in half.graph.output] == [f32]
+    weights = [t for t in half.graph.initializer if t.data_type in (f32, f16)]
+    assert weights and all(t.data_type == f16 for t in weights)
+    try:
+        sess = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT CPU lacks some fp16 kernels; TensorRT is what runs it
+        pytest.skip(f"ONNX Runtime CPU cannot run the fp16 graph: {str(e).splitlines()[0][:120]}")
+    got = sess.run(None, {sess.get_inputs()[0].name: xs})[0].reshape(-1)
+    np.testing.assert_allclose(got, m.predict(xs), atol=2e-2)
