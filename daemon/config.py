@@ -68,6 +68,10 @@ class FaultConfig:
     close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).", ge=0)
     close_after_frames: int = opt(0, "Close each connection abruptly after it was sent this many frames "
                                   "(0 = never); deterministic, for tests.", ge=0)
+    forge_prob: float = opt(0.0, "Probability that a trade or depth frame comes with a forged one (absurd size, "
+                            "far-future/negative/huge time, a repeated trade id: see venue/faults.py).", ge=0, le=1)
+    stale_snapshot_prob: float = opt(0.0, "Probability that a REST depth snapshot carries the current update id "
+                                     "with the levels of the first snapshot served (a stale cache).", ge=0, le=1)
     seed: int = opt(1, "Seed of the fault injector's random stream.")
 
 

@@ -60,6 +60,12 @@ class Metrics:
                                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
         self.task_restarts = Counter("tradingd_task_restarts_total", "Background tasks restarted after a crash",
                                      ["task"], registry=r)
+        self.frames_refused = Counter("tradingd_frames_refused_total", "Implausible events refused by the feed's "
+                                      "guard (time, size, duplicate)", ["symbol", "reason"], registry=r)
+        self.clock_jumps = Counter("tradingd_clock_jumps_total", "Confirmed jumps of a stream's event clock (gaps)",
+                                   registry=r)
+        self.book_oracle = Counter("tradingd_book_oracle_total", "bookTicker checks of the live book, by result",
+                                   ["result"], registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
 
     def render(self) -> bytes:

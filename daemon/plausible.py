@@ -11,7 +11,8 @@ they reach the book or the bars, and counts each refusal by ``(symbol, reason)``
   offset seen (the least-delayed event). An event whose offset is more than ``max_event_ahead_s`` above it is ahead
   of the venue's clock (``time_ahead``); one more than ``max_event_behind_s`` older than the newest accepted event
   is ``time_behind``; ``<= 0`` is ``time_negative``. Delivery delays (a stall, then a burst) only lower the
-  offset, so they are never refused. ``speed`` is a replay/simulator speed (venue seconds per receive second).
+  offset, so they are never refused. ``speed`` is a replay/simulator speed (venue seconds per receive second); 0 (unpaced replay) checks against the
+  stream's newest event only, allowing ``UNPACED_AHEAD_NS`` of quiet between two events.
 * **genuine jumps**: ``jump_confirm_events`` consecutive refused events that agree with each other (within ``max_event_ahead_s``)
   are the venue's clock, not a forgery: the stream is re-based there, the confirming event is accepted and
   :meth:`FrameGuard.check` returns ``"jump"`` so the consumer treats it as a gap (the bars restart, no flat
@@ -35,6 +36,7 @@ from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 __all__ = ["ClockJump", "FrameGuard", "ReadinessWatch", "JUMP"]
 
 JUMP = "jump"
+UNPACED_AHEAD_NS = 600_000_000_000  # speed 0: an event may be up to 10 min (+ max_event_ahead_s) past the newest
 
 
 class ClockJump(msgspec.Struct, frozen=True, gc=False):
@@ -74,8 +76,8 @@ class FrameGuard:
 
     def __init__(self, cfg: FeedConfig = FeedConfig(), filters: Mapping[str, Any] | None = None,
                  speed: float = 1.0) -> None:
-        if not speed > 0:
-            raise ValueError(f"speed must be > 0 (venue seconds per receive second), got {speed}")
+        if not speed >= 0:
+            raise ValueError(f"speed must be >= 0 (venue seconds per receive second; 0 = unpaced), got {speed}")
         self.cfg = cfg
         self.filters = dict(filters or {})
         self.speed = float(speed)
@@ -136,12 +138,13 @@ class FrameGuard:
     def _time(self, symbol: str, kind: str, ts: int, recv: int) -> str | None:
         if ts <= 0:
             return "time_negative"
-        off = ts - recv * self.speed
+        # unpaced (a replay as fast as possible): the receive clock says nothing, the stream's own newest time does
+        off = ts - recv * self.speed if self.speed else ts
         c = self._clocks.get((symbol, kind))
         if c is None:
             self._clocks[(symbol, kind)] = _Clock(off, ts)
             return None
-        if off > c.offset + self._ahead:
+        if off > (c.offset if self.speed else c.newest + UNPACED_AHEAD_NS) + self._ahead:
             reason = "time_ahead"
         elif ts < c.newest - self._behind:
             reason = "time_behind"
