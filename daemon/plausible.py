@@ -25,6 +25,8 @@ they reach the book or the bars, and counts each refusal by ``(symbol, reason)``
 from __future__ import annotations
 
 from collections import Counter
+from itertools import starmap
+from operator import mul
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,15 +61,9 @@ class _Clock:
         self.cand_n = 0
 
 
-def _levels_ok(levels: list, bound: float) -> bool:
-    """Every level's price * qty <= bound (checked per level only when the side's max price * max qty is not)."""
-    if not levels:
-        return True
-    pmax = max(levels)[0]
-    qmax = max(q for _p, q in levels)
-    if pmax * qmax <= bound:
-        return True
-    return all(p * q <= bound for p, q in levels)
+def _levels_ok(levels: list, bound: float, _max=max, _starmap=starmap, _mul=mul) -> bool:
+    """Every level's price * qty <= bound (one C-level pass: ~30 ns a level)."""
+    return not levels or _max(_starmap(_mul, levels)) <= bound
 
 
 class FrameGuard:
@@ -83,7 +79,7 @@ class FrameGuard:
         self.speed = float(speed)
         self.refused: Counter[tuple[str, str]] = Counter()
         self.jumps: Counter[str] = Counter()
-        self._clocks: dict[tuple[str, str], _Clock] = {}
+        self._clocks: dict[str, dict[str, _Clock]] = {"trade": {}, "depth": {}}  # kind -> symbol -> clock
         self._ids: dict[str, dict[int, None]] = {}
         self._ahead = cfg.max_event_ahead_s * 1e9
         self._behind = cfg.max_event_behind_s * 1e9
@@ -140,9 +136,10 @@ class FrameGuard:
             return "time_negative"
         # unpaced (a replay as fast as possible): the receive clock says nothing, the stream's own newest time does
         off = ts - recv * self.speed if self.speed else ts
-        c = self._clocks.get((symbol, kind))
+        clocks = self._clocks[kind]
+        c = clocks.get(symbol)
         if c is None:
-            self._clocks[(symbol, kind)] = _Clock(off, ts)
+            clocks[symbol] = _Clock(off, ts)
             return None
         if off > (c.offset if self.speed else c.newest + UNPACED_AHEAD_NS) + self._ahead:
             reason = "time_ahead"
