@@ -24,7 +24,7 @@ they reach the book or the bars, and counts each refusal by ``(symbol, reason)``
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from itertools import starmap
 from operator import mul
 from collections.abc import Mapping
@@ -80,7 +80,8 @@ class FrameGuard:
         self.refused: Counter[tuple[str, str]] = Counter()
         self.jumps: Counter[str] = Counter()
         self._clocks: dict[str, dict[str, _Clock]] = {"trade": {}, "depth": {}}  # kind -> symbol -> clock
-        self._ids: dict[str, dict[int, None]] = {}
+        self._ids: dict[str, tuple[set[int], deque[int]]] = {}  # symbol -> recent trade ids (set + age order)
+        self._window = cfg.trade_dedup_window
         self._ahead = cfg.max_event_ahead_s * 1e9
         self._behind = cfg.max_event_behind_s * 1e9
 
@@ -119,16 +120,19 @@ class FrameGuard:
                 return "trade_price"
         if t.price * t.qty > self.cfg.max_notional:
             return "trade_notional"
-        ids = self._ids.get(t.symbol)
-        if ids is None:
-            ids = self._ids[t.symbol] = {}
-        if t.trade_id in ids:
+        seen = self._ids.get(t.symbol)
+        if seen is None:
+            seen = self._ids[t.symbol] = (set(), deque())
+        ids, order = seen
+        tid = t.trade_id
+        if tid in ids:
             return "duplicate_trade"
         r = self._time(t.symbol, "trade", t.ts_event, t.ts_recv)
         if r is None or r is JUMP:
-            ids[t.trade_id] = None
-            if len(ids) > self.cfg.trade_dedup_window:
-                del ids[next(iter(ids))]
+            ids.add(tid)
+            order.append(tid)
+            if len(order) > self._window:  # O(1): a dict's oldest key is not (deleted slots are scanned)
+                ids.discard(order.popleft())
         return r
 
     def _time(self, symbol: str, kind: str, ts: int, recv: int) -> str | None:
