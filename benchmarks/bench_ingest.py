@@ -9,6 +9,8 @@ costs ~0.05-0.1 µs and is included. Rows:
 
 * decode: ``decode_frame`` per depth / trade / bookTicker frame (plus an orjson + float() reference for depth);
 * book apply: ``OrderBook.on_update`` per diff (after the recorded snapshot), and a best bid+ask query;
+* guard check: ``FrameGuard.check`` (daemon/plausible.py: time, size, duplicate checks the feed runs between
+  decode and book/bars) per depth / trade / bookTicker event;
 * bar update: ``BarBuilder.on_trade`` per trade, 4 timeframes (skipped with a note if daemon.bars is missing);
 * combined: decode + book per depth frame, decode + bars per trade frame, and the whole pipeline (every depth and
   trade frame in arrival order) per frame and amortised per depth frame (total time / depth frames).
@@ -115,6 +117,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         query_s += _time_each(lambda _: (book.best_bid(), book.best_ask()), range(len(diffs_after)))
     figs["book apply (on_update)"] = _fig(apply_s)
     figs["book best bid+ask query"] = _fig(query_s)
+
+    # ---------------------------------------------------------------------------------------- plausibility guard
+    from daemon.plausible import FrameGuard
+    for name, typ in (("guard check depth", DepthUpdate), ("guard check trade", Trade),
+                      ("guard check bookTicker", BookTicker)):
+        evs = [ev for ev in events if type(ev) is typ]
+        g_s: list[int] = []
+        for _ in range(args.repeat):
+            g = FrameGuard()  # fresh: trade ids are not refused as duplicates of the previous pass
+            g_s += _time_each(g.check, evs)
+        figs[name] = _fig(g_s)
 
     # ---------------------------------------------------------------------------------------- bars
     try:

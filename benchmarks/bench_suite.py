@@ -1,6 +1,6 @@
 """tradingd performance suite: ONE table of figures, each with its target and whether it is met, plus JSON.
 
-    scripts/bench [--out bench.json] [--soak MINUTES] [--skip peers,soak,...] [--registry DIR]
+    scripts/bench [--out bench.json] [--soak MINUTES] [--fault-soak MINUTES] [--skip peers,soak,...] [--registry DIR]
 
 Everything runs on the real data in ../shared/data (the BTCUSDT websocket recording, the 90-day 1m klines);
 nothing is asserted and nothing is invented: a figure that cannot be measured here is a row saying why.
@@ -58,7 +58,7 @@ TFS = ("1m", "5m", "15m", "1h")
 SYM = "BTCUSDT"
 PEER_VENV = ROOT / ".bench-venv"
 PEER_PKGS = ("cryptofeed", "nautilus-trader")
-SECTIONS = ("ingest", "loopback", "peers", "models", "barclose", "backends", "tick", "backtest", "soak")
+SECTIONS = ("ingest", "loopback", "peers", "models", "barclose", "backends", "tick", "backtest", "soak", "faultsoak")
 
 # Targets (issue #6 and the product brief). None: reported, no target.
 T_INGEST_US = 12.0          # decode + book + bars, median per depth frame
@@ -743,6 +743,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default ./bench.json)")
     ap.add_argument("--soak", type=float, default=0.0, help="minutes of replay-loop RSS soak (0: skip)")
+    ap.add_argument("--fault-soak", type=float, default=0.0, help="minutes of the fault soak against the simulator "
+                    "with every fault kind on (benchmarks/bench_fault_soak.py; 0: skip)")
     ap.add_argument("--repeat", type=int, default=3, help="passes over the recording for per-frame figures")
     ap.add_argument("--iters", type=int, default=2000, help="timed calls per inference backend")
     ap.add_argument("--speed", type=float, default=10.0, help="replay speed for tick-to-decision")
@@ -825,6 +827,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         section("soak", soak, have_rec, "recording missing")
     elif "soak" not in skip:
         t.missing("soak", "RSS growth over a long replay", "--soak MINUTES not given", f"<= {T_SOAK_MB_H:g} MB/h")
+    if a.fault_soak > 0:
+        def fault_soak() -> None:
+            from benchmarks import bench_fault_soak
+            args = ["--minutes", str(a.fault_soak)] + (["--registry", str(a.registry)] if ok else [])
+            r = t.data["fault_soak"] = bench_fault_soak.run(args)
+            t.add("faultsoak", f"{a.fault_soak:g} min simulator, every fault on: bars closed / decisions",
+                  f"{r['bars_closed']} / {r['decisions']}")
+            t.add("faultsoak", "  refused / forged; resyncs / gaps; reconnects / closes",
+                  f"{sum(r['refused_by_reason'].values())} / {sum(r['forged_by_kind'].values())}; "
+                  f"{r['resyncs']} / {r['gaps']}; {r['reconnects']} / {r['venue_closes']}")
+            t.add("faultsoak", "  orders on an unsynced book; RSS start -> end (max)",
+                  f"{r['orders_on_unsynced_book']}; {r['rss_mb']['start']:.0f} -> {r['rss_mb']['end']:.0f} "
+                  f"({r['rss_mb']['max']:.0f}) MB", "0 orders", r["orders_on_unsynced_book"] == 0)
+        section("faultsoak", fault_soak)
 
     print()
     print(f"tradingd performance suite — {t.data['machine']['cpu']}, {t.data['machine']['cpus']} CPUs "

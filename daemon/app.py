@@ -89,6 +89,7 @@ class Daemon:
         self.store = self.venue = self.feed = self.pipeline = self.broker = self.http = None
         self.engine_sets: dict = {}
         self.filters: dict = {}
+        self._bar_watches: dict = {}  # symbol -> plausible.ReadinessWatch (bars advancing, few late trades)
         self.supervisor = None
         self.ws_url = self.rest_url = ""
         self.timings: dict[str, float] = {}
@@ -481,8 +482,11 @@ class Daemon:
             self.recorder = Recorder(cfg.path(cfg.recorder.dir), prefix=cfg.venue.mode,
                                      rotate_bytes=int(cfg.recorder.rotate_mb * 1e6),
                                      rotate_seconds=cfg.recorder.rotate_minutes * 60)
+        # event times are checked against the receive clock scaled by the venue's pace (replay/simulator speed)
+        speed = cfg.venue.speed if cfg.venue.mode == "replay" else getattr(cfg.simulator, "speed", 1.0)
         self.feed = BinanceFeed(cfg.general.symbols, self.ws_url, self.rest_url, cfg.feed, on_event=self._on_event,
-                                on_raw=self._record if self.recorder else None)
+                                on_raw=self._record if self.recorder else None, filters=self.filters,
+                                speed=speed if cfg.venue.mode != "remote" else 1.0)
         self.pipeline = TradingPipeline(cfg, cfg.general.symbols, self.engine_sets, self.optimizer, self.risk,
                                         self.broker, store=self.store, metrics=self.metrics, books=self.feed.books,
                                         keep=2000, bar_sink=self._bar_sink, plan_sink=self._plan_sink)
@@ -619,6 +623,11 @@ class Daemon:
                 for reason, n in getattr(bs, "rejected", {}).items():
                     self._inc_to(m.book_rejects.labels(sym, reason), ("rejected", sym, reason), n)
                 m.book_synced.labels(sym).set(1 if book.is_tradeable else 0)
+            for (sym, reason), n in st.refused.items():
+                self._inc_to(m.frames_refused.labels(sym, reason), ("refused", sym, reason), n)
+            self._inc_to(m.clock_jumps, ("clock_jumps",), st.clock_jumps)
+            self._inc_to(m.book_oracle.labels("checked"), ("oracle", "checked"), st.oracle_checked)
+            self._inc_to(m.book_oracle.labels("mismatched"), ("oracle", "mismatched"), st.oracle_mismatches)
         if self.pipeline is not None:
             pf = self.broker.portfolio
             acct = self.pipeline.account()
@@ -649,7 +658,23 @@ class Daemon:
         models = {tf: es.ready for tf, es in self.engine_sets.items()}
         ok = (bool(books) and all(v == "SYNCED" for v in books.values()) and bool(models)
               and all(models.values()) and self.fatal is None and not (self.stop_event and self.stop_event.is_set()))
-        return ok, {"books": books, "models_warm": models}
+        bars = self._bars_ready()
+        return ok and not bars, {"books": books, "models_warm": models, "bars_not_ready": bars}
+
+    def _bars_ready(self) -> dict[str, str]:
+        """{symbol: reason} of symbols whose bars stopped advancing or whose trades mostly arrive late."""
+        if self.pipeline is None:
+            return {}
+        from daemon.plausible import ReadinessWatch
+        watches = self._bar_watches
+        now, out = time.time_ns(), {}
+        for sym in self.cfg.general.symbols:
+            w = watches.get(sym) or watches.setdefault(sym, ReadinessWatch())
+            bs = self.pipeline.builder(sym).stats
+            ok, reason = w.observe(now, bs.bars_closed, bs.accepted, bs.late_dropped)
+            if not ok:
+                out[sym] = reason
+        return out
 
     def status(self) -> dict:
         self.collect()

@@ -124,6 +124,7 @@ class BarBuilder:
         self._hi: list[tuple[str, int, _Acc]] = [(tf, timeframe_ns(tf), _Acc()) for tf in tfs if tf != BASE_TIMEFRAME]
         self._started = False
         self._last_close = 0.0
+        self._gap_next = False  # the next period change is a gap (a confirmed venue clock jump): no filling
 
     # ------------------------------------------------------------------------------------------ hot path
     def on_trade(self, t: Trade) -> list[Bar]:
@@ -167,6 +168,11 @@ class BarBuilder:
         if not self._started or ts_ns < self._m.end:
             return []
         return self._advance(ts_ns)
+
+    def gap(self) -> None:
+        """The stream's clock jumped (confirmed by the feed's guard): the next period change restarts the series
+        instead of filling the jumped-over minutes with flat bars."""
+        self._gap_next = True
 
     # ------------------------------------------------------------------------------------------ queries
     def current(self, tf: str) -> Bar | None:
@@ -231,8 +237,9 @@ class BarBuilder:
             self._started = True
         else:
             gap = (new_start - m.start) // _M - 1  # empty minutes strictly between
-            fill = self._emit_empty and gap <= self._max_fill
-            if self._emit_empty and not fill:
+            fill = self._emit_empty and gap <= self._max_fill and not (self._gap_next and gap > 0)
+            self._gap_next = False
+            if self._emit_empty and not fill and gap > 0:
                 self.stats.gap_resets += 1
                 log.warning("bars.gap_reset", symbol=self.symbol, minutes=gap)
             cur = m.start

@@ -328,6 +328,7 @@ class SymbolFilters(msgspec.Struct, frozen=True):
     min_qty: float
     max_qty: float
     min_notional: float
+    max_price: float = math.inf  # PRICE_FILTER maxPrice (0 on the venue = no limit)
 
 
 class _Filter(msgspec.Struct):
@@ -336,6 +337,7 @@ class _Filter(msgspec.Struct):
     stepSize: Annotated[float, msgspec.Meta(ge=0.0)] = -1.0
     minQty: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
     maxQty: Annotated[float, msgspec.Meta(ge=0.0)] = math.inf
+    maxPrice: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
     minNotional: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
@@ -368,7 +370,8 @@ def parse_exchange_info(raw: bytes | str) -> dict[str, SymbolFilters]:
             raise DecodeError("missing_filter", f"{s.symbol}: PRICE_FILTER.tickSize and LOT_SIZE.stepSize required")
         notional = f.get("NOTIONAL") or f.get("MIN_NOTIONAL")
         out[s.symbol] = SymbolFilters(s.symbol, price.tickSize, lot.stepSize, lot.minQty, lot.maxQty,
-                                      notional.minNotional if notional is not None else 0.0)
+                                      notional.minNotional if notional is not None else 0.0,
+                                      price.maxPrice or math.inf)
     return out
 
 

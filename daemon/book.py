@@ -125,6 +125,11 @@ class OrderBook:
         if s.symbol and s.symbol != self.symbol:
             self.stats.rejected["symbol"] += 1
             return
+        if self.state is BookState.SYNCED and s.last_update_id <= self.last_update_id:
+            # a synced book gains nothing from it, and a snapshot claiming the current id with older levels
+            # (a stale cache) would replace good levels with bad ones
+            self.stats.rejected["snapshot_not_newer"] += 1
+            return
         bad = _bad_levels(s.bids) or _bad_levels(s.asks)
         if bad:
             self.stats.rejected["snapshot_" + bad] += 1

@@ -21,27 +21,103 @@ from typing import Any, Iterable
 from daemon.book import OrderBook
 from daemon.events import BookTicker, DepthSnapshot, DepthUpdate
 
-__all__ = ["BookChecker", "check_recording", "add_arguments", "main"]
+__all__ = ["BookChecker", "TickerOracle", "check_recording", "add_arguments", "main"]
 
 
-class BookChecker:
-    """One OrderBook per symbol (spot or USD-M futures, picked from the first diff's ``pu``)."""
+class TickerOracle:
+    """bookTicker as an oracle of the book's best levels (one place for the rule, used offline by
+    :class:`BookChecker` and live by the feed). ``on_ticker``/``after_change`` return None when nothing was
+    checked, True when every check matched, False on a mismatch."""
 
-    def __init__(self, *, max_mismatch_examples: int = 5, max_pending: int = 100_000) -> None:
-        self.books: dict[str, OrderBook] = {}
+    def __init__(self, *, max_pending: int = 100_000, max_mismatch_examples: int = 5) -> None:
         self.checked = 0
         self.matched = 0
         self.mismatched = 0
-        self.ignored: Counter[str] = Counter()  # events that could not be used, by reason
         self.mismatches: list[dict[str, Any]] = []
         self._max_examples = max_mismatch_examples
-        self._orphan_snapshots: list[DepthSnapshot] = []  # symbol-less snapshots seen before any diff
         self._pending: dict[str, deque[BookTicker]] = {}  # tickers ahead of the book, in arrival order
         self._max_pending = max_pending
 
+    def on_ticker(self, book: OrderBook, t: BookTicker) -> bool | None:
+        if t.update_id == book.last_update_id:
+            return self._check(book, t)
+        if t.update_id > book.last_update_id:
+            # bookTicker is real-time, depth diffs come every 100 ms: the diff ending at this id is still to come.
+            pend = self._pending.setdefault(t.symbol, deque())
+            if len(pend) >= self._max_pending:
+                pend.popleft()
+            pend.append(t)
+        return None
+
+    def after_change(self, book: OrderBook) -> bool | None:
+        """The book moved: check the waiting tickers of exactly its new update id, forget older ones."""
+        pend = self._pending.get(book.symbol)
+        last = book.last_update_id
+        out: bool | None = None
+        while pend and pend[0].update_id <= last:
+            t = pend.popleft()
+            if t.update_id == last:
+                r = self._check(book, t)
+                if r is not None:
+                    out = r if out is None else (out and r)
+        return out
+
+    def forget(self, symbol: str) -> None:
+        self._pending.pop(symbol, None)
+
+    def _check(self, book: OrderBook, t: BookTicker) -> bool | None:
+        if not book.is_tradeable:
+            return None
+        self.checked += 1
+        bb, ba = book.best_bid(), book.best_ask()
+        if bb == (t.bid_price, t.bid_qty) and ba == (t.ask_price, t.ask_qty):
+            self.matched += 1
+            return True
+        self.mismatched += 1
+        if len(self.mismatches) < self._max_examples:
+            self.mismatches.append({"symbol": t.symbol, "update_id": t.update_id, "book_bid": bb, "book_ask": ba,
+                                    "ticker_bid": (t.bid_price, t.bid_qty),
+                                    "ticker_ask": (t.ask_price, t.ask_qty)})
+        return False
+
+
+class BookChecker:
+    """One OrderBook per symbol (spot or USD-M futures, picked from the first diff's ``pu``). ``guard`` (a
+    :class:`daemon.plausible.FrameGuard`) refuses implausible events before they reach a book, as live."""
+
+    def __init__(self, *, max_mismatch_examples: int = 5, max_pending: int = 100_000, guard: Any = None) -> None:
+        self.books: dict[str, OrderBook] = {}
+        self.oracle = TickerOracle(max_pending=max_pending, max_mismatch_examples=max_mismatch_examples)
+        self.ignored: Counter[str] = Counter()  # events that could not be used, by reason
+        self.guard = guard
+        self._orphan_snapshots: list[DepthSnapshot] = []  # symbol-less snapshots seen before any diff
+
+    @property
+    def checked(self) -> int:
+        return self.oracle.checked
+
+    @property
+    def matched(self) -> int:
+        return self.oracle.matched
+
+    @property
+    def mismatched(self) -> int:
+        return self.oracle.mismatched
+
+    @property
+    def mismatches(self) -> list[dict[str, Any]]:
+        return self.oracle.mismatches
+
     def on_event(self, ev: Any) -> None:
+        if self.guard is not None:
+            r = self.guard.check(ev)
+            if r is not None and r != "jump":
+                self.ignored["refused_" + r] += 1
+                return
         if isinstance(ev, BookTicker):
-            self._on_ticker(ev)
+            book = self.books.get(ev.symbol)
+            if book is not None:
+                self.oracle.on_ticker(book, ev)
         elif isinstance(ev, DepthUpdate):
             book = self.books.get(ev.symbol)
             if book is None:
@@ -50,7 +126,7 @@ class BookChecker:
                     book.on_snapshot(s)
                 self._orphan_snapshots.clear()
             if book.on_update(ev):
-                self._after_change(book)
+                self.oracle.after_change(book)
         elif isinstance(ev, DepthSnapshot):
             self._on_snapshot(ev)
 
@@ -60,51 +136,15 @@ class BookChecker:
             if book is None:  # snapshot before the first diff: the book starts from it
                 book = self.books[s.symbol] = OrderBook(s.symbol)
             book.on_snapshot(s)
-            self._after_change(book)
+            self.oracle.after_change(book)
         elif len(self.books) == 1:  # a recording without the "symbol" key: unambiguous with one symbol
             book = next(iter(self.books.values()))
             book.on_snapshot(s)
-            self._after_change(book)
+            self.oracle.after_change(book)
         elif not self.books:
             self._orphan_snapshots.append(s)
         else:
             self.ignored["ambiguous_snapshot"] += 1
-
-    def _on_ticker(self, t: BookTicker) -> None:
-        book = self.books.get(t.symbol)
-        if book is None:
-            return
-        if t.update_id == book.last_update_id:
-            self._check(book, t)
-        elif t.update_id > book.last_update_id:
-            # bookTicker is real-time, depth diffs come every 100 ms: the diff ending at this id is still to come.
-            pend = self._pending.setdefault(t.symbol, deque())
-            if len(pend) >= self._max_pending:
-                pend.popleft()
-            pend.append(t)
-
-    def _after_change(self, book: OrderBook) -> None:
-        """The book moved: check the waiting tickers of exactly its new update id, forget older ones."""
-        pend = self._pending.get(book.symbol)
-        last = book.last_update_id
-        while pend and pend[0].update_id <= last:
-            t = pend.popleft()
-            if t.update_id == last:
-                self._check(book, t)
-
-    def _check(self, book: OrderBook, t: BookTicker) -> None:
-        if not book.is_tradeable:
-            return
-        self.checked += 1
-        bb, ba = book.best_bid(), book.best_ask()
-        if bb == (t.bid_price, t.bid_qty) and ba == (t.ask_price, t.ask_qty):
-            self.matched += 1
-            return
-        self.mismatched += 1
-        if len(self.mismatches) < self._max_examples:
-            self.mismatches.append({"symbol": t.symbol, "update_id": t.update_id, "book_bid": bb, "book_ask": ba,
-                                    "ticker_bid": (t.bid_price, t.bid_qty),
-                                    "ticker_ask": (t.ask_price, t.ask_qty)})
 
     def summary(self) -> dict[str, int]:
         books = self.books.values()
@@ -113,8 +153,12 @@ class BookChecker:
                 "gaps": sum(b.stats.gaps for b in books)}
 
     def details(self) -> dict[str, Any]:
-        return {"books": {s: {"state": b.state.value, **b.stats.as_dict()} for s, b in self.books.items()},
-                "ignored": dict(self.ignored), "mismatch_examples": self.mismatches}
+        out: dict[str, Any] = {"books": {s: {"state": b.state.value, **b.stats.as_dict()}
+                                         for s, b in self.books.items()},
+                               "ignored": dict(self.ignored), "mismatch_examples": self.mismatches}
+        if self.guard is not None:
+            out["refused"] = {f"{s}/{r}": n for (s, r), n in self.guard.refused.items()}
+        return out
 
 
 def check_recording(paths: Iterable[str | Path]) -> tuple[BookChecker, dict[str, Any]]:
@@ -122,9 +166,11 @@ def check_recording(paths: Iterable[str | Path]) -> tuple[BookChecker, dict[str,
     from daemon.binance import FrameDecoder
     from daemon.recording import RecordingReader
 
+    from daemon.plausible import FrameGuard
+
     reader = RecordingReader(paths)
     decoder = FrameDecoder()
-    checker = BookChecker()
+    checker = BookChecker(guard=FrameGuard())
     for recv_ns, raw in reader:
         ev = decoder.decode(raw, recv_ns)
         if ev is not None:

@@ -68,6 +68,10 @@ class FaultConfig:
     close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).", ge=0)
     close_after_frames: int = opt(0, "Close each connection abruptly after it was sent this many frames "
                                   "(0 = never); deterministic, for tests.", ge=0)
+    forge_prob: float = opt(0.0, "Probability that a trade or depth frame comes with a forged one (absurd size, "
+                            "far-future/negative/huge time, a repeated trade id: see venue/faults.py).", ge=0, le=1)
+    stale_snapshot_prob: float = opt(0.0, "Probability that a REST depth snapshot carries the current update id "
+                                     "with the levels of the first snapshot served (a stale cache).", ge=0, le=1)
     seed: int = opt(1, "Seed of the fault injector's random stream.")
 
 
@@ -103,6 +107,17 @@ class FeedConfig:
                               choices=(5, 10, 20, 50, 100, 500, 1000, 5000))
     max_buffered_updates: int = opt(20000, "Diffs buffered while waiting for a snapshot before giving up.", ge=10)
     queue_size: int = opt(10000, "Bound of the decoded-event queue between the socket and the cores.", ge=10)
+    max_event_ahead_s: float = opt(5.0, "An event stamped this far ahead of its stream's clock (event time vs "
+                                   "receive time) is refused as implausible (counted).", gt=0)
+    max_event_behind_s: float = opt(60.0, "An event stamped this far before its stream's newest event is refused.",
+                                    gt=0)
+    jump_confirm_events: int = opt(3, "This many consecutive implausible events that agree with each other are "
+                                   "the venue's clock really jumping: accepted, and handled as a gap.", ge=2)
+    max_notional: float = opt(1e9, "A trade, book level or ticker worth more than this (quote) is refused.", gt=0)
+    trade_dedup_window: int = opt(8192, "Trades are de-duplicated by id over this many recent ids per symbol.",
+                                  ge=16)
+    book_oracle: bool = opt(True, "Subscribe to bookTicker and check the book's best levels against it whenever "
+                            "the update ids coincide; a mismatch marks the book stale and resyncs.")
 
 
 @dataclass(frozen=True)

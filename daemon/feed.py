@@ -30,6 +30,8 @@ from websockets.asyncio.client import connect
 
 from daemon.binance import DecodeError, decode_frame, parse_depth_snapshot, stream_names
 from daemon.book import BookState, OrderBook
+from daemon.bookcheck import TickerOracle
+from daemon.plausible import JUMP, ClockJump, FrameGuard
 from daemon.config import FeedConfig
 from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 
@@ -64,13 +66,19 @@ class FeedStats:
     gaps: int = 0  # sync losses detected on a SYNCED book while streaming (gap, rejected, crossed)
     queue_full_waits: int = 0  # times the consumer queue was full (the reader waited: backpressure)
     queue_depth_max: int = 0
+    refused: Counter = field(default_factory=Counter)  # implausible events dropped, by (symbol, reason)
+    clock_jumps: int = 0  # confirmed jumps of a stream's clock (handled as gaps)
+    oracle_checked: int = 0  # bookTicker frames compared with the book at the same update id
+    oracle_mismatches: int = 0  # ... that disagreed (the book was marked stale and resynced)
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": dict(self.frames), "decode_errors": dict(self.decode_errors),
                 "unknown_frames": self.unknown_frames, "connects": self.connects, "reconnects": self.reconnects,
                 "stale_timeouts": self.stale_timeouts, "snapshot_fetches": self.snapshot_fetches,
                 "snapshot_errors": dict(self.snapshot_errors), "resyncs": self.resyncs, "gaps": self.gaps,
-                "queue_full_waits": self.queue_full_waits, "queue_depth_max": self.queue_depth_max}
+                "queue_full_waits": self.queue_full_waits, "queue_depth_max": self.queue_depth_max,
+                "refused": {f"{s}/{r}": n for (s, r), n in self.refused.items()}, "clock_jumps": self.clock_jumps,
+                "oracle_checked": self.oracle_checked, "oracle_mismatches": self.oracle_mismatches}
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -90,7 +98,7 @@ class BinanceFeed:
     def __init__(self, symbols: Sequence[str], ws_url: str, rest_url: str, cfg: FeedConfig = FeedConfig(),
                  on_event: Callable[[Any], None] | None = None, on_raw: RawHook | None = None, *,
                  extra_streams: Sequence[str] = (), depth_ms: int = 100, seed: int | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, filters: dict | None = None, speed: float = 1.0) -> None:
         if not symbols:
             raise ValueError("BinanceFeed needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
@@ -104,6 +112,12 @@ class BinanceFeed:
                                             for s in self.symbols}
         self.queue: asyncio.Queue = asyncio.Queue(cfg.queue_size)
         self.stats = FeedStats()
+        # implausible events are refused before the book and the bars see them; bookTicker checks the book live
+        self.guard = FrameGuard(cfg, filters, speed)
+        self.stats.refused = self.guard.refused
+        self.oracle = TickerOracle(max_pending=1024)
+        if cfg.book_oracle and "bookTicker" not in extra_streams:
+            extra_streams = (*extra_streams, "bookTicker")
         streams = []
         for s in self.symbols:
             streams += stream_names(s, depth_ms) + [f"{s.lower()}@{x}" for x in extra_streams]
@@ -224,13 +238,30 @@ class BinanceFeed:
             return
         stream = _stream_of(raw)
         self.stats.frames[stream if stream in self._stream_keys else "other"] += 1
-        if type(ev) is DepthUpdate:
+        refused = self.guard.check(ev)
+        if refused is not None:
+            if refused is not JUMP:
+                n = self.stats.refused[(ev.symbol, refused)]
+                if str(n).rstrip("0") == "1":  # 1st, 10th, 100th ...: a flood cannot flood the log
+                    log.warning("feed_event_refused", reason=refused, count=n, frame=bytes(raw[:160]))
+                return
+            self.stats.clock_jumps += 1
+            kind = "trade" if type(ev) is Trade else "depth"
+            log.warning("feed_clock_jump", symbol=ev.symbol, kind=kind, ts_event=ev.ts_event)
+            await self._emit(ClockJump(ev.symbol, kind, ev.ts_event, recv_ns))
+        if type(ev) is BookTicker:
+            book = self.books.get(ev.symbol)
+            if book is not None and book.is_tradeable:
+                self._oracle_result(book, self.oracle.on_ticker(book, ev), recv_ns)
+        elif type(ev) is DepthUpdate:
             book = self.books.get(ev.symbol)
             if book is None:
                 self.stats.decode_errors["unknown_symbol"] += 1
                 return
             was_synced = book.state is BookState.SYNCED
-            book.on_update(ev)
+            if book.on_update(ev) and self._oracle_result(book, self.oracle.after_change(book), recv_ns):
+                await self._emit(ev)
+                return
             if was_synced and book.state is not BookState.SYNCED:
                 self.stats.gaps += 1
                 reason = book.stats.stale_reasons.most_common(1)[0][0] if book.stats.stale_reasons else "gap"
@@ -244,6 +275,23 @@ class BinanceFeed:
             self.stats.unknown_frames += 1
             return
         await self._emit(ev)
+
+    def _oracle_result(self, book: OrderBook, ok: bool | None, recv_ns: int) -> bool:
+        """A bookTicker check's outcome; a mismatch marks the book stale and resyncs it. True on a mismatch."""
+        if ok is None:
+            return False
+        self.stats.oracle_checked += 1
+        if ok:
+            return False
+        self.stats.oracle_mismatches += 1
+        sym = book.symbol
+        log.warning("book_oracle_mismatch", symbol=sym, update_id=book.last_update_id, best_bid=book.best_bid(),
+                    best_ask=book.best_ask())
+        book.mark_stale("oracle_mismatch")
+        self.oracle.forget(sym)
+        self._emit_now(BookStatus(sym, book.state.value, "oracle_mismatch", book.last_update_id, recv_ns))
+        self._start_fetch(sym)
+        return True
 
     async def _emit(self, ev: Any) -> None:
         if self.on_event is not None:
@@ -314,10 +362,17 @@ class BinanceFeed:
             self.stats.snapshot_errors[e.reason] += 1
             log.warning("feed_snapshot_dropped", symbol=sym, reason=e.reason)
             return False
+        refused = self.guard.check(snap)
+        if refused is not None:
+            self.stats.snapshot_errors[refused] += 1
+            log.warning("feed_snapshot_refused", symbol=sym, reason=refused)
+            return False
         book = self.books[sym]
         was_stale = book.state is BookState.STALE
         book.on_snapshot(snap)
         self.stats.snapshot_fetches += 1
+        if book.state is BookState.SYNCED and self._oracle_result(book, self.oracle.after_change(book), recv_ns):
+            return True  # the snapshot lied (the tickers of its id disagree): the fetch loop asks again
         if book.state is BookState.SYNCED:
             if was_stale:
                 self.stats.resyncs += 1

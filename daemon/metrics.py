@@ -63,6 +63,12 @@ class Metrics:
         self.backend_fallbacks = Counter("tradingd_backend_fallbacks_total",
                                          "Engine backends passed over (unavailable, load or warm-up failed)",
                                          ["timeframe", "kind", "requested", "reason"], registry=r)
+        self.frames_refused = Counter("tradingd_frames_refused_total", "Implausible events refused by the feed's "
+                                      "guard (time, size, duplicate)", ["symbol", "reason"], registry=r)
+        self.clock_jumps = Counter("tradingd_clock_jumps_total", "Confirmed jumps of a stream's event clock (gaps)",
+                                   registry=r)
+        self.book_oracle = Counter("tradingd_book_oracle_total", "bookTicker checks of the live book, by result",
+                                   ["result"], registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
 
     def render(self) -> bytes:

@@ -265,6 +265,11 @@ class TradingPipeline:
             self.on_depth(ev.symbol, book if book is not None else self.books.get(ev.symbol), ev.ts_recv)
         elif name == "BookStatus":
             self.on_book_status(ev)
+        elif name == "ClockJump":  # the venue's clock jumped (confirmed by the feed's guard): a gap, not fill
+            st = self._sym.get(ev.symbol)
+            if st is not None and ev.kind == "trade":
+                st.builder.gap()
+                self.counters["clock_jumps"] += 1
         return []
 
     def _state(self, sym: str, book: Any) -> tuple[_SymState | None, Any]:

@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 
 from daemon.config import FaultConfig, SimulatorConfig
 from daemon.events import TIMEFRAME_SECONDS
-from daemon.venue.faults import FaultInjector, FaultStats
+from daemon.venue.faults import FaultInjector, FaultStats, SnapshotFaults
 from daemon.venue.replay import OutFrame, ReplaySource
 from daemon.venue.simulator import MarketSimulator, exchange_info
 
@@ -116,6 +116,10 @@ def _json(obj) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
+def _bare(combined: bytes, keep: bool) -> bytes:
+    return combined if keep else orjson.dumps(orjson.loads(combined)["data"])
+
+
 def _valid_stream(name: str) -> bool:
     sym, _, rest = name.partition("@")
     return bool(sym) and sym.isalnum() and rest in ("trade", "aggTrade", "depth", "depth@100ms", "depth@1000ms",
@@ -141,6 +145,7 @@ class LocalVenue:
         self._task: asyncio.Task | None = None
         self._conn_index = 0
         self.done = asyncio.Event()  # set when the source has published everything (replay end)
+        self._snap_faults = SnapshotFaults(faults, self.stats.faults)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -290,17 +295,21 @@ class LocalVenue:
         for c in list(self.clients):
             if f.stream not in c.streams:
                 continue
-            act = c.faults.decide(f.kind, time.monotonic() - c.opened, f.ids)
+            act = c.faults.decide(f.kind, time.monotonic() - c.opened, f.ids, f.combined)
             try:
                 if act.stall_s:
                     await asyncio.sleep(act.stall_s)
                 if act.garbage_before is not None:
                     await c.ws.send_frame(act.garbage_before, WSMsgType.TEXT)
+                if act.forged_before is not None:
+                    await c.ws.send_frame(_bare(act.forged_before, c.combined), WSMsgType.TEXT)
                 if act.send:
                     payload = f.combined if c.combined else (f.data or orjson.dumps(orjson.loads(f.combined)["data"]))
                     for _ in range(act.send):
                         await c.ws.send_frame(payload, WSMsgType.TEXT)
                     self.stats.frames_sent[f.stream] += act.send
+                if act.forged_after is not None:
+                    await c.ws.send_frame(_bare(act.forged_after, c.combined), WSMsgType.TEXT)
             except (ConnectionError, RuntimeError) as e:
                 log.info("venue_client_gone", error=repr(e))
                 self._drop(c, abrupt=True)
@@ -344,7 +353,7 @@ class LocalVenue:
             return self._counted(_err(-1001, "Internal error; unable to process your request. Please try again.",
                                       503))
         self._snapshot_served.set()
-        return _json(snap)
+        return _json(self._snap_faults.serve(sym, snap))
 
     async def _klines(self, request: web.Request) -> web.Response:
         self._count(request)

@@ -198,8 +198,8 @@ EXCHANGE_INFO = {"timezone": "UTC", "symbols": [
 
 def test_parse_exchange_info():
     f = parse_exchange_info(json.dumps(EXCHANGE_INFO))
-    assert f["BTCUSDT"] == SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)
-    assert f["ETHUSDT"] == SymbolFilters("ETHUSDT", 0.01, 0.0001, 0.0001, 100000.0, 10.0)
+    assert f["BTCUSDT"] == SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0, 1_000_000.0)
+    assert f["ETHUSDT"] == SymbolFilters("ETHUSDT", 0.01, 0.0001, 0.0001, 100000.0, 10.0, 100_000.0)
     broken = json.loads(json.dumps(EXCHANGE_INFO))
     del broken["symbols"][0]["filters"][1]
     with pytest.raises(DecodeError) as ei:

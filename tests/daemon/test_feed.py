@@ -48,8 +48,9 @@ def test_reconnects_after_abrupt_close_and_resubscribes():
             await _until(lambda: venue.stats.faults.closes >= 2 and feed.stats.connects >= 3
                          and all(b.is_tradeable for b in feed.books.values()))
             clients = list(venue.clients)
-            assert clients and clients[0].streams == {"btcusdt@trade", "btcusdt@depth@100ms", "ethusdt@trade",
-                                                      "ethusdt@depth@100ms"}  # subscriptions restored
+            assert clients and clients[0].streams == {"btcusdt@trade", "btcusdt@depth@100ms", "btcusdt@bookTicker",
+                                                      "ethusdt@trade", "ethusdt@depth@100ms",
+                                                      "ethusdt@bookTicker"}  # subscriptions restored
             feed.stop()
             await asyncio.wait_for(task, 5)
         assert feed.stats.reconnects >= 2
@@ -150,10 +151,11 @@ def test_frame_counters_stay_bounded_whatever_stream_names_arrive():
     feed = BinanceFeed(["BTCUSDT"], "ws://127.0.0.1:9", "http://127.0.0.1:9", FAST, on_event=got.append)
 
     async def main():
+        def data(tid: int) -> bytes:  # distinct trade ids: a repeated id is refused as a duplicate
+            return b'{"e":"trade","E":1,"s":"BTCUSDT","t":%d,"p":"60000.0","q":"0.1","T":1,"m":true}' % tid
         for i in range(5000):
-            data = (b'{"e":"trade","E":1,"s":"BTCUSDT","t":%d,"p":"60000.0","q":"0.1","T":1,"m":true}' % i)
-            await feed._on_frame(b'{"stream":"btcusdt@trade' + str(i).encode() + b'","data":' + data + b"}", i)
-            await feed._on_frame(b'{"stream":"btcusdt@trade","data":' + data + b"}", i)
+            await feed._on_frame(b'{"stream":"btcusdt@trade' + str(i).encode() + b'","data":' + data(2 * i) + b"}", i)
+            await feed._on_frame(b'{"stream":"btcusdt@trade","data":' + data(2 * i + 1) + b"}", i)
 
     asyncio.run(main())
     assert sum(isinstance(e, Trade) for e in got) == 10_000  # every valid frame still delivered

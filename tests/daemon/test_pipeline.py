@@ -296,3 +296,39 @@ def test_dust_below_one_lot_is_valued_but_not_a_position_for_the_strategy(tmp_pa
         assert pipe.account().qty(SYM) == pytest.approx(0.00100766, abs=1e-12)
     finally:
         store.close()
+
+
+def test_a_confirmed_clock_jump_from_the_feed_restarts_bars_instead_of_deciding_on_flat_ones(tmp_path):
+    """Trades 3 days later, confirmed by 3 events: the feed's guard emits ClockJump before the confirming trade;
+    the pipeline restarts the bars there (no 4,000 flat bars run through the models on the loop)."""
+    import asyncio
+
+    from daemon.feed import BinanceFeed
+    from daemon.plausible import ClockJump
+    pipe, _, _ = make_pipeline(tmp_path, timeframes=("1m",))
+    seen = []
+
+    def on_event(ev):
+        seen.append(ev)
+        pipe.on_event(ev)
+
+    feed = BinanceFeed([SYM], "ws://127.0.0.1:9", "http://127.0.0.1:9", on_event=on_event)
+    t0_ms = 1_723_161_240_000
+
+    def trade(tid, t_ms):
+        return (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"60000.0",'
+                b'"q":"0.01","T":%d,"m":false}}' % (t_ms, tid, t_ms))
+
+    async def main():
+        await feed._on_frame(trade(1, t0_ms), t0_ms * 1_000_000)
+        await feed._on_frame(trade(2, t0_ms + 30_000), (t0_ms + 30_000) * 1_000_000)
+        jump_ms = 3 * 86_400_000
+        for i in range(3, 8):
+            await feed._on_frame(trade(i, t0_ms + jump_ms + i * 1000), (t0_ms + 30_000 + i * 1000) * 1_000_000)
+
+    asyncio.run(main())
+    assert sum(isinstance(e, ClockJump) for e in seen) == 1 and feed.stats.clock_jumps == 1
+    assert feed.stats.refused[(SYM, "time_ahead")] == 2  # until confirmed
+    b = pipe.builder(SYM).stats
+    assert b.gap_resets == 1 and b.empty_bars == 0 and b.bars_closed == 1
+    assert pipe.counters["clock_jumps"] == 1 and pipe.counters["bars"] == 1
