@@ -690,8 +690,6 @@ class Daemon:
                            "daily_pnl": self.risk.daily_pnl, "counters": dict(self.risk.counters)}
             out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
                                "book_states": pipe.book_states}
-            if self.writer is not None:
-                out["store"] = self.writer.snapshot()
             out["optimizer"] = {"counters": dict(self.optimizer.counters),
                                 "positions": sorted(self.optimizer.positions)}
             out["broker"] = {"stats": dict(self.broker.stats), "open_orders": len(self.broker.open_orders())}
@@ -699,6 +697,8 @@ class Daemon:
             out["last_decisions"] = [{"symbol": d.symbol, "timeframe": d.timeframe, "bar_open_ns": d.bar_open_ns,
                                       "predictions": d.predictions, "intents": [i.client_order_id for i in d.intents],
                                       "fills": len(d.fills), "book_stale": d.book_stale} for d in last]
+        if self.writer is not None:  # also before the pipeline exists (start-up writes history bars)
+            out["store"] = self.writer.snapshot()
         out["models"] = {tf: es.info() for tf, es in self.engine_sets.items()}
         out["retrain"] = {"enabled": self.retrainer is not None,
                           "running": bool(self.retrainer and self.retrainer.running),

@@ -99,13 +99,19 @@ def test_gate_never_promotes_when_the_current_model_cannot_be_evaluated(sim_stor
     for f in Path(reg.current("1h", "xgboost")).rglob("*"):  # the current model is now unreadable
         if f.is_file():
             f.write_bytes(b"garbage")
-    second = asyncio.run(m.run_once())
-    assert second.ok, second.error
-    res = second.results["1h"]
+    from daemon.app import Daemon
+    from daemon.config import Config
+    d = Daemon(Config(), env={})   # the daemon's side: counted in /metrics and /status, logged
+    d.retrainer = m
+    report = asyncio.run(d.retrain_now("test"))
+    assert report["ok"], report["error"]
+    res = report["results"]["1h"]
     assert res["gate_error"]
-    assert not any(d["promoted"] for d in res["decision"].values()), res
+    assert not any(dec["promoted"] for dec in res["decision"].values()), res
     assert {kind: reg.current_version("1h", kind) for kind in ("xgboost", "lstm")} == current
     assert all(len(reg.list_versions("1h", kind)) == 2 for kind in current)   # published, not promoted
+    assert b'tradingd_retrain_gate_errors_total{timeframe="1h"} 1.0' in d.metrics.render()
+    assert d.status()["retrain"]["gate_errors"] == 1
 
 
 # ------------------------------------------------------------------- the unit's own syscall filter (seccomp)
