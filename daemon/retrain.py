@@ -1,8 +1,8 @@
 """Background retraining: a separate, lower-priority process that trains challengers and gates them.
 
 The daemon never trains on its loop. :class:`RetrainManager` starts ``python -m daemon.retrain`` as a child
-process (which lowers its own priority, with BLAS/OpenMP/torch threads capped), waits for it with a timeout (a hung run is killed), and
-reads one JSON line of results. The child:
+process (which lowers its own priority, with BLAS/OpenMP/torch threads capped), waits for it with a timeout (a
+hung run is killed), and reads one JSON line of results. The child:
 
 1. reads recent 1m bars from the store (read-only SQLite connection while the daemon writes; WAL allows it),
    topped up with the venue's klines history when the store is still young;
@@ -11,8 +11,8 @@ reads one JSON line of results. The child:
 3. evaluates the challenger AND the current model on that same held-out window by dollar P&L after fees;
 4. publishes the challenger and moves the ``current`` pointer only if it made more money than the current one
    (or when no current model exists). If the current model cannot be evaluated the gate cannot judge: nothing
-   is promoted, and the error is reported (``gate_error`` in the results, counted by the daemon). The daemon notices the new current version, loads and warms it off-loop
-   and swaps it atomically.
+   is promoted, and the error is reported (``gate_error`` in the results, counted by the daemon). The daemon
+   notices the new current version, loads and warms it off-loop and swaps it atomically.
 
 A crashed or hung retrain only produces a failed outcome in metrics and logs; trading goes on.
 """
