@@ -740,6 +740,8 @@ class Daemon:
     def _make_retrainer(self) -> None:
         from daemon.retrain import RetrainManager
         cfg, r = self.cfg, self.cfg.retrain
+        for tf in cfg.general.timeframes:  # exported at 0 from start, so an alert can use rate()
+            self.metrics.retrain_gate_errors.labels(tf)
         self.retrainer = RetrainManager(
             registry=str(self.registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
             store=str(cfg.path(cfg.store.path)), rest_url=self.rest_url, history_days=r.history_days, nice=r.nice,

@@ -29,10 +29,3 @@ def read_secret(env: Mapping[str, str], credential: str, env_var: str) -> str:
             return value
     return env.get(env_var, "")
 
-
-def source(env: Mapping[str, str], credential: str, env_var: str) -> str:
-    """Where :func:`read_secret` would take it from, for error messages (never the value)."""
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / credential).is_file() and (Path(cred_dir) / credential).stat().st_size:
-        return f"credential {credential}"
-    return f"environment variable {env_var}"
