@@ -99,6 +99,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.recorder = None
         self.record_errors = 0
+        self.retrain_gate_errors = 0
         self.retrainer = None
         self.retrain_task: asyncio.Task | None = None
         self.last_retrain: dict | None = None
@@ -337,7 +338,8 @@ class Daemon:
     def _open_testnet_broker(self) -> None:
         """broker.kind = testnet (daemon.testnet): signed orders to venue.rest_url (remote) or to the local
         venue's order API (simulate; the daemon's credentials are registered there, fees = broker.*_fee).
-        Credentials come only from the environment variables venue.api_key_env / venue.api_secret_env.
+        Credentials: systemd credentials tradingd-api-key / tradingd-api-secret, else the environment variables
+        venue.api_key_env / venue.api_secret_env (daemon.secrets).
         The broker's session, clock sync, credential check and restart reconciliation run in the supervised
         task "broker" (a refusal: start-up failure, exit 3); sends wait for it."""
         from daemon.testnet import BinanceRestClient, TestnetBroker, TestnetError
@@ -345,11 +347,14 @@ class Daemon:
         if cfg.venue.mode == "replay":
             raise StartupError("broker.kind = testnet needs venue.mode simulate or remote: a replayed recording "
                                "has no order API")
-        key, secret = self.env.get(cfg.venue.api_key_env, ""), self.env.get(cfg.venue.api_secret_env, "")
+        from daemon import secrets
+        key = secrets.read_secret(self.env, secrets.API_KEY, cfg.venue.api_key_env)
+        secret = secrets.read_secret(self.env, secrets.API_SECRET, cfg.venue.api_secret_env)
         missing = [n for n, v in ((cfg.venue.api_key_env, key), (cfg.venue.api_secret_env, secret)) if not v]
         if missing:
             raise StartupError(f"broker.kind = testnet: API credentials missing: set the environment variable(s) "
-                               f"{', '.join(missing)} (named by venue.api_key_env / venue.api_secret_env)")
+                               f"{', '.join(missing)} (named by venue.api_key_env / venue.api_secret_env) or the "
+                               f"systemd credentials {secrets.API_KEY} / {secrets.API_SECRET}")
         if cfg.venue.mode == "simulate":
             orders = self.venue.orders
             quote = cfg.broker.quote_asset
@@ -469,9 +474,7 @@ class Daemon:
                 self.writer.submit(lambda st, tf=tf, kind=kind, info=info, ts=time.time_ns(): st.record_model_version(
                     info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash, ts, active=True),
                     kind="model_version")
-                self.metrics.model_version.labels(tf, kind, info["version"], info["backend"]).set(1)
-        self.metrics.model_info.info({f"{tf}_{k}": f"{i['version']}@{i['backend']}"
-                                      for tf, es in self.engine_sets.items() for k, i in es.info().items()})
+        self.metrics.set_models({tf: es.info() for tf, es in self.engine_sets.items()})
         self.optimizer = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=self.filters,
                                                fee_rate=cfg.broker.taker_fee, timeframes=cfg.general.timeframes,
                                                starting_equity=self.broker.portfolio.starting_cash)
@@ -543,7 +546,8 @@ class Daemon:
     async def _start_http(self) -> None:
         from daemon.http import HttpHooks, HttpServer
         cfg = self.cfg
-        token = self.env.get(cfg.http.control_token_env) or None
+        from daemon import secrets
+        token = secrets.read_secret(self.env, secrets.CONTROL_TOKEN, cfg.http.control_token_env) or None
         hooks = HttpHooks(render_metrics=self.metrics.render, health=self._health, ready=self._ready,
                           status=self.status, control=self._control)
         self.http = HttpServer(hooks, cfg.http.host, cfg.http.port, token)
@@ -644,8 +648,26 @@ class Daemon:
             m.fees.set(pf.fees)
             m.daily_pnl.set(self.risk.daily_pnl)
             m.risk_state.set({"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}[self.risk.state.value])
+        self._collect_failures()
         ok, _ = self._ready()
         m.up.set(1 if ok else 0)
+
+    def _collect_failures(self) -> None:
+        """Every failure /status counts, in /metrics too (each series exported from start, at 0)."""
+        m = self.metrics
+        if self.pipeline is not None:
+            for kind in ("predict", "bar_store", "plan_store"):
+                self._inc_to(m.pipeline_errors.labels(kind), ("pipe", kind),
+                             self.pipeline.counters.get(f"{kind}_errors", 0))
+        self._inc_to(m.record_errors, ("record_errors",), self.record_errors)
+        if self.writer is not None:
+            ws = self.writer.stats
+            for event in ("dropped", "full_waits", "errors", "skipped"):
+                self._inc_to(m.store_writer.labels(event), ("writer", event), getattr(ws, event))
+            self._inc_to(m.store_dropped_bars.labels("queue_full"), ("bars_dropped", "queue_full"),
+                         ws.dropped_bars_queue_full)
+            self._inc_to(m.store_dropped_bars.labels("write_failed"), ("bars_dropped", "write_failed"),
+                         ws.dropped_bars_failed)
 
     # -------------------------------------------------------------------------------------- HTTP hooks
     def _health(self) -> tuple[bool, dict]:
@@ -693,8 +715,6 @@ class Daemon:
                            "daily_pnl": self.risk.daily_pnl, "counters": dict(self.risk.counters)}
             out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
                                "book_states": pipe.book_states}
-            if self.writer is not None:
-                out["store"] = self.writer.snapshot()
             out["optimizer"] = {"counters": dict(self.optimizer.counters),
                                 "positions": sorted(self.optimizer.positions)}
             out["broker"] = {"stats": dict(self.broker.stats), "open_orders": len(self.broker.open_orders())}
@@ -702,10 +722,13 @@ class Daemon:
             out["last_decisions"] = [{"symbol": d.symbol, "timeframe": d.timeframe, "bar_open_ns": d.bar_open_ns,
                                       "predictions": d.predictions, "intents": [i.client_order_id for i in d.intents],
                                       "fills": len(d.fills), "book_stale": d.book_stale} for d in last]
+        if self.writer is not None:  # also before the pipeline exists (start-up writes history bars)
+            out["store"] = self.writer.snapshot()
         out["models"] = {tf: es.info() for tf, es in self.engine_sets.items()}
         out["retrain"] = {"enabled": self.retrainer is not None,
                           "running": bool(self.retrainer and self.retrainer.running),
-                          "runs": self.retrainer.runs if self.retrainer else 0, "last": self.last_retrain}
+                          "runs": self.retrainer.runs if self.retrainer else 0, "last": self.last_retrain,
+                          "gate_errors": self.retrain_gate_errors}
         if self.feed is not None:
             out["feed"] = self.feed.counters()
         if self.recorder is not None:
@@ -742,6 +765,8 @@ class Daemon:
     def _make_retrainer(self) -> None:
         from daemon.retrain import RetrainManager
         cfg, r = self.cfg, self.cfg.retrain
+        for tf in cfg.general.timeframes:  # exported at 0 from start, so an alert can use rate()
+            self.metrics.retrain_gate_errors.labels(tf)
         self.retrainer = RetrainManager(
             registry=str(self.registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
             store=str(cfg.path(cfg.store.path)), rest_url=self.rest_url, history_days=r.history_days, nice=r.nice,
@@ -763,12 +788,19 @@ class Daemon:
         outcome = await self.retrainer.run_once()
         self.metrics.retrain_runs.labels("ok" if outcome.ok else "failed").inc()
         self.metrics.retrain_duration.observe(outcome.seconds)
+        for tf, res in (outcome.results or {}).items():  # the gate could not judge: nothing was promoted
+            if res.get("gate_error"):
+                self.retrain_gate_errors += 1
+                self.metrics.retrain_gate_errors.labels(tf).inc()
+                log.error("retrain_gate_error", timeframe=tf, error=res["gate_error"])
         report: dict = {"trigger": trigger, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
                         "error": outcome.error[-500:] if outcome.error else None, "results": outcome.results,
-                        "swapped": {}, "finished_ns": None}
+                        "priority": outcome.priority, "swapped": {}, "finished_ns": None}
         if outcome.ok:
             try:
                 report["swapped"], report["swap_loop_lag_max_ms"] = await self._swap_changed_engines()
+                if report["swapped"]:
+                    self.metrics.set_models({tf: es.info() for tf, es in self.engine_sets.items()})
             except Exception as e:  # noqa: BLE001 - a model that fails to load is refused; old engines stay
                 report["ok"] = False
                 report["error"] = f"swap refused: {type(e).__name__}: {e}"

@@ -6,7 +6,7 @@ tick, so the cores stay free of prometheus-client.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
 disable_created_metrics()  # the *_created series double the scrape size for no use here
@@ -52,10 +52,13 @@ class Metrics:
         self.daily_pnl = Gauge("tradingd_daily_pnl", "P&L since 00:00 UTC (quote)", registry=r)
         self.fees = Gauge("tradingd_fees_paid", "Fees paid (quote)", registry=r)
         self.risk_state = Gauge("tradingd_risk_state", "0 active, 1 reducing, 2 halted", registry=r)
-        self.model_info = Info("tradingd_model", "Model versions and backends in use", registry=r)
-        self.model_version = Gauge("tradingd_model_version_info", "1 for the model version in use",
-                                   ["timeframe", "engine", "version", "backend"], registry=r)
+        # versions as labels of one info-style gauge (an Info with keys like "1m_lstm" is not a valid label name)
+        self.model_version = Gauge("tradingd_model_version_info", "1 for each model version in use",
+                                   ["timeframe", "kind", "version", "backend"], registry=r)
         self.retrain_runs = Counter("tradingd_retrain_runs_total", "Retraining runs", ["outcome"], registry=r)
+        self.retrain_gate_errors = Counter("tradingd_retrain_gate_errors_total",
+                                           "Retrain gate could not evaluate the current model: nothing promoted",
+                                           ["timeframe"], registry=r)
         self.retrain_duration = Histogram("tradingd_retrain_duration_seconds", "Retraining run duration",
                                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
         self.task_restarts = Counter("tradingd_task_restarts_total", "Background tasks restarted after a crash",
@@ -69,7 +72,27 @@ class Metrics:
                                    registry=r)
         self.book_oracle = Counter("tradingd_book_oracle_total", "bookTicker checks of the live book, by result",
                                    ["result"], registry=r)
+        # failures counted in /status, here too (copied in by the daemon's collector)
+        self.pipeline_errors = Counter("tradingd_pipeline_errors_total",
+                                       "Pipeline failures survived (predict, bar_store, plan_store)", ["kind"],
+                                       registry=r)
+        self.record_errors = Counter("tradingd_record_errors_total", "Recorder writes that failed", registry=r)
+        self.store_dropped_bars = Counter("tradingd_store_dropped_bars_total",
+                                          "Bar rows not stored (a gap in the retrainer's input)", ["reason"],
+                                          registry=r)
+        self.store_writer = Counter("tradingd_store_writer_events_total",
+                                    "Store writer events: dropped (droppable jobs), full_waits, errors (fatal), "
+                                    "skipped", ["event"], registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
+
+    def set_models(self, models: dict[str, dict[str, dict]]) -> None:
+        """Export the model versions in use, ``{timeframe: {kind: {"version", "backend"}}}``; replaces the old
+        label sets, so after a swap only the new versions show."""
+        g = self.model_version
+        g.clear()
+        for tf, kinds in models.items():
+            for kind, info in kinds.items():
+                g.labels(tf, kind, str(info["version"]), str(info["backend"])).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

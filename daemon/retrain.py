@@ -1,8 +1,8 @@
 """Background retraining: a separate, lower-priority process that trains challengers and gates them.
 
 The daemon never trains on its loop. :class:`RetrainManager` starts ``python -m daemon.retrain`` as a child
-process (nice'd, with BLAS/OpenMP/torch threads capped), waits for it with a timeout (a hung run is killed), and
-reads one JSON line of results. The child:
+process (which lowers its own priority, with BLAS/OpenMP/torch threads capped), waits for it with a timeout (a
+hung run is killed), and reads one JSON line of results. The child:
 
 1. reads recent 1m bars from the store (read-only SQLite connection while the daemon writes; WAL allows it),
    topped up with the venue's klines history when the store is still young;
@@ -10,8 +10,9 @@ reads one JSON line of results. The child:
    (engines.train: the same code as `tradingd train`);
 3. evaluates the challenger AND the current model on that same held-out window by dollar P&L after fees;
 4. publishes the challenger and moves the ``current`` pointer only if it made more money than the current one
-   (or when no current model exists). The daemon notices the new current version, loads and warms it off-loop
-   and swaps it atomically.
+   (or when no current model exists). If the current model cannot be evaluated the gate cannot judge: nothing
+   is promoted, and the error is reported (``gate_error`` in the results, counted by the daemon). The daemon
+   notices the new current version, loads and warms it off-loop and swaps it atomically.
 
 A crashed or hung retrain only produces a failed outcome in metrics and logs; trading goes on.
 """
@@ -80,24 +81,41 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
         ds = build_dataset(k, spec)
         a, b = split_bounds(len(ds.y), spec)
         te = _rows(ds.y, b, len(ds.y))
+        gate_error = None
         try:
             current = _current_pnl(ds, spec, reg, tf, te)
-        except Exception as e:  # noqa: BLE001 - a broken current model must not block a challenger
-            log.warning("current model could not be evaluated", timeframe=tf, error=str(e))
+        except Exception as e:  # noqa: BLE001 - the gate cannot judge: publish, never promote
+            gate_error = f"{type(e).__name__}: {e}"[:500]
+            log.error("retrain_gate_error", timeframe=tf, error=gate_error)
             current = None
         outcome, refs = train_and_publish(k, spec, reg, make_current=False)
         challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
         decision = {}
         for kind in ("xgboost", "lstm"):
-            better = current is None or challenger[kind] > current[kind] + min_improvement
+            better = gate_error is None and (current is None or challenger[kind] > current[kind] + min_improvement)
             if better:
                 reg.set_current(tf, kind, refs[kind].version)
             decision[kind] = {"challenger_pnl": challenger[kind],
                               "current_pnl": None if current is None else current[kind],
                               "promoted": better, "version": refs[kind].version}
         results[tf] = {"decision": decision, "seconds": time.perf_counter() - t0,
-                       "window": outcome.data_window}
+                       "window": outcome.data_window, "gate_error": gate_error}
     return results
+
+
+def lower_own_priority(increment: int) -> dict:
+    """Raise this process's nice value by ``increment`` (lower priority; allowed without privileges unless a
+    seccomp filter denies setpriority, e.g. a unit with ``~@resources``): on refusal log and go on at the
+    inherited priority. Done by the child itself: ``preexec_fn`` is unsafe in a threaded daemon."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if increment <= 0:
+        return {"nice": before, "lowered": False, "error": None}
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(before + increment, 19))
+    except OSError as e:
+        log.warning("retrain_priority_unchanged", nice=before, wanted=increment, error=str(e))
+        return {"nice": before, "lowered": False, "error": str(e)}
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "lowered": True, "error": None}
 
 
 def _limit_threads(threads: int) -> None:
@@ -115,24 +133,26 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--rest-url")
     p.add_argument("--history-days", type=float, default=30)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--nice", type=int, default=0, help="lower our own priority by this much first")
     p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
     p.add_argument("--min-bars", type=int, default=20_000)
     p.add_argument("--min-improvement", type=float, default=0.0)
     a = p.parse_args(argv)
+    from daemon.logs import configure
+    configure("info", json=True)
+    priority = lower_own_priority(a.nice)
     _limit_threads(a.threads)
     try:
         import torch
         torch.set_num_threads(a.threads)
     except ImportError:
         pass
-    from daemon.logs import configure
-    configure("info", json=True)
     spec = orjson.loads(a.spec)
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
                         min_improvement=a.min_improvement)
-    sys.stdout.write(orjson.dumps({"ok": True, "results": res}).decode() + "\n")
+    sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
 
@@ -143,6 +163,7 @@ class RetrainOutcome:
     seconds: float
     results: dict = field(default_factory=dict)
     error: str = ""
+    priority: dict = field(default_factory=dict)  # the child's {"nice", "lowered", "error"}
 
 
 @dataclass
@@ -169,7 +190,8 @@ class RetrainManager:
         cmd = [sys.executable, "-m", "daemon.retrain", "--registry", self.registry, "--symbol", self.symbol,
                "--timeframes", ",".join(self.timeframes), "--threads", str(self.threads),
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
-               "--min-bars", str(self.min_bars), "--min-improvement", repr(self.min_improvement)]
+               "--min-bars", str(self.min_bars), "--min-improvement", repr(self.min_improvement),
+               "--nice", str(self.nice)]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:
@@ -185,24 +207,18 @@ class RetrainManager:
         env = dict(os.environ)
         for var in THREAD_VARS:
             env[var] = str(self.threads)
-        nice = self.nice
-
-        def lower_priority() -> None:  # runs in the child before exec
-            os.nice(nice)
-
         proc = None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-                preexec_fn=lower_priority if nice else None)
+                *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
             out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
             secs = time.monotonic() - t0
             if proc.returncode != 0:
                 tail = err.decode(errors="replace")[-2000:]
                 outcome = RetrainOutcome(False, secs, error=f"exit {proc.returncode}: {tail}")
             else:
-                line = out.decode().strip().splitlines()[-1]
-                outcome = RetrainOutcome(True, secs, orjson.loads(line)["results"])
+                line = orjson.loads(out.decode().strip().splitlines()[-1])
+                outcome = RetrainOutcome(True, secs, line["results"], priority=line.get("priority", {}))
         except asyncio.CancelledError:  # daemon shutting down: never leave an orphan trainer behind
             if proc is not None and proc.returncode is None:
                 proc.kill()

@@ -51,6 +51,9 @@ class WriterStats:
     skipped: int = 0      # jobs not run because an earlier one failed
     errors: int = 0
     max_depth: int = 0
+    # bar ROWS lost (each a gap in the retrainer's input until the venue's klines fill it); one writer thread each
+    dropped_bars_queue_full: int = 0   # counted on the submitting (loop) thread
+    dropped_bars_failed: int = 0       # counted on the writer thread
 
 
 class StoreWriter:
@@ -115,7 +118,18 @@ class StoreWriter:
     def write_bars(self, bars: Iterable[Any]) -> bool:
         """Bar rows (droppable: the venue's klines restore a missing bar)."""
         bars = list(bars)
-        return self.submit(lambda s: s.write_bars(bars), droppable=True, kind="bars")
+        stats = self.stats
+
+        def job(s: Any) -> None:
+            try:
+                s.write_bars(bars)
+            except Exception:
+                stats.dropped_bars_failed += len(bars)
+                raise
+        ok = self.submit(job, droppable=True, kind="bars")
+        if not ok:
+            stats.dropped_bars_queue_full += len(bars)
+        return ok
 
     @property
     def pending(self) -> int:

@@ -58,6 +58,10 @@ min_improvement_usd = -1e12
               f"{rep['swap_loop_lag_max_ms']} ms")
         code, text = http_get(url + "/metrics")
         assert metric(text.decode(), "tradingd_retrain_runs_total", outcome="ok") == 1
+        for kind in ("xgboost", "lstm"):  # the exported versions follow the swap
+            assert metric(text.decode(), "tradingd_model_version_info", timeframe="15m", kind=kind,
+                          version=dec[kind]["version"]) == 1
+            assert metric(text.decode(), "tradingd_model_version_info", version=before[kind]["version"]) == 0
         assert http_get(url + "/readyz")[0] == 200
         assert d.stop() == 0
     finally:

@@ -1,5 +1,6 @@
-"""A real Prometheus server scrapes the daemon's /metrics (daemon.http.HttpServer + daemon.metrics.Metrics) on
-loopback every second; its query API must report the target up and the exact counter values we set."""
+"""A real Prometheus server scrapes the daemon's /metrics on loopback every second: (a) the HTTP server with
+values we set (model versions included), (b) `tradingd run` itself. The target must be up, every metric family
+known to Prometheus, and `promtool check metrics` clean."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +19,7 @@ from daemon.http import HttpHooks, HttpServer
 from daemon.metrics import Metrics
 
 PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
 
 
 def free_port() -> int:
@@ -51,12 +53,75 @@ class ServerThread:
         self.t.join(10)
 
 
-def query(prom: str, q: str) -> list:
-    url = f"{prom}/api/v1/query?{urllib.parse.urlencode({'query': q})}"
+def api(prom: str, path: str, **params: str):
+    url = f"{prom}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=5) as r:
         body = orjson.loads(r.read())
     assert body["status"] == "success", body
-    return body["data"]["result"]
+    return body["data"]
+
+
+def query(prom: str, q: str) -> list:
+    return api(prom, "query", query=q)["result"]
+
+
+class Prometheus:
+    """A real Prometheus scraping ``target`` every second (job "tradingd")."""
+
+    def __init__(self, tmp_path, target: str) -> None:
+        self.log = tmp_path / "prometheus.log"
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: tradingd
+    static_configs:
+      - targets: ["{target}"]
+""")
+        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                      f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{port}"],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        self.url = f"http://127.0.0.1:{port}"
+
+    def target(self, timeout: float = 60) -> dict:
+        """The target's state once it was scraped (health "up" or "down", lastError)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            try:
+                active = api(self.url, "targets")["activeTargets"]
+            except OSError:
+                active = []
+            if active and active[0]["health"] != "unknown" and active[0]["lastScrape"][:4] != "0001":
+                return active[0]
+            time.sleep(0.5)
+        raise AssertionError("Prometheus never scraped the target: " + self.log.read_text()[-2000:])
+
+    def families(self) -> set[str]:
+        """Metric families Prometheus learned from the target's HELP/TYPE lines."""
+        meta = api(self.url, "targets/metadata", match_target='{job="tradingd"}')
+        return {m["metric"] for m in meta}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def family_names(m: Metrics) -> set[str]:
+    return {fam.name + ("_total" if fam.type == "counter" else "") for fam in m.registry.collect()}
+
+
+def promtool_problems(body: bytes) -> str:
+    """`promtool check metrics` output for the exposition body ("" when clean)."""
+    r = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    return "" if r.returncode == 0 else (r.stdout + r.stderr).decode(errors="replace")
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus binary not installed (Debian package 'prometheus')")
@@ -66,22 +131,11 @@ def test_real_prometheus_scrapes_daemon_metrics(tmp_path):
     m.frames.labels("simulate", "BTCUSDT", "trade").inc(1234)
     m.bars.labels("BTCUSDT", "1m").inc(7)
     m.tick_to_decision.observe(0.0021)
+    m.set_models({"1m": {"xgboost": {"version": "v1", "backend": "xgboost-cpu"},
+                         "lstm": {"version": "v2", "backend": "torch-cpu"}}})
     srv = ServerThread(m)
-    prom_port = free_port()
-    (tmp_path / "prometheus.yml").write_text(f"""
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: tradingd
-    static_configs:
-      - targets: ["127.0.0.1:{srv.server.port}"]
-""")
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
-    prom = f"http://127.0.0.1:{prom_port}"
+    p = Prometheus(tmp_path, f"127.0.0.1:{srv.server.port}")
+    proc, prom = p.proc, p.url
     try:
         deadline = time.monotonic() + 60
         up = frames = None
@@ -103,11 +157,79 @@ scrape_configs:
         assert float(bars[0]["value"][1]) == 7
         cnt = query(prom, "tradingd_tick_to_decision_seconds_count")
         assert float(cnt[0]["value"][1]) == 1
+        models = query(prom, "tradingd_model_version_info")
+        assert {(r["metric"]["timeframe"], r["metric"]["kind"], r["metric"]["version"], r["metric"]["backend"])
+                for r in models} == {("1m", "xgboost", "v1", "xgboost-cpu"), ("1m", "lstm", "v2", "torch-cpu")}
+        # a swap replaces the label sets: only the new version shows
+        m.set_models({"1m": {"xgboost": {"version": "v3", "backend": "xgboost-cpu"},
+                             "lstm": {"version": "v2", "backend": "torch-cpu"}}})
+        assert b'version="v1"' not in m.render() and b'version="v3"' in m.render()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        p.stop()
         srv.stop()
+
+
+@pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None,
+                    reason="prometheus/promtool not installed (Debian package 'prometheus')")
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_real_prometheus_scrapes_the_running_daemon(tmp_path):
+    """`tradingd run` (simulator, first-run models) scraped by a real Prometheus: target up, every family of
+    daemon.metrics known to Prometheus, the model versions in use as labels, promtool clean, and each failure
+    /status counts (pipeline, recorder, store writer, dropped bars) exported with the same value."""
+    from tests.daemon.test_app_e2e import Daemon, free_port as daemon_port, http_get, write_config
+    port = daemon_port()
+    # two timeframes: model keys like "1m_lstm" and "5m_lstm" once became the same invalid label "_m_lstm"
+    cfg = write_config(tmp_path / "config.toml", tmp_path / "var", port, timeframes=("1m", "5m"), extra="""
+[venue]
+mode = "simulate"
+
+[simulator]
+history_days = 2
+
+[engines]
+first_run_xgb_rounds = 20
+first_run_lstm_epochs = 1
+first_run_lstm_hidden = 8
+""")
+    d = Daemon(cfg, tmp_path)
+    p = None
+    try:
+        url = d.wait_line(r"ready: (http://\S+)", 200).group(1)
+        p = Prometheus(tmp_path, f"127.0.0.1:{port}")
+        target = p.target()
+        assert target["health"] == "up", target
+        code, body = http_get(url + "/metrics")
+        assert code == 200
+        assert promtool_problems(body) == ""
+        want = family_names(Metrics())
+        deadline = time.monotonic() + 30
+        while not want <= (got := p.families()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert want <= got, sorted(want - got)
+        status = orjson.loads(http_get(url + "/status")[1])
+        models = query(p.url, "tradingd_model_version_info")
+        assert {(r["metric"]["timeframe"], r["metric"]["kind"], r["metric"]["version"], r["metric"]["backend"])
+                for r in models} == {(tf, k, i["version"], i["backend"]) for tf in ("1m", "5m")
+                                     for k, i in status["models"][tf].items()}
+        # every failure counted in /status is a series in Prometheus, with the value /status shows
+        pipe, store = status["pipeline"]["counters"], status["store"]
+
+        def prom_value(q: str) -> float:
+            r = query(p.url, q)
+            assert r, f"no series for {q}"
+            return float(r[0]["value"][1])
+        for kind in ("predict", "bar_store", "plan_store"):
+            assert prom_value(f'tradingd_pipeline_errors_total{{kind="{kind}"}}') == pipe.get(f"{kind}_errors", 0)
+        for event in ("dropped", "full_waits", "errors", "skipped"):
+            assert prom_value(f'tradingd_store_writer_events_total{{event="{event}"}}') == store[event]
+        assert prom_value('tradingd_store_dropped_bars_total{reason="queue_full"}') == \
+            store["dropped_bars_queue_full"]
+        assert prom_value('tradingd_store_dropped_bars_total{reason="write_failed"}') == store["dropped_bars_failed"]
+        assert prom_value("tradingd_record_errors_total") == 0
+        assert prom_value("tradingd_ready") == 1
+        assert d.stop() == 0
+    finally:
+        if p is not None:
+            p.stop()
+        d.kill()

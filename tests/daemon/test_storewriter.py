@@ -164,3 +164,33 @@ def test_bars_after_event_hand_off_after_the_current_callback_in_one_job(tmp_pat
     assert asyncio.run(main()) == (0, 1)
     sink([bar(4)])  # no running loop: at once
     assert w.close() and rows(path, "SELECT COUNT(*) FROM bars") == [(4,)]
+
+
+def test_dropped_bar_rows_are_counted_by_reason_and_exported(tmp_path):
+    """Every bar ROW the writer loses is counted (queue full / write failed) and reaches /metrics: a hole in the
+    retrainer's input is visible, not silent."""
+    from daemon.app import Daemon
+    from daemon.config import Config
+    path = tmp_path / "s.sqlite"
+    w = writer_for(path, max_queue=1)
+    gate, busy = threading.Event(), threading.Event()
+    w.submit(lambda s: (busy.set(), gate.wait(10)), kind="block")
+    assert busy.wait(10)
+    assert w.write_bars([bar(1)]) is True                      # fills the queue
+    assert w.write_bars([bar(2), bar(3), bar(4)]) is False     # 3 rows dropped: queue full
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE bars")                              # the queued bar write will now fail
+    db.commit()
+    db.close()
+    gate.set()
+    assert w.flush(10)
+    assert w.stats.dropped_bars_queue_full == 3 and w.stats.dropped_bars_failed == 1 and w.error is None
+    d = Daemon(Config(), env={})
+    d.writer = w
+    status = d.status()["store"]
+    assert status["dropped_bars_queue_full"] == 3 and status["dropped_bars_failed"] == 1
+    text = d.metrics.render().decode()
+    assert 'tradingd_store_dropped_bars_total{reason="queue_full"} 3.0' in text
+    assert 'tradingd_store_dropped_bars_total{reason="write_failed"} 1.0' in text
+    assert 'tradingd_store_writer_events_total{event="dropped"} 2.0' in text
+    w.close()
