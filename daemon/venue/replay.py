@@ -217,7 +217,8 @@ class ReplaySource:
         if len(t) == 0:
             return klines_rows(hist, interval, start_ms, end_ms, limit) if hist is not None else []
         m = t // MINUTE_MS * MINUTE_MS
-        first, last = int(m[0]), int(m[-1])
+        first = int(m[0])
+        last = max(int(m[-1]), self.now_ms // MINUTE_MS * MINUTE_MS)  # the open bar of the replay clock's minute
         nb = (last - first) // MINUTE_MS + 1
         idx = (m - first) // MINUTE_MS
         vol = np.bincount(idx, q, nb)

@@ -1,8 +1,12 @@
-"""The local venue: an aiohttp server speaking Binance spot's wire format on loopback.
+"""The local venue: an aiohttp server speaking Binance spot's wire format on loopback, so third-party Binance
+clients work against it as they do against the real venue.
 
-Websocket: ``/stream?streams=a/b/c`` (combined envelope ``{"stream":..,"data":..}``) and ``/ws/<stream>`` (bare
-payloads), plus the ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` methods. REST: ``/api/v3/depth``,
-``/api/v3/exchangeInfo``, ``/api/v3/klines``, ``/api/v3/ping``, ``/api/v3/time``, errors as Binance's
+Websocket: ``/stream?streams=a/b/c`` and ``/stream`` (combined envelope ``{"stream":..,"data":..}``), ``/ws``,
+``/ws/<stream>`` and ``/ws/<id>`` (bare payloads), with the live ``SUBSCRIBE``/``UNSUBSCRIBE``/
+``LIST_SUBSCRIPTIONS``/``SET_PROPERTY``/``GET_PROPERTY`` methods (:func:`ws_request`); a ping every 20 s, a
+connection silent to pings for 60 s is dropped, a client's ping is answered. REST: ``/api/v3/depth``,
+``/api/v3/exchangeInfo``, ``/api/v3/klines``, ``/api/v3/ping``, ``/api/v3/time``, ``/api/v3/trades``,
+``/api/v3/ticker/price``, ``/api/v3/ticker/bookTicker``, errors as Binance's
 ``{"code": -1121, "msg": "Invalid symbol."}`` with HTTP 400. Behind it one source: a recording replay
 (:class:`daemon.venue.replay.ReplaySource`) or the market simulator (:class:`SimulatorSource`). Outgoing frames
 pass a per-connection :class:`daemon.venue.faults.FaultInjector`.
@@ -401,9 +405,11 @@ class LocalVenue:
                     self._bg.add(t)
                     t.add_done_callback(self._bg.discard)
                     continue
-                try:
-                    await c.ws.ping(str(int(time.time() * 1000)).encode())
+                try:  # bounded: a client whose socket buffer is full must not hold up everyone's ping
+                    await asyncio.wait_for(c.ws.ping(str(int(time.time() * 1000)).encode()), self.ping_interval_s)
                     self.stats.pings_sent += 1
+                except asyncio.TimeoutError:
+                    pass
                 except (ConnectionError, RuntimeError):
                     self._drop(c, abrupt=True)
 
@@ -510,11 +516,11 @@ class LocalVenue:
     async def _exchange_info(self, request: web.Request) -> web.Response:
         self._count(request)
         info = self.source.exchange_info(self.source.server_time_ms())
-        want = request.query.get("symbol")
-        if want:
-            if want not in self.source.symbols:
-                return self._counted(_err(-1121, "Invalid symbol."))
-            info["symbols"] = [s for s in info["symbols"] if s["symbol"] == want]
+        want = self._symbols(request)  # symbol=X or symbols=["X","Y"]
+        if isinstance(want, web.Response):
+            return self._counted(want)
+        if want is not None:
+            info["symbols"] = [s for s in info["symbols"] if s["symbol"] in want]
         return _json(info)
 
     async def _ping(self, request: web.Request) -> web.Response:

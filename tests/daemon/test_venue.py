@@ -378,6 +378,8 @@ def test_rest_trades_tickers_and_klines_time_errors():
             assert px["price"] == rows[-1]["price"] or rows[-1]["id"] > last2[-1]["id"]
             st, allpx = await _get(s, base + "/ticker/price")
             assert sorted(x["symbol"] for x in allpx) == ["BTCUSDT", "ETHUSDT"]
+            st, info = await _get(s, base + '/exchangeInfo?symbols=["ETHUSDT","BTCUSDT"]')
+            assert st == 200 and sorted(x["symbol"] for x in info["symbols"]) == ["BTCUSDT", "ETHUSDT"]
             st, some = await _get(s, base + '/ticker/bookTicker?symbols=["ETHUSDT"]')
             assert st == 200 and [x["symbol"] for x in some] == ["ETHUSDT"]
             assert float(some[0]["bidPrice"]) < float(some[0]["askPrice"])
