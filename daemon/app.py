@@ -282,7 +282,7 @@ class Daemon:
             if not cfg.venue.recording:
                 raise StartupError("venue.recording: replay mode needs a recording (a file or a directory)")
             history = None
-            if cfg.venue.history:
+            if cfg.venue.history and cfg.venue.history != "simulated":
                 from engines.data import KlinesError, load_klines_csv
                 try:
                     history = await asyncio.get_running_loop().run_in_executor(
@@ -291,7 +291,8 @@ class Daemon:
                     raise StartupError(f"venue.history: {e}") from None
             try:
                 source = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: ReplaySource(cfg.venue.recording, cfg.venue.speed, cfg.simulator, history))
+                    None, lambda: ReplaySource(cfg.venue.recording, cfg.venue.speed, cfg.simulator, history,
+                                               simulated_history=cfg.venue.history == "simulated"))
             except (FileNotFoundError, OSError) as e:
                 raise StartupError(f"venue.recording: {e}") from None
             missing = [s for s in cfg.general.symbols if s not in source.symbols]

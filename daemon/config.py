@@ -49,7 +49,8 @@ class VenueConfig:
     speed: float = opt(1.0, "Replay speed factor (replay mode); 0 = as fast as possible.", ge=0.0)
     history: str = opt("", "Replay mode: 1m klines CSV the venue serves BEFORE the recording (moved in time to end "
                        "where it starts, scaled to its first trade price), so features and models are warm at the "
-                       "first replayed bar. Empty: only the recording's own bars (predictions start after warm-up).")
+                       "first replayed bar. 'simulated': the simulator's history_days instead (synthetic). Empty: "
+                       "only the recording's own bars (predictions start after warm-up).")
     start_on: str = opt("snapshot", "When the replay starts: immediately, at the first subscriber, or when the "
                         "first subscriber has also fetched its depth snapshot (replays the whole recording to a "
                         "synced book). The replay pauses while no client is subscribed.",

@@ -6,13 +6,17 @@ as each diff is streamed, so a REST depth snapshot taken at any moment is consis
 recorded and skipped by the venue's book, exactly as a client would skip them). Klines are built from the trades
 replayed so far, after an optional warm-up history (``history``: 1m klines moved in time to end where the recording
 starts and scaled to its first trade price, so features and models are warm at the first replayed bar; the
-history is a warm-up, not the market of that day). Timing follows the recorded receive times divided by ``speed`` (0 = as fast as the clients read);
-the replay clock pauses while no client is subscribed, so a reconnecting client misses nothing but its own gap.
+history is a warm-up, not the market of that day), or ``simulated_history``: the market simulator's
+``history_days`` of 1m bars per symbol, ending where the recording starts at its first trade price, so a client
+that loads klines before it subscribes gets bars from the first moment (a synthetic warm-up, said so in the log).
+Timing follows the recorded receive times divided by ``speed`` (0 = as fast as the clients read); the replay clock
+pauses while no client is subscribed, so a reconnecting client misses nothing but its own gap.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,7 +26,7 @@ import structlog
 
 from daemon.config import SimulatorConfig
 from daemon.recording import RecordingReader
-from daemon.venue.simulator import MINUTE_MS, exchange_info, klines_rows
+from daemon.venue.simulator import MINUTE_MS, MarketSimulator, exchange_info, klines_rows
 
 if TYPE_CHECKING:
     from engines.data import Klines
@@ -76,7 +80,8 @@ class ReplaySource:
     """A recording behind the venue's source interface (``symbols``, ``run``, ``depth``, ``klines``, ...)."""
 
     def __init__(self, path: str | Path | list[Path], speed: float = 1.0,
-                 sim_cfg: SimulatorConfig = SimulatorConfig(), history: Klines | None = None) -> None:
+                 sim_cfg: SimulatorConfig = SimulatorConfig(), history: Klines | None = None,
+                 simulated_history: bool = False) -> None:
         reader = RecordingReader(path)
         if not reader.paths or not all(p.exists() for p in reader.paths):
             raise FileNotFoundError(f"recording not found or empty: {path}")
@@ -144,6 +149,8 @@ class ReplaySource:
         self.history: dict[str, dict[str, np.ndarray]] = {}
         if history is not None and len(history) and len(self._tr_ms):
             self.history = self._warmup(history)
+        elif simulated_history:
+            self.history = self._simulated_warmup()
 
     def _warmup(self, k: Klines) -> dict[str, dict[str, np.ndarray]]:
         """``k`` as 1m bars of the symbol it names (or the recording's first), moved to end at the recording's
@@ -165,6 +172,20 @@ class ReplaySource:
         return {sym: {"open_ms": open_ms + shift, **px, "volume": vol, "quote_volume": vol * vwap,
                       "trades": np.zeros(len(k), dtype=np.int64), "taker_buy_volume": vol / 2,
                       "taker_buy_quote_volume": vol * vwap / 2}}
+
+    def _simulated_warmup(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per symbol, the simulator's 1m history ending at the minute of the recording's first trade, its last
+        close that trade's price."""
+        out = {}
+        for sym in self.symbols:
+            sel = np.flatnonzero(self._tr_sym == sym)
+            if not len(sel):
+                continue
+            t0, p0 = int(self._tr_ms[sel[0]]), float(self._tr_px[sel[0]])
+            cfg = replace(self.sim_cfg, start_price=p0)
+            out[sym] = MarketSimulator(cfg, sym, t0 * 1_000_000).history()
+            log.info("replay_simulated_history", symbol=sym, bars=len(out[sym]["open_ms"]), end_ms=t0)
+        return out
 
     def rewind(self) -> None:
         """Back to the first frame with the recorded snapshots, for another pass (e.g. a soak loop) without
@@ -196,7 +217,8 @@ class ReplaySource:
         if len(t) == 0:
             return klines_rows(hist, interval, start_ms, end_ms, limit) if hist is not None else []
         m = t // MINUTE_MS * MINUTE_MS
-        first, last = int(m[0]), int(m[-1])
+        first = int(m[0])
+        last = max(int(m[-1]), self.now_ms // MINUTE_MS * MINUTE_MS)  # the open bar of the replay clock's minute
         nb = (last - first) // MINUTE_MS + 1
         idx = (m - first) // MINUTE_MS
         vol = np.bincount(idx, q, nb)

@@ -1,8 +1,12 @@
-"""The local venue: an aiohttp server speaking Binance spot's wire format on loopback.
+"""The local venue: an aiohttp server speaking Binance spot's wire format on loopback, so third-party Binance
+clients work against it as they do against the real venue.
 
-Websocket: ``/stream?streams=a/b/c`` (combined envelope ``{"stream":..,"data":..}``) and ``/ws/<stream>`` (bare
-payloads), plus the ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` methods. REST: ``/api/v3/depth``,
-``/api/v3/exchangeInfo``, ``/api/v3/klines``, ``/api/v3/ping``, ``/api/v3/time``, errors as Binance's
+Websocket: ``/stream?streams=a/b/c`` and ``/stream`` (combined envelope ``{"stream":..,"data":..}``), ``/ws``,
+``/ws/<stream>`` and ``/ws/<id>`` (bare payloads), with the live ``SUBSCRIBE``/``UNSUBSCRIBE``/
+``LIST_SUBSCRIPTIONS``/``SET_PROPERTY``/``GET_PROPERTY`` methods (:func:`ws_request`); a ping every 20 s, a
+connection silent to pings for 60 s is dropped, a client's ping is answered. REST: ``/api/v3/depth``,
+``/api/v3/exchangeInfo``, ``/api/v3/klines``, ``/api/v3/ping``, ``/api/v3/time``, ``/api/v3/trades``,
+``/api/v3/ticker/price``, ``/api/v3/ticker/bookTicker``, errors as Binance's
 ``{"code": -1121, "msg": "Invalid symbol."}`` with HTTP 400. Behind it one source: a recording replay
 (:class:`daemon.venue.replay.ReplaySource`) or the market simulator (:class:`SimulatorSource`). Outgoing frames
 pass a per-connection :class:`daemon.venue.faults.FaultInjector`.
@@ -13,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +38,13 @@ log = structlog.get_logger(__name__)
 
 KLINE_INTERVALS = tuple(TIMEFRAME_SECONDS)
 DEPTH_LIMIT_MAX = 5000
+TRADES_LIMIT_MAX = 1000  # /api/v3/trades: default 500, max 1000 (Binance)
+RECENT_TRADES = TRADES_LIMIT_MAX  # trades the venue keeps per symbol for /api/v3/trades and ticker/price
+PING_INTERVAL_S = 20.0  # Binance: "The WebSocket server will send a ping frame every 20 seconds"
+PONG_TIMEOUT_S = 60.0  # Binance: no pong within a minute -> disconnected
+MAX_STREAMS = 1024  # Binance: a single connection can listen to a maximum of 1024 streams
+WS_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")  # Binance: int64, alphanumeric string of at most 36, or null
 
 
 class Source(Protocol):
@@ -94,6 +106,9 @@ class VenueStats:
     frames_sent: Counter = field(default_factory=Counter)  # by stream
     rest_requests: Counter = field(default_factory=Counter)  # by path
     rest_errors: Counter = field(default_factory=Counter)  # by Binance error code
+    ws_errors: Counter = field(default_factory=Counter)  # refused websocket control messages, by Binance error code
+    pings_sent: int = 0
+    pong_timeouts: int = 0  # connections dropped because no pong came within the timeout
     faults: FaultStats = field(default_factory=FaultStats)
 
 
@@ -105,6 +120,7 @@ class _Client:
     streams: set[str]
     faults: FaultInjector
     opened: float
+    last_pong: float = 0.0  # monotonic time of the last pong (or the open): no pong for PONG_TIMEOUT_S -> dropped
 
 
 def _err(code: int, msg: str, status: int = 400) -> web.Response:
@@ -126,9 +142,85 @@ def _valid_stream(name: str) -> bool:
                                                       "bookTicker")
 
 
+def _stream_shaped(name: str) -> bool:
+    """A path part that names a stream (``sym@kind``, ``!all@arr``); anything else in ``/ws/<part>`` is a connection
+    id or a listen key, which clients put there before they SUBSCRIBE (Binance accepts any such path)."""
+    return "@" in name or name.startswith("!")
+
+
+def _ws_error(code: int, msg: str, rid=None) -> dict:
+    return {"error": {"code": code, "msg": msg}, "id": rid}
+
+
+def _valid_id(rid) -> bool:
+    if rid is None:
+        return True
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -(1 << 63) <= rid < (1 << 63)
+    return isinstance(rid, str) and bool(_ID_RE.match(rid))
+
+
+def ws_request(text: str | bytes, streams: set[str], props: dict[str, bool]) -> dict:
+    """Apply one live-subscription control message (Binance's SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS /
+    SET_PROPERTY / GET_PROPERTY) to a connection's ``streams`` and ``props``; return the reply, errors as Binance
+    words them (``{"error": {"code": 2, "msg": "Invalid request: ..."}, "id": ...}``). Pure: no I/O, no clock."""
+    try:
+        req = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        return _ws_error(3, f"Invalid JSON: {e}")
+    if not isinstance(req, dict):
+        return _ws_error(2, "Invalid request: expected a JSON object")
+    rid = req.get("id")
+    if not _valid_id(rid):
+        return _ws_error(2, "Invalid request: request ID must be an unsigned integer")
+    method = req.get("method")
+    if method is None:
+        return _ws_error(2, "Invalid request: missing field `method`", rid)
+    if method not in WS_METHODS:
+        return _ws_error(2, f"Invalid request: unknown variant `{method}`, expected one of "
+                            + ", ".join(f"`{m}`" for m in WS_METHODS), rid)
+    params = req.get("params", [])
+    if params is None:
+        params = []
+    if not isinstance(params, list):
+        return _ws_error(2, "Invalid request: params must be a list", rid)
+    if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        if not all(isinstance(p, str) for p in params):
+            return _ws_error(2, "Invalid request: stream names must be strings", rid)
+        bad = [p for p in params if not _valid_stream(p)]
+        if bad:
+            return _ws_error(2, f"Invalid request: stream(s) not served by this venue: {', '.join(bad)}", rid)
+        if method == "SUBSCRIBE":
+            if len(streams | set(params)) > MAX_STREAMS:
+                return _ws_error(2, f"Invalid request: a connection listens to at most {MAX_STREAMS} streams", rid)
+            streams.update(params)
+        else:
+            streams.difference_update(params)
+        return {"result": None, "id": rid}
+    if method == "LIST_SUBSCRIPTIONS":
+        if params:
+            return _ws_error(2, "Invalid request: too many parameters", rid)
+        return {"result": sorted(streams), "id": rid}
+    # SET_PROPERTY ["combined", bool] / GET_PROPERTY ["combined"]
+    want = 2 if method == "SET_PROPERTY" else 1
+    if len(params) != want or not isinstance(params[0], str):
+        return _ws_error(2, "Invalid request: property name must be a string", rid)
+    if params[0] != "combined":
+        return _ws_error(0, "Unknown property", rid)
+    if method == "GET_PROPERTY":
+        return {"result": props["combined"], "id": rid}
+    if not isinstance(params[1], bool):
+        return _ws_error(1, "Invalid value type: expected Boolean", rid)
+    props["combined"] = params[1]
+    return {"result": None, "id": rid}
+
+
 class LocalVenue:
     def __init__(self, source: Source, faults: FaultConfig = FaultConfig(), host: str = "127.0.0.1",
-                 port: int = 0, start_on: str | None = None) -> None:
+                 port: int = 0, start_on: str | None = None, ping_interval_s: float = PING_INTERVAL_S,
+                 pong_timeout_s: float = PONG_TIMEOUT_S) -> None:
         if start_on is None:  # a replay waits for its first synced client; a live market never waits
             start_on = "snapshot" if isinstance(source, ReplaySource) else "immediate"
         if start_on not in ("immediate", "subscriber", "snapshot"):
@@ -137,7 +229,12 @@ class LocalVenue:
         self.fault_cfg = faults
         self.host, self.port = host, port
         self.start_on = start_on
+        self.ping_interval_s, self.pong_timeout_s = ping_interval_s, pong_timeout_s
         self.stats = VenueStats()
+        self._trades: dict[str, deque] = {}  # symbol -> the last RECENT_TRADES trade frames published
+        self._heartbeat_task: asyncio.Task | None = None
+        self._bg: set[asyncio.Task] = set()
+        self._start_check = asyncio.Event()  # set on every subscription change and snapshot served
         self.clients: set[_Client] = set()
         self._subscribed = asyncio.Event()
         self._snapshot_served = asyncio.Event()
@@ -166,6 +263,9 @@ class LocalVenue:
         app.router.add_get("/api/v3/klines", self._klines)
         app.router.add_get("/api/v3/ping", self._ping)
         app.router.add_get("/api/v3/time", self._time)
+        app.router.add_get("/api/v3/trades", self._recent_trades)
+        app.router.add_get("/api/v3/ticker/price", self._ticker_price)
+        app.router.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
         from daemon.venue.orders import attach_order_api  # signed order endpoints (simulate; replay: -1002)
         self.orders = attach_order_api(app, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -174,14 +274,25 @@ class LocalVenue:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the ephemeral port when 0 was asked
         self._task = asyncio.create_task(self._run_source(), name="venue-source")
+        if self.ping_interval_s > 0:
+            self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="venue-heartbeat")
         log.info("venue_started", ws_url=self.ws_url, rest_url=self.rest_url, source=type(self.source).__name__)
         return self
 
+    def _may_start(self) -> bool:
+        """``subscriber``: someone listens. ``snapshot``: someone listens and, if anyone listens to a depth stream,
+        a depth snapshot was served (a trades-only client never fetches one and must not wait forever)."""
+        if not self.has_subscribers():
+            return False
+        if self.start_on == "snapshot" and not self._snapshot_served.is_set():
+            return not any("@depth" in s for c in self.clients for s in c.streams)
+        return True
+
     async def _run_source(self) -> None:
         if self.start_on in ("subscriber", "snapshot"):
-            await self._subscribed.wait()
-        if self.start_on == "snapshot":
-            await self._snapshot_served.wait()
+            while not self._may_start():
+                self._start_check.clear()
+                await self._start_check.wait()
         try:
             await self.source.run(self)
         except Exception:
@@ -191,6 +302,8 @@ class LocalVenue:
             self.done.set()
 
     async def stop(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -229,26 +342,39 @@ class LocalVenue:
         return await self._serve_ws(request, names, combined=True)
 
     async def _ws_raw(self, request: web.Request) -> web.StreamResponse:
-        names = [s for s in request.match_info.get("streams", "").split("/") if s]
+        """``/ws``, ``/ws/<stream>[/<stream>...]`` and ``/ws/<id>``: stream-shaped parts subscribe, any other part
+        (a client's connection id or listen key) is accepted and ignored, as Binance does; SUBSCRIBE follows."""
+        parts = [s for s in request.match_info.get("streams", "").split("/") if s]
+        names = [p for p in parts if _stream_shaped(p)]
+        if len(names) < len(parts):
+            log.info("venue_ws_path_ids_ignored", ids=[p for p in parts if not _stream_shaped(p)])
         return await self._serve_ws(request, names, combined=False)
 
     async def _serve_ws(self, request: web.Request, names: list[str], combined: bool) -> web.StreamResponse:
         bad = [n for n in names if not _valid_stream(n)]
         if bad:
             return _err(-1100, f"Invalid stream name(s): {', '.join(bad)}")
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 20)
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)  # pings/pongs handled below
         await ws.prepare(request)
         self._conn_index += 1
+        now = time.monotonic()
         client = _Client(ws, request.transport, combined, set(names),
-                         FaultInjector(self.fault_cfg, self.stats.faults, self._conn_index), time.monotonic())
+                         FaultInjector(self.fault_cfg, self.stats.faults, self._conn_index), now, now)
         self.clients.add(client)
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         if client.streams:
             self._subscribed.set()
+            self._start_check.set()
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
+                    await self._method(client, msg.data)
+                elif msg.type == WSMsgType.PING:  # Binance answers a client's ping with its payload
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    client.last_pong = time.monotonic()
+                elif msg.type == WSMsgType.BINARY:
                     await self._method(client, msg.data)
         finally:
             if client in self.clients:
@@ -256,30 +382,41 @@ class LocalVenue:
                 self.stats.connections_open -= 1
         return ws
 
-    async def _method(self, client: _Client, text: str) -> None:
-        try:
-            req = orjson.loads(text)
-            method, rid = req["method"], req.get("id")
-            params = req.get("params") or []
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            await client.ws.send_bytes(orjson.dumps({"code": 3, "msg": "Invalid JSON: expected a method call"}))
-            return
-        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            if not isinstance(params, list) or not all(isinstance(p, str) and _valid_stream(p) for p in params):
-                await client.ws.send_str(orjson.dumps({"error": {"code": 2, "msg": "Invalid request"},
-                                                       "id": rid}).decode())
-                return
-            if method == "SUBSCRIBE":
-                client.streams.update(params)
-                self._subscribed.set()
-            else:
-                client.streams.difference_update(params)
-            await client.ws.send_str(orjson.dumps({"result": None, "id": rid}).decode())
-        elif method == "LIST_SUBSCRIPTIONS":
-            await client.ws.send_str(orjson.dumps({"result": sorted(client.streams), "id": rid}).decode())
-        else:
-            await client.ws.send_str(orjson.dumps({"error": {"code": 2, "msg": f"Unknown method {method}"},
-                                                   "id": rid}).decode())
+    async def _method(self, client: _Client, text: str | bytes) -> None:
+        props = {"combined": client.combined}
+        before = len(client.streams)
+        reply = ws_request(text, client.streams, props)
+        client.combined = props["combined"]
+        if "error" in reply:
+            self.stats.ws_errors[reply["error"]["code"]] += 1
+            log.info("venue_ws_request_refused", error=reply["error"], id=reply["id"])
+        elif client.streams or len(client.streams) != before:
+            self._subscribed.set()
+            self._start_check.set()
+        await client.ws.send_str(orjson.dumps(reply).decode())
+
+    async def _heartbeat(self) -> None:
+        """Binance's keepalive: a ping frame to every connection each ``ping_interval_s``; a connection that sent
+        no pong for ``pong_timeout_s`` is dropped."""
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            now = time.monotonic()
+            for c in list(self.clients):
+                if now - c.last_pong > self.pong_timeout_s:
+                    self.stats.pong_timeouts += 1
+                    log.info("venue_pong_timeout", silent_s=round(now - c.last_pong, 1))
+                    self._drop(c, abrupt=False)
+                    t = asyncio.ensure_future(c.ws.close(code=1008, message=b"pong timeout"))
+                    self._bg.add(t)
+                    t.add_done_callback(self._bg.discard)
+                    continue
+                try:  # bounded: a client whose socket buffer is full must not hold up everyone's ping
+                    await asyncio.wait_for(c.ws.ping(str(int(time.time() * 1000)).encode()), self.ping_interval_s)
+                    self.stats.pings_sent += 1
+                except asyncio.TimeoutError:
+                    pass
+                except (ConnectionError, RuntimeError):
+                    self._drop(c, abrupt=True)
 
     def _drop(self, client: _Client, abrupt: bool = True) -> None:
         if client in self.clients:
@@ -292,6 +429,11 @@ class LocalVenue:
         """Send one frame to every client subscribed to its stream, through that client's fault injector.
 
         Awaited sends give backpressure: a replay at speed 0 runs as fast as the slowest client reads."""
+        if f.kind == "trade":  # kept for /api/v3/trades and /api/v3/ticker/price
+            q = self._trades.get(f.symbol)
+            if q is None:
+                q = self._trades[f.symbol] = deque(maxlen=RECENT_TRADES)
+            q.append(f)
         for c in list(self.clients):
             if f.stream not in c.streams:
                 continue
@@ -353,6 +495,7 @@ class LocalVenue:
             return self._counted(_err(-1001, "Internal error; unable to process your request. Please try again.",
                                       503))
         self._snapshot_served.set()
+        self._start_check.set()
         return _json(self._snap_faults.serve(sym, snap))
 
     async def _klines(self, request: web.Request) -> web.Response:
@@ -375,18 +518,18 @@ class LocalVenue:
         if not 1 <= vals["limit"] <= 1000:
             return self._counted(_err(-1130, "Data sent for parameter 'limit' is not valid."))
         if vals["startTime"] is not None and vals["endTime"] is not None and vals["startTime"] > vals["endTime"]:
-            return self._counted(_err(-1130, "Data sent for parameter 'startTime' is not valid."))
+            return self._counted(_err(-1023, "Start time is greater than end time."))
         rows = self.source.klines(sym, interval, vals["startTime"], vals["endTime"], vals["limit"])
         return _json(rows)
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         self._count(request)
         info = self.source.exchange_info(self.source.server_time_ms())
-        want = request.query.get("symbol")
-        if want:
-            if want not in self.source.symbols:
-                return self._counted(_err(-1121, "Invalid symbol."))
-            info["symbols"] = [s for s in info["symbols"] if s["symbol"] == want]
+        want = self._symbols(request)  # symbol=X or symbols=["X","Y"]
+        if isinstance(want, web.Response):
+            return self._counted(want)
+        if want is not None:
+            info["symbols"] = [s for s in info["symbols"] if s["symbol"] in want]
         return _json(info)
 
     async def _ping(self, request: web.Request) -> web.Response:
@@ -396,6 +539,95 @@ class LocalVenue:
     async def _time(self, request: web.Request) -> web.Response:
         self._count(request)
         return _json({"serverTime": self.source.server_time_ms()})
+
+    def _symbols(self, request: web.Request) -> list[str] | None | web.Response:
+        """``symbol=X`` -> [X]; ``symbols=["X","Y"]`` -> [X, Y]; neither -> None (every symbol)."""
+        if "symbol" in request.query:
+            sym = self._symbol(request)
+            return sym if isinstance(sym, web.Response) else [sym]
+        raw = request.query.get("symbols")
+        if raw is None:
+            return None
+        try:
+            syms = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            syms = None
+        if not isinstance(syms, list) or not syms or not all(isinstance(x, str) for x in syms):
+            return _err(-1100, "Illegal characters found in parameter 'symbols'; expected a JSON list of symbols.")
+        if any(x not in self.source.symbols for x in syms):
+            return _err(-1121, "Invalid symbol.")
+        return syms
+
+    def _trade_payloads(self, symbol: str) -> list[dict]:
+        out = []
+        for f in self._trades.get(symbol, ()):
+            out.append(orjson.loads(f.data) if f.data is not None else orjson.loads(f.combined)["data"])
+        return out
+
+    def _last_price(self, symbol: str) -> str | None:
+        q = self._trades.get(symbol)
+        if q:
+            f = q[-1]
+            return (orjson.loads(f.data) if f.data is not None else orjson.loads(f.combined)["data"])["p"]
+        rows = self.source.klines(symbol, "1m", None, None, 1)  # no trade seen yet: the last bar's close
+        return rows[-1][4] if rows else None
+
+    async def _recent_trades(self, request: web.Request) -> web.Response:
+        """``/api/v3/trades``: the most recent ``limit`` (default 500, max 1000) trades, oldest first."""
+        self._count(request)
+        sym = self._symbol(request)
+        if isinstance(sym, web.Response):
+            return self._counted(sym)
+        limit = self._int(request, "limit", 500)
+        if isinstance(limit, web.Response):
+            return self._counted(limit)
+        if not 1 <= limit <= TRADES_LIMIT_MAX:
+            return self._counted(_err(-1130, "Data sent for parameter 'limit' is not valid."))
+        rows = []
+        for t in self._trade_payloads(sym)[-limit:]:
+            rows.append({"id": t["t"], "price": t["p"], "qty": t["q"],
+                         "quoteQty": f"{float(t['p']) * float(t['q']):.8f}", "time": t["T"],
+                         "isBuyerMaker": t["m"], "isBestMatch": True})
+        return _json(rows)
+
+    async def _ticker_price(self, request: web.Request) -> web.Response:
+        """``/api/v3/ticker/price``: the last trade price (before any trade: the last bar's close)."""
+        self._count(request)
+        syms = self._symbols(request)
+        if isinstance(syms, web.Response):
+            return self._counted(syms)
+        out = []
+        for s in (self.source.symbols if syms is None else syms):
+            px = self._last_price(s)
+            if px is not None:
+                out.append({"symbol": s, "price": px})
+        if "symbol" in request.query:
+            if not out:
+                return self._counted(_err(-1001, "Internal error; unable to process your request. Please try "
+                                                 "again.", 503))
+            return _json(out[0])
+        return _json(out)
+
+    async def _book_ticker(self, request: web.Request) -> web.Response:
+        """``/api/v3/ticker/bookTicker``: best bid and ask of the book the stream clients hold."""
+        self._count(request)
+        syms = self._symbols(request)
+        if isinstance(syms, web.Response):
+            return self._counted(syms)
+        out = []
+        for s in (self.source.symbols if syms is None else syms):
+            d = self.source.depth(s, 1)
+            if d is None:
+                continue
+            bid = d["bids"][0] if d["bids"] else ["0.00000000", "0.00000000"]
+            ask = d["asks"][0] if d["asks"] else ["0.00000000", "0.00000000"]
+            out.append({"symbol": s, "bidPrice": bid[0], "bidQty": bid[1], "askPrice": ask[0], "askQty": ask[1]})
+        if "symbol" in request.query:
+            if not out:
+                return self._counted(_err(-1001, "Internal error; unable to process your request. Please try "
+                                                 "again.", 503))
+            return _json(out[0])
+        return _json(out)
 
     def _counted(self, resp: web.Response) -> web.Response:
         try:
@@ -415,6 +647,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", default="BTCUSDT", help="simulated symbols, comma separated")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor; 0 = as fast as possible")
     p.add_argument("--start-on", default="snapshot", choices=("immediate", "subscriber", "snapshot"))
+    p.add_argument("--history", default="simulated",
+                   help="replay: 1m klines served from before the recording starts: 'simulated' (the simulator's "
+                        "history_days, ending at the first trade price; default), a klines CSV (moved and scaled "
+                        "to the recording), or 'none' (only bars of replayed trades: empty until the replay runs)")
+    p.add_argument("--ping-interval", type=float, default=PING_INTERVAL_S,
+                   help="seconds between the server's websocket pings (0 = never)")
+    p.add_argument("--pong-timeout", type=float, default=PONG_TIMEOUT_S,
+                   help="drop a connection that sent no pong for this many seconds")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9443)
     p.add_argument("--drop-prob", type=float, default=None)
@@ -450,8 +690,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"tradingd venue: {e}")
         return 2
     if args.recording:
+        history = None
+        if args.history not in ("simulated", "none"):
+            from engines.data import KlinesError, load_klines_csv
+            try:
+                history = load_klines_csv(args.history)
+            except (KlinesError, OSError, ValueError) as e:
+                print(f"tradingd venue: cannot load --history: {e}")
+                return 2
         try:
-            source: Source = ReplaySource(args.recording, speed=args.speed, sim_cfg=cfg.simulator)
+            source: Source = ReplaySource(args.recording, speed=args.speed, sim_cfg=cfg.simulator, history=history,
+                                          simulated_history=args.history == "simulated")
         except (OSError, ValueError) as e:
             print(f"tradingd venue: cannot load recording: {e}")
             return 2
@@ -464,9 +713,10 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with LocalVenue(source, faults, args.host, args.port,
-                              start_on=args.start_on if args.recording else "immediate") as venue:
-            print(f"venue: websocket {venue.ws_url}/stream?streams=...  REST {venue.rest_url}/api/v3/...",
-                  flush=True)
+                              start_on=args.start_on if args.recording else "immediate",
+                              ping_interval_s=args.ping_interval, pong_timeout_s=args.pong_timeout) as venue:
+            print(f"venue: websocket {venue.ws_url}/stream?streams=... or {venue.ws_url}/ws + SUBSCRIBE  "
+                  f"REST {venue.rest_url}/api/v3/...", flush=True)
             await stop.wait()
             print(f"venue: stats {dict(venue.stats.frames_sent)} faults {venue.stats.faults.as_dict()}")
 

@@ -248,3 +248,146 @@ def test_replay_pauses_without_subscribers_and_starts_on_snapshot(binance_record
             assert src.position == pos < len(src.frames)  # nobody listens: the replay clock stands still
 
     run(main())
+
+
+def test_ws_request_replies_as_binance_documents():
+    from daemon.venue.server import ws_request
+    streams: set[str] = set()
+    props = {"combined": False}
+
+    def req(obj) -> dict:
+        return ws_request(obj if isinstance(obj, (str, bytes)) else orjson.dumps(obj), streams, props)
+
+    assert req({"method": "SUBSCRIBE", "params": ["btcusdt@trade", "btcusdt@depth@100ms"], "id": 1}) == \
+        {"result": None, "id": 1}
+    assert req({"method": "LIST_SUBSCRIPTIONS", "id": "a1-b2"}) == \
+        {"result": ["btcusdt@depth@100ms", "btcusdt@trade"], "id": "a1-b2"}
+    assert req({"method": "UNSUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": None}) == {"result": None, "id": None}
+    assert streams == {"btcusdt@trade"}
+    assert req({"method": "GET_PROPERTY", "params": ["combined"], "id": 2}) == {"result": False, "id": 2}
+    assert req({"method": "SET_PROPERTY", "params": ["combined", True], "id": 3}) == {"result": None, "id": 3}
+    assert props == {"combined": True}
+
+    def code(obj) -> tuple[int, str, object]:
+        r = req(obj)
+        assert set(r) == {"error", "id"} and set(r["error"]) == {"code", "msg"}, r
+        return r["error"]["code"], r["error"]["msg"], r["id"]
+
+    assert code("{not json")[0] == 3 and code("{not json")[1].startswith("Invalid JSON")
+    c, msg, rid = code({"method": "SUBSCRIB", "params": [], "id": 4})
+    assert (c, rid) == (2, 4) and "unknown variant `SUBSCRIB`" in msg and "`LIST_SUBSCRIPTIONS`" in msg
+    assert code({"params": [], "id": 5})[:2] == (2, "Invalid request: missing field `method`")
+    for bad_id in (1.5, True, "x" * 37, "no spaces", [1]):
+        assert code({"method": "LIST_SUBSCRIPTIONS", "id": bad_id}) == \
+            (2, "Invalid request: request ID must be an unsigned integer", None), bad_id
+    assert code({"method": "SUBSCRIBE", "params": "btcusdt@trade", "id": 6})[0] == 2
+    c, msg, _ = code({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m"], "id": 7})
+    assert c == 2 and "btcusdt@kline_1m" in msg
+    assert code({"method": "LIST_SUBSCRIPTIONS", "params": ["x"], "id": 8})[:2] == \
+        (2, "Invalid request: too many parameters")
+    assert code({"method": "GET_PROPERTY", "params": ["speed"], "id": 9})[:2] == (0, "Unknown property")
+    assert code({"method": "SET_PROPERTY", "params": ["combined", "yes"], "id": 10})[:2] == \
+        (1, "Invalid value type: expected Boolean")
+    assert code({"method": "GET_PROPERTY", "params": [3], "id": 11})[0] == 2
+    assert code([1, 2])[0] == 2
+    assert streams == {"btcusdt@trade"} and props == {"combined": True}  # refused requests changed nothing
+
+
+def test_raw_ws_with_an_id_path_subscribes_lists_and_switches_envelope():
+    """The shape third-party clients use: ``/ws/<id>`` (or ``/ws``), then SUBSCRIBE; a real websocket client."""
+    import websockets
+
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT"], SIM_CFG)) as v:
+            for path in ("/ws/3f9c2a77", "/ws"):
+                async with websockets.connect(v.ws_url + path) as ws:
+                    await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}).decode())
+                    assert orjson.loads(await ws.recv()) == {"result": None, "id": 1}
+                    data = orjson.loads(await ws.recv())
+                    assert data["e"] == "trade" and "stream" not in data  # raw: bare payload
+                    await ws.send('{"method": "LIST_SUBSCRIPTIONS", "id": 2}')
+                    await ws.send('{"method": "SET_PROPERTY", "params": ["combined", true], "id": 3}')
+                    await ws.send("{oops")
+                    replies, frames = {}, []
+                    while len(replies) < 3 or not frames or "stream" not in frames[-1]:
+                        m = orjson.loads(await ws.recv())
+                        if "id" in m:
+                            replies[m["id"]] = m
+                        else:
+                            frames.append(m)
+                    assert replies[2] == {"result": ["btcusdt@trade"], "id": 2}
+                    assert replies[3] == {"result": None, "id": 3}
+                    assert replies[None]["error"]["code"] == 3
+                    assert frames[-1]["stream"] == "btcusdt@trade" and frames[-1]["data"]["e"] == "trade"
+                    await ws.send('{"method": "UNSUBSCRIBE", "params": ["btcusdt@trade"], "id": 4}')
+                    while (m := orjson.loads(await ws.recv())).get("id") != 4:
+                        pass
+                    assert m == {"result": None, "id": 4} and not any(c.streams for c in v.clients)
+            assert v.stats.ws_errors == {3: 2}  # counted refusals
+            async with websockets.connect(v.ws_url + "/stream") as ws:  # combined, nothing in the URL
+                await ws.send('{"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": 9}')
+                assert orjson.loads(await ws.recv()) == {"result": None, "id": 9}
+                assert orjson.loads(await ws.recv())["stream"] == "btcusdt@depth@100ms"
+            async with aiohttp.ClientSession() as s, s.get(v.rest_url + "/ws/btcusdt@nonsense") as r:
+                assert r.status == 400  # a stream-shaped name the venue does not serve: a clear error
+
+    run(main())
+
+
+def test_server_pings_answers_pings_and_drops_a_client_that_never_pongs():
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT"], SIM_CFG), ping_interval_s=0.1, pong_timeout_s=0.5) as v, \
+                aiohttp.ClientSession() as s:
+            async with s.ws_connect(v.ws_url + "/ws", autoping=False) as ws:
+                await ws.ping(b"hello")
+                pings = 0
+                got_pong = False
+                while True:  # never answer the venue's pings
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.PING:
+                        pings += 1
+                    elif msg.type == aiohttp.WSMsgType.PONG:
+                        got_pong = msg.data == b"hello"
+                    elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                        break
+                assert got_pong and pings >= 3 and v.stats.pong_timeouts == 1
+            async with s.ws_connect(v.ws_url + "/ws") as ws:  # aiohttp answers pings while it reads: stays open
+                reader = asyncio.create_task(ws.receive())
+                await asyncio.sleep(1.2)
+                assert not ws.closed and not reader.done() and v.stats.pong_timeouts == 1 and len(v.clients) == 1
+                reader.cancel()
+
+    run(main())
+
+
+def test_rest_trades_tickers_and_klines_time_errors():
+    async def main():
+        async with LocalVenue(SimulatorSource(["BTCUSDT", "ETHUSDT"], SIM_CFG)) as v, aiohttp.ClientSession() as s:
+            base = v.rest_url + "/api/v3"
+            st, px = await _get(s, base + "/ticker/price?symbol=BTCUSDT")  # before any trade: the last bar's close
+            assert st == 200 and set(px) == {"symbol", "price"} and float(px["price"]) > 0
+            await asyncio.sleep(0.6)
+            st, rows = await _get(s, base + "/trades?symbol=BTCUSDT")
+            assert st == 200 and 1 <= len(rows) <= 500
+            assert set(rows[0]) == {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"}
+            assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+            st, last2 = await _get(s, base + "/trades?symbol=BTCUSDT&limit=2")
+            assert last2 == rows[-2:] or last2[-1]["id"] > rows[-1]["id"]  # the most recent ones
+            st, px = await _get(s, base + "/ticker/price?symbol=BTCUSDT")
+            st2, rows = await _get(s, base + "/trades?symbol=BTCUSDT&limit=1")
+            assert px["price"] == rows[-1]["price"] or rows[-1]["id"] > last2[-1]["id"]
+            st, allpx = await _get(s, base + "/ticker/price")
+            assert sorted(x["symbol"] for x in allpx) == ["BTCUSDT", "ETHUSDT"]
+            st, info = await _get(s, base + '/exchangeInfo?symbols=["ETHUSDT","BTCUSDT"]')
+            assert st == 200 and sorted(x["symbol"] for x in info["symbols"]) == ["BTCUSDT", "ETHUSDT"]
+            st, some = await _get(s, base + '/ticker/bookTicker?symbols=["ETHUSDT"]')
+            assert st == 200 and [x["symbol"] for x in some] == ["ETHUSDT"]
+            assert float(some[0]["bidPrice"]) < float(some[0]["askPrice"])
+            for q, code in (("/trades?symbol=BTCUSDT&limit=1001", -1130), ("/trades", -1102),
+                            ("/ticker/price?symbol=NOPE", -1121), ('/ticker/price?symbols=["NOPE"]', -1121),
+                            ("/ticker/bookTicker?symbols=BTCUSDT", -1100),
+                            ("/klines?symbol=BTCUSDT&interval=1m&startTime=2000&endTime=1000", -1023)):
+                st, e = await _get(s, base + q)
+                assert st == 400 and e["code"] == code, q
+
+    run(main())
