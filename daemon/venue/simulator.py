@@ -282,10 +282,11 @@ class MarketSimulator:
 
     # ------------------------------------------------------------------ klines
     def minute_bars(self) -> dict[str, np.ndarray]:
-        """History + live 1m bars up to the minute holding the simulator's time (the last one still open)."""
+        """History + live 1m bars up to the minute holding the simulator's time (the last one still open, flat until
+        its first trade: Binance serves the open bar from its first millisecond)."""
         h = self.history()
         end_m = (self.t_ns // NS_PER_MS) // MINUTE_MS * MINUTE_MS
-        n_live = (end_m - self.start_m_ms) // MINUTE_MS + 1 if self.t_ns > self.start_ns else 0
+        n_live = (end_m - self.start_m_ms) // MINUTE_MS + 1  # the open minute is served before its first trade
         if n_live <= 0:
             return h
         live = np.empty((n_live, 9))
