@@ -204,7 +204,7 @@ class RetrainConfig:
                               ge=100, le=100_000_000)
     history_days: float = opt(30.0, "Days of venue klines fetched when the store is still young.", gt=0, le=1000)
     min_improvement_usd: float = opt(0.0, "A challenger replaces the current model only if its held-out dollar "
-                                     "P&L beats the current one's by more than this (quote).", ge=-1e9, le=1e9)
+                                     "P&L beats the current one's by more than this (quote).", ge=-1e15, le=1e15)
     xgb_rounds: int = opt(300, "Retraining: XGBoost boosting rounds (early stopping applies).", ge=1, le=100_000)
     lstm_epochs: int = opt(2, "Retraining: LSTM epochs.", ge=1, le=1000)
     lstm_hidden: int = opt(16, "Retraining: LSTM hidden units.", ge=1, le=4096)

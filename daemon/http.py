@@ -57,10 +57,10 @@ class _OneLine(logging.Handler):
 
 
 def _server_logger(count: Callable[[str], None] | None) -> logging.Logger:
-    lg = logging.getLogger("tradingd.http.server")
-    lg.handlers[:] = [_OneLine(count)]
+    """A logger of this server's own (outside logging's hierarchy: nothing reaches the root's raw handler)."""
+    lg = logging.Logger("tradingd.http.server", logging.DEBUG)
+    lg.addHandler(_OneLine(count))
     lg.propagate = False
-    lg.setLevel(logging.DEBUG)
     return lg
 
 

@@ -86,18 +86,19 @@ class OptimizerConfig:
                               "performance towards neutral.", ge=0, le=100000)
     hit_rate_span: float = opt(0.1, "Hit-rate distance from 0.5 that maps to a component score of 0 or 1.",
                                gt=0, le=0.5)
-    pnl_scale: float = opt(50.0, "P&L per trade (quote) at which the P&L component reaches ~0.88 (tanh).", gt=0, le=1e9)
+    pnl_scale: float = opt(50.0, "P&L per trade (quote) at which the P&L component reaches ~0.88 (tanh).",
+                           gt=0, le=1e9)
     sel_w_volatility: float = opt(0.15, "Selection weight: volatility component.", ge=0, le=100)
     sel_w_cost: float = opt(0.3, "Selection weight: expected move vs fees + spread.", ge=0, le=100)
     sel_w_volume: float = opt(0.15, "Selection weight: traded volume per hour relative to the best timeframe.",
                               ge=0, le=100)
     sel_w_hit_rate: float = opt(0.2, "Selection weight: recent model hit rate on the timeframe.", ge=0, le=100)
+    sel_w_pnl: float = opt(0.2, "Selection weight: realised dollar P&L per trade on the timeframe.", ge=0, le=100)
     exit_retry_initial_s: float = opt(1.0, "A refused exit (risk, broker or venue) is not re-sent before this "
                                       "many seconds of event time; the wait doubles per refusal (alarm: "
                                       "exit_refused counter, /status optimizer.exit_alarms, a warning line).",
                                       gt=0, le=3600)
     exit_retry_max_s: float = opt(300.0, "Longest wait between re-sends of a refused exit.", gt=0, le=86400)
-    sel_w_pnl: float = opt(0.2, "Selection weight: realised dollar P&L per trade on the timeframe.", ge=0, le=100)
 
     def validate(self) -> None:
         if self.w_xgboost + self.w_lstm <= 0:
@@ -727,7 +728,8 @@ class DollarProfitOptimizer:
     def _exit_refused(self, pos: ManagedPosition, sent: OrderIntent) -> None:
         """Exponential, bounded backoff from the refused intent's event time, and the alarm."""
         pos.exit_refusals += 1
-        wait_s = min(self.cfg.exit_retry_max_s, self.cfg.exit_retry_initial_s * 2.0 ** min(pos.exit_refusals - 1, 60))
+        doublings = min(pos.exit_refusals - 1, 60)
+        wait_s = min(self.cfg.exit_retry_max_s, self.cfg.exit_retry_initial_s * 2.0 ** doublings)
         pos.exit_retry_ns = sent.ts + int(wait_s * 1e9)
         self.counters["exit_refused"] += 1
         self.counters[f"exit_refused.{pos.symbol}"] += 1
