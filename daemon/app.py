@@ -35,7 +35,9 @@ held-out dollar P&L; changed versions are then loaded and warmed in a worker thr
 (the loop lag during the swap is measured and shown in /status ``retrain.last``).
 
 Shutdown: the first SIGTERM/SIGINT halts new entries (risk halt), stops the feed, lets the current event finish,
-closes HTTP/venue/store and exits 0 within ``SHUTDOWN_S``; a second signal exits at once with 1.
+waits up to ``broker.drain_timeout_s`` for the outcome of orders in flight at a venue broker (a flatten sent just
+before the signal), closes HTTP/venue/store and exits 0 within ``SHUTDOWN_S`` + that; a second signal exits at
+once with 1.
 
 Exit codes: 0 clean stop; 1 fatal runtime error (a core task died; systemd restarts); 2 bad configuration;
 3 start-up failure (store unusable, no/broken models, venue unreachable, training failed) — the unit's
@@ -140,9 +142,9 @@ class Daemon:
             self.exit_code = EXIT_STARTUP
         finally:
             try:
-                await asyncio.wait_for(self.shutdown(), SHUTDOWN_S)
+                await asyncio.wait_for(self.shutdown(), SHUTDOWN_S + self.cfg.broker.drain_timeout_s)
             except asyncio.TimeoutError:
-                log.error("shutdown_timeout", seconds=SHUTDOWN_S)
+                log.error("shutdown_timeout", seconds=SHUTDOWN_S + self.cfg.broker.drain_timeout_s)
                 if self.exit_code == EXIT_OK:
                     self.exit_code = EXIT_FATAL
         return self.exit_code
@@ -177,6 +179,7 @@ class Daemon:
             self.feed.stop()
         if self.retrain_task is not None and not self.retrain_task.done():
             self.retrain_task.cancel()
+        await self._drain_orders(self.cfg.broker.drain_timeout_s)  # before the broker's task is stopped
         if self.supervisor is not None:
             await self.supervisor.stop(timeout=5.0)
         if self.http is not None:
@@ -204,6 +207,35 @@ class Daemon:
                 log.warning("store_close_failed", error=str(e))
         self.notifier.close()
         log.info("stopped", exit_code=self.exit_code, seconds=round(time.perf_counter() - t0, 3))
+
+    async def _drain_orders(self, timeout_s: float) -> list[str]:
+        """Wait (bounded) for the outcome of orders in flight at a venue broker, delivering each answer through
+        the pipeline (store, optimizer) as it arrives. Returns the client ids still unknown at the deadline
+        (logged; the next start reconciles them with the venue)."""
+        broker, pipe = self.broker, self.pipeline
+        in_flight = getattr(broker, "in_flight", None)
+        if in_flight is None or pipe is None:
+            return []
+        t0 = time.monotonic()
+        waiting = in_flight()
+        if waiting:
+            log.info("drain_waiting", orders=waiting[:20], timeout_s=timeout_s)
+        while True:
+            try:
+                for ex in broker.on_book("", None, time.time_ns()):  # delivers queued venue answers
+                    pipe._after_execution(ex, None)
+            except Exception as e:  # noqa: BLE001 - e.g. a halted store: nothing more can be recorded
+                log.error("drain_failed", error=f"{type(e).__name__}: {e}")
+                return in_flight()
+            waiting = in_flight()
+            if not waiting or time.monotonic() - t0 >= timeout_s:
+                break
+            await asyncio.sleep(0.05)
+        if waiting:
+            log.warning("drain_timeout", orders=waiting[:20], seconds=round(time.monotonic() - t0, 3))
+        else:
+            log.info("drain_done", seconds=round(time.monotonic() - t0, 3))
+        return waiting
 
     # -------------------------------------------------------------------------------------- start-up
     async def start(self) -> None:
@@ -409,7 +441,11 @@ class Daemon:
         cfg = self.cfg
         self.registry = ModelRegistry(cfg.path(cfg.engines.registry))
         self.registry.remove_stale_temp()
-        missing = missing_models(self.registry, cfg.general.timeframes)
+        from engines.base import ModelLoadError
+        try:
+            missing = missing_models(self.registry, cfg.general.timeframes)
+        except ModelLoadError as e:  # e.g. a `current` pointer naming no version directory: the file is named
+            raise StartupError(f"model registry: {e}") from None
         if not missing:
             return None
         if not cfg.engines.train_on_first_run:
@@ -550,8 +586,11 @@ class Daemon:
         from daemon import secrets
         token = secrets.read_secret(self.env, secrets.CONTROL_TOKEN, cfg.http.control_token_env) or None
         hooks = HttpHooks(render_metrics=self.metrics.render, health=self._health, ready=self._ready,
-                          status=self.status, control=self._control)
-        self.http = HttpServer(hooks, cfg.http.host, cfg.http.port, token)
+                          status=self.status, control=self._control,
+                          count_error=lambda reason: self.metrics.http_errors.labels(reason).inc())
+        self.http = HttpServer(hooks, cfg.http.host, cfg.http.port, token,
+                               keepalive_timeout_s=cfg.http.keepalive_timeout_s,
+                               max_header_bytes=cfg.http.max_header_bytes)
         try:
             await self.http.start()
         except OSError as e:
@@ -637,8 +676,12 @@ class Daemon:
             pf = self.broker.portfolio
             acct = self.pipeline.account()
             marks = acct.marks
+            alarms = self.optimizer.exit_alarms()
             for sym in cfg.general.symbols:
                 m.position.labels(sym).set(pf.qty(sym))
+                m.exit_alarm.labels(sym).set(alarms.get(sym, {}).get("refusals", 0))
+                self._inc_to(m.exit_refused.labels(sym), ("exit_refused", sym),
+                             self.optimizer.counters.get(f"exit_refused.{sym}", 0))
             if math.isfinite(acct.equity):
                 m.equity.set(acct.equity)
                 try:
@@ -717,7 +760,8 @@ class Daemon:
             out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
                                "book_states": pipe.book_states}
             out["optimizer"] = {"counters": dict(self.optimizer.counters),
-                                "positions": sorted(self.optimizer.positions)}
+                                "positions": sorted(self.optimizer.positions),
+                                "exit_alarms": self.optimizer.exit_alarms()}
             out["broker"] = {"stats": dict(self.broker.stats), "open_orders": len(self.broker.open_orders())}
             last = [d for d in list(pipe.decisions)[-5:]]
             out["last_decisions"] = [{"symbol": d.symbol, "timeframe": d.timeframe, "bar_open_ns": d.bar_open_ns,
@@ -848,7 +892,8 @@ class Daemon:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="config.toml (default: the embedded defaults)")
+    p.add_argument("--config", default=None, help="config.toml (omitted: the embedded defaults, a local simulated "
+                   "venue and the paper broker; a file with no options is refused, exit 2)")
 
 
 def main(args: argparse.Namespace) -> int:

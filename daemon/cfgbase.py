@@ -121,7 +121,7 @@ def build_section(cls: type, raw: dict, prefix: str, where: str) -> Any:
         try:
             validate()
         except ValueError as e:
-            raise ConfigError(f"{where}: [{prefix}] {e}") from None
+            raise ConfigError(f"{where}: [{prefix}] {e}" if prefix else f"{where}: {e}") from None
     return obj
 
 

@@ -46,7 +46,7 @@ class VenueConfig:
     host: str = opt("127.0.0.1", "Local venue bind address (simulate/replay).")
     port: int = opt(0, "Local venue port; 0 picks a free port.", ge=0, le=65535)
     recording: str = opt("", "Recording to replay (replay mode): a file or directory of .gz frame files.")
-    speed: float = opt(1.0, "Replay speed factor (replay mode); 0 = as fast as possible.", ge=0.0)
+    speed: float = opt(1.0, "Replay speed factor (replay mode); 0 = as fast as possible.", ge=0.0, le=10000.0)
     history: str = opt("", "Replay mode: 1m klines CSV the venue serves BEFORE the recording (moved in time to end "
                        "where it starts, scaled to its first trade price), so features and models are warm at the "
                        "first replayed bar. 'simulated': the simulator's history_days instead (synthetic). Empty: "
@@ -64,31 +64,32 @@ class FaultConfig:
     drop_prob: float = opt(0.0, "Probability that the local venue drops a depth frame (creates a gap).", ge=0, le=1)
     dup_prob: float = opt(0.0, "Probability that a frame is sent twice.", ge=0, le=1)
     garbage_prob: float = opt(0.0, "Probability that a garbage (non-JSON) frame is sent.", ge=0, le=1)
-    stall_every_s: float = opt(0.0, "Every this many seconds the stream stalls (0 = never).", ge=0)
-    stall_s: float = opt(0.0, "Length of a stall in seconds.", ge=0)
-    close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).", ge=0)
+    stall_every_s: float = opt(0.0, "Every this many seconds the stream stalls (0 = never).", ge=0, le=86400)
+    stall_s: float = opt(0.0, "Length of a stall in seconds.", ge=0, le=3600)
+    close_every_s: float = opt(0.0, "Every this many seconds the venue closes the socket abruptly (0 = never).",
+                               ge=0, le=86400)
     close_after_frames: int = opt(0, "Close each connection abruptly after it was sent this many frames "
-                                  "(0 = never); deterministic, for tests.", ge=0)
+                                  "(0 = never); deterministic, for tests.", ge=0, le=1_000_000_000)
     forge_prob: float = opt(0.0, "Probability that a trade or depth frame comes with a forged one (absurd size, "
                             "far-future/negative/huge time, a repeated trade id: see venue/faults.py).", ge=0, le=1)
     stale_snapshot_prob: float = opt(0.0, "Probability that a REST depth snapshot carries the current update id "
                                      "with the levels of the first snapshot served (a stale cache).", ge=0, le=1)
-    seed: int = opt(1, "Seed of the fault injector's random stream.")
+    seed: int = opt(1, "Seed of the fault injector's random stream.", ge=0, le=2**32 - 1)
 
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    seed: int = opt(7, "Seed of the market simulator (same seed, same market).")
-    start_price: float = opt(60000.0, "Initial mid price.", gt=0)
+    seed: int = opt(7, "Seed of the market simulator (same seed, same market).", ge=0, le=2**32 - 1)
+    start_price: float = opt(60000.0, "Initial mid price.", gt=0, le=1e9)
     history_days: int = opt(30, "Days of 1m klines history served before the live stream starts.", ge=1, le=400)
     vol_low: float = opt(0.35, "Annualised volatility of the calm regime.", gt=0, le=10)
     vol_high: float = opt(0.7, "Annualised volatility of the turbulent regime.", gt=0, le=10)
-    regime_switch_per_hour: float = opt(0.2, "Expected regime switches per hour.", ge=0)
+    regime_switch_per_hour: float = opt(0.2, "Expected regime switches per hour.", ge=0, le=3600)
     trades_per_s: float = opt(8.0, "Mean trade arrival rate (Poisson).", gt=0, le=10000)
     depth_levels: int = opt(50, "Price levels on each side of the simulated book.", ge=5, le=5000)
-    tick_size: float = opt(0.01, "Price tick (exchangeInfo PRICE_FILTER).", gt=0)
-    lot_step: float = opt(0.00001, "Quantity step (exchangeInfo LOT_SIZE).", gt=0)
-    min_notional: float = opt(5.0, "Minimum order notional (exchangeInfo NOTIONAL).", ge=0)
+    tick_size: float = opt(0.01, "Price tick (exchangeInfo PRICE_FILTER).", gt=0, le=1e6)
+    lot_step: float = opt(0.00001, "Quantity step (exchangeInfo LOT_SIZE).", gt=0, le=1e6)
+    min_notional: float = opt(5.0, "Minimum order notional (exchangeInfo NOTIONAL).", ge=0, le=1e9)
     depth_interval_ms: int = opt(100, "Depth diff cadence, as in <sym>@depth@100ms.", ge=10, le=1000)
     trend_per_hour: float = opt(0.005, "Persistent drift (trend): stationary std of an Ornstein-Uhlenbeck drift, "
                                 "as log return per hour (0.005 = 0.5 %/h; 0 = pure random walk, nothing to "
@@ -101,22 +102,25 @@ class SimulatorConfig:
 
 @dataclass(frozen=True)
 class FeedConfig:
-    stale_after_s: float = opt(10.0, "A stream silent this long counts as dead: reconnect and mark books stale.", gt=0)
-    reconnect_initial_s: float = opt(0.5, "First reconnect delay; doubles each failure, with jitter.", gt=0)
-    reconnect_max_s: float = opt(30.0, "Cap of the reconnect delay.", gt=0)
+    stale_after_s: float = opt(10.0, "A stream silent this long counts as dead: reconnect and mark books stale.",
+                                 gt=0, le=3600)
+    reconnect_initial_s: float = opt(0.5, "First reconnect delay; doubles each failure, with jitter.", gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "Cap of the reconnect delay.", gt=0, le=86400)
     snapshot_limit: int = opt(1000, "Levels asked for in the REST depth snapshot.",
                               choices=(5, 10, 20, 50, 100, 500, 1000, 5000))
-    max_buffered_updates: int = opt(20000, "Diffs buffered while waiting for a snapshot before giving up.", ge=10)
-    queue_size: int = opt(10000, "Bound of the decoded-event queue between the socket and the cores.", ge=10)
+    max_buffered_updates: int = opt(20000, "Diffs buffered while waiting for a snapshot before giving up.",
+                                    ge=10, le=10_000_000)
+    queue_size: int = opt(10000, "Bound of the decoded-event queue between the socket and the cores.",
+                          ge=10, le=10_000_000)
     max_event_ahead_s: float = opt(5.0, "An event stamped this far ahead of its stream's clock (event time vs "
-                                   "receive time) is refused as implausible (counted).", gt=0)
+                                   "receive time) is refused as implausible (counted).", gt=0, le=86400)
     max_event_behind_s: float = opt(60.0, "An event stamped this far before its stream's newest event is refused.",
-                                    gt=0)
+                                    gt=0, le=86400)
     jump_confirm_events: int = opt(3, "This many consecutive implausible events that agree with each other are "
-                                   "the venue's clock really jumping: accepted, and handled as a gap.", ge=2)
-    max_notional: float = opt(1e9, "A trade, book level or ticker worth more than this (quote) is refused.", gt=0)
+                                   "the venue's clock really jumping: accepted, and handled as a gap.", ge=2, le=1000)
+    max_notional: float = opt(1e9, "A trade, book level or ticker worth more than this (quote) is refused.", gt=0, le=1e15)
     trade_dedup_window: int = opt(8192, "Trades are de-duplicated by id over this many recent ids per symbol.",
-                                  ge=16)
+                                  ge=16, le=10_000_000)
     book_oracle: bool = opt(True, "Subscribe to bookTicker and check the book's best levels against it whenever "
                             "the update ids coincide; a mismatch marks the book stale and resyncs.")
 
@@ -125,8 +129,8 @@ class FeedConfig:
 class RecorderConfig:
     enabled: bool = opt(False, "Record every raw frame received (with its receive time) for replay.")
     dir: str = opt("recordings", "Recording directory (relative to general.data_dir).")
-    rotate_mb: float = opt(64.0, "Start a new file after this many MB of uncompressed frames.", gt=0)
-    rotate_minutes: float = opt(60.0, "Start a new file after this many minutes.", gt=0)
+    rotate_mb: float = opt(64.0, "Start a new file after this many MB of uncompressed frames.", gt=0, le=1e6)
+    rotate_minutes: float = opt(60.0, "Start a new file after this many minutes.", gt=0, le=10080)
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,10 @@ class BarsConfig:
                            "with zero volume (so every timeframe has one bar per period).")
     late_grace_ms: int = opt(0, "A trade older than the open bar's start by more than this is dropped and "
                              "counted as late (bars are never reopened); a trade late by at most this much is "
-                             "folded into the open bar.", ge=0)
+                             "folded into the open bar.", ge=0, le=3_600_000)
     max_fill_bars: int = opt(10080, "Most flat 1m bars filled for one quiet gap (emit_empty); a longer jump in "
-                             "event time (a bad timestamp, not a quiet market) restarts the series, counted.", ge=1)
+                             "event time (a bad timestamp, not a quiet market) restarts the series, counted.",
+                             ge=1, le=527_040)
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ class EnginesConfig:
                             choices=("auto", "tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu"))
     xgb_backend: str = opt("auto", "XGBoost inference backend; auto takes the best available and reports it.",
                            choices=("auto", "native-cuda", "native-cpu", "compiled-cpu"))
-    warmup_iters: int = opt(20, "Warm-up predictions run on each engine before it is marked ready.", ge=1)
+    warmup_iters: int = opt(20, "Warm-up predictions run on each engine before it is marked ready.", ge=1, le=10_000)
     train_on_first_run: bool = opt(True, "Train the first models from venue klines if the registry is empty.")
     ort_threads: int = opt(1, "ONNX Runtime intra-op threads for the LSTM (1 = lowest batch-1 latency).",
                            ge=1, le=64)
@@ -157,7 +162,7 @@ class EnginesConfig:
     tensorrt_fp16: bool = opt(True, "Build the TensorRT LSTM engine with fp16 kernels where the GPU has them.")
     tensorrt_max_batch: int = opt(256, "Largest batch in the TensorRT optimisation profile (bigger is chunked).",
                                   ge=1, le=65536)
-    tensorrt_workspace_mb: int = opt(1024, "TensorRT builder workspace memory pool limit (MiB).", ge=16)
+    tensorrt_workspace_mb: int = opt(1024, "TensorRT builder workspace memory pool limit (MiB).", ge=16, le=262_144)
     first_run_history_days: float = opt(30.0, "First run (remote venue): days of 1m klines fetched to train on "
                                         "(simulate uses simulator.history_days).", gt=0, le=1000)
     first_run_xgb_rounds: int = opt(300, "First-run training: XGBoost boosting rounds (small: start-up speed).",
@@ -171,22 +176,25 @@ class EnginesConfig:
 class BrokerConfig:
     kind: str = opt("paper", "paper: fill against the live book; testnet: the venue's test order API.",
                     choices=("paper", "testnet"))
-    starting_cash: float = opt(100000.0, "Paper account's starting quote balance.", gt=0)
+    starting_cash: float = opt(100000.0, "Paper account's starting quote balance.", gt=0, le=1e12)
     taker_fee: float = opt(0.001, "Taker fee rate (0.001 = 0.1 %).", ge=0, lt=0.1)
     maker_fee: float = opt(0.001, "Maker fee rate.", ge=0, lt=0.1)
-    latency_ms: float = opt(0.0, "Simulated order latency before an order reaches the book.", ge=0)
+    latency_ms: float = opt(0.0, "Simulated order latency before an order reaches the book.", ge=0, le=60_000)
     fill_at_touch: bool = opt(True, "Paper: a resting limit order fills on a trade printed AT its price (front of "
                               "the queue); false = only a trade through the price fills (back of the queue).")
-    book_depth: int = opt(1000, "Paper: book levels per side a market order may walk.", ge=1)
+    book_depth: int = opt(1000, "Paper: book levels per side a market order may walk.", ge=1, le=100_000)
     quote_asset: str = opt("USDT", "Quote currency of the account (the balances row the cash lives in).")
+    drain_timeout_s: float = opt(10.0, "Shutdown waits up to this long for the outcome of orders in flight (sent "
+                                 "to a venue, not yet answered: e.g. a flatten at SIGTERM) before exiting; what "
+                                 "is still unknown then is reconciled at the next start.", ge=0, le=120)
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     path: str = opt("tradingd.sqlite", "SQLite store (WAL mode), relative to general.data_dir.")
-    busy_timeout_ms: int = opt(5000, "How long a store connection waits for another's write lock.", ge=0)
+    busy_timeout_ms: int = opt(5000, "How long a store connection waits for another's write lock.", ge=0, le=600_000)
     writer_queue: int = opt(10000, "Writes waiting for the store's writer thread before bars are dropped "
-                            "(counted) and executions wait for room.", ge=1)
+                            "(counted) and executions wait for room.", ge=1, le=10_000_000)
 
 
 @dataclass(frozen=True)
@@ -195,23 +203,27 @@ class HttpConfig:
     port: int = opt(8000, "HTTP port (the seed's port); 0 picks a free one.", ge=0, le=65535)
     control_token_env: str = opt("TRADINGD_CONTROL_TOKEN", "Environment variable with the bearer token for "
                                  "control endpoints (halt/resume/flatten); unset disables them.")
+    keepalive_timeout_s: float = opt(15.0, "An idle keep-alive connection is closed after this many seconds.",
+                                     gt=0, le=3600)
+    max_header_bytes: int = opt(8190, "Longest request line or header field accepted (longer: HTTP 400, one "
+                                "log line, counted in tradingd_http_errors_total).", ge=1024, le=65536)
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
     enabled: bool = opt(True, "Retrain in a background process on the recorded bars.")
-    interval_minutes: float = opt(360.0, "Minutes between scheduled retrains.", gt=0)
+    interval_minutes: float = opt(360.0, "Minutes between scheduled retrains.", gt=0, le=525_600)
     nice: int = opt(10, "Niceness of the retraining process.", ge=0, le=19)
-    threads: int = opt(1, "Threads the retraining process may use.", ge=1)
-    timeout_minutes: float = opt(60.0, "A retrain running longer is killed and reported as failed.", gt=0)
+    threads: int = opt(1, "Threads the retraining process may use.", ge=1, le=256)
+    timeout_minutes: float = opt(60.0, "A retrain running longer is killed and reported as failed.", gt=0, le=1440)
     min_store_bars: int = opt(20000, "Fewer 1m bars in the store than this: train on venue klines history too.",
-                              ge=100)
-    history_days: float = opt(30.0, "Days of venue klines fetched when the store is still young.", gt=0)
+                              ge=100, le=100_000_000)
+    history_days: float = opt(30.0, "Days of venue klines fetched when the store is still young.", gt=0, le=1000)
     min_improvement_usd: float = opt(0.0, "A challenger replaces the current model only if its held-out dollar "
-                                     "P&L beats the current one's by more than this (quote).")
-    xgb_rounds: int = opt(300, "Retraining: XGBoost boosting rounds (early stopping applies).", ge=1)
-    lstm_epochs: int = opt(2, "Retraining: LSTM epochs.", ge=1)
-    lstm_hidden: int = opt(16, "Retraining: LSTM hidden units.", ge=1)
+                                     "P&L beats the current one's by more than this (quote).", ge=-1e15, le=1e15)
+    xgb_rounds: int = opt(300, "Retraining: XGBoost boosting rounds (early stopping applies).", ge=1, le=100_000)
+    lstm_epochs: int = opt(2, "Retraining: LSTM epochs.", ge=1, le=1000)
+    lstm_hidden: int = opt(16, "Retraining: LSTM hidden units.", ge=1, le=4096)
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,14 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     risk: RiskConfig = RiskConfig()
 
+    def validate(self) -> None:
+        """Cross-section rules: a spot venue's account (testnet broker) cannot hold a negative quantity; a short
+        there is a sale of coins held, and closing it with a buy leaves a base-commission remainder that cannot
+        be sold (the wedge of issue #14)."""
+        if self.optimizer.allow_short and self.broker.kind != "paper":
+            raise ValueError(f"optimizer.allow_short = true needs broker.kind = \"paper\": the "
+                             f"{self.broker.kind!r} broker trades a spot account, which cannot be short")
+
     def path(self, p: str) -> Path:
         """Resolve a path option against general.data_dir."""
         q = Path(p)
@@ -249,10 +269,14 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Load and check ``config.toml``; ``None`` gives the embedded defaults."""
+    """Load and check ``config.toml``; ``None`` (no --config) gives the embedded defaults; an empty file is refused."""
     if path is None:
         return Config()
-    return config_from_dict(load_toml(path), str(path))
+    raw = load_toml(path)
+    if not raw:  # a truncated or mis-generated file must not silently start the full default daemon
+        raise ConfigError(f"{path}: the config file is empty (no options); run without --config for the embedded "
+                          "defaults, or generate a full file with scripts/gen_config.py")
+    return config_from_dict(raw, str(path))
 
 
 def replace(cfg: Config, **sections: dict) -> Config:

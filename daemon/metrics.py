@@ -45,6 +45,12 @@ class Metrics:
         self.fills = Counter("tradingd_fills_total", "Fills", ["symbol", "side"], registry=r)
         self.rejections = Counter("tradingd_order_rejections_total", "Orders refused by risk or broker",
                                   ["reason"], registry=r)
+        self.exit_refused = Counter("tradingd_exit_refused_total", "Exits refused (risk, broker or venue); each is "
+                                    "re-sent only after an exponential, bounded backoff", ["symbol"], registry=r)
+        self.exit_alarm = Gauge("tradingd_exit_alarm", "Refused exits in a row for a position (0: none)", ["symbol"],
+                                registry=r)
+        self.http_errors = Counter("tradingd_http_errors_total", "HTTP requests refused or failed in the server "
+                                   "(e.g. LineTooLong: a header over http.max_header_bytes)", ["reason"], registry=r)
         self.position = Gauge("tradingd_position", "Signed position (base units)", ["symbol"], registry=r)
         self.equity = Gauge("tradingd_equity", "Account equity (quote)", registry=r)
         self.realised = Gauge("tradingd_realised_pnl", "Realised P&L (quote)", registry=r)

@@ -218,10 +218,11 @@ class TradingPipeline:
             equity = math.nan
         positions = pf.positions
         filters = getattr(self.broker, "filters", None)
-        if filters and any(is_dust(p.qty, filters.get(s)) for s, p in positions.items()):
-            # a remainder below one lot (a base-asset commission's leftover) is valued in equity but is not a
-            # position: the strategy neither manages nor exits what the venue cannot sell
-            positions = {s: p for s, p in positions.items() if not is_dust(p.qty, filters.get(s))}
+        if filters and any(is_dust(p.qty, filters.get(s), marks.get(s)) for s, p in positions.items()):
+            # a remainder below one lot or the min notional at the mark (a base-asset commission's leftover) is
+            # valued in equity but is not a position: the strategy neither manages nor exits what the venue
+            # cannot sell
+            positions = {s: p for s, p in positions.items() if not is_dust(p.qty, filters.get(s), marks.get(s))}
         return AccountState(equity, positions, marks)
 
     # ------------------------------------------------------------------------------------------ priming

@@ -29,7 +29,8 @@ it. Client order ids are deterministic (the strategy's), so a resend can never d
   venue account holds (qty - commission), the order's filled quantity is what the venue executed. A commission in
   a third asset (BNB) is recorded as 0 and counted (``fees_unpriced``).
 * Exits are floored to the lot step (a position net of a base commission is off the grid); a remainder below
-  one lot (``strategies.sizing.is_dust``) cannot be sold and is not a position the strategy manages.
+  one lot or the min notional (``strategies.sizing.is_dust``) cannot be sold and is not a position the strategy
+  manages. A spot account cannot be short: ``optimizer.allow_short`` is refused with this broker (config).
 
 Secrets: the API secret lives only in the client object (never in reprs, logs or errors).
 """
@@ -415,6 +416,15 @@ class TestnetBroker:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.client.close()
 
+    def in_flight(self) -> list[str]:
+        """Client ids whose outcome the venue has not told us yet: a send/cancel in progress, a market order
+        still open, or an answer queued but not yet delivered (shutdown waits on these; a resting limit order
+        is not in flight, it may rest for days)."""
+        ids = {t.get_name().split("-", 1)[1] for t in self._tasks}
+        ids.update(c for c, o in self.orders.items() if o.order_type == OrderType.MARKET)
+        ids.update(d.coid for d in self._inbox)
+        return sorted(ids)
+
     async def idle(self, timeout: float = 10.0) -> bool:
         """Wait until no send/cancel task is in flight (tests, shutdown). False on timeout."""
         end = time.monotonic() + timeout
@@ -718,7 +728,7 @@ class TestnetBroker:
         realised = [pf.apply_fill(f) for f in d.fills]
         stop_changes: dict[str, Stops | None] = {}
         left = pf.qty(o.symbol)
-        if d.fills and (left == 0.0 or is_dust(left, self.engine.filters.get(o.symbol))) \
+        if d.fills and (left == 0.0 or is_dust(left, self.engine.filters.get(o.symbol), d.fills[-1].price)) \
                 and o.symbol in self.engine.stops:
             self.engine.stops.pop(o.symbol)
             stop_changes[o.symbol] = None

@@ -247,12 +247,25 @@ class ModelRegistry:
                       if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def current_version(self, timeframe: str, kind: str) -> str | None:
-        p = self.kind_dir(timeframe, kind) / POINTER
+        """The name in the ``current`` pointer file, or None when there is none. A pointer that does not name a
+        version directory inside this kind's directory (``../../etc``, an absolute path, a missing or temp dir)
+        is refused with :class:`ModelLoadError` naming the pointer file: it is never followed."""
+        kdir = self.kind_dir(timeframe, kind)
+        p = kdir / POINTER
         try:
             name = p.read_text().strip()
         except FileNotFoundError:
             return None
-        return _check_name("version", name) if name else None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{p}: unreadable model pointer: {e}") from None
+        if not name:
+            return None
+        if not _NAME_RE.match(name) or name in (".", "..") or name.startswith(".") or \
+                not (kdir / name).is_dir() or (kdir / name).resolve().parent != kdir.resolve():
+            raise ModelLoadError(f"{p}: pointer {name[:200]!r} does not name a version directory in {kdir} "
+                                 f"(published versions: {', '.join(self.list_versions(timeframe, kind)) or 'none'}); "
+                                 f"fix or delete the file")
+        return name
 
     def current(self, timeframe: str, kind: str) -> Path | None:
         """Directory of the current version (not verified; use :meth:`load`), or None when none is set."""

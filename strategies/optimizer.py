@@ -66,7 +66,9 @@ class OptimizerConfig:
     max_bars_held: tuple[str, ...] = opt(("1m=60", "5m=48", "15m=32", "1h=24"),
                                          "Time exit after this many bars of the position's timeframe, "
                                          "'tf=bars' (unlisted or 0: no time exit).")
-    allow_short: bool = opt(True, "Open short positions on down signals (paper/futures; off for spot).")
+    allow_short: bool = opt(False, "Open short positions on down signals. Spot accounts cannot be short: only "
+                            "broker.kind = \"paper\" may set this (a simulated short); the testnet broker trades "
+                            "a spot venue and refuses it at start-up.")
     trade_selected_timeframe_only: bool = opt(True, "Enter only on the timeframe currently selected for the "
                                               "symbol (exits are managed on the position's own timeframe).")
     exit_on_reversal: bool = opt(True, "Exit when the signal on the position's timeframe points the other way.")
@@ -84,13 +86,19 @@ class OptimizerConfig:
                               "performance towards neutral.", ge=0, le=100000)
     hit_rate_span: float = opt(0.1, "Hit-rate distance from 0.5 that maps to a component score of 0 or 1.",
                                gt=0, le=0.5)
-    pnl_scale: float = opt(50.0, "P&L per trade (quote) at which the P&L component reaches ~0.88 (tanh).", gt=0)
-    sel_w_volatility: float = opt(0.15, "Selection weight: volatility component.", ge=0)
-    sel_w_cost: float = opt(0.3, "Selection weight: expected move vs fees + spread.", ge=0)
+    pnl_scale: float = opt(50.0, "P&L per trade (quote) at which the P&L component reaches ~0.88 (tanh).",
+                           gt=0, le=1e9)
+    sel_w_volatility: float = opt(0.15, "Selection weight: volatility component.", ge=0, le=100)
+    sel_w_cost: float = opt(0.3, "Selection weight: expected move vs fees + spread.", ge=0, le=100)
     sel_w_volume: float = opt(0.15, "Selection weight: traded volume per hour relative to the best timeframe.",
-                              ge=0)
-    sel_w_hit_rate: float = opt(0.2, "Selection weight: recent model hit rate on the timeframe.", ge=0)
-    sel_w_pnl: float = opt(0.2, "Selection weight: realised dollar P&L per trade on the timeframe.", ge=0)
+                              ge=0, le=100)
+    sel_w_hit_rate: float = opt(0.2, "Selection weight: recent model hit rate on the timeframe.", ge=0, le=100)
+    sel_w_pnl: float = opt(0.2, "Selection weight: realised dollar P&L per trade on the timeframe.", ge=0, le=100)
+    exit_retry_initial_s: float = opt(1.0, "A refused exit (risk, broker or venue) is not re-sent before this "
+                                      "many seconds of event time; the wait doubles per refusal (alarm: "
+                                      "exit_refused counter, /status optimizer.exit_alarms, a warning line).",
+                                      gt=0, le=3600)
+    exit_retry_max_s: float = opt(300.0, "Longest wait between re-sends of a refused exit.", gt=0, le=86400)
 
     def validate(self) -> None:
         if self.w_xgboost + self.w_lstm <= 0:
@@ -103,6 +111,8 @@ class OptimizerConfig:
         for tf, v in bars.items():
             if v != int(v):
                 raise ValueError(f"max_bars_held: {tf}={v} must be a whole number of bars")
+        if self.exit_retry_max_s < self.exit_retry_initial_s:
+            raise ValueError("exit_retry_max_s must be >= exit_retry_initial_s")
         if not any(c.isalnum() for c in self.client_id_prefix):
             raise ValueError("client_id_prefix must contain at least one letter or digit")
 
@@ -193,6 +203,8 @@ class ManagedPosition:
     exit_value: float = 0.0
     exit_fees: float = 0.0
     pending_exit: OrderIntent | None = None
+    exit_refusals: int = 0  # refused exits in a row (reset by an exit fill)
+    exit_retry_ns: int = 0  # no exit is sent before this event time (backoff after a refusal)
 
 
 @dataclass
@@ -438,6 +450,8 @@ class DollarProfitOptimizer:
     def _exit_intent(self, pos: ManagedPosition, dec: ExitDecision, account: AccountState, ts: int,
                      key: object) -> OrderIntent:
         qty = abs(account.qty(pos.symbol)) or (pos.qty - pos.exit_qty)
+        if pos.exit_refusals:  # a retry is a new order (a venue that rejected an id keeps answering it as such)
+            key = f"{key}r{pos.exit_refusals}"
         intent = OrderIntent(
             client_order_id=client_order_id(self.cfg.client_id_prefix, pos.symbol, pos.timeframe, key, dec.reason),
             symbol=pos.symbol, side=Side(-pos.direction), qty=qty, reduce_only=True, timeframe=pos.timeframe,
@@ -571,7 +585,8 @@ class DollarProfitOptimizer:
             if pos.timeframe != tf or pos.pending_exit is not None:
                 return []
             dec = self.check_exit(pos, bar, ts=ts, signal=signal)
-            return [self._exit_intent(pos, dec, account, ts, bar.open_ns)] if dec else []
+            return [self._exit_intent(pos, dec, account, ts, bar.open_ns)] if dec and self._exit_allowed(pos, ts) \
+                else []
         if symbol in self._pending:
             c["entry_pending"] += 1
             return []
@@ -619,9 +634,21 @@ class DollarProfitOptimizer:
             self.counters["bad_input"] += 1
             return []
         dec = self.check_exit(pos, price=price, ts=ts)
-        if dec is None or dec.reason not in ("stop", "take_profit"):
+        if dec is None or dec.reason not in ("stop", "take_profit") or not self._exit_allowed(pos, ts):
             return []
         return [self._exit_intent(pos, dec, account, ts, f"px{pos.entry_ns}")]
+
+    def _exit_allowed(self, pos: ManagedPosition, ts: int) -> bool:
+        """False (counted) while a refused exit's backoff runs: a refusal must not become a re-send per tick."""
+        if ts < pos.exit_retry_ns:
+            self.counters["exit_backoff"] += 1
+            return False
+        return True
+
+    def exit_alarms(self) -> dict[str, dict[str, Any]]:
+        """Positions whose exits the risk manager, broker or venue keep refusing (for /status and metrics)."""
+        return {s: {"refusals": p.exit_refusals, "retry_at_ns": p.exit_retry_ns, "timeframe": p.timeframe,
+                    "qty": p.qty - p.exit_qty} for s, p in self.positions.items() if p.exit_refusals}
 
     # ---------------------------------------------------------------------------------- fills / orders
     def on_fill(self, fill: Fill) -> ClosedTrade | None:
@@ -658,12 +685,13 @@ class DollarProfitOptimizer:
         if pos is not None and int(Side(fill.side)) == -pos.direction:
             remaining = pos.qty - pos.exit_qty
             closing = min(fill.qty, remaining)
+            pos.exit_refusals, pos.exit_retry_ns = 0, 0
             pos.exit_qty += closing
             pos.exit_value += closing * fill.price
             pos.exit_fees += fill.fee
             left = pos.qty - pos.exit_qty
             all_sold = left <= 1e-9 * pos.qty
-            if all_sold or is_dust(left, self.filters.get(sym)):  # what is left cannot be sold
+            if all_sold or is_dust(left, self.filters.get(sym), fill.price):  # what is left cannot be sold
                 reason = (pos.pending_exit.reason if pos.pending_exit is not None
                           and fill.client_order_id == pos.pending_exit.client_order_id else "external")
                 sold = pos.qty if all_sold else pos.exit_qty  # dust stays in the account, unsold
@@ -691,9 +719,22 @@ class DollarProfitOptimizer:
                     self.counters["entry_not_filled"] += 1
         for pos in self.positions.values():
             if pos.pending_exit is not None and pos.pending_exit.client_order_id == client_order_id:
+                sent = pos.pending_exit
                 pos.pending_exit = None
                 if not filled:
                     self.counters["exit_not_filled"] += 1
+                    self._exit_refused(pos, sent)
+
+    def _exit_refused(self, pos: ManagedPosition, sent: OrderIntent) -> None:
+        """Exponential, bounded backoff from the refused intent's event time, and the alarm."""
+        pos.exit_refusals += 1
+        doublings = min(pos.exit_refusals - 1, 60)
+        wait_s = min(self.cfg.exit_retry_max_s, self.cfg.exit_retry_initial_s * 2.0 ** doublings)
+        pos.exit_retry_ns = sent.ts + int(wait_s * 1e9)
+        self.counters["exit_refused"] += 1
+        self.counters[f"exit_refused.{pos.symbol}"] += 1
+        log.warning("exit_refused", symbol=pos.symbol, reason=sent.reason, coid=sent.client_order_id,
+                    refusals=pos.exit_refusals, retry_in_s=wait_s)
 
     # ---------------------------------------------------------------------------------- performance
     def update_performance(self, trade: ClosedTrade) -> bool:

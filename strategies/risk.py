@@ -40,14 +40,14 @@ class RiskConfig:
     """Hard risk limits and kill switch, checked on every order before it is sent (strategies/risk.py)."""
 
     max_position_notional: float = opt(50000.0, "Largest position per symbol, in quote currency at the mark.",
-                                       gt=0)
+                                       gt=0, le=1e12)
     max_open_positions: int = opt(3, "Most symbols with an open position at once.", ge=1, le=1000)
     max_order_notional: float = opt(25000.0, "Largest single order, in quote currency (orders above are cut "
-                                    "down to it).", gt=0)
+                                    "down to it).", gt=0, le=1e12)
     max_orders_per_minute: int = opt(30, "Orders allowed in any sliding 60 s window (reduce-only orders are "
                                      "counted but never refused).", ge=1, le=100000)
     max_daily_loss: float = opt(2000.0, "Loss since the start of the UTC day (equity based, quote currency) at "
-                                "which new entries halt until the next UTC day.", gt=0)
+                                "which new entries halt until the next UTC day.", gt=0, le=1e12)
     reduce_at_loss_fraction: float = opt(0.5, "Fraction of max_daily_loss at which the state becomes REDUCING "
                                          "(1 disables REDUCING).", gt=0, le=1)
     reducing_size_factor: float = opt(0.5, "Entry sizes are multiplied by this while REDUCING (0 = no entries).",

@@ -53,14 +53,18 @@ def floor_to_step(x: float, step: float) -> float:
     return v
 
 
-def is_dust(qty: float, filters: FiltersLike | None) -> bool:
+def is_dust(qty: float, filters: FiltersLike | None, price: float | None = None) -> bool:
     """A non-zero holding the venue cannot sell: less than one lot (or than LOT_SIZE minQty) once floored to the
-    lot step. A buy whose commission the venue kept in the base asset leaves such a remainder after the exit;
-    it is valued in equity but is not a position anyone can manage or close."""
+    lot step, or, with a ``price``, worth less than the NOTIONAL minimum there. A buy whose commission the venue
+    kept in the base asset leaves such a remainder after the exit (closing a 0.052 BTC spot "short" leaves
+    -0.000052: five lots, but ~3 USDT < 5); it is valued in equity but is not a position anyone can manage or
+    close. The one dust rule: brokers, pipeline and optimizer all ask this."""
     if qty == 0.0 or filters is None or not math.isfinite(qty):
         return False
     fl = sellable_qty(abs(qty), filters.lot_step)
-    return fl <= 0.0 or fl < filters.min_qty
+    if fl <= 0.0 or fl < filters.min_qty:
+        return True
+    return price is not None and math.isfinite(price) and price > 0 and fl * price < filters.min_notional
 
 
 def sellable_qty(x: float, step: float) -> float:

@@ -48,3 +48,68 @@ def test_bad_toml_file(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, key)
+            continue
+        args = typing.get_args(tp)
+        if tp in (int, float) or (typing.get_origin(tp) is tuple and args and args[0] in (int, float)):
+            yield key, f
+
+
+def test_every_numeric_option_has_an_upper_bound():
+    """Issue #14: ``store.writer_queue = 2**63-1`` was accepted. Every int/float option (and tuple of them) is
+    bounded above (le/lt) or by a choice set, and its default is inside its range."""
+    from daemon.cfgbase import _check_range
+    fields = list(_numeric_fields(Config))
+    assert len(fields) > 80  # the walk sees the whole tree
+    unbounded = [k for k, f in fields
+                 if f.metadata.get("le") is None and f.metadata.get("lt") is None and f.metadata.get("choices") is None]
+    assert unbounded == []
+    for k, f in fields:
+        _check_range(f.default, dict(f.metadata), k, "defaults")
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"store": {"writer_queue": 2**63 - 1}}, "store.writer_queue: must be <= 10000000"),
+    ({"simulator": {"seed": -1}}, "simulator.seed: must be >= 0"),
+    ({"risk": {"max_daily_loss": 1e300}}, "risk.max_daily_loss: must be <="),
+    ({"optimizer": {"allow_short": True}, "broker": {"kind": "testnet"}}, "optimizer.allow_short = true needs "
+                                                                          "broker.kind = \"paper\""),
+])
+def test_out_of_bounds_and_cross_section_rules_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict(raw, "my.toml")
+    assert str(ei.value).startswith("my.toml: ") and needle in str(ei.value)
+
+
+def test_spot_is_long_only_by_default_and_paper_may_choose_shorts():
+    assert Config().optimizer.allow_short is False
+    assert config_from_dict({"broker": {"kind": "testnet"}}).optimizer.allow_short is False
+    assert config_from_dict({"optimizer": {"allow_short": True}}).optimizer.allow_short is True  # paper
+
+
+def test_empty_config_file_is_refused_with_exit_2(tmp_path, capsys):
+    """An empty (or comments-only) file used to start the full default daemon silently; no --config at all is
+    how to ask for the embedded defaults."""
+    import argparse
+
+    from daemon import app
+    p = tmp_path / "empty.toml"
+    p.write_text("# nothing here\n\n")
+    with pytest.raises(ConfigError, match="empty.toml: the config file is empty"):
+        load_config(p)
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    assert app.main(parser.parse_args(["--config", str(p)])) == app.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "config file is empty" in err and "without --config" in err
+    assert load_config(None) == Config()  # no --config: the embedded defaults

@@ -186,3 +186,19 @@ def test_set_current_refuses_broken_version_and_keeps_old_pointer(tmp_path, mode
         reg.set_current("1m", "xgboost", bad.version)
     assert reg.current_version("1m", "xgboost") == good.version
     assert os.listdir(tmp_path / "1m" / "xgboost").count(POINTER) == 1
+
+
+@pytest.mark.parametrize("pointer", ["../../../../etc", "/etc", "..", ".tmp-1-abcd", "20990101T000000000Z-gone"])
+def test_current_pointer_must_name_a_version_directory_and_the_error_names_the_file(tmp_path, model_dir, pointer):
+    """Issue #14: a ``current`` of ``../../../../etc`` was refused by a bare ValueError traceback that did not
+    say which file; a pointer to a missing or temp directory was only found out at load."""
+    reg = ModelRegistry(tmp_path, clock_ns=Clock())
+    _publish(reg, model_dir, make_current=True)
+    (tmp_path / "1m" / "xgboost" / ".tmp-1-abcd").mkdir()
+    pfile = tmp_path / "1m" / "xgboost" / POINTER
+    pfile.write_text(pointer + "\n")
+    for call in (lambda: reg.current_version("1m", "xgboost"), lambda: reg.current("1m", "xgboost"),
+                 lambda: reg.load("1m", "xgboost", schema_hash=SCHEMA)):
+        with pytest.raises(ModelLoadError) as ei:
+            call()
+        assert str(ei.value).startswith(f"{pfile}: pointer ") and "does not name a version directory" in str(ei.value)

@@ -204,14 +204,14 @@ def test_reversal_and_time_exits():
 
 
 def test_short_entry_levels():
-    o = make()
+    o = make(cfg=OptimizerConfig(allow_short=True))  # paper's explicit choice; the default is long-only
     b0 = bar(0, 60_000, 60_100, 59_900, 60_000)
     out = o.on_bar_close("BTCUSDT", "1h", b0, {"xgboost": 0.2, "lstm": 0.3}, 1000.0, BOOK, acct(), close_ts(b0))
     assert out[0].side == Side.SELL
     o.on_fill(Fill("f", out[0].client_order_id, "BTCUSDT", Side.SELL, 60_000.0, out[0].qty, 1.0, "taker", 1))
     p = o.positions["BTCUSDT"]
     assert (p.direction, p.stop, p.take_profit) == (-1, 62_000.0, 57_000.0)
-    no_short = make(cfg=OptimizerConfig(allow_short=False))
+    no_short = make()  # the default
     assert no_short.on_bar_close("BTCUSDT", "1h", b0, {"xgboost": 0.2, "lstm": 0.3}, 1000.0, BOOK, acct(),
                                  close_ts(b0)) == []
     assert no_short.counters["short_disabled"] == 1
@@ -398,3 +398,33 @@ def test_real_btc_klines_run_matches_portfolio_accounting(btc_klines_path):
     # deterministic: the same data gives the same decisions
     o2, _, intents2, _ = _run_real(k, 30)
     assert [i.client_order_id for i in intents2] == [i.client_order_id for i in intents]
+
+
+def test_refused_exit_backs_off_exponentially_and_raises_an_alarm():
+    """Issue #14: a refused stop exit was re-sent on every trade (1,450 refusals in 150 s). Now each refusal
+    waits exit_retry_initial_s * 2**(n-1) (capped at exit_retry_max_s) of event time before the next send, and
+    the position is listed in exit_alarms until an exit fills."""
+    o = make(cfg=OptimizerConfig(exit_retry_initial_s=1.0, exit_retry_max_s=4.0))
+    _enter(o)
+    a = acct(0.25, 60_000.0)
+    t = T0 + H + 10 * S
+    sent = []
+    for k in range(0, 40 * 4):  # 40 s of trades every 250 ms, all beyond the take profit, every exit refused
+        ts = t + k * S // 4
+        out = o.on_price("BTCUSDT", 63_000.0, a, ts)
+        if out:
+            sent.append((ts - t) / S)
+            o.on_order_done(out[0].client_order_id, False)
+    # sends at 0, +1, +2, +4, then every 4 s (the cap): not one per trade
+    assert sent[:6] == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0] and len(sent) == 12
+    assert o.counters["exit_refused"] == 12 and o.counters["exit_backoff"] > 100
+    assert o.exit_alarms()["BTCUSDT"]["refusals"] == 12
+    # an exit that fills clears the alarm
+    out = o.on_price("BTCUSDT", 63_000.0, a, t + 60 * S)
+    o.on_fill(Fill("fx", out[0].client_order_id, "BTCUSDT", Side.SELL, 63_000.0, 0.1, 1.0, "taker", t + 60 * S))
+    assert o.exit_alarms() == {}
+
+
+def test_exit_retry_bounds_are_validated():
+    with pytest.raises(ValueError, match="exit_retry_max_s"):
+        make(cfg=OptimizerConfig(exit_retry_initial_s=10.0, exit_retry_max_s=1.0))
