@@ -243,3 +243,23 @@ def test_simulator_source_runs_event_time_at_simulator_speed():
     real = SimulatorSource(["BTCUSDT"], dataclasses.replace(cfg, speed=1.0), start_ns=START)
     asyncio.run(run_for(real, 0.3))
     assert 0.2 * SEC <= real.now_ns() - START < 5 * SEC
+
+
+def test_daemon_bar_clock_runs_on_the_simulators_event_time():
+    """The daemon's bar clock and control timestamps read the market's time (the simulator's, ahead of the wall
+    clock at speed > 1), and its 2 s lateness allowance is 2 s of wall clock in event time."""
+    import types
+
+    from daemon.app import BAR_CLOCK_LAG_NS, Daemon
+    from daemon.config import Config, replace
+    from daemon.venue.server import SimulatorSource
+    cfg = Config()
+    src = SimulatorSource(["BTCUSDT"], cfg.simulator, start_ns=START)
+    d = Daemon(cfg, env={})
+    d.venue = types.SimpleNamespace(source=src)
+    assert d.event_now_ns() == START
+    assert d._bar_clock_lag_ns() == BAR_CLOCK_LAG_NS * 120
+    remote = Daemon(replace(cfg, venue={"mode": "remote"}), env={})
+    assert remote._bar_clock_lag_ns() == BAR_CLOCK_LAG_NS
+    import time
+    assert abs(remote.event_now_ns() - time.time_ns()) < 5 * SEC
