@@ -10,8 +10,9 @@ Start-up, in order (start-up and crash recovery are one path):
    ``venue.ws_url``/``venue.rest_url``; exchange filters come from the venue's exchangeInfo;
 4. models: a registry without current models and ``engines.train_on_first_run`` -> 1m klines history from the
    venue's REST klines (simulate: ``simulator.history_days``, remote: ``engines.first_run_history_days``) and a
-   SMALL TrainSpec (``engines.first_run_*``) trained in a worker thread with progress lines on stdout; then every
-   timeframe's engines are loaded (schema-checked), backends chosen, and warmed (daemon.engineset);
+   SMALL TrainSpec (``engines.first_run_*``) trained in a spawned child process (its memory goes back to the OS
+   when it exits; progress lines on stdout); then every timeframe's engines are loaded (schema-checked),
+   backends chosen, and warmed (daemon.engineset);
 5. the pipeline's feature state is primed from recent klines history (so predictions start at the first live
    bar instead of after 48 bars), those 1m bars also go to the store for the retrainer;
 6. feed (BinanceFeed; events go INLINE to the pipeline, so every decision sees exactly the book after the event
