@@ -10,8 +10,9 @@ Start-up, in order (start-up and crash recovery are one path):
    ``venue.ws_url``/``venue.rest_url``; exchange filters come from the venue's exchangeInfo;
 4. models: a registry without current models and ``engines.train_on_first_run`` -> 1m klines history from the
    venue's REST klines (simulate: ``simulator.history_days``, remote: ``engines.first_run_history_days``) and a
-   SMALL TrainSpec (``engines.first_run_*``) trained in a worker thread with progress lines on stdout; then every
-   timeframe's engines are loaded (schema-checked), backends chosen, and warmed (daemon.engineset);
+   SMALL TrainSpec (``engines.first_run_*``) trained in a spawned child process (its memory goes back to the OS
+   when it exits; progress lines on stdout); then every timeframe's engines are loaded (schema-checked),
+   backends chosen, and warmed (daemon.engineset);
 5. the pipeline's feature state is primed from recent klines history (so predictions start at the first live
    bar instead of after 48 bars), those 1m bars also go to the store for the retrainer;
 6. feed (BinanceFeed; events go INLINE to the pipeline, so every decision sees exactly the book after the event
@@ -62,6 +63,7 @@ log = structlog.get_logger(__name__)
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
 PLAN_PREFIX = "exit_plan."  # store kv keys of the optimizer's exit plans
 SHUTDOWN_S = 15.0
+PROGRESS_S = 10.0  # console progress line period (wall seconds)
 BAR_CLOCK_LAG_NS = 2_000_000_000  # on_time(now - 2 s): trades stamped just before a boundary are not late
 
 
@@ -70,8 +72,14 @@ class StartupError(Exception):
 
 
 def say(msg: str) -> None:
-    """Progress for a human at the terminal (stdout; logs go to stderr)."""
-    print(f"tradingd: {msg}", flush=True)
+    """Progress for a human at the terminal (stdout; logs go to stderr), in the log lines' format."""
+    from daemon.logs import say as _say
+    _say(msg)
+
+
+def say_error(msg: str) -> None:
+    from daemon.logs import say_error as _say_error
+    _say_error(msg)
 
 
 # ------------------------------------------------------------------------------------------------ the daemon
@@ -134,11 +142,11 @@ class Daemon:
                 await stop
         except StartupError as e:
             log.error("startup_failed", error=str(e))
-            print(f"tradingd: start-up failed: {e}", file=sys.stderr, flush=True)
+            say_error(f"start-up failed: {e}")
             self.exit_code = EXIT_STARTUP
         except Exception as e:  # noqa: BLE001 - anything else in start-up is a start-up failure too
             log.exception("startup_failed", error=f"{type(e).__name__}: {e}")
-            print(f"tradingd: start-up failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            say_error(f"start-up failed: {type(e).__name__}: {e}")
             self.exit_code = EXIT_STARTUP
         finally:
             try:
@@ -162,7 +170,7 @@ class Daemon:
     def _on_fatal(self, name: str, exc: BaseException) -> None:
         self.fatal = f"{name}: {type(exc).__name__}: {exc}"
         log.error("fatal_task_failure", task=name, error=str(exc))
-        print(f"tradingd: fatal: {self.fatal}", file=sys.stderr, flush=True)
+        say_error(f"fatal: {self.fatal}")
         self.exit_code = EXIT_FATAL
         if self.stop_event is not None:
             self.stop_event.set()
@@ -264,6 +272,7 @@ class Daemon:
         sup.spawn("collector", self._collector)
         if cfg.venue.mode != "replay":  # a replay's time is the recording's: its trades close the bars
             sup.spawn("bar-clock", self._bar_clock)
+        sup.spawn("progress", self._progress)
         if cfg.retrain.enabled:
             self._make_retrainer()
             sup.spawn("retrain-scheduler", self._retrain_scheduler, restart=True)
@@ -308,7 +317,7 @@ class Daemon:
         from daemon.venue.server import LocalVenue, SimulatorSource
         if mode == "simulate":
             source: Any = SimulatorSource(cfg.general.symbols, cfg.simulator)
-            start_on = "immediate"
+            start_on = "subscriber"  # the market opens when the feed subscribes, after training and priming
         else:
             from daemon.venue.replay import ReplaySource
             if not cfg.venue.recording:
@@ -406,7 +415,7 @@ class Daemon:
                 await broker.run()
             except TestnetError as e:
                 log.error("startup_failed", error=str(e))
-                print(f"tradingd: start-up failed: {e}", file=sys.stderr, flush=True)
+                say_error(f"start-up failed: {e}")
                 self.exit_code = EXIT_STARTUP
                 if self.stop_event is not None:
                     self.stop_event.set()
@@ -466,28 +475,47 @@ class Daemon:
             f"(xgb_rounds={cfg.engines.first_run_xgb_rounds}, lstm_epochs={cfg.engines.first_run_lstm_epochs}, "
             f"lstm_hidden={cfg.engines.first_run_lstm_hidden})")
         self._status("first run: training")
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            await loop.run_in_executor(None, self._train, k, missing)
+            pid = await self._train_in_child(k, missing)
         except Exception as e:  # noqa: BLE001
             raise StartupError(f"first-run training failed: {type(e).__name__}: {e}") from None
         self.timings["first_run_train_s"] = time.perf_counter() - t0
-        say(f"first run: trained {','.join(missing)} in {self.timings['first_run_train_s']:.1f} s")
+        log.info("first_run_trained", timeframes=list(missing), train_pid=pid, daemon_pid=os.getpid(),
+                 seconds=round(self.timings["first_run_train_s"], 3))
+        say(f"first run: trained {','.join(missing)} in {self.timings['first_run_train_s']:.1f} s "
+            f"(child process {pid})")
         return {sym: k}
 
-    def _train(self, k, timeframes) -> None:
-        """Worker thread: train and publish each missing timeframe (progress to stdout)."""
-        from engines.train import TrainSpec, train_and_publish
-        e = self.cfg.engines
-        for tf in timeframes:
-            spec = TrainSpec(tf, xgb_rounds=e.first_run_xgb_rounds, lstm_epochs=e.first_run_lstm_epochs,
-                             lstm_hidden=e.first_run_lstm_hidden, threads=e.first_run_threads,
-                             cost=2 * self.cfg.broker.taker_fee + 0.0001)
-            t0 = time.perf_counter()
-            outcome, refs = train_and_publish(k, spec, self.registry, make_current=True, progress=say)
-            say(f"first run: {tf} done in {time.perf_counter() - t0:.1f} s "
-                f"(versions {', '.join(f'{k}={r.version}' for k, r in refs.items())})")
+    async def _train_in_child(self, k, timeframes) -> int:
+        """First-run training in a spawned child process (returns its pid): the training's memory (torch,
+        XGBoost's DMatrix, the feature frames) goes back to the OS when it exits, so the daemon stays small."""
+        import multiprocessing
+        cfg = self.cfg
+        e = cfg.engines
+        specs = [dict(timeframe=tf, xgb_rounds=e.first_run_xgb_rounds, lstm_epochs=e.first_run_lstm_epochs,
+                      lstm_hidden=e.first_run_lstm_hidden, threads=e.first_run_threads,
+                      cost=2 * cfg.broker.taker_fee + 0.0001) for tf in timeframes]
+        from daemon.logs import current_format
+        ctx = multiprocessing.get_context("spawn")
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_first_run_child, name="tradingd-first-run-train", daemon=True,
+                           args=(str(self.registry.root), k, specs, cfg.logging.level, current_format(), send))
+        proc.start()
+        send.close()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, proc.join)
+        except asyncio.CancelledError:  # a signal during training: the child goes too
+            proc.terminate()
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 5.0)
+            if proc.is_alive():
+                proc.kill()
+            raise
+        result = recv.recv() if recv.poll() else ("error", f"training process exited with {proc.exitcode}")
+        recv.close()
+        if result[0] != "ok":
+            raise RuntimeError(result[1])
+        return int(result[1])
 
     def _load_engines(self) -> dict:
         from daemon.engineset import EngineSet, ModelLoadError
@@ -622,14 +650,47 @@ class Daemon:
             self._bars_after = BarsAfterEvent(self.writer)
         self._bars_after(bars)
 
+    def event_now_ns(self) -> int:
+        """The market's time: the embedded simulator's (``simulator.speed`` times the wall clock), else wall."""
+        source = getattr(self.venue, "source", None)
+        now = getattr(source, "now_ns", None)
+        return now() if now is not None else time.time_ns()
+
+    def _bar_clock_lag_ns(self) -> int:
+        """2 s of wall clock, in event time (a sped-up simulator's trades arrive that much event time late)."""
+        return int(BAR_CLOCK_LAG_NS * (self.cfg.simulator.speed if self.cfg.venue.mode == "simulate" else 1.0))
+
     async def _bar_clock(self) -> None:
+        lag = self._bar_clock_lag_ns()
         while True:
             await asyncio.sleep(0.5)
             try:
-                self.pipeline.on_time(time.time_ns() - BAR_CLOCK_LAG_NS)  # type: ignore[union-attr]
+                self.pipeline.on_time(self.event_now_ns() - lag)  # type: ignore[union-attr]
             except Exception as e:  # noqa: BLE001
                 self._on_fatal("pipeline", e)
                 return
+
+    def progress_line(self) -> str | None:
+        """One line for the console: what the daemon did since it started (None before the pipeline)."""
+        pipe = self.pipeline
+        if pipe is None:
+            return None
+        pf, c = self.broker.portfolio, self.optimizer.counters
+        acct = pipe.account()
+        pos = ", ".join(f"{s} {p.qty:+g}" for s, p in pf.positions.items() if p.qty) or "flat"
+        below = c.get("no_signal.below_cost", 0)
+        return (f"trading: {pipe.counters.get('decisions', 0)} decisions ({below} below cost), "
+                f"{self.broker.stats.get('orders', 0)} orders, {pf.n_fills} fills, {pos}; "
+                f"equity {acct.equity:,.2f} (realised {pf.realised:+,.2f}, fees {pf.fees:,.2f}); "
+                f"market time {time.strftime('%Y-%m-%d %H:%M', time.gmtime(self.event_now_ns() / 1e9))} UTC")
+
+    async def _progress(self) -> None:
+        """Every PROGRESS_S a progress line on stdout, so a person at the terminal sees the loop work."""
+        while True:
+            await asyncio.sleep(PROGRESS_S)
+            line = self.progress_line()
+            if line:
+                say(line)
 
     async def _collector(self) -> None:
         while True:
@@ -786,7 +847,7 @@ class Daemon:
         pipe = self.pipeline
         if pipe is None:
             return {"ok": False, "error": "not started"}
-        ts = time.time_ns()
+        ts = self.event_now_ns()
         if action == "halt":
             pipe.halt("control", ts)
         elif action == "resume":
@@ -890,6 +951,28 @@ class Daemon:
         return swapped, round(max(lags, default=0.0) * 1e3, 3)
 
 
+def _first_run_child(registry_root: str, k, specs: list[dict], level: str, fmt: str, conn) -> None:
+    """Child process: train and publish each missing timeframe (progress lines like the daemon's); sends
+    ``("ok", pid)`` or ``("error", message)``."""
+    from daemon.logs import configure
+    configure(level, fmt=fmt)
+    try:
+        from engines.registry import ModelRegistry
+        from engines.train import TrainSpec, train_and_publish
+        registry = ModelRegistry(registry_root)
+        for kw in specs:
+            t0 = time.perf_counter()
+            outcome, refs = train_and_publish(k, TrainSpec(**kw), registry, make_current=True, progress=say)
+            say(f"first run: {kw['timeframe']} done in {time.perf_counter() - t0:.1f} s "
+                f"(versions {', '.join(f'{n}={r.version}' for n, r in refs.items())}; pid {os.getpid()})")
+    except Exception as e:  # noqa: BLE001 - reported to the daemon, which exits 3 with it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    else:
+        conn.send(("ok", os.getpid()))
+    finally:
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="config.toml (omitted: the embedded defaults, a local simulated "
@@ -907,7 +990,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"tradingd: bad config: {args.config}: {e}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     from daemon.logs import configure
-    configure(cfg.logging.level, cfg.logging.json)
+    configure(cfg.logging.level, fmt=cfg.logging.format)
     daemon = Daemon(cfg)
     try:
         import uvloop

@@ -98,6 +98,12 @@ class SimulatorConfig:
                                 "fees.", ge=0, le=0.1)
     trend_hours: float = opt(4.0, "Time constant of the trend drift in hours (how long a trend's sign "
                              "typically persists).", gt=0, le=1000)
+    speed: float = opt(120.0, "Event time per wall-clock second: the simulated market runs this many times faster "
+                       "than the wall clock (120: a 1m bar closes every 0.5 s, a 1h bar every 30 s, so a newcomer "
+                       "sees decisions, orders and fills within minutes); 1 = real time. The market itself (per "
+                       "event second) is unchanged, so the history stays consistent; bars, features, the optimizer "
+                       "and risk run on event time. Read by whoever scales wall-clock checks (bar clock, "
+                       "plausibility).", gt=0, le=1000)
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,9 @@ class RetrainConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    json: bool = opt(True, "JSON log lines (structlog); false for human-readable console output.")
+    format: str = opt("auto", "auto: human-readable console lines on a terminal, JSON lines under systemd "
+                      "(JOURNAL_STREAM set) or when piped; json / console force one. Progress lines (stdout) use "
+                      "the same format.", choices=("auto", "json", "console"))
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,65 @@ class SimulatorSource:
         self.cfg = cfg
         self.symbols = [s.upper() for s in symbols]
         self.start_ns = time.time_ns() if start_ns is None else start_ns
-        self._wall0 = time.monotonic_ns()
+        self._wall0: int | None = None
+        self._t_ns = self.start_ns
+        self.speed = cfg.speed
+        self.max_batch_ns = 50 * cfg.depth_interval_ms * 1_000_000  # most event time simulated per loop turn
         self.sims = {s: MarketSimulator(cfg, s, self.start_ns) for s in self.symbols}
         self.done = False
 
     def _now_ns(self) -> int:
-        return self.start_ns + time.monotonic_ns() - self._wall0
+        """Event time: ``simulator.speed`` event seconds per wall second since :meth:`run` began (the market
+        opens then: a daemon that trains for minutes first does not wait for a simulated backlog)."""
+        if self._wall0 is None:
+            return self.start_ns
+        return self.start_ns + int((time.monotonic_ns() - self._wall0) * self.speed)
+
+    def now_ns(self) -> int:
+        """The market's time: up to where the simulators have run and published (what the clients have seen)."""
+        return self._t_ns
+
+    def open(self) -> None:
+        """Start the event clock (once)."""
+        if self._wall0 is None:
+            self._wall0 = time.monotonic_ns()
+
+    def depth(self, symbol: str, limit: int) -> dict | None: ...
+    def klines(self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None,
+               limit: int) -> list[list]: ...
+    def exchange_info(self, server_ms: int) -> dict: ...
+    def server_time_ms(self) -> int: ...
+
+
+class SimulatorSource:
+    """Drives one :class:`MarketSimulator` per symbol from the wall clock (the only clock read is here)."""
+
+    def __init__(self, symbols: list[str] | tuple[str, ...], cfg: SimulatorConfig = SimulatorConfig(),
+                 start_ns: int | None = None) -> None:
+        self.cfg = cfg
+        self.symbols = [s.upper() for s in symbols]
+        self.start_ns = time.time_ns() if start_ns is None else start_ns
+        self._wall0: int | None = None
+        self._t_ns = self.start_ns
+        self.speed = cfg.speed
+        self.max_batch_ns = 50 * cfg.depth_interval_ms * 1_000_000  # most event time simulated per loop turn
+        self.sims = {s: MarketSimulator(cfg, s, self.start_ns) for s in self.symbols}
+        self.done = False
+
+    def _now_ns(self) -> int:
+        """Event time: ``simulator.speed`` event seconds per wall second since :meth:`run` began (the market
+        opens then: a daemon that trains for minutes first does not wait for a simulated backlog)."""
+        if self._wall0 is None:
+            return self.start_ns
+        return self.start_ns + int((time.monotonic_ns() - self._wall0) * self.speed)
+
+    def now_ns(self) -> int:
+        return self._now_ns()
+
+    def open(self) -> None:
+        """Start the event clock (once)."""
+        if self._wall0 is None:
+            self._wall0 = time.monotonic_ns()
 
     def depth(self, symbol: str, limit: int) -> dict | None:
         sim = self.sims.get(symbol)
@@ -84,19 +137,25 @@ class SimulatorSource:
         return exchange_info(self.symbols, self.cfg, server_ms)
 
     def server_time_ms(self) -> int:
-        return self._now_ns() // 1_000_000
+        return self._t_ns // 1_000_000
 
     async def run(self, venue: LocalVenue) -> None:
-        dt = self.cfg.depth_interval_ms / 1000.0
+        dt = max(self.cfg.depth_interval_ms / 1000.0 / self.speed, 0.01)  # wall seconds between batches
+        self.open()
         while True:
             now = self._now_ns()
+            if now - self._t_ns > self.max_batch_ns:  # starved of CPU: the market slows down, never bursts
+                behind = now - self._t_ns - self.max_batch_ns
+                self._wall0 += int(behind / self.speed)
+                now -= behind
             for sim in self.sims.values():
                 for ev in sim.advance(now):
                     ids = (ev.payload["U"], ev.payload["u"]) if ev.kind == "depth" else None
                     data = orjson.dumps(ev.payload)
                     combined = b'{"stream":"' + ev.stream.encode() + b'","data":' + data + b"}"
                     await venue.publish(OutFrame(ev.stream, ev.kind, ids, combined, data, ev.ts_ns, sim.symbol))
-            await asyncio.sleep(max(0.0, dt - (self._now_ns() - now) / 1e9))
+            self._t_ns = now
+            await asyncio.sleep(max(0.0, dt - (self._now_ns() - now) / 1e9 / self.speed))
 
 
 @dataclass

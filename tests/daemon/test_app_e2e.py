@@ -37,8 +37,13 @@ def free_port() -> int:
 
 
 def write_config(path: Path, data_dir: Path, port: int, extra: str = "", timeframes=("1m",),
-                 symbols=("BTCUSDT",)) -> Path:
-    """A daemon config for tests: ``[general]``, ``[http]``, JSON logs, then ``extra`` sections."""
+                 symbols=("BTCUSDT",), speed: float = 1.0) -> Path:
+    """A daemon config for tests: ``[general]``, ``[http]``, JSON logs, then ``extra`` sections. The simulator
+    runs at ``speed`` (default real time, what these tests were written for; the embedded default is faster)."""
+    if "[simulator]" in extra:
+        extra = extra.replace("[simulator]\n", f"[simulator]\nspeed = {speed}\n", 1)
+    else:
+        extra += f"\n[simulator]\nspeed = {speed}\n"
     tfs = ", ".join(f'"{t}"' for t in timeframes)
     syms = ", ".join(f'"{s}"' for s in symbols)
     path.write_text(f"""
@@ -53,7 +58,7 @@ port = {port}
 
 [logging]
 level = "info"
-json = true
+format = "json"
 {extra}
 """)
     return path
@@ -110,6 +115,18 @@ class Daemon:
             self.p.wait(5)
         if not self._err.closed:
             self._err.close()
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of ``text`` that is a JSON object (the daemon's log and progress lines when piped)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass
+    return out
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -214,6 +231,12 @@ first_run_xgb_rounds = 100
         train_s = float(m.group(1))
         url = d.wait_line(r"ready: (http://\S+)", 30).group(1)
         assert url == f"http://127.0.0.1:{port}"
+        # first-run training ran in a child process (its memory went back to the OS when it exited)
+        trained = [r for r in json_lines(d.stderr()) if r.get("event") == "first_run_trained"]
+        assert len(trained) == 1 and trained[0]["daemon_pid"] == d.p.pid, trained
+        assert trained[0]["train_pid"] != d.p.pid
+        assert re.search(rf"first run: 1m done in [0-9.]+ s \(versions .*; pid {trained[0]['train_pid']}\)",
+                         "\n".join(d.lines))
         wait_until(lambda: http_get(url + "/readyz")[0] == 200, 20, "readyz 200", d)
         code, body = http_get(url + "/healthz")
         assert code == 200 and orjson.loads(body)["ok"] is True
@@ -372,3 +395,39 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, body, key):
                        timeout=60)
     assert p.returncode == 2, p.stderr.decode()[-2000:]
     assert key in p.stderr.decode()
+
+
+# ------------------------------------------------------------------------------------------------ newcomer
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_embedded_default_trades_with_fees(tmp_path):
+    """The embedded default as a newcomer gets it (sped-up simulator, 0.1 % fees, the shipped optimizer), with
+    only the state dir, the port and the timeframes (1h alone: first-run training in seconds) set: a 1h decision
+    within 35 s of ready (a 1h bar closes every 30 s), then an order and a fee-paying fill. The optimizer enters
+    only where the edge clears the fees, ~8 % of 1h closes on this market (README), so the fill is waited for
+    up to 360 s (12 event hours); logs piped -> JSON lines on both streams, progress lines included."""
+    port = free_port()
+    data = tmp_path / "var"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[general]\ntimeframes = ["1h"]\ndata_dir = "{data}"\n\n[http]\nport = {port}\n')
+    d = Daemon(cfg, tmp_path)
+    try:
+        url = d.wait_line(r"ready: (http://\S+)", 150).group(1)
+        t_ready = time.monotonic()
+
+        def status():
+            return orjson.loads(http_get(url + "/status")[1])
+        wait_until(lambda: status()["pipeline"]["counters"].get("decisions", 0) >= 1, 35, "a 1h decision", d)
+        t_decision = time.monotonic() - t_ready
+        st = wait_until(lambda: (s := status())["account"]["fills"] >= 1 and s, 360, "an order and a fill", d)
+        t_fill = time.monotonic() - t_ready
+        assert st["broker"]["stats"]["orders"] >= 1 and st["account"]["fees"] > 0, st["account"]
+        d.wait_line(r"trading: \d+ decisions .*, [1-9]\d* fills", 15)  # the console progress line
+        print(f"\nready -> first decision {t_decision:.1f} s, first fill {t_fill:.1f} s; account {st['account']}")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    assert d.lines and all(orjson.loads(x)["event"].startswith("tradingd: ") for x in d.lines)  # no plain lines
+    err = d.stderr()
+    assert all(line.startswith("{") for line in err.splitlines() if line.strip()), err[-2000:]
+    check_store(data / "tradingd.sqlite")

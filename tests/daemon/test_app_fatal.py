@@ -184,7 +184,7 @@ def test_store_locked_at_commit_is_fatal_exit_1_then_restart_recovers(tmp_path):
         d.kill()
     err = d.stderr()
     assert rc == 1, err[-3000:]
-    m = re.search(r"^tradingd: fatal: (.+)$", err, re.M)
+    m = re.search(r'"tradingd: fatal: ((?:[^"\\]|\\.)+)"', err)
     assert m, err[-3000:]
     fatal = m.group(1)
     assert "database is locked" in fatal, fatal  # the root cause is named in the fatal line

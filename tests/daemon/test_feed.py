@@ -16,7 +16,7 @@ from daemon.record_cli import record
 from daemon.recording import iter_recording
 from daemon.venue.server import LocalVenue, SimulatorSource
 
-SIM = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=30.0)
+SIM = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=30.0, speed=1.0)
 FAST = FeedConfig(reconnect_initial_s=0.05, reconnect_max_s=0.2, stale_after_s=2.0)
 
 

@@ -199,3 +199,67 @@ def test_first_run_models_learn_the_default_market(tmp_path):
     assert max(on.values()) > 0.57, on
     assert min(on.values()) > 0.53, on
     assert max(off.values()) < 0.56, off
+
+
+def test_simulator_source_runs_event_time_at_simulator_speed():
+    """``simulator.speed`` event seconds per wall second: a 1h bar of the embedded default closes every 30 s.
+    The market opens when it runs (after the daemon's training), and a starved loop slows it, never bursts."""
+    import asyncio
+    import time
+
+    from daemon.venue.server import SimulatorSource
+    assert SimulatorConfig().speed == 120.0  # the embedded default: every timeframe closes within minutes
+
+    class Sink:  # the venue's side of SimulatorSource.run: collects what it publishes
+        def __init__(self):
+            self.ts: list[int] = []
+
+        async def publish(self, frame) -> None:
+            self.ts.append(frame.recv_ns)
+
+    async def run_for(src, seconds: float, block_s: float = 0.0) -> tuple[Sink, int]:
+        sink = Sink()
+        task = asyncio.create_task(src.run(sink))
+        await asyncio.sleep(0.05)
+        time.sleep(block_s)  # the loop starved (e.g. a CPU-bound neighbour)
+        w0 = time.monotonic_ns()
+        await asyncio.sleep(seconds)
+        task.cancel()
+        return sink, time.monotonic_ns() - w0
+
+    cfg = dataclasses.replace(SimulatorConfig(), history_days=1, speed=120.0)
+    src = SimulatorSource(["BTCUSDT"], cfg, start_ns=START)
+    time.sleep(0.05)
+    assert src.now_ns() == START and src.server_time_ms() == START // 1_000_000  # not open yet
+    sink, wall = asyncio.run(run_for(src, 0.5))
+    event = src.now_ns() - START
+    # at most speed x wall; on a CPU-starved machine less (the market slows down), but far beyond real time
+    assert 0.5 * SEC * 10 <= event <= (wall + 0.2 * SEC) * 120, (event, wall)
+    assert max(sink.ts) <= src.now_ns() and sink.ts == sorted(sink.ts)
+    starved = SimulatorSource(["BTCUSDT"], cfg, start_ns=START)
+    sink, _ = asyncio.run(run_for(starved, 0.05, block_s=1.0))
+    gaps = np.diff([START, *sink.ts])
+    assert gaps.max() <= starved.max_batch_ns  # no 120 s jump after a 1 s stall
+    real = SimulatorSource(["BTCUSDT"], dataclasses.replace(cfg, speed=1.0), start_ns=START)
+    asyncio.run(run_for(real, 0.3))
+    assert 0.2 * SEC <= real.now_ns() - START < 5 * SEC
+
+
+def test_daemon_bar_clock_runs_on_the_simulators_event_time():
+    """The daemon's bar clock and control timestamps read the market's time (the simulator's, ahead of the wall
+    clock at speed > 1), and its 2 s lateness allowance is 2 s of wall clock in event time."""
+    import types
+
+    from daemon.app import BAR_CLOCK_LAG_NS, Daemon
+    from daemon.config import Config, replace
+    from daemon.venue.server import SimulatorSource
+    cfg = Config()
+    src = SimulatorSource(["BTCUSDT"], cfg.simulator, start_ns=START)
+    d = Daemon(cfg, env={})
+    d.venue = types.SimpleNamespace(source=src)
+    assert d.event_now_ns() == START
+    assert d._bar_clock_lag_ns() == BAR_CLOCK_LAG_NS * 120
+    remote = Daemon(replace(cfg, venue={"mode": "remote"}), env={})
+    assert remote._bar_clock_lag_ns() == BAR_CLOCK_LAG_NS
+    import time
+    assert abs(remote.event_now_ns() - time.time_ns()) < 5 * SEC

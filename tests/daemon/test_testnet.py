@@ -33,7 +33,7 @@ from daemon.venue.server import LocalVenue, SimulatorSource
 from strategies.sizing import is_dust
 
 ROOT = Path(__file__).resolve().parents[2]
-SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=20.0)
+SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=20.0, speed=1.0)
 KEY, SECRET = "test-key-1", "test-secret-1"
 SYM = "BTCUSDT"
 FEE = 0.001

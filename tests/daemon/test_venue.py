@@ -16,7 +16,7 @@ from daemon.venue.faults import FaultInjector, FaultStats
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource
 
-SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3)
+SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3, speed=1.0)
 
 
 def run(coro):
