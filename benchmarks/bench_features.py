@@ -22,9 +22,9 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def bench_bars(repeat: int) -> None:
-    from daemon.bars import BarBuilder
-    from daemon.events import Trade
-    from tests.daemon.test_bars import recorded_trades
+    from market.bars import BarBuilder
+    from market.events import Trade
+    from tests.market.test_bars import recorded_trades
 
     files = [DATA / "binance-ws" / "spot_btcusdt_20240808.gz", DATA / "binance-ws" / "spot_btcusdt_20240809.gz"]
     if not all(f.exists() for f in files):

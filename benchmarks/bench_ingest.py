@@ -11,7 +11,7 @@ costs ~0.05-0.1 µs and is included. Rows:
 * book apply: ``OrderBook.on_update`` per diff (after the recorded snapshot), and a best bid+ask query;
 * guard check: ``FrameGuard.check`` (daemon/plausible.py: time, size, duplicate checks the feed runs between
   decode and book/bars) per depth / trade / bookTicker event;
-* bar update: ``BarBuilder.on_trade`` per trade, 4 timeframes (skipped with a note if daemon.bars is missing);
+* bar update: ``BarBuilder.on_trade`` per trade, 4 timeframes (skipped with a note if market.bars is missing);
 * combined: decode + book per depth frame, decode + bars per trade frame, and the whole pipeline (every depth and
   trade frame in arrival order) per frame and amortised per depth frame (total time / depth frames).
 Target from the issue: decode + book + bars <= 12 µs median per depth frame.
@@ -59,9 +59,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = ap.parse_args(argv)
 
-    from daemon.binance import decode_frame
-    from daemon.book import OrderBook
-    from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+    from daemon.binance.codec import decode_frame
+    from market.book import OrderBook
+    from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
     from daemon.recording import iter_recording
 
     missing = [str(f) for f in FILES if not f.exists()]
@@ -131,10 +131,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---------------------------------------------------------------------------------------- bars
     try:
-        from daemon.bars import BarBuilder
+        from market.bars import BarBuilder
     except ImportError as e:
         BarBuilder = None  # type: ignore[assignment]
-        notes.append(f"bar rows skipped: daemon.bars not importable ({e})")
+        notes.append(f"bar rows skipped: market.bars not importable ({e})")
     tfs = ("1m", "5m", "15m", "1h")
     trades = [ev for ev in events if isinstance(ev, Trade)]
     if BarBuilder is not None:

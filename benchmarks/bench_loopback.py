@@ -25,7 +25,7 @@ PATHS = [REC / "spot_btcusdt_20240808.gz", REC / "spot_btcusdt_20240809.gz"]
 
 async def feed_run(src) -> tuple[int, float]:
     from daemon.config import FeedConfig
-    from daemon.feed import BinanceFeed
+    from daemon.binance.feed import BinanceFeed
     from daemon.venue.server import LocalVenue
 
     n = 0

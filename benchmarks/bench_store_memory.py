@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.events import Bar  # noqa: E402
+from market.events import Bar  # noqa: E402
 from daemon.store import SQLiteStore  # noqa: E402
 
 TFS = ("1m", "5m", "15m", "1h")

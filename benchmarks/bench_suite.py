@@ -19,7 +19,7 @@ Sections (``--skip`` takes their names):
               ``inplace_predict`` (native-cpu) and PyTorch eager (torch-cpu);
 * tick      — tick-to-decision: LocalVenue(ReplaySource(speed=10)) -> BinanceFeed -> TradingPipeline with the
               warmed engine sets, latency = decision done - frame receive time (TradingPipeline.latencies_ns);
-* backtest  — wall time of ``tradingd backtest`` on the 90-day BTC klines, if daemon/backtest.py exists;
+* backtest  — wall time of ``tradingd backtest`` on the 90-day BTC klines, if daemon/backtest/run.py exists;
 * soak      — ``--soak MINUTES``: the recording replayed in a loop venue -> feed -> book -> bars (-> pipeline),
               RSS sampled every few seconds; start/end/max and growth in MB/h by a least-squares line.
 
@@ -173,9 +173,9 @@ def ensure_peer_venv(t: Table) -> Path | None:
 def tradingd_same_frames(repeat: int) -> dict[str, Any]:
     """tradingd on exactly the peers' frames: decode_frame + OrderBook.on_update, and on_update pre-decoded."""
     from benchmarks.peers import fig, load_frames
-    from daemon.binance import decode_frame
-    from daemon.book import OrderBook
-    from daemon.events import DepthSnapshot
+    from daemon.binance.codec import decode_frame
+    from market.book import OrderBook
+    from market.events import DepthSnapshot
     snap, frames = load_frames(REC)
     s = DepthSnapshot(SYM, int(snap["lastUpdateId"]), tuple((float(p), float(q)) for p, q in snap["bids"]),
                       tuple((float(p), float(q)) for p, q in snap["asks"]), frames[0][0])
@@ -380,7 +380,7 @@ def sec_backends(t: Table, reg, k1m, iters: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ tick-to-decision
 def build_pipeline(cfg, sets, tmp: Path, books, keep: int | None = 2000):
-    from daemon.binance import SymbolFilters
+    from daemon.binance.codec import SymbolFilters
     from daemon.broker import PaperBroker
     from daemon.pipeline import TradingPipeline
     from daemon.store import SQLiteStore
@@ -420,9 +420,9 @@ async def replay_through_pipeline(cfg, sets, k1m, speed: float, tmp: Path, passe
     times 12 minutes after the previous one's, so bars keep closing: more bar-close samples)."""
     import msgspec
 
-    from daemon.events import Trade
+    from market.events import Trade
     from daemon.config import FeedConfig
-    from daemon.feed import BinanceFeed
+    from daemon.binance.feed import BinanceFeed
     from daemon.pipeline import history_bars_needed
     from daemon.venue.replay import ReplaySource
     from daemon.venue.server import LocalVenue
@@ -525,7 +525,7 @@ def sec_tick(t: Table, cfg, sets, k1m, speed: float, passes: int = 3) -> None:
 # ------------------------------------------------------------------------------------------------ backtest
 def sec_backtest(t: Table, extra: str = "", timeout_s: float = 900.0) -> None:
     if not (ROOT / "daemon" / "backtest.py").exists():
-        t.missing("backtest", "tradingd backtest, 90-day BTC 1m klines", "daemon/backtest.py missing")
+        t.missing("backtest", "tradingd backtest, 90-day BTC 1m klines", "daemon/backtest/run.py missing")
         return
     import shlex
     import tempfile
@@ -632,10 +632,10 @@ def sec_soak(t: Table, minutes: float, cfg=None, sets=None, k1m=None) -> None:
 
     import msgspec
 
-    from daemon.bars import BarBuilder
+    from market.bars import BarBuilder
     from daemon.config import FeedConfig
-    from daemon.events import Trade
-    from daemon.feed import BinanceFeed
+    from market.events import Trade
+    from daemon.binance.feed import BinanceFeed
     from daemon.venue.replay import ReplaySource
     from daemon.venue.server import LocalVenue
 

@@ -347,7 +347,7 @@ class Daemon:
     async def _fetch_filters(self) -> dict:
         import aiohttp
 
-        from daemon.binance import DecodeError, parse_exchange_info
+        from daemon.binance.codec import DecodeError, parse_exchange_info
         url = f"{self.rest_url}/api/v3/exchangeInfo"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
@@ -378,13 +378,13 @@ class Daemon:
             log.warning("recovery_discrepancies", items=self.broker.recovery_discrepancies[:20])
 
     def _open_testnet_broker(self) -> None:
-        """broker.kind = testnet (daemon.testnet): signed orders to venue.rest_url (remote) or to the local
+        """broker.kind = testnet (daemon.binance.testnet): signed orders to venue.rest_url (remote) or to the local
         venue's order API (simulate; the daemon's credentials are registered there, fees = broker.*_fee).
         Credentials: systemd credentials tradingd-api-key / tradingd-api-secret, else the environment variables
         venue.api_key_env / venue.api_secret_env (daemon.secrets).
         The broker's session, clock sync, credential check and restart reconciliation run in the supervised
         task "broker" (a refusal: start-up failure, exit 3); sends wait for it."""
-        from daemon.testnet import BinanceRestClient, TestnetBroker, TestnetError
+        from daemon.binance.testnet import BinanceRestClient, TestnetBroker, TestnetError
         cfg = self.cfg
         if cfg.venue.mode == "replay":
             raise StartupError("broker.kind = testnet needs venue.mode simulate or remote: a replayed recording "
@@ -439,7 +439,7 @@ class Daemon:
             raise StartupError("broker: stopped before it was ready (see the log)")
 
     async def _fetch_history(self, symbol: str, days: float):
-        from engines.train import fetch_klines_rest
+        from daemon.binance.rest import fetch_klines_rest
         return await fetch_klines_rest(self.rest_url, symbol, days=days)
 
     async def _ensure_models(self):
@@ -528,7 +528,7 @@ class Daemon:
         return out
 
     def _build_pipeline(self) -> None:
-        from daemon.feed import BinanceFeed
+        from daemon.binance.feed import BinanceFeed
         from daemon.pipeline import TradingPipeline
         from engines.features import FEATURE_SCHEMA
         from strategies.optimizer import DollarProfitOptimizer

@@ -8,7 +8,7 @@ and committed in order by the writer thread, off the event loop: the store stays
 leads it by the writer's queue (see that module for the contract). If the store fails the broker refuses further
 work (``StoreError`` is "stop for a human"; a restart recovers from the store).
 
-A venue's real order API (Binance spot testnet protocol) is ``daemon.testnet.TestnetBroker`` (``broker.kind =
+A venue's real order API (Binance spot testnet protocol) is ``daemon.binance.testnet.TestnetBroker`` (``broker.kind =
 "testnet"``), with the same interface.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import msgspec
 import structlog
 
 from daemon.config import BrokerConfig
-from daemon.events import Fill, OrderIntent, OrderType, Side, Trade
-from daemon.matching import Levels, MatchingEngine, Order, OrderError, Stops
-from daemon.portfolio import Portfolio
+from market.events import Fill, OrderIntent, OrderType, Side, Trade
+from market.matching import Levels, MatchingEngine, Order, OrderError, Stops
+from market.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
 from strategies.sizing import is_dust, sellable_qty
 

@@ -10,11 +10,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("daemon.app", "run the trading daemon (embedded default: local simulated venue, paper broker)"),
     "venue": ("daemon.venue.server", "serve a local Binance-format venue (simulator or recording replay)"),
-    "book-check": ("daemon.bookcheck", "rebuild the book from a recording and check it against bookTicker"),
+    "book-check": ("daemon.binance.bookcheck", "rebuild the book from a recording and check it against bookTicker"),
     "record": ("daemon.record_cli", "record raw frames from a venue to rotating compressed files"),
-    "train": ("engines.train", "train XGBoost and LSTM models and publish them to the registry"),
+    "train": ("daemon.train_cli", "train XGBoost and LSTM models and publish them to the registry"),
     "doctor": ("engines.doctor", "report Python/CPU/GPU/CUDA/TensorRT/XGBoost/ONNX Runtime and chosen backends"),
-    "backtest": ("daemon.backtest", "backtest the live pipeline over klines or a recording, with a report"),
+    "backtest": ("daemon.backtest.run", "backtest the live pipeline over klines or a recording, with a report"),
 }
 
 

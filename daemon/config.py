@@ -1,6 +1,6 @@
 """The one typed, frozen config tree, loaded once from ``config.toml``.
 
-Each section is a frozen dataclass; :mod:`daemon.cfgbase` checks keys, types and ranges. Secrets never live
+Each section is a frozen dataclass; :mod:`market.cfgbase` checks keys, types and ranges. Secrets never live
 here: API keys and the control token are read from the environment (or systemd credentials) by name.
 """
 from __future__ import annotations
@@ -9,8 +9,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.cfgbase import ConfigError, build_section, load_toml, opt
-from daemon.events import TIMEFRAME_SECONDS
+from market.bars import BarsConfig
+from market.cfgbase import ConfigError, build_section, load_toml, opt
+from market.events import TIMEFRAME_SECONDS
 from strategies.optimizer import OptimizerConfig
 from strategies.risk import RiskConfig
 
@@ -137,18 +138,6 @@ class RecorderConfig:
     dir: str = opt("recordings", "Recording directory (relative to general.data_dir).")
     rotate_mb: float = opt(64.0, "Start a new file after this many MB of uncompressed frames.", gt=0, le=1e6)
     rotate_minutes: float = opt(60.0, "Start a new file after this many minutes.", gt=0, le=10080)
-
-
-@dataclass(frozen=True)
-class BarsConfig:
-    emit_empty: bool = opt(True, "Quiet period: close bars with no trades as flat bars at the previous close "
-                           "with zero volume (so every timeframe has one bar per period).")
-    late_grace_ms: int = opt(0, "A trade older than the open bar's start by more than this is dropped and "
-                             "counted as late (bars are never reopened); a trade late by at most this much is "
-                             "folded into the open bar.", ge=0, le=3_600_000)
-    max_fill_bars: int = opt(10080, "Most flat 1m bars filled for one quiet gap (emit_empty); a longer jump in "
-                             "event time (a bad timestamp, not a quiet market) restarts the series, counted.",
-                             ge=1, le=527_040)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import msgspec
 import numpy as np
 import structlog
 
-from daemon.bars import BarBuilder
-from daemon.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
+from market.bars import BarBuilder
+from market.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
 from daemon.samples import SampleRing
 from strategies.optimizer import BookTop, Signal
 from strategies.risk import AccountState
@@ -444,7 +444,7 @@ class TradingPipeline:
                 d: Decision) -> None:
         """Intents -> risk.check -> broker.submit on ``book`` -> optimizer.on_fill / on_order_done, recorded in
         ``d``. Public: the klines backtest sends its intrabar stop/TP exits through this same path."""
-        from daemon.matching import OrderError
+        from market.matching import OrderError
         m = self.metrics
         for intent in intents:
             d.intents.append(intent)
@@ -513,7 +513,7 @@ class TradingPipeline:
         try:
             execs = self.broker.on_trade(trade, book)
         except Exception as e:
-            from daemon.matching import OrderError
+            from market.matching import OrderError
             if not isinstance(e, OrderError):
                 raise
             self.counters[f"broker_rejected.{e.reason}"] += 1

@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from daemon.config import FeedConfig
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 
 __all__ = ["ClockJump", "FrameGuard", "ReadinessWatch", "JUMP"]
 

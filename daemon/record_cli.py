@@ -28,7 +28,7 @@ async def record(symbols: list[str], ws_url: str, rest_url: str, out: Path, seco
                  stop_event: asyncio.Event | None = None) -> dict:
     """Record until ``seconds`` pass or ``stop_event`` is set; returns the counters."""
     from daemon.config import FeedConfig
-    from daemon.feed import BinanceFeed
+    from daemon.binance.feed import BinanceFeed
     from daemon.recording import Recorder
 
     out.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,8 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
     """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
-    from engines.train import (TrainSpec, _rows, build_dataset, load_training_data, split_bounds,
-                               train_and_publish)
+    from daemon.train_cli import load_training_data
+    from engines.train import TrainSpec, _rows, build_dataset, split_bounds, train_and_publish
     k: Klines | None = None
     if store_path and Path(store_path).exists():
         try:

@@ -25,9 +25,9 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from daemon.events import Bar, Fill, OrderStatus, OrderType, Side
-from daemon.matching import Order, Stops
-from daemon.portfolio import Portfolio, Position
+from market.events import Bar, Fill, OrderStatus, OrderType, Side
+from market.matching import Order, Stops
+from market.portfolio import Portfolio, Position
 
 __all__ = ["StoreError", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS",
            "execution_statements"]

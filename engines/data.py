@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from daemon.events import TIMEFRAME_SECONDS, Bar, timeframe_ns
+from market.events import TIMEFRAME_SECONDS, Bar, timeframe_ns
 
 __all__ = ["Klines", "KlinesError", "load_klines_csv", "resample", "bars_to_klines", "klines_to_bars", "HEADER"]
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from daemon.events import Bar, timeframe_ns
+from market.events import Bar, timeframe_ns
 from engines.data import Klines
 
 __all__ = ["FeatureSchema", "FEATURE_SCHEMA", "BOOK_FEATURE_SCHEMA", "batch_features", "IncrementalFeatures",

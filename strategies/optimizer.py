@@ -26,8 +26,8 @@ from typing import Any
 
 import structlog
 
-from daemon.cfgbase import opt
-from daemon.events import TIMEFRAME_SECONDS, Bar, Fill, OrderIntent, Side, timeframe_ns
+from market.cfgbase import opt
+from market.events import TIMEFRAME_SECONDS, Bar, Fill, OrderIntent, Side, timeframe_ns
 from strategies.peaks import TrailingPeakDetector
 from strategies.performance import ClosedTrade, PerformanceMetrics, PerformanceTracker
 from strategies.risk import AccountState, RiskConfig
@@ -160,7 +160,7 @@ class Signal:
 
 @dataclass(frozen=True)
 class BookTop:
-    """Best bid/ask at decision time (from daemon.book.OrderBook.best_bid/best_ask)."""
+    """Best bid/ask at decision time (from market.book.OrderBook.best_bid/best_ask)."""
 
     bid: float
     ask: float

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import structlog
 
-from daemon.cfgbase import opt
-from daemon.events import OrderIntent, OrderType, Side
+from market.cfgbase import opt
+from market.events import OrderIntent, OrderType, Side
 from strategies.sizing import FiltersLike, client_order_id, floor_to_step
 
 __all__ = ["RiskConfig", "RiskState", "RiskDecision", "RiskManager", "AccountState", "PositionLike",
@@ -66,7 +66,7 @@ class PositionLike(Protocol):
 class AccountState:
     """What the risk manager and optimizer need to know about the account at one instant.
 
-    ``positions`` may be ``daemon.portfolio.Portfolio.positions`` directly (anything with signed ``qty`` and
+    ``positions`` may be ``market.portfolio.Portfolio.positions`` directly (anything with signed ``qty`` and
     ``avg_price``); ``marks`` are the current prices used to value orders and positions.
     """
 

@@ -41,7 +41,7 @@ Matching model (the simulator's market, kept visible):
   ``commission_in="quote"`` charges every trade in quote. Balances (free/locked) are checked: a buy needs quote,
   a sell needs base (spot: no shorting beyond the base balance).
 * ``clientOrderId`` uniqueness is checked against OPEN orders only (as on Binance): resending the id of an order
-  that already FILLED creates a second order. A client must query before resending (see daemon.testnet).
+  that already FILLED creates a second order. A client must query before resending (see daemon.binance.testnet).
 
 Test knobs (never reachable over HTTP): :meth:`OrderApi.inject_rate_limit`, :meth:`OrderApi.inject_unknown_outcome`.
 """
@@ -63,7 +63,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from daemon.matching import walk_levels
+from market.matching import walk_levels
 
 if TYPE_CHECKING:
     from daemon.venue.replay import OutFrame

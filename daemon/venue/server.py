@@ -29,7 +29,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from daemon.config import FaultConfig, SimulatorConfig
-from daemon.events import TIMEFRAME_SECONDS
+from market.events import TIMEFRAME_SECONDS
 from daemon.venue.faults import FaultInjector, FaultStats, SnapshotFaults
 from daemon.venue.replay import OutFrame, ReplaySource
 from daemon.venue.simulator import MarketSimulator, exchange_info
@@ -726,7 +726,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fault_cfg(args: argparse.Namespace, base: FaultConfig) -> FaultConfig:
-    from daemon.cfgbase import build_section
+    from market.cfgbase import build_section
 
     raw = {k: getattr(base, k) for k in base.__dataclass_fields__}
     for arg, key in (("drop_prob", "drop_prob"), ("dup_prob", "dup_prob"), ("garbage_prob", "garbage_prob"),
@@ -739,7 +739,7 @@ def _fault_cfg(args: argparse.Namespace, base: FaultConfig) -> FaultConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from daemon.cfgbase import ConfigError
+    from market.cfgbase import ConfigError
     from daemon.config import load_config
 
     try:

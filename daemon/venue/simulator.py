@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from daemon.config import SimulatorConfig
-from daemon.events import TIMEFRAME_SECONDS
+from market.events import TIMEFRAME_SECONDS
 
 NS_PER_MS = 1_000_000
 MINUTE_MS = 60_000

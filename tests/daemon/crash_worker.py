@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from daemon.binance import decode_frame  # noqa: E402
-from daemon.book import OrderBook  # noqa: E402
+from daemon.binance.codec import decode_frame  # noqa: E402
+from market.book import OrderBook  # noqa: E402
 from daemon.broker import PaperBroker  # noqa: E402
 from daemon.config import BrokerConfig  # noqa: E402
-from daemon.events import DepthSnapshot, DepthUpdate, OrderIntent, OrderType, Side, Trade  # noqa: E402
+from market.events import DepthSnapshot, DepthUpdate, OrderIntent, OrderType, Side, Trade  # noqa: E402
 from daemon.recording import iter_recording  # noqa: E402
 from daemon.store import SQLiteStore  # noqa: E402
 

@@ -63,10 +63,10 @@ enabled = false
 
 def seed_position(db_path: Path) -> None:
     """A filled 0.001 BTCUSDT market buy at ~60000 (the simulator's start price), committed by the real broker."""
-    from daemon.binance import SymbolFilters
+    from daemon.binance.codec import SymbolFilters
     from daemon.broker import PaperBroker
     from daemon.config import BrokerConfig
-    from daemon.events import OrderIntent, Side
+    from market.events import OrderIntent, Side
     from daemon.store import SQLiteStore
     db_path.parent.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(db_path, quote_asset="USDT")

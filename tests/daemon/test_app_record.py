@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 
-from daemon.binance import decode_frame
-from daemon.bookcheck import BookChecker
-from daemon.events import DepthSnapshot, DepthUpdate, Trade
+from daemon.binance.codec import decode_frame
+from daemon.binance.bookcheck import BookChecker
+from market.events import DepthSnapshot, DepthUpdate, Trade
 from daemon.recording import RecordingReader
 from tests.daemon.test_app_e2e import Daemon, free_port, http_get, metric, write_config
 

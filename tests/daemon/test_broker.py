@@ -1,4 +1,4 @@
-"""PaperBroker on the REAL recording (book rebuilt by daemon.book + daemon.binance) and on plain levels."""
+"""PaperBroker on the REAL recording (book rebuilt by market.book + daemon.binance.codec) and on plain levels."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 
 from daemon.config import BrokerConfig
-from daemon.events import DepthSnapshot, DepthUpdate, OrderIntent, OrderStatus, OrderType, Side, Trade
+from market.events import DepthSnapshot, DepthUpdate, OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.broker import BrokerHalted, PaperBroker
-from daemon.matching import OrderError
+from market.matching import OrderError
 from daemon.store import SQLiteStore, StoreError
 
 CFG = BrokerConfig(starting_cash=1_000_000.0, taker_fee=0.001, maker_fee=0.0002)
@@ -22,7 +22,7 @@ def make(tmp_path, cfg=CFG, name="s.sqlite"):
 @pytest.fixture(scope="module")
 def events(binance_recording):
     """Decoded trade/depth/snapshot events of the real recording, in receive order."""
-    from daemon.binance import decode_frame
+    from daemon.binance.codec import decode_frame
     from daemon.recording import iter_recording
     out = []
     for ts, raw in iter_recording(binance_recording):
@@ -36,7 +36,7 @@ def events(binance_recording):
 
 def replay(events, on_event=None):
     """Feed the book; call ``on_event(i, ev, book)`` after each event once the book is synced."""
-    from daemon.book import OrderBook
+    from market.book import OrderBook
     book = OrderBook("BTCUSDT")
     for i, ev in enumerate(events):
         if isinstance(ev, DepthSnapshot):
@@ -50,7 +50,7 @@ def replay(events, on_event=None):
 
 
 def independent_walk(levels, qty):
-    """The expected fills of a market order, written out separately from daemon.matching."""
+    """The expected fills of a market order, written out separately from market.matching."""
     fills, left = [], qty
     for price, size in levels:
         if left <= 1e-12:
@@ -298,7 +298,7 @@ def test_refused_stop_exit_keeps_the_same_trades_resting_fill_and_drops_the_stop
     """One trade fills a resting take-profit-side limit AND triggers the stops, whose exit for the dust left is
     below min notional: the refusal must not lose the resting order's fill (one transaction per trade), must
     not raise into the loop, and drops the stops in memory and in the store (not retried on every trade)."""
-    from daemon.binance import SymbolFilters
+    from daemon.binance.codec import SymbolFilters
     filters = {"BTCUSDT": SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
     path = tmp_path / "s.sqlite"
     b = PaperBroker(CFG, SQLiteStore(path), symbols=("BTCUSDT",), filters=filters)
@@ -326,7 +326,7 @@ def test_reduce_only_floors_to_whole_lots_keeps_a_position_on_the_grid_and_refus
     """A position net of a base-asset commission is off the lot grid: the exit is floored to whole lots. A
     position summed from fills that is 1 ulp under a whole number of lots keeps its last lot. Below one lot the
     venue cannot sell: refused with reason "dust" (and ``is_dust`` says so)."""
-    from daemon.binance import SymbolFilters
+    from daemon.binance.codec import SymbolFilters
     from daemon.broker import reduce_only
     from strategies.sizing import is_dust
     f = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cfgbase import describe
+from market.cfgbase import describe
 from daemon.config import Config, ConfigError, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def _numeric_fields(cls, prefix=""):
 def test_every_numeric_option_has_an_upper_bound():
     """Issue #14: ``store.writer_queue = 2**63-1`` was accepted. Every int/float option (and tuple of them) is
     bounded above (le/lt) or by a choice set, and its default is inside its range."""
-    from daemon.cfgbase import _check_range
+    from market.cfgbase import _check_range
     fields = list(_numeric_fields(Config))
     assert len(fields) > 80  # the walk sees the whole tree
     unbounded = [k for k, f in fields

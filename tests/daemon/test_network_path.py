@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from daemon.book import BookState
-from daemon.bookcheck import BookChecker
+from market.book import BookState
+from daemon.binance.bookcheck import BookChecker
 from daemon.config import FaultConfig, FeedConfig
-from daemon.events import BookTicker, DepthUpdate
-from daemon.feed import BinanceFeed, BookStatus
+from market.events import BookTicker, DepthUpdate
+from daemon.binance.feed import BinanceFeed, BookStatus
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue
 
@@ -23,7 +23,7 @@ SYM = "BTCUSDT"
 
 
 class FeedBookOracle:
-    """Checks the FEED's book (not a copy) against bookTicker frames, the same rule as daemon.bookcheck: a ticker
+    """Checks the FEED's book (not a copy) against bookTicker frames, the same rule as daemon.binance.bookcheck: a ticker
     is checked when the book's last applied id equals its ``u`` (tickers ahead of the book wait for it)."""
 
     def __init__(self, feed: BinanceFeed) -> None:

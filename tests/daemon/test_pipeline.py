@@ -9,11 +9,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from daemon.binance import SymbolFilters, decode_frame
-from daemon.book import OrderBook
+from daemon.binance.codec import SymbolFilters, decode_frame
+from market.book import OrderBook
 from daemon.broker import PaperBroker
 from daemon.config import Config, replace
-from daemon.events import DepthSnapshot, DepthUpdate, Trade
+from market.events import DepthSnapshot, DepthUpdate, Trade
 from daemon.pipeline import MinuteAggregator, TradingPipeline
 from daemon.recording import iter_recording
 from daemon.store import SQLiteStore
@@ -280,7 +280,7 @@ def test_exit_plans_reach_the_sink_and_a_restart_restores_them(tmp_path, klines)
 def test_dust_below_one_lot_is_valued_but_not_a_position_for_the_strategy(tmp_path):
     """What a base-asset commission leaves after an exit (< one lot) stays in equity, but the account the
     optimizer, risk and flatten see has no position there: nothing tries to sell what the venue cannot."""
-    from daemon.events import Fill, Side
+    from market.events import Fill, Side
     pipe, _, store = make_pipeline(tmp_path)
     try:
         pf = pipe.broker.portfolio
@@ -303,7 +303,7 @@ def test_a_confirmed_clock_jump_from_the_feed_restarts_bars_instead_of_deciding_
     the pipeline restarts the bars there (no 4,000 flat bars run through the models on the loop)."""
     import asyncio
 
-    from daemon.feed import BinanceFeed
+    from daemon.binance.feed import BinanceFeed
     from daemon.plausible import ClockJump
     pipe, _, _ = make_pipeline(tmp_path, timeframes=("1m",))
     seen = []

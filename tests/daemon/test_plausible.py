@@ -9,13 +9,13 @@ from collections import Counter
 
 import orjson
 
-from daemon.bars import BarBuilder
-from daemon.binance import FrameDecoder, SymbolFilters, decode_frame
-from daemon.book import BookState, OrderBook
-from daemon.bookcheck import check_recording
+from market.bars import BarBuilder
+from daemon.binance.codec import FrameDecoder, SymbolFilters, decode_frame
+from market.book import BookState, OrderBook
+from daemon.binance.bookcheck import check_recording
 from daemon.config import FaultConfig, FeedConfig, SimulatorConfig
-from daemon.events import DepthSnapshot, DepthUpdate, Trade
-from daemon.feed import BinanceFeed
+from market.events import DepthSnapshot, DepthUpdate, Trade
+from daemon.binance.feed import BinanceFeed
 from daemon.plausible import JUMP, FrameGuard, ReadinessWatch
 from daemon.recording import RecordingReader
 from daemon.venue.faults import FORGE_KINDS, forge, poison_recording

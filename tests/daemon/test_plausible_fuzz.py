@@ -10,11 +10,11 @@ import math
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.bars import BarBuilder
-from daemon.binance import DecodeError, FrameDecoder, parse_depth_snapshot
-from daemon.book import OrderBook
-from daemon.bookcheck import TickerOracle
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+from market.bars import BarBuilder
+from daemon.binance.codec import DecodeError, FrameDecoder, parse_depth_snapshot
+from market.book import OrderBook
+from daemon.binance.bookcheck import TickerOracle
+from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 from daemon.plausible import JUMP, FrameGuard
 
 _wild = st.one_of(

@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from daemon.binance import decode_frame
-from daemon.events import DepthSnapshot
+from daemon.binance.codec import decode_frame
+from market.events import DepthSnapshot
 from daemon.recording import Recorder, RecordingReader, iter_recording, recording_files
 
 

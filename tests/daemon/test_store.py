@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from daemon.events import Bar, Fill, OrderStatus, OrderType, Side
-from daemon.matching import Order, Stops
-from daemon.portfolio import Portfolio
+from market.events import Bar, Fill, OrderStatus, OrderType, Side
+from market.matching import Order, Stops
+from market.portfolio import Portfolio
 from daemon.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from daemon.broker import BrokerHalted, PaperBroker
 from daemon.config import BrokerConfig
-from daemon.events import Bar, OrderIntent, Side
+from market.events import Bar, OrderIntent, Side
 from daemon.store import SQLiteStore, StoreError
 from daemon.storewriter import StoreWriter
 

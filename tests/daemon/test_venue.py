@@ -8,10 +8,10 @@ import dataclasses
 import aiohttp
 import pytest
 import orjson
-from daemon.binance import decode_frame, parse_depth_snapshot, parse_exchange_info, parse_klines
-from daemon.bookcheck import check_recording
+from daemon.binance.codec import decode_frame, parse_depth_snapshot, parse_exchange_info, parse_klines
+from daemon.binance.bookcheck import check_recording
 from daemon.config import FaultConfig, SimulatorConfig
-from daemon.events import DepthUpdate, Trade
+from market.events import DepthUpdate, Trade
 from daemon.venue.faults import FaultInjector, FaultStats
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.bars import BarBuilder
-from daemon.events import Bar, Trade, timeframe_ns
+from market.bars import BarBuilder
+from market.events import Bar, Trade, timeframe_ns
 from engines.data import (Klines, KlinesError, bars_to_klines, klines_to_bars, load_klines_csv, resample,
                           symbol_from_name)
 
@@ -196,7 +196,7 @@ def assert_builder_and_resample_agree(trades):
 
 
 def test_resample_agrees_with_barbuilder_on_real_trades(binance_recording):
-    from tests.daemon.test_bars import recorded_trades
+    from tests.market.test_bars import recorded_trades
     trades = recorded_trades(binance_recording)
     assert_builder_and_resample_agree(trades)
 

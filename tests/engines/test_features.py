@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.events import Bar
+from market.events import Bar
 from engines.data import Klines, klines_to_bars, load_klines_csv, resample
 from engines.features import (BOOK_FEATURE_SCHEMA, FEATURE_SCHEMA, FeatureSchema, IncrementalFeatures,
                               SchemaMismatch, atr, batch_features, book_features)

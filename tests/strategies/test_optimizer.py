@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import Bar, Fill, Side
-from daemon.portfolio import Portfolio
+from market.events import Bar, Fill, Side
+from market.portfolio import Portfolio
 from strategies.optimizer import BookTop, DollarProfitOptimizer, MarketMetrics, OptimizerConfig
 from strategies.risk import AccountState, RiskConfig, RiskManager
 from strategies.sizing import is_step_multiple
 
-from daemon.binance import SymbolFilters
+from daemon.binance.codec import SymbolFilters
 
 S = 1_000_000_000
 H = 3600 * S

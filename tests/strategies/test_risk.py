@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import OrderIntent, OrderType, Side
+from market.events import OrderIntent, OrderType, Side
 from strategies.risk import NS_PER_MINUTE, AccountState, RiskConfig, RiskManager, RiskState
 from strategies.sizing import is_step_multiple
 
-from daemon.binance import SymbolFilters
+from daemon.binance.codec import SymbolFilters
 
 S = 1_000_000_000
 DAY = 86_400 * S

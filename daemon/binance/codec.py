@@ -1,4 +1,4 @@
-"""Binance spot / USD-M futures wire codec: raw frames in, frozen :mod:`daemon.events` out, decoded once.
+"""Binance spot / USD-M futures wire codec: raw frames in, frozen :mod:`market.events` out, decoded once.
 
 Why msgspec typed decoding: a combined-stream depth frame decodes straight into a typed Struct whose price and
 size fields are ``Annotated[float, Meta(...)]``. In msgspec's non-strict mode the C decoder parses Binance's
@@ -26,7 +26,7 @@ from typing import Annotated, Any, Union
 import msgspec
 import structlog
 
-from daemon.events import Bar, BookTicker, DepthSnapshot, DepthUpdate, Trade, timeframe_ns
+from market.events import Bar, BookTicker, DepthSnapshot, DepthUpdate, Trade, timeframe_ns
 
 __all__ = [
     "DecodeError", "Event", "FrameDecoder", "SymbolFilters", "MAX_QTY", "MAX_PRICE",

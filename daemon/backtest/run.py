@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from daemon.events import Bar, OrderIntent, Side, timeframe_ns
+from market.events import Bar, OrderIntent, Side, timeframe_ns
 
 log = structlog.get_logger(__name__)
 
@@ -660,7 +660,7 @@ def _make_pipeline(cfg, rules: SymbolRules, engine_sets: Mapping[str, Any], opts
 
 
 def _record(sim: _Sim, decisions, mid: float) -> None:
-    from daemon.report import FillRecord
+    from daemon.backtest.report import FillRecord
     for d in decisions:
         tags = {i.client_order_id: i for i in d.intents}
         if d.intents or d.fills:
@@ -775,7 +775,7 @@ class _SimOut:
 def _run_baseline(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar], prime_until: int,
                   record_from: int, store_path: Path, starting_cash: float) -> _SimOut:
     """The momentum baseline account over the bars (its own clock, pipeline, broker and store)."""
-    from daemon.report import TradeLedger
+    from daemon.backtest.report import TradeLedger
     clock = _Clock()
     base = MomentumBaseline(opts.baseline_conviction, opts.models, record_from, clock)
     pipe, book, store = _make_pipeline(cfg, rules, {tf: base for tf in opts.timeframes}, opts, store_path,
@@ -871,7 +871,7 @@ def _buy_and_hold(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar
     """One market buy at the first recorded close (as much as the cash allows after fee and spread), marked
     every bar, one market sell at the end: the same broker, book and fees as the strategy."""
     from daemon.broker import PaperBroker
-    from daemon.report import FillRecord, RunResult, TradeLedger
+    from daemon.backtest.report import FillRecord, RunResult, TradeLedger
     from daemon.store import SQLiteStore
     from strategies.sizing import floor_to_step
     store = SQLiteStore(store_path, quote_asset=cfg.broker.quote_asset)
@@ -916,7 +916,7 @@ def _buy_and_hold(cfg, rules: SymbolRules, opts: BacktestOptions, bars: list[Bar
 class BacktestResult:
     metrics: dict
     decisions: dict[str, list[tuple]]   # run name -> compact decision log (ts, tf, bar_open, intents, fills, ...)
-    report: Any                         # daemon.report.ReportData
+    report: Any                         # daemon.backtest.report.ReportData
     windows: list[Window]
     # tf -> (bar open_ns, {model: P(up) per bar, NaN where none was made}) from the batched walk-forward
     predictions: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
@@ -927,7 +927,7 @@ def run_backtest(k1m, report_dir: str | Path | None, *, opts: BacktestOptions = 
                  workdir: str | Path | None = None, progress=None) -> BacktestResult:
     """Walk-forward backtest of ``k1m`` (engines.data.Klines, 1m) and, with ``report_dir``, the report files."""
     from daemon.config import Config
-    from daemon.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
+    from daemon.backtest.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
     from engines.data import klines_to_bars
     opts.validate()
     cfg = cfg or Config()
@@ -1104,7 +1104,7 @@ class _FillTap:
         return float(m) if m is not None else math.nan
 
     def _take(self, ex: Any, mid: float) -> None:
-        from daemon.report import FillRecord
+        from daemon.backtest.report import FillRecord
         for f in ex.fills:
             tf, reason = self._tags.get(f.client_order_id, ("", ""))
             if not reason:  # broker-side stop exits are named <tag>-sl / <tag>-tp
@@ -1173,7 +1173,7 @@ class RecordingResult:
     decisions: list            # pipeline Decisions, in order (bar closes and between-bar stop/TP exits)
     orders: list[OrderRecord]  # every order submitted, with the book depth it met
     counters: dict             # frames, trades, decode drops, book stats, pipeline/optimizer/risk/broker counters
-    report: Any                # daemon.report.ReportData
+    report: Any                # daemon.backtest.report.ReportData
     pipeline: Any
     book: Any
 
@@ -1195,15 +1195,15 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     every position is closed on the last book, so the trade list accounts for the whole equity change."""
     import msgspec
 
-    from daemon.binance import DecodeError, decode_frame
-    from daemon.book import OrderBook
+    from daemon.binance.codec import DecodeError, decode_frame
+    from market.book import OrderBook
     from daemon.broker import PaperBroker
     from daemon.config import Config
     from daemon.engineset import EngineSet
-    from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+    from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
     from daemon.pipeline import TradingPipeline, history_bars_needed
     from daemon.recording import RecordingReader
-    from daemon.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
+    from daemon.backtest.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
     from daemon.store import SQLiteStore
     from engines.registry import ModelRegistry
     from strategies.optimizer import DollarProfitOptimizer
@@ -1556,7 +1556,7 @@ def main(args) -> int:
                 print("tradingd backtest: --store needs --symbol (the store keeps bars of every symbol)",
                       file=sys.stderr)
                 return 2
-            from engines.train import load_training_data
+            from daemon.train_cli import load_training_data
             k = load_training_data(None, store=args.store, symbol=args.symbol)
         load_s = time.perf_counter() - t0
         rules = SymbolRules(k.symbol, tick_size=args.tick_size, lot_step=args.lot_step,

@@ -265,7 +265,7 @@ def run_metrics(run: RunResult, bar_seconds: float) -> dict:
 
 
 def _tf_key(tf: str) -> float:
-    from daemon.events import TIMEFRAME_SECONDS
+    from market.events import TIMEFRAME_SECONDS
     return TIMEFRAME_SECONDS.get(tf, 1e12)
 
 

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from daemon.events import Fill, Side
+from market.events import Fill, Side
 
 __all__ = ["Position", "Portfolio", "QTY_EPS"]
 

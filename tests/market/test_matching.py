@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from daemon.events import OrderIntent, OrderStatus, OrderType, Side, Trade
-from daemon.matching import MatchingEngine, OrderError, walk_levels
+from market.events import OrderIntent, OrderStatus, OrderType, Side, Trade
+from market.matching import MatchingEngine, OrderError, walk_levels
 
 BIDS = [(99.0, 1.0), (98.0, 2.0), (97.0, 5.0)]
 ASKS = [(101.0, 1.0), (102.0, 2.0), (103.0, 5.0)]

@@ -3,7 +3,7 @@
 The same code talks to the real venue, the spot testnet or the local venue: only the base URLs differ. Per
 connection: subscribe ``<sym>@trade/<sym>@depth@100ms`` for every symbol (in the URL, so a reconnect restores
 them), and once the stream is open fetch a REST depth snapshot per symbol while :class:`OrderBook` buffers the
-diffs. Frames are decoded once (:func:`daemon.binance.decode_frame`); a bad frame is a counted, logged drop.
+diffs. Frames are decoded once (:func:`daemon.binance.codec.decode_frame`); a bad frame is a counted, logged drop.
 A gap makes the book STALE and starts a resync (new snapshot) while diffs keep buffering. A dead connection (an
 error, or silence longer than ``stale_after_s``) marks every book stale and reconnects with exponential backoff
 and full jitter. Every raw frame and every REST snapshot body goes to ``on_raw`` (the recorder).
@@ -28,12 +28,12 @@ import structlog
 import websockets
 from websockets.asyncio.client import connect
 
-from daemon.binance import DecodeError, decode_frame, parse_depth_snapshot, stream_names
-from daemon.book import BookState, OrderBook
-from daemon.bookcheck import TickerOracle
+from daemon.binance.codec import DecodeError, decode_frame, parse_depth_snapshot, stream_names
+from market.book import BookState, OrderBook
+from daemon.binance.bookcheck import TickerOracle
 from daemon.plausible import JUMP, ClockJump, FrameGuard
 from daemon.config import FeedConfig
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 
 __all__ = ["BinanceFeed", "BookStatus", "FeedStats", "backoff_delay"]
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.backtest import BacktestOptions, SymbolRules, SynthBook, run_backtest, walk_forward_windows
+from daemon.backtest.run import BacktestOptions, SymbolRules, SynthBook, run_backtest, walk_forward_windows
 from daemon.config import config_from_dict
 
 DAY = 86_400_000_000_000
@@ -329,7 +329,7 @@ def k_all(btc_klines_path):
 
 
 def test_fit_windows_rule():
-    from daemon.backtest import DataTooShort, fit_windows
+    from daemon.backtest.run import DataTooShort, fit_windows
     f = fit_windows(90 * DAY, 30, 7)  # long enough: exactly what was asked (the 90-day run is unchanged)
     assert (f.train_days, f.test_days, f.adapted) == (30, 7, False)
     assert not fit_windows(37 * DAY, 30, 7).adapted
@@ -382,7 +382,7 @@ def test_too_short_file_exits_2_naming_the_file_and_its_length(k_all, tmp_path, 
 
 def test_little_traded_share_warns(k_all, tmp_path, capsys):
     """A run that trades under TRADED_SHARE_WARN of the span (30 min of 10 days) runs, and warns everywhere."""
-    from daemon.backtest import TRADED_SHARE_WARN
+    from daemon.backtest.run import TRADED_SHARE_WARN
     from daemon.cli import main as cli
     p = tmp_path / "BTCUSDT-1m.csv"
     _write_csv(p, _rows(k_all, 10 * 1440))
@@ -425,8 +425,8 @@ REC_SPEC = dict(xgb_rounds=30, xgb_early_stopping=5, lstm_epochs=1, lstm_hidden=
 
 
 def _first_trade(paths):
-    from daemon.binance import decode_frame
-    from daemon.events import Trade
+    from daemon.binance.codec import decode_frame
+    from market.events import Trade
     from daemon.recording import iter_recording
     for recv, raw in iter_recording(paths):
         ev = decode_frame(raw, recv)
@@ -440,7 +440,7 @@ def _synthetic_history(k, first, n=200):
     last ``n`` real 1m bars, scaled so the last close equals the recording's first trade price and shifted in
     time to end right before the recording's first minute. It only warms the feature state; nothing trades on
     it and no assertion is about it."""
-    from daemon.events import Bar
+    from market.events import Bar
     start = first.ts_event - first.ts_event % M
     src = k[-n:]
     f = first.price / float(src.close[-1])
@@ -459,7 +459,7 @@ def rec_registry(k6, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rec_runs(rec_registry, binance_recording, k6, tmp_path_factory):
-    from daemon.backtest import run_recording_backtest
+    from daemon.backtest.run import run_recording_backtest
     hist = _synthetic_history(k6, _first_trade(binance_recording))
     out = tmp_path_factory.mktemp("rec_report")
     a = run_recording_backtest(binance_recording, rec_registry, out, cfg=REC_CFG, timeframes=("1m",), history=hist)
@@ -507,9 +507,9 @@ def test_recording_replays_through_the_live_path(rec_runs, binance_recording):
 def test_recording_fills_walk_the_recorded_book(rec_runs, binance_recording):
     """Each order's fills equal walking the book at its decision time, rebuilt here independently from the
     recording (snapshot + diffs up to the trade frame that triggered the decision), and the fee is the taker fee."""
-    from daemon.binance import decode_frame
-    from daemon.book import OrderBook
-    from daemon.events import DepthSnapshot, DepthUpdate, Trade
+    from daemon.binance.codec import decode_frame
+    from market.book import OrderBook
+    from market.events import DepthSnapshot, DepthUpdate, Trade
     from daemon.recording import iter_recording
     res = rec_runs[0]
     want = {o.ts for o in res.orders}
@@ -561,7 +561,7 @@ def test_recording_report_accounts_for_the_equity_change(rec_runs):
 
 
 def test_recording_replay_is_deterministic(rec_runs):
-    from daemon.backtest import decision_key
+    from daemon.backtest.run import decision_key
     a, b = rec_runs[0], rec_runs[1]
     ka, kb = [decision_key(d) for d in a.decisions], [decision_key(d) for d in b.decisions]
     assert ka == kb and any(d.fills for d in a.decisions)

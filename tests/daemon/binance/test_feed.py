@@ -7,11 +7,11 @@ import asyncio
 import dataclasses
 import random
 
-from daemon.binance import decode_frame
-from daemon.book import BookState
+from daemon.binance.codec import decode_frame
+from market.book import BookState
 from daemon.config import FaultConfig, FeedConfig, SimulatorConfig
-from daemon.events import DepthSnapshot, DepthUpdate, Trade
-from daemon.feed import BinanceFeed, BookStatus, backoff_delay
+from market.events import DepthSnapshot, DepthUpdate, Trade
+from daemon.binance.feed import BinanceFeed, BookStatus, backoff_delay
 from daemon.record_cli import record
 from daemon.recording import iter_recording
 from daemon.venue.server import LocalVenue, SimulatorSource

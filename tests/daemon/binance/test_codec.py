@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import binance
-from daemon.binance import (DecodeError, FrameDecoder, SymbolFilters, decode_frame, parse_depth_snapshot,
+import daemon.binance.codec as binance
+from daemon.binance.codec import (DecodeError, FrameDecoder, SymbolFilters, decode_frame, parse_depth_snapshot,
                             parse_exchange_info, parse_klines, stream_names)
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 from daemon.recording import iter_recording
 
 

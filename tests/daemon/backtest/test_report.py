@@ -1,4 +1,4 @@
-"""daemon/report.py: metrics against hand computation, the trade ledger's identities, and the report files."""
+"""daemon/backtest/report.py: metrics against hand computation, the trade ledger's identities, and the report files."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.report import (FillRecord, ReportData, RunResult, TradeLedger, calibration_table, equity_metrics,
+from daemon.backtest.report import (FillRecord, ReportData, RunResult, TradeLedger, calibration_table, equity_metrics,
                            trade_metrics, write_report)
 
 M = 60_000_000_000

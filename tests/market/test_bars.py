@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.bars import BarBuilder
+from market.bars import BarBuilder
 from daemon.config import BarsConfig
-from daemon.events import Bar, Trade, timeframe_ns
+from market.events import Bar, Trade, timeframe_ns
 
 M = 60_000_000_000
 T0 = 1_723_161_000 * 1_000_000_000 + 123_456_789  # not aligned on purpose
@@ -294,8 +294,8 @@ def test_closed_bars_sorted_by_end_for_non_nested_timeframes():
 
 # ------------------------------------------------------------------------------------------------ real data
 def recorded_trades(paths) -> list[Trade]:
-    """The ``@trade`` frames of the recording, decoded by daemon.binance (the live decoder)."""
-    from daemon.binance import decode_frame
+    """The ``@trade`` frames of the recording, decoded by daemon.binance.codec (the live decoder)."""
+    from daemon.binance.codec import decode_frame
     out = []
     for path in paths:
         with gzip.open(path, "rb") as fh:

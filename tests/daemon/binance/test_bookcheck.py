@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from daemon import cli
-from daemon.binance import decode_frame
-from daemon.bookcheck import BookChecker
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate
+from daemon.binance.codec import decode_frame
+from daemon.binance.bookcheck import BookChecker
+from market.events import BookTicker, DepthSnapshot, DepthUpdate
 from daemon.recording import Recorder, iter_recording
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXPECTED = {"applied": 6493, "checked": 1072, "matched": 1072, "mismatched": 0, "gaps": 0}
 
 

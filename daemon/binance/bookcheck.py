@@ -18,8 +18,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Iterable
 
-from daemon.book import OrderBook
-from daemon.events import BookTicker, DepthSnapshot, DepthUpdate
+from market.book import OrderBook
+from market.events import BookTicker, DepthSnapshot, DepthUpdate
 
 __all__ = ["BookChecker", "TickerOracle", "check_recording", "add_arguments", "main"]
 
@@ -163,7 +163,7 @@ class BookChecker:
 
 def check_recording(paths: Iterable[str | Path]) -> tuple[BookChecker, dict[str, Any]]:
     """Feed a recording through the decoder into a BookChecker; returns it and the reader/decoder stats."""
-    from daemon.binance import FrameDecoder
+    from daemon.binance.codec import FrameDecoder
     from daemon.recording import RecordingReader
 
     from daemon.plausible import FrameGuard

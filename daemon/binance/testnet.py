@@ -52,9 +52,9 @@ import structlog
 
 from daemon.broker import BrokerHalted, Execution, admit, levels_of, raise_if_halted, reduce_only
 from daemon.config import BrokerConfig
-from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
-from daemon.matching import MatchingEngine, Order, OrderError, Stops
-from daemon.portfolio import Portfolio
+from market.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
+from market.matching import MatchingEngine, Order, OrderError, Stops
+from market.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
 from daemon.venue.orders import sign
 from strategies.sizing import is_dust

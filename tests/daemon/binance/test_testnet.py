@@ -2,7 +2,7 @@
 
 The venue side (daemon.venue.orders) checks HMAC signatures, timestamps and API keys, matches orders against
 the simulated book, and can lose an answer after executing an order or rate-limit with Retry-After; the client
-side (daemon.testnet) must sign, retry, stay idempotent and keep the store equal to the venue's fills.
+side (daemon.binance.testnet) must sign, retry, stay idempotent and keep the store equal to the venue's fills.
 """
 from __future__ import annotations
 
@@ -20,19 +20,19 @@ import aiohttp
 import orjson
 import pytest
 
-from daemon.binance import parse_exchange_info
+from daemon.binance.codec import parse_exchange_info
 from daemon.broker import OrderError
 from daemon.config import BrokerConfig, SimulatorConfig
-from daemon.events import OrderIntent, OrderStatus, OrderType, Side, Trade
+from market.events import OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.store import SQLiteStore
 from daemon.storewriter import StoreWriter
-from daemon.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, TestnetError, fmt_step
+from daemon.binance.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, TestnetError, fmt_step
 from daemon.venue.orders import sign
 from daemon.venue.replay import OutFrame
 from daemon.venue.server import LocalVenue, SimulatorSource
 from strategies.sizing import is_dust
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=20.0, speed=1.0)
 KEY, SECRET = "test-key-1", "test-secret-1"
 SYM = "BTCUSDT"
@@ -710,7 +710,7 @@ def test_spot_short_remainder_is_dust_and_does_not_wedge_the_strategy(tmp_path):
     ever after. Now it is dust (``is_dust`` with the price): valued, not a position; no exit is sent, entries
     go on. (Config refuses ``optimizer.allow_short`` with this broker: tests/daemon/test_config.py.)"""
     from daemon.config import Config, replace
-    from daemon.events import Bar
+    from market.events import Bar
     from daemon.pipeline import TradingPipeline
     from strategies.optimizer import DollarProfitOptimizer
     from strategies.risk import RiskManager

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import Fill, Side
-from daemon.portfolio import Portfolio
+from market.events import Fill, Side
+from market.portfolio import Portfolio
 
 
 def fill(side: Side, qty: float, price: float, fee: float = 0.0, sym: str = "BTCUSDT", n: int = 0) -> Fill:

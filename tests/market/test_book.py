@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.binance import decode_frame
-from daemon.book import BookState, OrderBook
-from daemon.events import DepthSnapshot, DepthUpdate
+from daemon.binance.codec import decode_frame
+from market.book import BookState, OrderBook
+from market.events import DepthSnapshot, DepthUpdate
 from daemon.recording import iter_recording
 
 SYM = "BTCUSDT"

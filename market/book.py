@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from daemon.events import DepthSnapshot, DepthUpdate, Level
+from market.events import DepthSnapshot, DepthUpdate, Level
 
 __all__ = ["BookState", "BookStats", "OrderBook"]
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from daemon.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
+from market.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 
 __all__ = ["Levels", "Order", "OrderError", "Stops", "MatchingEngine", "walk_levels", "OPEN_STATUSES"]
 

@@ -1,6 +1,6 @@
 """Multi-timeframe OHLCV bars built from trades in event time — a pure core (no I/O, no clock calls).
 
-Rules (tests/daemon/test_bars.py checks each one):
+Rules (tests/market/test_bars.py checks each one):
 
 * **Periods.** A bar of timeframe ``tf`` covers ``[open_ns, open_ns + tf)`` with ``open_ns`` a multiple of ``tf``
   counted from the Unix epoch (UTC). Time is the trade's ``ts_event`` (venue clock), never the local clock, so
@@ -28,7 +28,7 @@ Rules (tests/daemon/test_bars.py checks each one):
 * ``taker_buy_volume`` is the volume of trades whose buyer was the taker (``is_buyer_maker`` False).
 
 Speed: ``on_trade`` updates a mutable accumulator in place and allocates only when a bar closes (the frozen
-:class:`~daemon.events.Bar`); see benchmarks/bench_features.py for the per-trade cost.
+:class:`~market.events.Bar`); see benchmarks/bench_features.py for the per-trade cost.
 """
 from __future__ import annotations
 
@@ -37,8 +37,20 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from daemon.config import BarsConfig
-from daemon.events import Bar, Trade, timeframe_ns
+from market.cfgbase import opt
+from market.events import Bar, Trade, timeframe_ns
+
+
+@dataclass(frozen=True)
+class BarsConfig:
+    emit_empty: bool = opt(True, "Quiet period: close bars with no trades as flat bars at the previous close "
+                           "with zero volume (so every timeframe has one bar per period).")
+    late_grace_ms: int = opt(0, "A trade older than the open bar's start by more than this is dropped and "
+                             "counted as late (bars are never reopened); a trade late by at most this much is "
+                             "folded into the open bar.", ge=0, le=3_600_000)
+    max_fill_bars: int = opt(10080, "Most flat 1m bars filled for one quiet gap (emit_empty); a longer jump in "
+                             "event time (a bad timestamp, not a quiet market) restarts the series, counted.",
+                             ge=1, le=527_040)
 
 __all__ = ["BarBuilder", "BarStats", "BASE_TIMEFRAME"]
 
