@@ -47,7 +47,7 @@ def faults_all_on(seed: int = 1) -> Any:
 
 async def _soak(minutes: float, registry: Path | None, progress_s: float) -> dict[str, Any]:
     from benchmarks.bench_suite import TFS, build_pipeline, load_sets
-    from daemon.binance.codec import SymbolFilters
+    from market.filters import SymbolFilters
     from daemon.config import Config, FeedConfig, SimulatorConfig
     from daemon.binance.feed import BinanceFeed
     from daemon.venue.server import LocalVenue, SimulatorSource

@@ -380,7 +380,7 @@ def sec_backends(t: Table, reg, k1m, iters: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ tick-to-decision
 def build_pipeline(cfg, sets, tmp: Path, books, keep: int | None = 2000):
-    from daemon.binance.codec import SymbolFilters
+    from market.filters import SymbolFilters
     from daemon.broker import PaperBroker
     from daemon.pipeline import TradingPipeline
     from daemon.store import SQLiteStore

@@ -2,7 +2,7 @@
 
 Pure functions (seed §7.3 sizing, §7.4 risk levels), shared by the optimizer and the risk manager, the same in
 live trading and backtests. Exchange filters are duck-typed: any object with ``tick_size``, ``lot_step``,
-``min_qty``, ``max_qty`` and ``min_notional`` works (``daemon.binance.codec.SymbolFilters`` is the real one).
+``min_qty``, ``max_qty`` and ``min_notional`` works (``market.filters.SymbolFilters`` is the real one).
 
 Rounding is always in the conservative direction: quantities DOWN to the lot step (never more than the limits
 allow), stop and take-profit prices TOWARDS the entry (the loss at the stop never exceeds the sized risk; the

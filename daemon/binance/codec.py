@@ -26,6 +26,7 @@ from typing import Annotated, Any, Union
 import msgspec
 import structlog
 
+from market.filters import SymbolFilters
 from market.events import Bar, BookTicker, DepthSnapshot, DepthUpdate, Trade, timeframe_ns
 
 __all__ = [
@@ -317,18 +318,6 @@ def parse_depth_snapshot(raw: bytes | str, symbol: str, ts_recv: int) -> DepthSn
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise DecodeError("json", str(e)[:120]) from None
     return _from_snapshot(snap, ts_recv, symbol)
-
-
-class SymbolFilters(msgspec.Struct, frozen=True):
-    """The exchangeInfo filters an order must pass (one place for the venue's rounding rules)."""
-
-    symbol: str
-    tick_size: float
-    lot_step: float
-    min_qty: float
-    max_qty: float
-    min_notional: float
-    max_price: float = math.inf  # PRICE_FILTER maxPrice (0 on the venue = no limit)
 
 
 class _Filter(msgspec.Struct):

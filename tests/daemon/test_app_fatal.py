@@ -63,7 +63,7 @@ enabled = false
 
 def seed_position(db_path: Path) -> None:
     """A filled 0.001 BTCUSDT market buy at ~60000 (the simulator's start price), committed by the real broker."""
-    from daemon.binance.codec import SymbolFilters
+    from market.filters import SymbolFilters
     from daemon.broker import PaperBroker
     from daemon.config import BrokerConfig
     from market.events import OrderIntent, Side

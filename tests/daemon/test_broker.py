@@ -298,7 +298,7 @@ def test_refused_stop_exit_keeps_the_same_trades_resting_fill_and_drops_the_stop
     """One trade fills a resting take-profit-side limit AND triggers the stops, whose exit for the dust left is
     below min notional: the refusal must not lose the resting order's fill (one transaction per trade), must
     not raise into the loop, and drops the stops in memory and in the store (not retried on every trade)."""
-    from daemon.binance.codec import SymbolFilters
+    from market.filters import SymbolFilters
     filters = {"BTCUSDT": SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
     path = tmp_path / "s.sqlite"
     b = PaperBroker(CFG, SQLiteStore(path), symbols=("BTCUSDT",), filters=filters)
@@ -326,7 +326,7 @@ def test_reduce_only_floors_to_whole_lots_keeps_a_position_on_the_grid_and_refus
     """A position net of a base-asset commission is off the lot grid: the exit is floored to whole lots. A
     position summed from fills that is 1 ulp under a whole number of lots keeps its last lot. Below one lot the
     venue cannot sell: refused with reason "dust" (and ``is_dust`` says so)."""
-    from daemon.binance.codec import SymbolFilters
+    from market.filters import SymbolFilters
     from daemon.broker import reduce_only
     from strategies.sizing import is_dust
     f = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)

@@ -9,7 +9,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from daemon.binance.codec import SymbolFilters, decode_frame
+from daemon.binance.codec import decode_frame
+
+from market.filters import SymbolFilters
 from market.book import OrderBook
 from daemon.broker import PaperBroker
 from daemon.config import Config, replace

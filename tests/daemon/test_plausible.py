@@ -10,7 +10,8 @@ from collections import Counter
 import orjson
 
 from market.bars import BarBuilder
-from daemon.binance.codec import FrameDecoder, SymbolFilters, decode_frame
+from daemon.binance.codec import FrameDecoder, decode_frame
+from market.filters import SymbolFilters
 from market.book import BookState, OrderBook
 from daemon.binance.bookcheck import check_recording
 from daemon.config import FaultConfig, FeedConfig, SimulatorConfig

@@ -13,7 +13,7 @@ from strategies.optimizer import BookTop, DollarProfitOptimizer, MarketMetrics, 
 from strategies.risk import AccountState, RiskConfig, RiskManager
 from strategies.sizing import is_step_multiple
 
-from daemon.binance.codec import SymbolFilters
+from market.filters import SymbolFilters
 
 S = 1_000_000_000
 H = 3600 * S

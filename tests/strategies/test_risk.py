@@ -12,7 +12,7 @@ from market.events import OrderIntent, OrderType, Side
 from strategies.risk import NS_PER_MINUTE, AccountState, RiskConfig, RiskManager, RiskState
 from strategies.sizing import is_step_multiple
 
-from daemon.binance.codec import SymbolFilters
+from market.filters import SymbolFilters
 
 S = 1_000_000_000
 DAY = 86_400 * S

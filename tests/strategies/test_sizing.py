@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from strategies.sizing import (MAX_CLIENT_ID_LEN, ceil_to_step, client_order_id, floor_to_step, is_step_multiple,
                                parse_tf_pairs, position_size, risk_levels)
 
-from daemon.binance.codec import SymbolFilters
+from market.filters import SymbolFilters
 
 BTC = SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)
 BIG = dict(max_position_notional=1e12, max_position_fraction=1e6)

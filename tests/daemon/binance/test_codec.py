@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daemon.binance.codec as binance
-from daemon.binance.codec import (DecodeError, FrameDecoder, SymbolFilters, decode_frame, parse_depth_snapshot,
-                            parse_exchange_info, parse_klines, stream_names)
+from daemon.binance.codec import DecodeError, FrameDecoder, decode_frame, parse_depth_snapshot, parse_exchange_info, parse_klines, stream_names
+from market.filters import SymbolFilters
 from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
 from daemon.recording import iter_recording
 
