@@ -556,7 +556,8 @@ class Daemon:
                                 on_raw=self._record if self.recorder else None, filters=self.filters,
                                 speed=speed if cfg.venue.mode != "remote" else 1.0)
         self.pipeline = TradingPipeline(cfg, cfg.general.symbols, self.engine_sets, self.optimizer, self.risk,
-                                        self.broker, store=self.store, metrics=self.metrics, books=self.feed.books,
+                                        self.broker, store=self.store, metrics=self.metrics,
+                                        books=self.feed.protocol.books,  # the protocol owns them: read-only view
                                         keep=2000, bar_sink=self._bar_sink, plan_sink=self._plan_sink)
         # exit plans of positions open at the last stop: managed on their own timeframe and levels again
         import orjson

@@ -155,7 +155,7 @@ class _SymState:
 class TradingPipeline:
     """See the module docstring. ``keep``: decisions kept for /status (bounded by default: a daemon runs for
     months; None keeps all, for backtests). ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
-    predictions (the optimizer then makes no entry on it). ``books``: the live books by symbol (the feed's),
+    predictions (the optimizer then makes no entry on it). ``books``: the live books by symbol (the protocol's),
     used when an event comes without one. ``bar_sink``: where closed bars go (default ``store.write_bars``)."""
 
     def __init__(self, cfg: Any, symbols: Sequence[str], engine_sets: Mapping[str, EngineSetLike], optimizer: Any,

@@ -24,13 +24,13 @@ import heapq
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from market.events import DepthSnapshot, DepthUpdate, Level
 
-__all__ = ["BookState", "BookStats", "OrderBook"]
+__all__ = ["BookState", "BookStats", "BookView", "OrderBook"]
 
 log = structlog.get_logger(__name__)
 _INF = math.inf
@@ -63,6 +63,26 @@ class BookStats:
         d["rejected"] = dict(self.rejected)
         d["stale_reasons"] = dict(self.stale_reasons)
         return d
+
+
+class BookView(Protocol):
+    """What a book's readers (pipeline, brokers, metrics, /status) may use: queries only. The one writer is
+    :class:`daemon.binance.protocol.MarketDataProtocol`, which owns the books and hands out this view."""
+
+    symbol: str
+    state: BookState
+    last_update_id: int
+    stats: BookStats
+
+    @property
+    def is_tradeable(self) -> bool: ...
+    def best_bid(self) -> tuple[float, float] | None: ...
+    def best_ask(self) -> tuple[float, float] | None: ...
+    def mid(self) -> float | None: ...
+    def spread(self) -> float | None: ...
+    def depth(self, n: int) -> tuple[list[Level], list[Level]]: ...
+    def bid_levels(self) -> dict[float, float]: ...
+    def ask_levels(self) -> dict[float, float]: ...
 
 
 def _bad_levels(levels: list[Level], _inf: float = _INF) -> str | None:

@@ -59,6 +59,16 @@ class BookTicker(msgspec.Struct, frozen=True, gc=False):
     ts_recv: int
 
 
+class BookStatus(msgspec.Struct, frozen=True, gc=False):
+    """A book changed state: ``state`` is a BookState value, ``reason`` why (gap, disconnect, snapshot, ...)."""
+
+    symbol: str
+    state: str
+    reason: str
+    last_update_id: int
+    ts_recv: int
+
+
 class Bar(msgspec.Struct, frozen=True, gc=False):
     """OHLCV bar of one timeframe. ``open_ns`` is the inclusive start, the bar covers [open_ns, open_ns+tf)."""
 

@@ -3,8 +3,10 @@
 The oracle: every bookTicker frame whose update id equals the book's last applied update id must show exactly
 the book's best bid and ask (price and size). bookTicker is real-time while depth diffs come every 100 ms, so a
 ticker usually arrives *before* the diff that ends at its id: tickers ahead of the book wait (bounded) and are
-checked when the book's last applied id reaches theirs; those it jumps over can never be checked. :class:`BookChecker` is the pure core (events in, counts out) so
-tests and the network-path test drive it directly; ``main`` only reads files.
+checked when the book's last applied id reaches theirs; those it jumps over can never be checked. The frames go
+through the same sans-I/O protocol object as live (:mod:`daemon.binance.protocol`); :class:`BookChecker` is the
+audit on top of it (frames or events in, counts out), so tests and the network-path test drive it directly;
+``main`` only reads files.
 
 Exit status: 0 all checked frames match; 1 a mismatch; 2 a missing/unreadable recording; 3 nothing could be
 checked (no bookTicker frame ever lined up with a synced book, so nothing was verified).
@@ -14,83 +16,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from market.book import OrderBook
-from market.events import BookTicker, DepthSnapshot, DepthUpdate
+from daemon.binance.protocol import MarketDataProtocol, TickerOracle
+from market.book import BookView
 
 __all__ = ["BookChecker", "TickerOracle", "check_recording", "add_arguments", "main"]
 
 
-class TickerOracle:
-    """bookTicker as an oracle of the book's best levels (one place for the rule, used offline by
-    :class:`BookChecker` and live by the feed). ``on_ticker``/``after_change`` return None when nothing was
-    checked, True when every check matched, False on a mismatch."""
-
-    def __init__(self, *, max_pending: int = 100_000, max_mismatch_examples: int = 5) -> None:
-        self.checked = 0
-        self.matched = 0
-        self.mismatched = 0
-        self.mismatches: list[dict[str, Any]] = []
-        self._max_examples = max_mismatch_examples
-        self._pending: dict[str, deque[BookTicker]] = {}  # tickers ahead of the book, in arrival order
-        self._max_pending = max_pending
-
-    def on_ticker(self, book: OrderBook, t: BookTicker) -> bool | None:
-        if t.update_id == book.last_update_id:
-            return self._check(book, t)
-        if t.update_id > book.last_update_id:
-            # bookTicker is real-time, depth diffs come every 100 ms: the diff ending at this id is still to come.
-            pend = self._pending.setdefault(t.symbol, deque())
-            if len(pend) >= self._max_pending:
-                pend.popleft()
-            pend.append(t)
-        return None
-
-    def after_change(self, book: OrderBook) -> bool | None:
-        """The book moved: check the waiting tickers of exactly its new update id, forget older ones."""
-        pend = self._pending.get(book.symbol)
-        last = book.last_update_id
-        out: bool | None = None
-        while pend and pend[0].update_id <= last:
-            t = pend.popleft()
-            if t.update_id == last:
-                r = self._check(book, t)
-                if r is not None:
-                    out = r if out is None else (out and r)
-        return out
-
-    def forget(self, symbol: str) -> None:
-        self._pending.pop(symbol, None)
-
-    def _check(self, book: OrderBook, t: BookTicker) -> bool | None:
-        if not book.is_tradeable:
-            return None
-        self.checked += 1
-        bb, ba = book.best_bid(), book.best_ask()
-        if bb == (t.bid_price, t.bid_qty) and ba == (t.ask_price, t.ask_qty):
-            self.matched += 1
-            return True
-        self.mismatched += 1
-        if len(self.mismatches) < self._max_examples:
-            self.mismatches.append({"symbol": t.symbol, "update_id": t.update_id, "book_bid": bb, "book_ask": ba,
-                                    "ticker_bid": (t.bid_price, t.bid_qty),
-                                    "ticker_ask": (t.ask_price, t.ask_qty)})
-        return False
-
-
 class BookChecker:
-    """One OrderBook per symbol (spot or USD-M futures, picked from the first diff's ``pu``). ``guard`` (a
-    :class:`daemon.plausible.FrameGuard`) refuses implausible events before they reach a book, as live."""
+    """The audit on top of :class:`daemon.binance.protocol.MarketDataProtocol` (the same object the live feed
+    and the recording backtest drive): books found in the data (spot or USD-M futures, picked from the first
+    diff's ``pu``), snapshots taken from the recording, and the oracle only counts (a mismatch must not heal the
+    book it measures). ``plausible``: refuse implausible events before they reach a book, as live."""
 
-    def __init__(self, *, max_mismatch_examples: int = 5, max_pending: int = 100_000, guard: Any = None) -> None:
-        self.books: dict[str, OrderBook] = {}
-        self.oracle = TickerOracle(max_pending=max_pending, max_mismatch_examples=max_mismatch_examples)
-        self.ignored: Counter[str] = Counter()  # events that could not be used, by reason
-        self.guard = guard
-        self._orphan_snapshots: list[DepthSnapshot] = []  # symbol-less snapshots seen before any diff
+    def __init__(self, *, max_mismatch_examples: int = 5, max_pending: int = 100_000,
+                 plausible: bool = False) -> None:
+        self.protocol = MarketDataProtocol(inline_snapshots=True, resync_on_mismatch=False, plausibility=plausible,
+                                           max_pending_tickers=max_pending,
+                                           max_mismatch_examples=max_mismatch_examples)
+        self.oracle = self.protocol.oracle
+        self.guard = self.protocol.guard
+
+    @property
+    def books(self) -> Mapping[str, BookView]:
+        return self.protocol.books
+
+    @property
+    def ignored(self) -> Counter[str]:
+        """Events that could not be used, by reason (refusals are in ``guard.refused``)."""
+        return self.protocol.ignored
 
     @property
     def checked(self) -> int:
@@ -108,43 +66,13 @@ class BookChecker:
     def mismatches(self) -> list[dict[str, Any]]:
         return self.oracle.mismatches
 
-    def on_event(self, ev: Any) -> None:
-        if self.guard is not None:
-            r = self.guard.check(ev)
-            if r is not None and r != "jump":
-                self.ignored["refused_" + r] += 1
-                return
-        if isinstance(ev, BookTicker):
-            book = self.books.get(ev.symbol)
-            if book is not None:
-                self.oracle.on_ticker(book, ev)
-        elif isinstance(ev, DepthUpdate):
-            book = self.books.get(ev.symbol)
-            if book is None:
-                book = self.books[ev.symbol] = OrderBook(ev.symbol, futures=ev.prev_final_id >= 0)
-                for s in self._orphan_snapshots:
-                    book.on_snapshot(s)
-                self._orphan_snapshots.clear()
-            if book.on_update(ev):
-                self.oracle.after_change(book)
-        elif isinstance(ev, DepthSnapshot):
-            self._on_snapshot(ev)
+    def on_frame(self, raw: bytes, recv_ns: int) -> None:
+        self.protocol.receive_frame(raw, recv_ns)
 
-    def _on_snapshot(self, s: DepthSnapshot) -> None:
-        if s.symbol:
-            book = self.books.get(s.symbol)
-            if book is None:  # snapshot before the first diff: the book starts from it
-                book = self.books[s.symbol] = OrderBook(s.symbol)
-            book.on_snapshot(s)
-            self.oracle.after_change(book)
-        elif len(self.books) == 1:  # a recording without the "symbol" key: unambiguous with one symbol
-            book = next(iter(self.books.values()))
-            book.on_snapshot(s)
-            self.oracle.after_change(book)
-        elif not self.books:
-            self._orphan_snapshots.append(s)
-        else:
-            self.ignored["ambiguous_snapshot"] += 1
+    def on_event(self, ev: Any) -> None:
+        """An already decoded event (None, an undecodable frame, is ignored)."""
+        if ev is not None:
+            self.protocol.receive_event(ev)
 
     def summary(self) -> dict[str, int]:
         books = self.books.values()
@@ -162,20 +90,18 @@ class BookChecker:
 
 
 def check_recording(paths: Iterable[str | Path]) -> tuple[BookChecker, dict[str, Any]]:
-    """Feed a recording through the decoder into a BookChecker; returns it and the reader/decoder stats."""
-    from daemon.binance.codec import FrameDecoder
+    """Feed a recording's raw frames through the protocol into a BookChecker; returns it and the reader/decoder
+    stats."""
     from daemon.recording import RecordingReader
 
-    from daemon.plausible import FrameGuard
-
     reader = RecordingReader(paths)
-    decoder = FrameDecoder()
-    checker = BookChecker(guard=FrameGuard())
+    checker = BookChecker(plausible=True)
     for recv_ns, raw in reader:
-        ev = decoder.decode(raw, recv_ns)
-        if ev is not None:
-            checker.on_event(ev)
-    return checker, {"reader": reader.stats.as_dict(), "decoder": decoder.stats}
+        checker.on_frame(raw, recv_ns)
+    st = checker.protocol.stats
+    return checker, {"reader": reader.stats.as_dict(),
+                     "decoder": {"decoded": sum(st.frames.values()), "unknown": st.unknown_frames,
+                                 "rejected": dict(st.decode_errors)}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

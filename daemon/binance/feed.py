@@ -1,39 +1,38 @@
-"""Binance combined-stream websocket client: frames in, typed events and synced order books out.
+"""Binance combined-stream websocket client: it only moves bytes. Connect, subscribe, read frames, fetch REST
+depth snapshots when the protocol asks, reconnect.
 
 The same code talks to the real venue, the spot testnet or the local venue: only the base URLs differ. Per
-connection: subscribe ``<sym>@trade/<sym>@depth@100ms`` for every symbol (in the URL, so a reconnect restores
-them), and once the stream is open fetch a REST depth snapshot per symbol while :class:`OrderBook` buffers the
-diffs. Frames are decoded once (:func:`daemon.binance.codec.decode_frame`); a bad frame is a counted, logged drop.
-A gap makes the book STALE and starts a resync (new snapshot) while diffs keep buffering. A dead connection (an
-error, or silence longer than ``stale_after_s``) marks every book stale and reconnects with exponential backoff
-and full jitter. Every raw frame and every REST snapshot body goes to ``on_raw`` (the recorder).
+connection the stream names the protocol gives (``<sym>@trade/<sym>@depth@100ms[/<sym>@bookTicker]`` for every
+symbol) are subscribed in the URL, so a reconnect restores them. Everything that knows Binance's market-data
+rules (decoding, the plausibility guard, the order books and their snapshot/diff sync, the bookTicker oracle)
+is :class:`daemon.binance.protocol.MarketDataProtocol`, sans I/O: each frame goes in with its receive time, and
+what comes out goes to the consumer, except :class:`SnapshotNeeded` requests, which this client answers with a
+``GET /api/v3/depth`` (one fetch loop per symbol until the protocol is satisfied). A dead connection (an error,
+or silence longer than ``stale_after_s``) is reported to the protocol (every book goes stale) and reconnects
+with exponential backoff and full jitter. Every raw frame and every REST snapshot body goes to ``on_raw`` (the
+recorder).
 
 Events reach the consumer after the book has processed them, either through ``on_event`` (called inline, so the
 book it reads is exactly the state after that event) or, without a callback, through the bounded ``queue``.
-Besides the decoded events the consumer sees :class:`BookStatus` on every book state change.
+The books are the protocol's: ``feed.books`` is its read-only view.
 """
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import msgspec
 import structlog
 import websockets
 from websockets.asyncio.client import connect
 
-from daemon.binance.codec import DecodeError, decode_frame, parse_depth_snapshot, stream_names
-from market.book import BookState, OrderBook
-from daemon.binance.bookcheck import TickerOracle
-from daemon.plausible import JUMP, ClockJump, FrameGuard
+from daemon.binance.protocol import FeedStats, MarketDataProtocol, SnapshotNeeded
 from daemon.config import FeedConfig
-from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+from market.book import BookView
+from market.events import BookStatus, BookTicker, DepthSnapshot, DepthUpdate, Trade
 
 __all__ = ["BinanceFeed", "BookStatus", "FeedStats", "backoff_delay"]
 
@@ -42,56 +41,9 @@ log = structlog.get_logger(__name__)
 RawHook = Callable[..., None]  # (recv_ns, raw) for frames; (recv_ns, raw, symbol) for REST snapshots
 
 
-class BookStatus(msgspec.Struct, frozen=True, gc=False):
-    """A book changed state: ``state`` is a BookState value, ``reason`` why (gap, disconnect, snapshot, ...)."""
-
-    symbol: str
-    state: str
-    reason: str
-    last_update_id: int
-    ts_recv: int
-
-
-@dataclass
-class FeedStats:
-    frames: Counter = field(default_factory=Counter)  # valid frames by subscribed stream name, else "other"
-    decode_errors: Counter = field(default_factory=Counter)  # dropped frames by DecodeError.reason
-    unknown_frames: int = 0  # valid JSON we do not use (subscription replies, other event types)
-    connects: int = 0
-    reconnects: int = 0
-    stale_timeouts: int = 0  # connections closed for silence
-    snapshot_fetches: int = 0  # snapshots received and handed to a book
-    snapshot_errors: Counter = field(default_factory=Counter)  # by reason (http status, decode reason, network)
-    resyncs: int = 0  # snapshots that brought a STALE book back to SYNCED
-    gaps: int = 0  # sync losses detected on a SYNCED book while streaming (gap, rejected, crossed)
-    queue_full_waits: int = 0  # times the consumer queue was full (the reader waited: backpressure)
-    queue_depth_max: int = 0
-    refused: Counter = field(default_factory=Counter)  # implausible events dropped, by (symbol, reason)
-    clock_jumps: int = 0  # confirmed jumps of a stream's clock (handled as gaps)
-    oracle_checked: int = 0  # bookTicker frames compared with the book at the same update id
-    oracle_mismatches: int = 0  # ... that disagreed (the book was marked stale and resynced)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"frames": dict(self.frames), "decode_errors": dict(self.decode_errors),
-                "unknown_frames": self.unknown_frames, "connects": self.connects, "reconnects": self.reconnects,
-                "stale_timeouts": self.stale_timeouts, "snapshot_fetches": self.snapshot_fetches,
-                "snapshot_errors": dict(self.snapshot_errors), "resyncs": self.resyncs, "gaps": self.gaps,
-                "queue_full_waits": self.queue_full_waits, "queue_depth_max": self.queue_depth_max,
-                "refused": {f"{s}/{r}": n for (s, r), n in self.refused.items()}, "clock_jumps": self.clock_jumps,
-                "oracle_checked": self.oracle_checked, "oracle_mismatches": self.oracle_mismatches}
-
-
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
     return rng.uniform(0.0, min(max_s, initial_s * (2.0 ** min(attempt, 60))))
-
-
-def _stream_of(raw: bytes) -> str:
-    if raw[:11] == b'{"stream":"':
-        j = raw.find(b'"', 11)
-        if j > 0:
-            return raw[11:j].decode("ascii", "replace")
-    return "?"
 
 
 class BinanceFeed:
@@ -108,22 +60,13 @@ class BinanceFeed:
         self.on_event = on_event
         self.on_raw = on_raw
         self.clock = clock
-        self.books: dict[str, OrderBook] = {s: OrderBook(s, max_buffer=cfg.max_buffered_updates)
-                                            for s in self.symbols}
+        # the protocol owns the books, the guard and the oracle; this client feeds it frames and snapshots
+        self.protocol = MarketDataProtocol(self.symbols, cfg, filters=filters, speed=speed,
+                                           extra_streams=extra_streams, depth_ms=depth_ms)
         self.queue: asyncio.Queue = asyncio.Queue(cfg.queue_size)
-        self.stats = FeedStats()
-        # implausible events are refused before the book and the bars see them; bookTicker checks the book live
-        self.guard = FrameGuard(cfg, filters, speed)
-        self.stats.refused = self.guard.refused
-        self.oracle = TickerOracle(max_pending=1024)
-        if cfg.book_oracle and "bookTicker" not in extra_streams:
-            extra_streams = (*extra_streams, "bookTicker")
-        streams = []
-        for s in self.symbols:
-            streams += stream_names(s, depth_ms) + [f"{s.lower()}@{x}" for x in extra_streams]
-        self.streams = streams
-        self._stream_keys = frozenset(streams)  # stats.frames keys: a venue's stream names cannot grow the Counter
-        self.url = f"{self.ws_base}/stream?streams={'/'.join(streams)}"
+        self.stats: FeedStats = self.protocol.stats  # one counter set: transport fields are counted here
+        self.streams = self.protocol.streams
+        self.url = f"{self.ws_base}/stream?streams={'/'.join(self.streams)}"
         self._rng = random.Random(seed)
         self._stopping = False
         self._ws: Any = None
@@ -184,8 +127,8 @@ class BinanceFeed:
         got = False
         self._last_recv = time.monotonic()
         watchdog = asyncio.create_task(self._watchdog(ws), name="feed-watchdog")
-        for sym in self.symbols:
-            self._start_fetch(sym)
+        for req in self.protocol.connection_made(self.clock()):
+            self._start_fetch(req.symbol)
         try:
             while True:
                 try:
@@ -216,82 +159,23 @@ class BinanceFeed:
         for t in self._fetching.values():
             t.cancel()
         self._fetching.clear()
-        now = self.clock()
-        for sym, book in self.books.items():
-            before = book.state
-            book.mark_stale("disconnect")
-            if before is not book.state or before is BookState.SYNCED:
-                self._emit_now(BookStatus(sym, book.state.value, "disconnect", book.last_update_id, now))
+        for ev in self.protocol.connection_lost(self.clock()):
+            self._emit_now(ev)
+
+    @property
+    def books(self) -> Mapping[str, BookView]:
+        """The protocol's books (read-only view)."""
+        return self.protocol.books
 
     # ------------------------------------------------------------------ frames
     async def _on_frame(self, raw: bytes, recv_ns: int) -> None:
         if self.on_raw is not None:
             self.on_raw(recv_ns, raw)
-        try:
-            ev = decode_frame(raw, recv_ns)
-        except DecodeError as e:
-            self.stats.decode_errors[e.reason] += 1
-            log.warning("feed_frame_dropped", reason=e.reason, frame=bytes(raw[:120]))
-            return
-        if ev is None:
-            self.stats.unknown_frames += 1
-            return
-        stream = _stream_of(raw)
-        self.stats.frames[stream if stream in self._stream_keys else "other"] += 1
-        refused = self.guard.check(ev)
-        if refused is not None:
-            if refused is not JUMP:
-                n = self.stats.refused[(ev.symbol, refused)]
-                if str(n).rstrip("0") == "1":  # 1st, 10th, 100th ...: a flood cannot flood the log
-                    log.warning("feed_event_refused", reason=refused, count=n, frame=bytes(raw[:160]))
-                return
-            self.stats.clock_jumps += 1
-            kind = "trade" if type(ev) is Trade else "depth"
-            log.warning("feed_clock_jump", symbol=ev.symbol, kind=kind, ts_event=ev.ts_event)
-            await self._emit(ClockJump(ev.symbol, kind, ev.ts_event, recv_ns))
-        if type(ev) is BookTicker:
-            book = self.books.get(ev.symbol)
-            if book is not None and book.is_tradeable:
-                self._oracle_result(book, self.oracle.on_ticker(book, ev), recv_ns)
-        elif type(ev) is DepthUpdate:
-            book = self.books.get(ev.symbol)
-            if book is None:
-                self.stats.decode_errors["unknown_symbol"] += 1
-                return
-            was_synced = book.state is BookState.SYNCED
-            if book.on_update(ev) and self._oracle_result(book, self.oracle.after_change(book), recv_ns):
-                await self._emit(ev)
-                return
-            if was_synced and book.state is not BookState.SYNCED:
-                self.stats.gaps += 1
-                reason = book.stats.stale_reasons.most_common(1)[0][0] if book.stats.stale_reasons else "gap"
-                await self._emit(ev)
-                await self._emit(BookStatus(ev.symbol, book.state.value, reason, book.last_update_id, recv_ns))
+        for ev in self.protocol.receive_frame(raw, recv_ns):
+            if type(ev) is SnapshotNeeded:
                 self._start_fetch(ev.symbol)
-                return
-            if book.state is BookState.STALE and ev.symbol not in self._fetching:
-                self._start_fetch(ev.symbol)  # e.g. a snapshot too old for the buffer: ask again
-        elif type(ev) is DepthSnapshot:  # not expected on a stream; never trusted as a book source here
-            self.stats.unknown_frames += 1
-            return
-        await self._emit(ev)
-
-    def _oracle_result(self, book: OrderBook, ok: bool | None, recv_ns: int) -> bool:
-        """A bookTicker check's outcome; a mismatch marks the book stale and resyncs it. True on a mismatch."""
-        if ok is None:
-            return False
-        self.stats.oracle_checked += 1
-        if ok:
-            return False
-        self.stats.oracle_mismatches += 1
-        sym = book.symbol
-        log.warning("book_oracle_mismatch", symbol=sym, update_id=book.last_update_id, best_bid=book.best_bid(),
-                    best_ask=book.best_ask())
-        book.mark_stale("oracle_mismatch")
-        self.oracle.forget(sym)
-        self._emit_now(BookStatus(sym, book.state.value, "oracle_mismatch", book.last_update_id, recv_ns))
-        self._start_fetch(sym)
-        return True
+            else:
+                await self._emit(ev)
 
     async def _emit(self, ev: Any) -> None:
         if self.on_event is not None:
@@ -322,13 +206,14 @@ class BinanceFeed:
             self._fetching[sym] = asyncio.create_task(self._fetch_loop(sym), name=f"feed-snapshot-{sym}")
 
     async def _fetch_loop(self, sym: str) -> None:
-        """Fetch snapshots until the book is SYNCED (a snapshot older than the buffered diffs needs another)."""
-        book = self.books[sym]
+        """Fetch snapshots until the protocol's book is synced (a snapshot older than the buffered diffs, or one
+        the oracle disproves, needs another); back off after failures."""
+        proto = self.protocol
         attempt = 0
         try:
-            while book.state is not BookState.SYNCED and not self._stopping:
+            while proto.needs_snapshot(sym) and not self._stopping:
                 ok = await self._fetch_once(sym)
-                if book.state is BookState.SYNCED:
+                if not proto.needs_snapshot(sym):
                     return
                 delay = backoff_delay(attempt, self.cfg.reconnect_initial_s / 5, self.cfg.reconnect_max_s,
                                       self._rng) if not ok else 0.05
@@ -339,6 +224,7 @@ class BinanceFeed:
                 del self._fetching[sym]
 
     async def _fetch_once(self, sym: str) -> bool:
+        """One ``GET /api/v3/depth``, handed to the protocol. False: no usable snapshot (back off)."""
         url = f"{self.rest_base}/api/v3/depth"
         params = {"symbol": sym, "limit": str(self.cfg.snapshot_limit)}
         assert self._http is not None
@@ -356,36 +242,18 @@ class BinanceFeed:
         recv_ns = self.clock()
         if self.on_raw is not None:
             self.on_raw(recv_ns, body, sym)
-        try:
-            snap = parse_depth_snapshot(body, sym, recv_ns)
-        except DecodeError as e:
-            self.stats.snapshot_errors[e.reason] += 1
-            log.warning("feed_snapshot_dropped", symbol=sym, reason=e.reason)
-            return False
-        refused = self.guard.check(snap)
-        if refused is not None:
-            self.stats.snapshot_errors[refused] += 1
-            log.warning("feed_snapshot_refused", symbol=sym, reason=refused)
-            return False
-        book = self.books[sym]
-        was_stale = book.state is BookState.STALE
-        book.on_snapshot(snap)
-        self.stats.snapshot_fetches += 1
-        if book.state is BookState.SYNCED and self._oracle_result(book, self.oracle.after_change(book), recv_ns):
-            return True  # the snapshot lied (the tickers of its id disagree): the fetch loop asks again
-        if book.state is BookState.SYNCED:
-            if was_stale:
-                self.stats.resyncs += 1
-            await self._emit(snap)
-            await self._emit(BookStatus(sym, book.state.value, "resync" if was_stale else "snapshot",
-                                        book.last_update_id, recv_ns))
-        return True
+        ok = True
+        for ev in self.protocol.receive_snapshot(sym, body, recv_ns):
+            if type(ev) is SnapshotNeeded:
+                ok = ok and not ev.backoff  # this loop is the one fetching: it asks again while needed
+            else:
+                await self._emit(ev)
+        return ok
 
     # ------------------------------------------------------------------ views
     def counters(self) -> dict[str, Any]:
         """Feed + book counters for the metrics collector."""
-        return {"feed": self.stats.as_dict(),
-                "books": {s: {"state": b.state.value, **b.stats.as_dict()} for s, b in self.books.items()}}
+        return self.protocol.counters()
 
 
 # re-exported for consumers that type-switch on events
