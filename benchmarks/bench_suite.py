@@ -19,7 +19,7 @@ Sections (``--skip`` takes their names):
               ``inplace_predict`` (native-cpu) and PyTorch eager (torch-cpu);
 * tick      — tick-to-decision: LocalVenue(ReplaySource(speed=10)) -> BinanceFeed -> TradingPipeline with the
               warmed engine sets, latency = decision done - frame receive time (TradingPipeline.latencies_ns);
-* backtest  — wall time of ``tradingd backtest`` on the 90-day BTC klines, if daemon/backtest/run.py exists;
+* backtest  — wall time of ``tradingd backtest`` on the 90-day BTC klines, if daemon/backtest/cli.py exists;
 * soak      — ``--soak MINUTES``: the recording replayed in a loop venue -> feed -> book -> bars (-> pipeline),
               RSS sampled every few seconds; start/end/max and growth in MB/h by a least-squares line.
 
@@ -524,8 +524,8 @@ def sec_tick(t: Table, cfg, sets, k1m, speed: float, passes: int = 3) -> None:
 
 # ------------------------------------------------------------------------------------------------ backtest
 def sec_backtest(t: Table, extra: str = "", timeout_s: float = 900.0) -> None:
-    if not (ROOT / "daemon" / "backtest.py").exists():
-        t.missing("backtest", "tradingd backtest, 90-day BTC 1m klines", "daemon/backtest/run.py missing")
+    if not (ROOT / "daemon" / "backtest" / "cli.py").exists():
+        t.missing("backtest", "tradingd backtest, 90-day BTC 1m klines", "daemon/backtest/cli.py missing")
         return
     import shlex
     import tempfile

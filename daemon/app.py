@@ -384,7 +384,8 @@ class Daemon:
         venue.api_key_env / venue.api_secret_env (daemon.secrets).
         The broker's session, clock sync, credential check and restart reconciliation run in the supervised
         task "broker" (a refusal: start-up failure, exit 3); sends wait for it."""
-        from daemon.binance.testnet import BinanceRestClient, TestnetBroker, TestnetError
+        from daemon.binance.rest import BinanceRestClient
+        from daemon.binance.testnet import TestnetBroker, TestnetError
         cfg = self.cfg
         if cfg.venue.mode == "replay":
             raise StartupError("broker.kind = testnet needs venue.mode simulate or remote: a replayed recording "

@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("daemon.record_cli", "record raw frames from a venue to rotating compressed files"),
     "train": ("daemon.train_cli", "train XGBoost and LSTM models and publish them to the registry"),
     "doctor": ("engines.doctor", "report Python/CPU/GPU/CUDA/TensorRT/XGBoost/ONNX Runtime and chosen backends"),
-    "backtest": ("daemon.backtest.run", "backtest the live pipeline over klines or a recording, with a report"),
+    "backtest": ("daemon.backtest.cli", "backtest the live pipeline over klines or a recording, with a report"),
 }
 
 

@@ -47,7 +47,6 @@ Test knobs (never reachable over HTTP): :meth:`OrderApi.inject_rate_limit`, :met
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import os
@@ -56,20 +55,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 import structlog
 from aiohttp import web
 
+from daemon.binance.rest import sign
+from daemon.venue.base import OutFrame, VenueLike
 from market.matching import walk_levels
 
-if TYPE_CHECKING:
-    from daemon.venue.replay import OutFrame
-    from daemon.venue.server import LocalVenue
-
-__all__ = ["OrderApi", "attach_order_api", "sign", "DEFAULT_KEY_ENV", "DEFAULT_SECRET_ENV"]
+__all__ = ["OrderApi", "attach_order_api", "DEFAULT_KEY_ENV", "DEFAULT_SECRET_ENV"]
 
 log = structlog.get_logger(__name__)
 
@@ -88,11 +85,6 @@ _UINT_RE = re.compile(r"[0-9]{1,20}")  # ASCII digits only (str.isdigit() accept
 
 def _uint(v: str) -> bool:
     return _UINT_RE.fullmatch(v) is not None
-
-
-def sign(secret: str, payload: str) -> str:
-    """Binance's HMAC-SHA256 signature (lower-case hex) of ``payload`` (totalParams) with ``secret``."""
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
 
 def _fmt(x: float) -> str:
@@ -198,7 +190,7 @@ class OrderApi:
 
     def __init__(self, source: Any, *, maker_fee: float = 0.001, taker_fee: float = 0.001,
                  commission_in: str = "received", fill_at_touch: bool = True,
-                 venue: LocalVenue | None = None) -> None:
+                 venue: VenueLike | None = None) -> None:
         self.source = source
         self.venue = venue
         self.sims = getattr(source, "sims", None)
@@ -645,7 +637,7 @@ class OrderApi:
                     self._fill(acct, o, o.price, min(avail, o.remaining), maker=True, now=now)
 
 
-def attach_order_api(app: web.Application, venue: LocalVenue) -> OrderApi:
+def attach_order_api(app: web.Application, venue: VenueLike) -> OrderApi:
     """Register the order endpoints on the venue's app and route its published frames through the matcher.
 
     Credentials: none until :meth:`OrderApi.add_key`, except that a key/secret pair found in the environment

@@ -18,7 +18,7 @@ import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -26,27 +26,13 @@ import structlog
 
 from daemon.config import SimulatorConfig
 from daemon.recording import RecordingReader
+from daemon.venue.base import OutFrame, Publisher
 from daemon.venue.simulator import MINUTE_MS, MarketSimulator, exchange_info, klines_rows
 
 if TYPE_CHECKING:
     from engines.data import Klines
 
-if TYPE_CHECKING:
-    from daemon.venue.server import LocalVenue
-
 log = structlog.get_logger(__name__)
-
-
-class OutFrame(NamedTuple):
-    """One frame the venue publishes: the combined-stream envelope bytes and (lazily) the bare payload bytes."""
-
-    stream: str
-    kind: str  # "depth" | "trade" | "bookTicker" | "other"
-    ids: tuple[int, int] | None  # (U, u) of a depth diff
-    combined: bytes
-    data: bytes | None = None  # bare payload for /ws/<stream> clients; None: derived from `combined`
-    recv_ns: int = 0
-    symbol: str = ""
 
 
 class _TrueBook:
@@ -245,7 +231,7 @@ class ReplaySource:
         return klines_rows(bars, interval, start_ms, end_ms, limit)
 
     # ---------------------------------------------------------------- stream
-    async def run(self, venue: LocalVenue) -> None:
+    async def run(self, venue: Publisher) -> None:
         """Publish the frames in recorded order, paced by ``speed``; pause while nobody listens."""
         if not self.frames:
             self.done = True

@@ -22,7 +22,6 @@ import signal
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import orjson
 import structlog
@@ -31,7 +30,8 @@ from aiohttp import WSMsgType, web
 from daemon.config import FaultConfig, SimulatorConfig
 from market.events import TIMEFRAME_SECONDS
 from daemon.venue.faults import FaultInjector, FaultStats, SnapshotFaults
-from daemon.venue.replay import OutFrame, ReplaySource
+from daemon.venue.base import OutFrame, Publisher, Source
+from daemon.venue.replay import ReplaySource
 from daemon.venue.simulator import MarketSimulator, exchange_info
 
 log = structlog.get_logger(__name__)
@@ -45,55 +45,6 @@ PONG_TIMEOUT_S = 60.0  # Binance: no pong within a minute -> disconnected
 MAX_STREAMS = 1024  # Binance: a single connection can listen to a maximum of 1024 streams
 WS_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")  # Binance: int64, alphanumeric string of at most 36, or null
-
-
-class Source(Protocol):
-    symbols: list[str]
-
-    async def run(self, venue: LocalVenue) -> None: ...
-    def depth(self, symbol: str, limit: int) -> dict | None: ...
-    def klines(self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None,
-               limit: int) -> list[list]: ...
-    def exchange_info(self, server_ms: int) -> dict: ...
-    def server_time_ms(self) -> int: ...
-
-
-class SimulatorSource:
-    """Drives one :class:`MarketSimulator` per symbol from the wall clock (the only clock read is here)."""
-
-    def __init__(self, symbols: list[str] | tuple[str, ...], cfg: SimulatorConfig = SimulatorConfig(),
-                 start_ns: int | None = None) -> None:
-        self.cfg = cfg
-        self.symbols = [s.upper() for s in symbols]
-        self.start_ns = time.time_ns() if start_ns is None else start_ns
-        self._wall0: int | None = None
-        self._t_ns = self.start_ns
-        self.speed = cfg.speed
-        self.max_batch_ns = 50 * cfg.depth_interval_ms * 1_000_000  # most event time simulated per loop turn
-        self.sims = {s: MarketSimulator(cfg, s, self.start_ns) for s in self.symbols}
-        self.done = False
-
-    def _now_ns(self) -> int:
-        """Event time: ``simulator.speed`` event seconds per wall second since :meth:`run` began (the market
-        opens then: a daemon that trains for minutes first does not wait for a simulated backlog)."""
-        if self._wall0 is None:
-            return self.start_ns
-        return self.start_ns + int((time.monotonic_ns() - self._wall0) * self.speed)
-
-    def now_ns(self) -> int:
-        """The market's time: up to where the simulators have run and published (what the clients have seen)."""
-        return self._t_ns
-
-    def open(self) -> None:
-        """Start the event clock (once)."""
-        if self._wall0 is None:
-            self._wall0 = time.monotonic_ns()
-
-    def depth(self, symbol: str, limit: int) -> dict | None: ...
-    def klines(self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None,
-               limit: int) -> list[list]: ...
-    def exchange_info(self, server_ms: int) -> dict: ...
-    def server_time_ms(self) -> int: ...
 
 
 class SimulatorSource:
@@ -139,7 +90,7 @@ class SimulatorSource:
     def server_time_ms(self) -> int:
         return self._t_ns // 1_000_000
 
-    async def run(self, venue: LocalVenue) -> None:
+    async def run(self, venue: Publisher) -> None:
         dt = max(self.cfg.depth_interval_ms / 1000.0 / self.speed, 0.01)  # wall seconds between batches
         self.open()
         while True:

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from daemon.backtest.run import BacktestOptions, SymbolRules, SynthBook, run_backtest, walk_forward_windows
+from daemon.backtest.klines import SynthBook, run_backtest
+from daemon.backtest.options import BTCUSDT_FILTERS, BacktestOptions, walk_forward_windows
 from daemon.config import config_from_dict
 
 DAY = 86_400_000_000_000
@@ -239,7 +240,7 @@ def test_streamed_parallel_run_equals_serial_run(k6, tmp_path):
 
 
 def test_synth_book_costs_always_on():
-    b = SynthBook(SymbolRules(), spread_bps=1.0, level_bps=0.5, levels=5, level_notional=10_000)
+    b = SynthBook(BTCUSDT_FILTERS, spread_bps=1.0, level_bps=0.5, levels=5, level_notional=10_000)
     b.set_mid(60_000.0)
     bid, ask = b.best_bid()[0], b.best_ask()[0]
     assert bid < 60_000 < ask and ask - bid == pytest.approx(6.0, abs=0.011)
@@ -329,7 +330,7 @@ def k_all(btc_klines_path):
 
 
 def test_fit_windows_rule():
-    from daemon.backtest.run import DataTooShort, fit_windows
+    from daemon.backtest.options import DataTooShort, fit_windows
     f = fit_windows(90 * DAY, 30, 7)  # long enough: exactly what was asked (the 90-day run is unchanged)
     assert (f.train_days, f.test_days, f.adapted) == (30, 7, False)
     assert not fit_windows(37 * DAY, 30, 7).adapted
@@ -382,7 +383,7 @@ def test_too_short_file_exits_2_naming_the_file_and_its_length(k_all, tmp_path, 
 
 def test_little_traded_share_warns(k_all, tmp_path, capsys):
     """A run that trades under TRADED_SHARE_WARN of the span (30 min of 10 days) runs, and warns everywhere."""
-    from daemon.backtest.run import TRADED_SHARE_WARN
+    from daemon.backtest.options import TRADED_SHARE_WARN
     from daemon.cli import main as cli
     p = tmp_path / "BTCUSDT-1m.csv"
     _write_csv(p, _rows(k_all, 10 * 1440))
@@ -459,7 +460,7 @@ def rec_registry(k6, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rec_runs(rec_registry, binance_recording, k6, tmp_path_factory):
-    from daemon.backtest.run import run_recording_backtest
+    from daemon.backtest.recording import run_recording_backtest
     hist = _synthetic_history(k6, _first_trade(binance_recording))
     out = tmp_path_factory.mktemp("rec_report")
     a = run_recording_backtest(binance_recording, rec_registry, out, cfg=REC_CFG, timeframes=("1m",), history=hist)
@@ -561,7 +562,7 @@ def test_recording_report_accounts_for_the_equity_change(rec_runs):
 
 
 def test_recording_replay_is_deterministic(rec_runs):
-    from daemon.backtest.run import decision_key
+    from daemon.backtest.recording import decision_key
     a, b = rec_runs[0], rec_runs[1]
     ka, kb = [decision_key(d) for d in a.decisions], [decision_key(d) for d in b.decisions]
     assert ka == kb and any(d.fills for d in a.decisions)

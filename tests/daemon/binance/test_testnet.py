@@ -26,9 +26,9 @@ from daemon.config import BrokerConfig, SimulatorConfig
 from market.events import OrderIntent, OrderStatus, OrderType, Side, Trade
 from daemon.store import SQLiteStore
 from daemon.storewriter import StoreWriter
-from daemon.binance.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, TestnetError, fmt_step
-from daemon.venue.orders import sign
-from daemon.venue.replay import OutFrame
+from daemon.binance.rest import BinanceApiError, BinanceRestClient, fmt_step, sign
+from daemon.binance.testnet import TestnetBroker, TestnetError
+from daemon.venue.base import OutFrame
 from daemon.venue.server import LocalVenue, SimulatorSource
 from strategies.sizing import is_dust
 
