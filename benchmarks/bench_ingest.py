@@ -11,6 +11,8 @@ costs ~0.05-0.1 µs and is included. Rows:
 * book apply: ``OrderBook.on_update`` per diff (after the recorded snapshot), and a best bid+ask query;
 * guard check: ``FrameGuard.check`` (daemon/plausible.py: time, size, duplicate checks the feed runs between
   decode and book/bars) per depth / trade / bookTicker event;
+* protocol frame in: ``MarketDataProtocol.receive_frame`` per depth / trade / bookTicker frame (decode + guard +
+  book + bookTicker oracle + events out: the live feed's whole per-frame work without the socket);
 * bar update: ``BarBuilder.on_trade`` per trade, 4 timeframes (skipped with a note if market.bars is missing);
 * combined: decode + book per depth frame, decode + bars per trade frame, and the whole pipeline (every depth and
   trade frame in arrival order) per frame and amortised per depth frame (total time / depth frames).
@@ -128,6 +130,25 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             g = FrameGuard()  # fresh: trade ids are not refused as duplicates of the previous pass
             g_s += _time_each(g.check, evs)
         figs[name] = _fig(g_s)
+
+    # ---------------------------------------------------------------------------------------- protocol
+    # the live per-frame work without the socket: decode + guard + book + oracle + events out, as the feed,
+    # book-check and the recording backtest drive it (daemon/binance/protocol.py)
+    from daemon.binance.protocol import MarketDataProtocol
+    proto_s: dict[type, list[int]] = {DepthUpdate: [], Trade: [], BookTicker: []}
+    for _ in range(args.repeat):
+        proto = MarketDataProtocol(["BTCUSDT"])
+        for ev, (ns, raw) in zip(events, frames):
+            if isinstance(ev, DepthSnapshot):  # REST, not the websocket hot path
+                proto.receive_snapshot("BTCUSDT", raw, ns)
+                continue
+            t0 = perf_counter_ns()
+            proto.receive_frame(raw, ns)
+            proto_s[type(ev)].append(perf_counter_ns() - t0)
+        assert proto.oracle.checked == proto.oracle.matched > 0 and proto.stats.gaps == 0
+    for name, typ in (("protocol frame in: depth", DepthUpdate), ("protocol frame in: trade", Trade),
+                      ("protocol frame in: bookTicker", BookTicker)):
+        figs[name] = _fig(proto_s[typ])
 
     # ---------------------------------------------------------------------------------------- bars
     try:

@@ -1,14 +1,15 @@
 """``tradingd backtest --recording``: a raw recording replayed through the live path, with a report.
 
 Over a raw recording (``--recording PATH... --registry DIR [--history CSV]``, :func:`run_recording_backtest`):
-the ``<recv_ns> <frame>`` files are replayed through the live path itself (decode_frame -> OrderBook ->
-TradingPipeline.on_trade -> paper broker walking the recorded L2 book), on the recording's receive times and as
-fast as the CPU goes. A recording is minutes long, far less than the features' warm-up and no training set, so
+the ``<recv_ns> <frame>`` files are replayed through the live path itself (the live feed's sans-I/O protocol:
+decode -> guard -> OrderBook + snapshot sync -> oracle; then TradingPipeline -> paper broker walking the recorded
+L2 book), on the recording's receive times and as fast as the CPU goes. A recording is minutes long, far less than the features' warm-up and no training set, so
 the models are the registry's CURRENT versions (``EngineSet.load``, as ``tradingd run``) and the feature state is
 primed from ``--history`` 1m klines ending before the recording (without it, predictions start after the
 warm-up, and the command says so). Equity is marked on the book mid every minute; every fill (bar-close orders,
 stop/TP exits, resting or latency-delayed orders) reaches the report through a tap on the broker. Undecodable
-frames are counted drops (``counters.replay.decode_dropped.<reason>``), never a crash.
+frames are counted drops (``counters.replay.decode_dropped.<reason>``), implausible events counted refusals
+(``counters.replay.refused.<reason>``), never a crash.
 """
 from __future__ import annotations
 
@@ -152,7 +153,8 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
                            progress=None) -> RecordingResult:
     """Replay a raw ``<recv_ns> <frame>`` recording through the live path and report on it.
 
-    decode_frame -> OrderBook (the real L2 book; the broker walks it for fills) -> TradingPipeline.on_trade
+    MarketDataProtocol (the live feed's: decode, guard, the real L2 book the broker walks for fills, snapshot sync,
+    oracle) -> TradingPipeline.on_trade
     (bars -> features -> engines -> optimizer -> risk -> paper broker), time = the recording's receive times,
     as fast as the CPU goes. Models: the CURRENT versions in ``registry`` (EngineSet.load, as ``tradingd run``).
     ``history``: 1m Bars or Klines ending before the recording, primed into the feature state at the first
@@ -161,12 +163,11 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     every position is closed on the last book, so the trade list accounts for the whole equity change."""
     import msgspec
 
-    from daemon.binance.codec import DecodeError, decode_frame
-    from market.book import OrderBook
+    from daemon.binance.protocol import ClockJump, MarketDataProtocol
     from daemon.broker import PaperBroker
     from daemon.config import Config
     from daemon.engineset import EngineSet
-    from market.events import BookTicker, DepthSnapshot, DepthUpdate, Trade
+    from market.events import BookStatus, BookTicker, DepthSnapshot, DepthUpdate, Trade
     from daemon.pipeline import TradingPipeline, history_bars_needed
     from daemon.recording import RecordingReader
     from daemon.backtest.report import ReportData, RunResult, TradeLedger, compute_metrics, write_report
@@ -232,8 +233,12 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     c: Counter[str] = Counter()
     ledger = TradeLedger()
     clock = _ReplayClock()
-    st: dict[str, Any] = {"sym": symbol, "pipe": None, "book": None, "tap": None}
-    pending_snaps: list = []
+    st: dict[str, Any] = {"sym": symbol, "pipe": None, "tap": None}
+    # the live feed's protocol object (replay = live); the recording carries the REST snapshots inline and its
+    # symbols are found in the data. It owns the books: the pipeline and the broker read them through its view.
+    proto = MarketDataProtocol(cfg=cfg.feed, filters={rules.symbol: rules} if rules is not None else None,
+                               inline_snapshots=True)
+    books = proto.books
     mark_ts: list[int] = []
     mark_eq: list[float] = []
     mark_pos: list[float] = []
@@ -246,17 +251,14 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     def start(sym: str) -> None:
         rules_ = rules if rules is not None and rules.symbol == sym else default_filters(sym)
         filters = {sym: rules_}
-        book = OrderBook(sym)
         broker = PaperBroker(broker_cfg, store, symbols=(sym,), filters=filters)
         tap = _FillTap(broker, ledger, broker_cfg.book_depth)
         opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=broker_cfg.taker_fee,
                                     timeframes=tfs, starting_equity=cash)
         pipe = TradingPipeline(cfg, (sym,), engine_sets, opt, RiskManager(cfg.risk, filters), tap, store=None,
-                               clock=clock, books={sym: book}, bar_sink=None, keep=None, timeframes=tfs)
-        st.update(sym=sym, pipe=pipe, book=book, tap=tap)
+                               clock=clock, books=books, bar_sink=None, keep=None, timeframes=tfs)
+        st.update(sym=sym, pipe=pipe, tap=tap)
         info["rules"] = msgspec.structs.asdict(rules_)
-        for s in pending_snaps:
-            book.on_snapshot(DepthSnapshot(sym, s.last_update_id, s.bids, s.asks, s.ts_recv))
 
     def prime(first: Trade) -> None:
         start_min = first.ts_event - first.ts_event % _M
@@ -279,9 +281,9 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
 
     def mark_until(ts: int) -> None:
         nonlocal next_mark
-        pipe, book = st["pipe"], st["book"]
+        pipe, book = st["pipe"], books.get(st["sym"])
         while ts >= next_mark:
-            m = book.mid() if book.is_tradeable else None
+            m = book.mid() if book is not None and book.is_tradeable else None
             px = float(m) if m is not None else last_price
             pf = pipe.broker.portfolio
             q = pf.qty(st["sym"])
@@ -294,68 +296,61 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     t_run = time.perf_counter()
     for recv_ns, raw in reader:
         c["frames"] += 1
-        try:
-            ev = decode_frame(raw, recv_ns)
-        except DecodeError as e:
-            c[f"decode_dropped.{e.reason}"] += 1
-            continue
-        if ev is None:
-            c["frames_ignored"] += 1
-            continue
-        sym = st["sym"]
-        t = type(ev)
-        if t is DepthSnapshot:
-            c["snapshots"] += 1
-            if ev.symbol and sym and ev.symbol != sym:
-                c["other_symbol_frames"] += 1
-            elif st["book"] is not None:
-                st["book"].on_snapshot(ev if ev.symbol else DepthSnapshot(sym, ev.last_update_id, ev.bids,
-                                                                          ev.asks, ev.ts_recv))
-            elif ev.symbol and sym is None:
+        for ev in proto.receive_frame(raw, recv_ns):
+            t = type(ev)
+            if t is BookTicker:
+                c["book_tickers"] += 1
+                continue
+            if t is DepthSnapshot:
+                c["snapshots"] += 1
+            sym = st["sym"]
+            if sym is None:
                 start(ev.symbol)
-                st["book"].on_snapshot(ev)
+                sym = ev.symbol
+            elif st["pipe"] is None:
+                start(sym)
+            if ev.symbol != sym:
+                c["other_symbol_frames"] += 1
+                continue
+            pipe = st["pipe"]
+            if t is DepthSnapshot or t is BookStatus or t is ClockJump:
+                pipe.on_event(ev)  # as live: a snapshot meets resting orders, a status is counted, a jump is a gap
+                continue
+            book = books.get(sym)
+            last_ts = max(last_ts, ev.ts_recv)
+            if next_mark:
+                mark_until(ev.ts_recv)
+            if t is DepthUpdate:
+                c["depth_updates"] += 1
+                pipe.on_depth(sym, book, ev.ts_recv)
+            elif t is Trade:
+                c["trades"] += 1
+                if not first_trade_ts:
+                    first_trade_ts = ev.ts_recv
+                    prime(ev)
+                    # the curve starts with the cash at the first trade; marks follow every whole minute
+                    mark_ts.append(ev.ts_recv)
+                    mark_eq.append(cash)
+                    mark_pos.append(0.0)
+                    mark_px.append(ev.price)
+                    next_mark = ev.ts_recv - ev.ts_recv % _M + _M
+                clock.ts = ev.ts_recv
+                clock.t0 = time.perf_counter_ns()
+                pipe.on_trade(ev, book)
+                if ev.price > 0 and math.isfinite(ev.price):
+                    last_price = ev.price
             else:
-                pending_snaps.append(ev)  # applied when the symbol is known
-            continue
-        if t is BookTicker:
-            c["book_tickers"] += 1
-            continue
-        if sym is None:
-            start(ev.symbol)
-            sym = ev.symbol
-        elif st["pipe"] is None:
-            start(sym)
-        if ev.symbol != sym:
-            c["other_symbol_frames"] += 1
-            continue
-        pipe, book = st["pipe"], st["book"]
-        last_ts = max(last_ts, ev.ts_recv)
-        if next_mark:
-            mark_until(ev.ts_recv)
-        if t is DepthUpdate:
-            c["depth_updates"] += 1
-            book.on_update(ev)
-            pipe.on_depth(sym, book, ev.ts_recv)
-        elif t is Trade:
-            c["trades"] += 1
-            if not first_trade_ts:
-                first_trade_ts = ev.ts_recv
-                prime(ev)
-                # the curve starts with the cash at the first trade; marks follow every whole minute
-                mark_ts.append(ev.ts_recv)
-                mark_eq.append(cash)
-                mark_pos.append(0.0)
-                mark_px.append(ev.price)
-                next_mark = ev.ts_recv - ev.ts_recv % _M + _M
-            clock.ts = ev.ts_recv
-            clock.t0 = time.perf_counter_ns()
-            pipe.on_trade(ev, book)
-            if ev.price > 0 and math.isfinite(ev.price):
-                last_price = ev.price
-        else:
-            c[f"events.{t.__name__}"] += 1
+                c[f"events.{t.__name__}"] += 1
+    ps = proto.stats
+    if ps.unknown_frames:
+        c["frames_ignored"] += ps.unknown_frames
+    for reason, n in ps.decode_errors.items():
+        c[f"decode_dropped.{reason}"] += n
+    for (_, reason), n in ps.refused.items():
+        c[f"refused.{reason}"] += n
     info["timing"]["replay_s"] = time.perf_counter() - t_run
-    pipe, book, tap = st["pipe"], st["book"], st["tap"]
+    pipe, tap = st["pipe"], st["tap"]
+    book = books.get(st["sym"]) if st["sym"] is not None else None
     if pipe is None or not first_trade_ts:
         store.close()
         if own_tmp is not None:
@@ -366,7 +361,7 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     if pipe.broker.portfolio.qty(sym) != 0.0:
         pipe.flatten(last_ts)
     pf = pipe.broker.portfolio
-    m = book.mid() if book.is_tradeable else None
+    m = book.mid() if book is not None and book.is_tradeable else None
     px = float(m) if m is not None else last_price
     q = pf.qty(sym)
     if q != 0.0:
@@ -386,7 +381,7 @@ def run_recording_backtest(paths: str | Path | Sequence[str | Path], registry: s
     info["span"] = {"first_trade_ns": first_trade_ts, "last_event_ns": last_ts,
                     "minutes": (last_ts - first_trade_ts) / _M}
     info["latency_tick_to_decision"] = pipe.latency_summary()
-    counters = {"replay": dict(c), "reader": reader.stats.as_dict(), "book": _book_stats(book),
+    counters = {"replay": dict(c), "reader": reader.stats.as_dict(), "book": _book_stats(book) if book is not None else {},
                 "bars": _plain(pipe.builder(sym).stats), "pipeline": dict(pipe.counters),
                 "optimizer": dict(pipe.optimizer.counters), "risk": dict(pipe.risk.counters),
                 "broker": dict(pipe.broker.stats), "orders": len(tap.orders)}

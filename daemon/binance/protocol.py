@@ -276,7 +276,8 @@ class MarketDataProtocol:
                 return out
             sym = self._snapshot_symbol(ev)
             if sym is not None:
-                out.extend(self._snapshot(sym, ev, recv_ns))
+                out.extend(self._snapshot(sym, ev if ev.symbol else msgspec.structs.replace(ev, symbol=sym),
+                                          recv_ns))
             return out
         out.append(ev)
         return out

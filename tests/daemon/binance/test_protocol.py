@@ -180,3 +180,15 @@ def test_connection_lost_and_the_books_are_read_only(frames):
     assert proto.connection_made(8) == [SnapshotNeeded(SYM, "connect", 8)]
     with pytest.raises(TypeError):
         proto.books["ETHUSDT"] = OrderBook("ETHUSDT")  # type: ignore[index]
+
+
+def test_replay_mode_finds_the_symbol_and_takes_the_recorded_snapshot(frames):
+    """As book-check and the recording backtest drive it: no symbols given, the recorded REST snapshot (no
+    "symbol" key) arrives as a frame; everything out names the book's symbol."""
+    proto = MarketDataProtocol(inline_snapshots=True)
+    outs = [e for ns, raw in frames for e in proto.receive_frame(raw, ns)]
+    assert list(proto.books) == [SYM] and proto.oracle.checked == 1072 and proto.oracle.mismatched == 0
+    assert {e.symbol for e in outs} == {SYM} and SnapshotNeeded not in {type(e) for e in outs}
+    snaps = [e for e in outs if type(e) is DepthSnapshot]
+    recorded = orjson.loads(next(raw for _, raw in frames if _is_snapshot_body(raw)))
+    assert "symbol" not in recorded and len(snaps) == 1 and snaps[0].last_update_id == recorded["lastUpdateId"]
