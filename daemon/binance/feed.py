@@ -171,9 +171,12 @@ class BinanceFeed:
     async def _on_frame(self, raw: bytes, recv_ns: int) -> None:
         if self.on_raw is not None:
             self.on_raw(recv_ns, raw)
+        inline = self.on_event
         for ev in self.protocol.receive_frame(raw, recv_ns):
             if type(ev) is SnapshotNeeded:
                 self._start_fetch(ev.symbol)
+            elif inline is not None:
+                inline(ev)  # what _emit does with a callback, without a coroutine per event
             else:
                 await self._emit(ev)
 

@@ -231,7 +231,7 @@ class MarketDataProtocol:
         return self._event(ev, ev.ts_recv, b"")
 
     def _event(self, ev: Any, recv_ns: int, raw: bytes) -> Sequence[Any]:
-        out: list[Any] = []
+        jump = None
         guard = self.guard
         if guard is not None:
             refused = guard.check(ev)
@@ -244,20 +244,27 @@ class MarketDataProtocol:
                 self.stats.clock_jumps += 1
                 kind = "trade" if type(ev) is Trade else "depth"
                 log.warning("feed_clock_jump", symbol=ev.symbol, kind=kind, ts_event=ev.ts_event)
-                out.append(ClockJump(ev.symbol, kind, ev.ts_event, recv_ns))
+                jump = ClockJump(ev.symbol, kind, ev.ts_event, recv_ns)
         t = type(ev)
         if t is DepthUpdate:
             book = self._books.get(ev.symbol)
             if book is None:
                 if self.symbols:
                     self.stats.decode_errors["unknown_symbol"] += 1
-                    return out
+                    return _NOTHING if jump is None else (jump,)
                 book = self._new_book(ev.symbol, futures=ev.prev_final_id >= 0)
             was_synced = book.state is BookState.SYNCED
-            if book.on_update(ev) and self._oracle_result(book, self.oracle.after_change(book), recv_ns, out):
-                out.append(ev)
-                return out
-            if was_synced and book.state is not BookState.SYNCED:
+            if book.on_update(ev):
+                ok = self.oracle.after_change(book)
+                if ok is None and book.state is BookState.SYNCED:  # the common case: applied, nothing to check
+                    return (ev,) if jump is None else (jump, ev)
+                out: list[Any] = [] if jump is None else [jump]
+                if self._oracle_result(book, ok, recv_ns, out):
+                    out.append(ev)
+                    return out
+            else:
+                out = [] if jump is None else [jump]
+            if was_synced and book.state is not BookState.SYNCED:  # a gap, a rejected diff, a crossed book
                 self.stats.gaps += 1
                 reason = book.stats.stale_reasons.most_common(1)[0][0] if book.stats.stale_reasons else "gap"
                 out.append(ev)
@@ -266,21 +273,26 @@ class MarketDataProtocol:
                 return out
             if book.state is BookState.STALE:
                 out.append(SnapshotNeeded(ev.symbol, "stale", recv_ns))  # e.g. a snapshot too old: ask again
-        elif t is BookTicker:
+            out.append(ev)
+            return out
+        if t is BookTicker:
             book = self._books.get(ev.symbol)
             if book is not None and book.is_tradeable:
-                self._oracle_result(book, self.oracle.on_ticker(book, ev), recv_ns, out)
+                ok = self.oracle.on_ticker(book, ev)
+                if ok is not None:
+                    out = [] if jump is None else [jump]
+                    self._oracle_result(book, ok, recv_ns, out)
+                    out.append(ev)
+                    return out
         elif t is DepthSnapshot:
             if not self.inline_snapshots:  # not expected on a live stream; never trusted as a book source
                 self.stats.unknown_frames += 1
-                return out
+                return _NOTHING
             sym = self._snapshot_symbol(ev)
-            if sym is not None:
-                out.extend(self._snapshot(sym, ev if ev.symbol else msgspec.structs.replace(ev, symbol=sym),
-                                          recv_ns))
-            return out
-        out.append(ev)
-        return out
+            if sym is None:
+                return _NOTHING
+            return self._snapshot(sym, ev if ev.symbol else msgspec.structs.replace(ev, symbol=sym), recv_ns)
+        return (ev,) if jump is None else (jump, ev)
 
     # ------------------------------------------------------------------------------------------ snapshots
     def receive_snapshot(self, symbol: str, body: bytes | DepthSnapshot, recv_ns: int) -> list[Any]:

@@ -142,7 +142,7 @@ def test_bad_input_is_counted_and_asks_with_backoff():
     assert proto.stats.snapshot_errors["snapshot_notional"] == 1
     # a snapshot on the live stream is never a book source
     sane = orjson.dumps({"lastUpdateId": 10, "bids": [["100.0", "1"]], "asks": [["101.0", "1"]]})
-    assert proto.receive_frame(sane, 4) == [] and proto.stats.unknown_frames == 2
+    assert list(proto.receive_frame(sane, 4)) == [] and proto.stats.unknown_frames == 2
     assert proto.books[SYM].state is BookState.BUFFERING
 
 
