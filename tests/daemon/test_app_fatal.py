@@ -3,8 +3,8 @@
 The trigger is external, with no test hook in the daemon: another process holds the SQLite store's write lock
 (``BEGIN IMMEDIATE``, as a careless backup or a human with the sqlite3 shell would) while the daemon must commit
 an execution. The commit fails after ``store.busy_timeout_ms`` (StoreError): with the synchronous store the
-paper broker halts ("stop for a human") and the next event meets it inside the pipeline (daemon.app
-``_on_event``: a pipeline exception is fatal); with the write-behind store writer (daemon.storewriter) the
+paper broker halts ("stop for a human") and the next event meets it inside the pipeline (daemon.kernel
+``guard_events``: a pipeline exception is fatal); with the write-behind store writer (daemon.storewriter) the
 writer's failure is fatal itself. Either way the daemon must log the failure and exit 1 (systemd's
 Restart=on-failure restarts it) instead of hanging or exiting 0. The execution is deterministic: the store is
 seeded, before start-up, with a filled BTCUSDT buy (through the real PaperBroker), so ``POST /control/flatten``
