@@ -1,4 +1,9 @@
-"""``tradingd run --config config.toml``: wire the venue, feed, pipeline, broker, store, models and HTTP together.
+"""``tradingd run --config config.toml``: the daemon's lifecycle (start -> run -> drain -> stop), signals, exit codes.
+
+Who does what: daemon.kernel builds the parts from the config into one frozen ``Components`` (store, venue link,
+broker, models, feed -> pipeline; daemon.firstrun trains first models); daemon.collector shows them (/metrics,
+/status, /healthz, /readyz, the progress line); daemon.control applies /control actions; daemon.hotswap retrains
+and swaps engines. This module only starts them, supervises the tasks and stops them.
 
 Start-up, in order (start-up and crash recovery are one path):
 
@@ -30,7 +35,7 @@ leads it by the writer's queue (depth in ``tradingd_queue_depth{queue="store"}``
 ``tradingd_store_commit_lag_seconds`` and /status ``store``), shutdown flushes it, and a failed write is fatal
 (exit 1: a store that cannot be written needs a human).
 
-Retraining (daemon.retrain): every ``retrain.interval_minutes`` and on ``POST /control/retrain`` a nice'd child
+Retraining (daemon.hotswap over daemon.retrain): every ``retrain.interval_minutes`` and on ``POST /control/retrain`` a nice'd child
 process trains challengers on the store's bars and promotes them only if they beat the current models on
 held-out dollar P&L; changed versions are then loaded and warmed in a worker thread and swapped in on the loop
 (the loop lag during the swap is measured and shown in /status ``retrain.last``).

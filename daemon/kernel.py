@@ -1,7 +1,7 @@
 """The daemon's builder: from the config to one :class:`Components` bundle (store, venue link, broker, models,
 optimizer, risk, feed and pipeline), in the start-up order of daemon.app's docstring.
 
-Each ``open_*``/``build_*`` function constructs one part from the config and what it needs; :func:`build` calls
+Each ``open_*``/``build_*``/``wire_*`` function constructs one part from the config and what it needs; :func:`build` calls
 them in order. What it opens is pushed on the app's :class:`Resources` AS IT OPENS it, so a start-up that fails
 half-way (or a signal during it) still closes exactly what exists. The bundle is built once, complete, and never
 changes afterwards (an engine set's hot swap happens inside its EngineSet). Lifecycle, tasks and signals stay in
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,12 +106,18 @@ class Components:
     broker: Any  # daemon.broker.PaperBroker | daemon.binance.testnet.TestnetBroker
     registry: ModelRegistry
     engine_sets: dict[str, EngineSet]
-    optimizer: DollarProfitOptimizer
-    risk: RiskManager
     feed: BinanceFeed
     pipeline: TradingPipeline
     recorder: FrameRecorder | None
     history: dict | None  # first-run klines by symbol (reused for priming), None when models existed
+
+    @property
+    def optimizer(self) -> DollarProfitOptimizer:
+        return self.pipeline.optimizer
+
+    @property
+    def risk(self) -> RiskManager:
+        return self.pipeline.risk
 
 
 # ------------------------------------------------------------------------------------------------ the parts
@@ -316,15 +322,20 @@ def open_recorder(cfg: Any, resources: Resources) -> FrameRecorder | None:
     return rec
 
 
-def build_feed(cfg: Any, link: VenueLink, filters: dict[str, SymbolFilters],
-               recorder: FrameRecorder | None) -> BinanceFeed:
-    """The market-data wiring: the websocket feed (it owns the books; the pipeline reads them). Its ``on_event``
-    is connected to the pipeline by :func:`connect_feed` once the pipeline exists."""
+def wire_market_data(cfg: Any, link: VenueLink, filters: dict[str, SymbolFilters], recorder: FrameRecorder | None,
+                     make_pipeline: Callable[[Mapping[str, Any]], TradingPipeline],
+                     on_fatal: Callable[[str, BaseException], None]) -> tuple[BinanceFeed, TradingPipeline]:
+    """The market-data wiring, all of it here: the websocket feed (it owns the books), the pipeline reading those
+    books (``make_pipeline(books)``), and the feed's events going INLINE to the pipeline, one hop, never through
+    the app (:func:`guard_events`)."""
     from daemon.binance.feed import BinanceFeed
     # event times are checked against the receive clock scaled by the venue's pace (replay/simulator speed)
     speed = cfg.venue.speed if cfg.venue.mode == "replay" else getattr(cfg.simulator, "speed", 1.0)
-    return BinanceFeed(cfg.general.symbols, link.ws_url, link.rest_url, cfg.feed, on_raw=recorder,
+    feed = BinanceFeed(cfg.general.symbols, link.ws_url, link.rest_url, cfg.feed, on_raw=recorder,
                        filters=filters, speed=speed if cfg.venue.mode != "remote" else 1.0)
+    pipeline = make_pipeline(feed.books)
+    feed.on_event = guard_events(pipeline.on_event, on_fatal, feed.stop)
+    return feed, pipeline
 
 
 def guard_events(on_event: Callable[[Any], Any], on_fatal: Callable[[str, BaseException], None],
@@ -340,12 +351,6 @@ def guard_events(on_event: Callable[[Any], Any], on_fatal: Callable[[str, BaseEx
             on_fatal("pipeline", e)
             stop_feed()
     return deliver
-
-
-def connect_feed(feed: BinanceFeed, pipeline: TradingPipeline,
-                 on_fatal: Callable[[str, BaseException], None]) -> None:
-    """Feed -> pipeline, one hop: events reach the pipeline from the feed, never through the app."""
-    feed.on_event = guard_events(pipeline.on_event, on_fatal, feed.stop)
 
 
 def record_model_versions(writer: StoreWriter, engine_sets: dict[str, EngineSet]) -> None:
@@ -380,8 +385,8 @@ def bar_sink(writer: StoreWriter, resources: Resources) -> BarsAfterEvent:
 
 
 def build_pipeline(cfg: Any, metrics: Metrics, store: SQLiteStore, writer: StoreWriter, broker: Any,
-                   filters: dict[str, SymbolFilters], engine_sets: dict[str, EngineSet], books: Any,
-                   resources: Resources) -> tuple[DollarProfitOptimizer, RiskManager, TradingPipeline]:
+                   filters: dict[str, SymbolFilters], engine_sets: dict[str, EngineSet], books: Mapping[str, Any],
+                   resources: Resources) -> TradingPipeline:
     """Optimizer, risk and the pipeline over them; exit plans of positions open at the last stop are restored
     (managed on their own timeframe and levels again) and fills made while we were down reach the optimizer."""
     from daemon.pipeline import TradingPipeline
@@ -405,7 +410,7 @@ def build_pipeline(cfg: Any, metrics: Metrics, store: SQLiteStore, writer: Store
         log.info("exit_plans", stored=len(plans), restored=n)
     for ex in getattr(broker, "recovered", ()):  # fills made while we were down reach the optimizer
         pipeline.on_execution(ex)
-    return optimizer, risk, pipeline
+    return pipeline
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -440,13 +445,12 @@ async def build(cfg: Any, env: dict[str, str], metrics: Metrics, resources: Reso
     record_model_versions(writer, engine_sets)
     metrics.set_models({tf: es.info() for tf, es in engine_sets.items()})
     recorder = open_recorder(cfg, resources)
-    feed = build_feed(cfg, link, filters, recorder)
-    optimizer, risk, pipeline = build_pipeline(cfg, metrics, store, writer, broker, filters, engine_sets,
-                                               feed.books, resources)
-    connect_feed(feed, pipeline, on_fatal)
+    feed, pipeline = wire_market_data(
+        cfg, link, filters, recorder, on_fatal=on_fatal,
+        make_pipeline=lambda books: build_pipeline(cfg, metrics, store, writer, broker, filters, engine_sets,
+                                                   books, resources))
     return Components(store=store, writer=writer, link=link, filters=filters, broker=broker, registry=registry,
-                      engine_sets=engine_sets, optimizer=optimizer, risk=risk, feed=feed, pipeline=pipeline,
-                      recorder=recorder, history=history)
+                      engine_sets=engine_sets, feed=feed, pipeline=pipeline, recorder=recorder, history=history)
 
 
 async def prime(cfg: Any, parts: Components) -> None:
