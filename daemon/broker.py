@@ -75,12 +75,12 @@ def admit(intent: OrderIntent, known: Order | None, book: Any, depth: int,
 
 def raise_if_halted(broker: Any, name: str) -> None:
     """Paper and testnet brokers alike refuse all work after a store (or store-writer) failure."""
-    if not broker._halted:
+    if not broker.halted:
         w = broker.writer
         if w is None or w.error is None:
             return
-        broker._halted = f"store writer failed: {w.error}"
-    raise BrokerHalted(f"{name} broker halted after a store failure: {broker._halted}")
+        broker.halted = f"store writer failed: {w.error}"
+    raise BrokerHalted(f"{name} broker halted after a store failure: {broker.halted}")
 
 
 def reduce_only(intent: OrderIntent, pos: float, filters: Any = None) -> OrderIntent:
@@ -127,7 +127,7 @@ class PaperBroker:
         self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
                       "stops_refused": 0,
                       "duplicates": 0}
-        self._halted: str | None = None
+        self.halted: str | None = None
         log.info("paper_broker_recovered", open_orders=len(rec.open_orders), fills=self.portfolio.n_fills,
                  cash=self.portfolio.cash, discrepancies=len(rec.discrepancies), cursor=rec.cursor)
 
@@ -259,7 +259,7 @@ class PaperBroker:
                     list(latest.values()), all_fills, realised, pf, stops=stop_changes, cursor=cursor,
                     quote_asset=getattr(self.store, "quote_asset", self.cfg.quote_asset)))
         except StoreError as e:
-            self._halted = str(e)
+            self.halted = str(e)
             log.error("paper_broker_halted", error=str(e))
             raise
         self.portfolio = pf

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -218,9 +219,14 @@ class EngineSet:
         self.predictions += 1
         return out
 
+    @property
+    def engines(self) -> Mapping[str, LoadedEngine]:
+        """The loaded engines by kind (read-only view; :meth:`swap` replaces them)."""
+        return MappingProxyType(self._engines)
+
     def swap(self, new: EngineSet | Mapping[str, LoadedEngine]) -> None:
         """Atomically use ``new``'s engines (already loaded and warmed); the feature windows are kept."""
-        engines = dict(new._engines if isinstance(new, EngineSet) else new)
+        engines = dict(new.engines if isinstance(new, EngineSet) else new)
         for le in engines.values():
             if not bool(getattr(le.engine, "ready", True)):
                 raise ModelLoadError(f"{self.timeframe} {le.kind} {le.version}: swap of an engine not warmed up")

@@ -34,7 +34,9 @@ import numpy as np
 import structlog
 
 from market.bars import BarBuilder
-from market.events import Bar, Fill, OrderIntent, Trade, timeframe_ns
+from market.events import Bar, DepthSnapshot, DepthUpdate, Fill, OrderIntent, Trade, timeframe_ns
+from market.events import BookStatus
+from daemon.plausible import ClockJump
 from daemon.samples import SampleRing
 from strategies.optimizer import BookTop, Signal
 from strategies.risk import AccountState
@@ -189,6 +191,10 @@ class TradingPipeline:
         self.book_states: dict[str, str] = {}
         self.last_ts = 0
         self._store_ns = SampleRing(1000)
+        # event type -> handler(ev, book): one dict lookup per event
+        self._handlers: dict[type, Callable[[Any, Any], list[Decision]]] = {
+            Trade: self.on_trade, DepthUpdate: self._on_depth_event, DepthSnapshot: self._on_depth_event,
+            BookStatus: self._on_book_status_event, ClockJump: self._on_clock_jump}
 
     # ------------------------------------------------------------------------------------------ accessors
     def builder(self, symbol: str) -> BarBuilder:
@@ -258,19 +264,25 @@ class TradingPipeline:
 
     # ------------------------------------------------------------------------------------------ events
     def on_event(self, ev: Any, book: Any = None) -> list[Decision]:
-        """Dispatch a feed event (Trade, DepthUpdate/DepthSnapshot, BookStatus; others ignored)."""
-        name = type(ev).__name__
-        if name == "Trade":
-            return self.on_trade(ev, book)
-        if name in ("DepthUpdate", "DepthSnapshot"):
-            self.on_depth(ev.symbol, book if book is not None else self.books.get(ev.symbol), ev.ts_recv)
-        elif name == "BookStatus":
-            self.on_book_status(ev)
-        elif name == "ClockJump":  # the venue's clock jumped (confirmed by the feed's guard): a gap, not fill
-            st = self._sym.get(ev.symbol)
-            if st is not None and ev.kind == "trade":
-                st.builder.gap()
-                self.counters["clock_jumps"] += 1
+        """Dispatch a feed event by its type (Trade, DepthUpdate/DepthSnapshot, BookStatus, ClockJump; others,
+        e.g. BookTicker, are ignored)."""
+        handler = self._handlers.get(type(ev))
+        return handler(ev, book) if handler is not None else []
+
+    def _on_depth_event(self, ev: DepthUpdate | DepthSnapshot, book: Any) -> list[Decision]:
+        self.on_depth(ev.symbol, book if book is not None else self.books.get(ev.symbol), ev.ts_recv)
+        return []
+
+    def _on_book_status_event(self, ev: BookStatus, book: Any) -> list[Decision]:
+        self.on_book_status(ev)
+        return []
+
+    def _on_clock_jump(self, ev: ClockJump, book: Any) -> list[Decision]:
+        """The venue's clock jumped (confirmed by the feed's guard): a gap in the bars, not a fill."""
+        st = self._sym.get(ev.symbol)
+        if st is not None and ev.kind == "trade":
+            st.builder.gap()
+            self.counters["clock_jumps"] += 1
         return []
 
     def _state(self, sym: str, book: Any) -> tuple[_SymState | None, Any]:
@@ -492,6 +504,11 @@ class TradingPipeline:
             except Exception as e:  # noqa: BLE001 - a lost plan costs the restart its levels, not trading
                 self.counters["plan_store_errors"] += 1
                 log.error("plan_store_failed", symbol=symbol, error=str(e))
+
+    def on_execution(self, ex: Any) -> None:
+        """A broker execution that arrived outside a decision (a venue's late answer, a fill recovered at
+        start-up): fills to the optimizer, the exit plan to its sink."""
+        self._after_execution(ex, None)
 
     def _after_execution(self, ex: Any, d: Decision | None) -> None:
         self._after_execution_fills(ex, d)

@@ -113,7 +113,7 @@ class TestnetBroker:
         self._inbox: deque[_Delta] = deque()
         self._tasks: set[asyncio.Task] = set()
         self._ready = asyncio.Event()
-        self._halted: str | None = None
+        self.halted: str | None = None
         self.last_error: str | None = None
         self.recovered: list[Execution] = []
         self.stats = {"rejected": 0, "orders": 0, "fills": 0, "stops_triggered": 0, "stops_deferred": 0,
@@ -142,6 +142,14 @@ class TestnetBroker:
         self._ready.set()
         log.info("testnet_broker_ready", venue=self.client.base_url, reconciled=self.stats["reconciled"],
                  open_orders=len(self.orders))
+
+    @property
+    def is_ready(self) -> bool:
+        """Reconciled with the venue (after :meth:`start`): orders may be sent."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
 
     async def run(self) -> None:
         """start(), then poll the venue for what happens to open orders; closes the client when cancelled."""
@@ -527,7 +535,7 @@ class TestnetBroker:
             self._halt(e)
 
     def _halt(self, e: StoreError) -> None:
-        self._halted = str(e)
+        self.halted = str(e)
         log.error("testnet_broker_halted", error=str(e))
         raise e
 

@@ -282,7 +282,7 @@ class LocalVenue:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # the ephemeral port when 0 was asked
+        self.port = self._runner.addresses[0][1]  # the ephemeral port when 0 was asked
         self._task = asyncio.create_task(self._run_source(), name="venue-source")
         if self.ping_interval_s > 0:
             self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="venue-heartbeat")

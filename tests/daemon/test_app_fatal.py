@@ -3,8 +3,8 @@
 The trigger is external, with no test hook in the daemon: another process holds the SQLite store's write lock
 (``BEGIN IMMEDIATE``, as a careless backup or a human with the sqlite3 shell would) while the daemon must commit
 an execution. The commit fails after ``store.busy_timeout_ms`` (StoreError): with the synchronous store the
-paper broker halts ("stop for a human") and the next event meets it inside the pipeline (daemon.app
-``_on_event``: a pipeline exception is fatal); with the write-behind store writer (daemon.storewriter) the
+paper broker halts ("stop for a human") and the next event meets it inside the pipeline (daemon.kernel
+``guard_events``: a pipeline exception is fatal); with the write-behind store writer (daemon.storewriter) the
 writer's failure is fatal itself. Either way the daemon must log the failure and exit 1 (systemd's
 Restart=on-failure restarts it) instead of hanging or exiting 0. The execution is deterministic: the store is
 seeded, before start-up, with a filled BTCUSDT buy (through the real PaperBroker), so ``POST /control/flatten``
@@ -117,26 +117,23 @@ class _Feed:
         self.stopped += 1
 
 
-def _daemon_with_failing_pipeline():
+def test_pipeline_exception_on_the_event_path_is_fatal():
+    """The feed's callback (daemon.kernel.guard_events, wired feed -> pipeline): a pipeline exception is logged
+    with its traceback, makes the daemon fatal (exit code 1, stop requested) and stops the feed."""
+    import structlog
+
     from daemon.app import Daemon as AppDaemon
     from daemon.config import load_config
+    from daemon.kernel import guard_events
     d = AppDaemon(load_config(None), env={})
-    d.pipeline, d.feed = _FailingPipeline(), _Feed()
-    return d
-
-
-def test_pipeline_exception_on_the_event_path_is_fatal():
-    """Daemon._on_event (the feed callback): a pipeline exception is logged with its traceback, makes the
-    daemon fatal (exit code 1, stop requested) and stops the feed."""
-    import structlog
-    d = _daemon_with_failing_pipeline()
-    d.stop_event = asyncio.Event()
+    feed = _Feed()
+    on_event = guard_events(_FailingPipeline().on_event, d.on_fatal, feed.stop)
     with structlog.testing.capture_logs() as logs:
-        d._on_event(object())
+        on_event(object())
     assert d.exit_code == 1
     assert d.fatal == "pipeline: RuntimeError: boom"
     assert d.stop_event.is_set()
-    assert d.feed.stopped == 1
+    assert feed.stopped == 1
     rec = [r for r in logs if r["event"] == "pipeline_failed"]
     assert rec and rec[0]["log_level"] == "error" and rec[0].get("exc_info"), logs
 

@@ -1,7 +1,7 @@
 """`tradingd run` as a real subprocess with TWO symbols on the simulated venue (issue #5).
 
 One simulator per symbol (daemon.venue.server.SimulatorSource; both start at ``simulator.start_price`` with
-their own seeded paths), first-run training on the FIRST symbol's klines only (daemon.app._ensure_models), then
+their own seeded paths), first-run training on the FIRST symbol's klines only (daemon.firstrun.ensure_models), then
 priming, live bars and predictions for BOTH symbols: the features are returns-based, so a model trained on one
 symbol's history still answers for the other. Checks: both books SYNCED in /readyz, frames and live bars per
 symbol in /metrics, both symbols in /status (books, marks, book states), a 1m decision with both engines'

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sqlite3
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -334,3 +335,30 @@ def test_a_confirmed_clock_jump_from_the_feed_restarts_bars_instead_of_deciding_
     b = pipe.builder(SYM).stats
     assert b.gap_resets == 1 and b.empty_bars == 0 and b.bars_closed == 1
     assert pipe.counters["clock_jumps"] == 1 and pipe.counters["bars"] == 1
+
+
+def test_events_are_dispatched_by_type_not_by_class_name(tmp_path):
+    """on_event routes by the event's type: a Trade closes bars and moves the mark, a BookStatus is recorded, and
+    an object that merely shares a class NAME with an event (another module's ``Trade``) is ignored, not traded on."""
+    from daemon.binance.feed import BookStatus
+    pipe, _, _ = make_pipeline(tmp_path, timeframes=("1m",))
+    t0 = 1_723_161_240_000_000_000
+    pipe.on_event(Trade(SYM, 1, 60_000.0, 0.01, False, t0, t0))
+    pipe.on_event(Trade(SYM, 2, 60_010.0, 0.01, False, t0 + 61 * 10**9, t0 + 61 * 10**9))
+    assert pipe.counters["bars"] == 1 and pipe.marks() == {SYM: 60_010.0}
+
+    class Trade_(msgspec.Struct, frozen=True):  # same fields, same name, not market.events.Trade
+        symbol: str
+        trade_id: int
+        price: float
+        qty: float
+        is_buyer_maker: bool
+        ts_event: int
+        ts_recv: int
+    Trade_.__name__ = "Trade"
+    impostor = Trade_(SYM, 3, 1.0, 0.01, False, t0 + 200 * 10**9, t0 + 200 * 10**9)
+    assert pipe.on_event(impostor) == []
+    assert pipe.counters["bars"] == 1 and pipe.marks() == {SYM: 60_010.0}
+    assert pipe.builder(SYM).stats.accepted == 2
+    pipe.on_event(BookStatus(SYM, "SYNCED", "snapshot", 1, t0))
+    assert pipe.book_states == {SYM: "SYNCED"} and pipe.counters["book_synced"] == 1

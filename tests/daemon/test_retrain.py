@@ -99,11 +99,14 @@ def test_gate_never_promotes_when_the_current_model_cannot_be_evaluated(sim_stor
     for f in Path(reg.current("1h", "xgboost")).rglob("*"):  # the current model is now unreadable
         if f.is_file():
             f.write_bytes(b"garbage")
-    from daemon.app import Daemon
+    from daemon.collector import Collector, View
     from daemon.config import Config
-    d = Daemon(Config(), env={})   # the daemon's side: counted in /metrics and /status, logged
-    d.retrainer = m
-    report = asyncio.run(d.retrain_now("test"))
+    from daemon.hotswap import RetrainCycle
+    from daemon.metrics import Metrics
+    cfg = Config()   # the daemon's side: counted in /metrics and /status, logged
+    cycle = RetrainCycle(cfg, Metrics(), m, reg, engine_sets={})
+    d = Collector(cfg, cycle.metrics, lambda: View(retrain=cycle))
+    report = asyncio.run(cycle.run_now("test"))
     assert report["ok"], report["error"]
     res = report["results"]["1h"]
     assert res["gate_error"]

@@ -169,8 +169,9 @@ def test_bars_after_event_hand_off_after_the_current_callback_in_one_job(tmp_pat
 def test_dropped_bar_rows_are_counted_by_reason_and_exported(tmp_path):
     """Every bar ROW the writer loses is counted (queue full / write failed) and reaches /metrics: a hole in the
     retrainer's input is visible, not silent."""
-    from daemon.app import Daemon
+    from daemon.collector import Collector, View
     from daemon.config import Config
+    from daemon.metrics import Metrics
     path = tmp_path / "s.sqlite"
     w = writer_for(path, max_queue=1)
     gate, busy = threading.Event(), threading.Event()
@@ -185,8 +186,7 @@ def test_dropped_bar_rows_are_counted_by_reason_and_exported(tmp_path):
     gate.set()
     assert w.flush(10)
     assert w.stats.dropped_bars_queue_full == 3 and w.stats.dropped_bars_failed == 1 and w.error is None
-    d = Daemon(Config(), env={})
-    d.writer = w
+    d = Collector(Config(), Metrics(), lambda: View(writer=w))  # the daemon's /status and /metrics
     status = d.status()["store"]
     assert status["dropped_bars_queue_full"] == 3 and status["dropped_bars_failed"] == 1
     text = d.metrics.render().decode()

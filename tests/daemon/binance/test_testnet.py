@@ -766,9 +766,9 @@ def test_spot_short_remainder_is_dust_and_does_not_wedge_the_strategy(tmp_path):
 
 def test_shutdown_waits_for_the_outcome_of_an_order_in_flight(tmp_path):
     """Issue #14: SIGTERM exited 0 in ~1.2 s while a testnet flatten order was still NEW. The venue now answers
-    the order only after a 2 s Retry-After; Daemon.shutdown waits (bounded by broker.drain_timeout_s) until
+    the order only after a 2 s Retry-After; Daemon.shutdown's drain_orders waits (bounded by broker.drain_timeout_s) until
     the answer arrived and went through the pipeline to the store, and a too-short bound reports the id."""
-    from daemon.app import Daemon
+    from daemon.app import drain_orders
     from daemon.config import Config, replace
     from daemon.pipeline import TradingPipeline
     from strategies.optimizer import DollarProfitOptimizer
@@ -791,10 +791,8 @@ def test_shutdown_waits_for_the_outcome_of_an_order_in_flight(tmp_path):
                 b.submit(intent("t-drain-1", Side.BUY, 0.001), book_of(d), 1)
                 await asyncio.sleep(0.2)
                 assert b.in_flight() == ["t-drain-1"] and store.get_order("t-drain-1").status == OrderStatus.NEW
-                daemon = Daemon(cfg, env={})
-                daemon.broker, daemon.pipeline = b, pipe
                 t0 = time.monotonic()
-                await daemon.shutdown()  # what the first SIGTERM runs (its other parts are absent here)
+                await drain_orders(b, pipe, cfg.broker.drain_timeout_s)  # what Daemon.shutdown runs first
                 took = time.monotonic() - t0
                 left = b.in_flight()
                 await b.close()

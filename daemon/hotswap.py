@@ -1,0 +1,142 @@
+"""Retraining while trading, and the hot swap (daemon.retrain does the training and the gate in a child process).
+
+Every ``retrain.interval_minutes`` and on ``POST /control/retrain`` a nice'd child process trains challengers on
+the store's bars and promotes them only if they beat the current models on held-out dollar P&L; changed versions
+are then loaded and warmed in a worker thread and swapped in on the loop (the loop lag during the swap is
+measured and shown in /status ``retrain.last``). A failure is reported (metrics, log, /status) and trading goes
+on with the old engines.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from daemon.engineset import EngineSet
+    from daemon.metrics import Metrics
+    from daemon.retrain import RetrainManager
+    from engines.registry import ModelRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class RetrainCycle:
+    """One retrainer (``manager``) and the engine sets it may swap; at most one cycle runs at a time."""
+
+    def __init__(self, cfg: Any, metrics: Metrics, manager: RetrainManager, registry: ModelRegistry,
+                 engine_sets: dict[str, EngineSet]) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.manager = manager
+        self.registry = registry
+        self.engine_sets = engine_sets
+        self.gate_errors = 0
+        self.last: dict | None = None
+        self._task: asyncio.Task | None = None
+        for tf in cfg.general.timeframes:  # exported at 0 from start, so an alert can use rate()
+            metrics.retrain_gate_errors.labels(tf)
+
+    @classmethod
+    def from_config(cls, cfg: Any, metrics: Metrics, registry: ModelRegistry, engine_sets: dict[str, EngineSet],
+                    rest_url: str) -> RetrainCycle:
+        from daemon.retrain import RetrainManager
+        r = cfg.retrain
+        manager = RetrainManager(
+            registry=str(registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
+            store=str(cfg.path(cfg.store.path)), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
+            threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
+            min_improvement=r.min_improvement_usd,
+            spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,
+                            "cost": 2 * cfg.broker.taker_fee + 0.0001})
+        return cls(cfg, metrics, manager, registry, engine_sets)
+
+    # ------------------------------------------------------------------------------------------ triggers
+    async def scheduler(self) -> None:
+        period = self.cfg.retrain.interval_minutes * 60
+        while True:
+            await asyncio.sleep(period)
+            await self.run_now("schedule")
+
+    def start(self, trigger: str) -> dict:
+        """On demand (``/control/retrain``): start a cycle in the background unless one is running."""
+        if self._task is not None and not self._task.done():
+            return {"ok": False, "error": "a retrain is already running"}
+        self._task = asyncio.create_task(self.run_now(trigger), name="retrain-on-demand")
+        return {"ok": True, "started": True}
+
+    def cancel(self) -> None:
+        """Shutdown: an on-demand cycle stops (its child process goes with it)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def status(self) -> dict:
+        return {"enabled": True, "running": bool(self.manager.running), "runs": self.manager.runs,
+                "last": self.last, "gate_errors": self.gate_errors}
+
+    # ------------------------------------------------------------------------------------------ the cycle
+    async def run_now(self, trigger: str) -> dict:
+        """One cycle: child process trains and gates; then changed versions are loaded and warmed in a worker
+        thread and swapped in on the loop."""
+        outcome = await self.manager.run_once()
+        m = self.metrics
+        m.retrain_runs.labels("ok" if outcome.ok else "failed").inc()
+        m.retrain_duration.observe(outcome.seconds)
+        for tf, res in (outcome.results or {}).items():  # the gate could not judge: nothing was promoted
+            if res.get("gate_error"):
+                self.gate_errors += 1
+                m.retrain_gate_errors.labels(tf).inc()
+                log.error("retrain_gate_error", timeframe=tf, error=res["gate_error"])
+        report: dict = {"trigger": trigger, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
+                        "error": outcome.error[-500:] if outcome.error else None, "results": outcome.results,
+                        "priority": outcome.priority, "swapped": {}, "finished_ns": None}
+        if outcome.ok:
+            try:
+                report["swapped"], report["swap_loop_lag_max_ms"] = await self.swap_changed_engines()
+                if report["swapped"]:
+                    m.set_models({tf: es.info() for tf, es in self.engine_sets.items()})
+            except Exception as e:  # noqa: BLE001 - a model that fails to load is refused; old engines stay
+                report["ok"] = False
+                report["error"] = f"swap refused: {type(e).__name__}: {e}"
+                log.error("retrain_swap_refused", error=report["error"])
+        report["finished_ns"] = time.time_ns()
+        self.last = report
+        log.info("retrain_cycle", **{k: v for k, v in report.items() if k != "results"})
+        return report
+
+    async def swap_changed_engines(self) -> tuple[dict, float]:
+        """Load the registry's current versions that differ from the running ones (worker thread) and swap them in
+        on the loop; returns ``({tf: {kind: version}}, max loop lag in ms during it)``."""
+        from daemon.engineset import EngineSet
+        changed: dict[str, list[str]] = {}
+        for tf, es in self.engine_sets.items():
+            for kind, i in es.info().items():
+                cur = self.registry.current_version(tf, kind)
+                if cur is not None and cur != i["version"]:
+                    changed.setdefault(tf, []).append(kind)
+        if not changed:
+            return {}, 0.0
+        loop = asyncio.get_running_loop()
+        lags: list[float] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:  # how late the loop wakes while models load and swap
+            while not stop.is_set():
+                t0 = loop.time()
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - t0 - 0.005)
+
+        probe_task = asyncio.create_task(probe(), name="swap-lag-probe")
+        swapped = {}
+        try:
+            for tf in changed:
+                new = await loop.run_in_executor(None, lambda tf=tf: EngineSet.load(
+                    self.registry, tf, self.cfg.engines, metrics=self.metrics))
+                self.engine_sets[tf].swap(new)  # on the loop: a reference swap between two events
+                swapped[tf] = {k: v["version"] for k, v in self.engine_sets[tf].info().items()}
+        finally:
+            stop.set()
+            await probe_task
+        return swapped, round(max(lags, default=0.0) * 1e3, 3)
