@@ -75,7 +75,7 @@ def test_time_split_is_chronological_with_gap():
 def test_dollar_pnl_by_hand():
     p = np.array([0.9, 0.1, 0.5, 0.7])
     r = np.array([0.01, 0.02, 0.05, np.nan])
-    m = dollar_pnl(p, r, notional=1000.0, cost=0.002)
+    m = dollar_pnl(p, r, position_size=1000.0, fee=0.001)  # 0.2 % round trip
     # long +10 - 2, short -20 - 2, flat, NaN return skipped
     assert m["n_trades"] == 2
     assert m["pnl_usd"] == pytest.approx(8.0 - 22.0)

@@ -75,6 +75,13 @@ def test_dollar_pnl_signs_and_fees():
     assert out["pnl_usd"] == pytest.approx(-20 - 6)
 
 
+def test_one_dollar_pnl_for_both_models():
+    """One fact in one shape: both models (and training, retrain) use the same function and parameter names."""
+    import engines.lstm_model as lstm_model
+    import engines.metrics_common as metrics_common
+    assert lstm_model.dollar_pnl is dollar_pnl is metrics_common.dollar_pnl
+
+
 def test_dollar_weights_normalised_and_nan_safe():
     w = dollar_weights(np.array([0.01, -0.03, np.nan, 0.0]), 10_000)
     assert w.mean() == pytest.approx(1.0) and w[2] == 0.0 and w[1] == pytest.approx(3 * w[0])
