@@ -16,6 +16,7 @@ from binance_sdk_spot.spot import Spot
 from daemon.config import SimulatorConfig
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource
+from tests.daemon.harness import until
 
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3)
 M1 = KlinesIntervalEnum["INTERVAL_1m"].value
@@ -33,13 +34,6 @@ def client(venue: LocalVenue) -> Spot:
 async def rest(fn, *a, **kw):
     """The SDK's REST client is blocking (requests): run it off the loop that serves the venue."""
     return (await asyncio.to_thread(fn, *a, **kw)).data()
-
-
-async def until(pred, timeout: float = 10.0) -> None:
-    t_end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < t_end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def test_sdk_loads_markets_subscribes_lists_and_unsubscribes_on_the_simulated_venue():
