@@ -171,6 +171,11 @@ def wait_until(fn, timeout: float, what: str, daemon: Daemon):
                          + daemon.stderr()[-3000:])
 
 
+def run(coro, timeout: float = 30):
+    """Run ``coro`` on a fresh event loop, bounded by ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
 async def until(cond, timeout: float = 20.0, what: str = "condition") -> None:
     """On the running loop: poll ``cond()`` every 20 ms until it is true; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@ when a test steps it, with a signed key, plus small builders of intents, books a
 invariant (positions == signed sum of fills, no orphan fill, recovery clean)."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sqlite3
 import time
@@ -28,10 +27,6 @@ KEY, SECRET = "test-key-1", "test-secret-1"
 SYM = "BTCUSDT"
 FEE = 0.001
 BCFG = BrokerConfig(kind="testnet", taker_fee=FEE, maker_fee=FEE)
-
-
-def run(coro, timeout: float = 30):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 class Env:
@@ -111,3 +106,16 @@ async def raw(env: Env, method: str, path: str, params: dict, secret: str = SECR
     async with aiohttp.ClientSession() as s:
         async with s.request(method, f"{env.venue.rest_url}{path}?{q}", headers={"X-MBX-APIKEY": key}) as r:
             return r.status, orjson.loads(await r.read()), dict(r.headers)
+
+
+def walk(levels, qty: float) -> list[tuple[float, float]]:
+    """The expected fills of a market order: an independent book walk (written apart from market.matching and the
+    venue) over levels best first, REST depth strings or floats; ``left`` rounded as the venue's decimals are."""
+    out, left = [], qty
+    for p, q in levels:
+        if left <= 1e-12:
+            break
+        take = min(float(q), left)
+        out.append((float(p), take))
+        left = round(left - take, 12)
+    return out

@@ -24,7 +24,8 @@ from market.book import OrderBook
 from market.events import DepthSnapshot, OrderIntent, OrderStatus, OrderType, Side, Trade
 from market.matching import OrderError
 from strategies.sizing import is_dust
-from tests.daemon.local_venue import FEE, SYM, open_env, run, store_check
+from tests.daemon.harness import run
+from tests.daemon.local_venue import FEE, SYM, open_env, store_check, walk
 
 KINDS = ["paper", "testnet"]
 CFG = BrokerConfig(taker_fee=FEE, maker_fee=FEE)
@@ -110,18 +111,6 @@ async def open_case(kind: str, tmp_path: Path, *, writer: bool = False, busy_tim
 @pytest.fixture(params=KINDS)
 def kind(request) -> str:
     return request.param
-
-
-def walk(levels, qty: float) -> list[tuple[float, float]]:
-    """The expected fills of a market order, written out separately from market.matching and the venue."""
-    out, left = [], qty
-    for price, size in levels:
-        if left <= 1e-12:
-            break
-        take = min(size, left)
-        out.append((price, take))
-        left = round(left - take, 12)
-    return out
 
 
 def store_rows(path: Path) -> tuple[int, int]:

@@ -16,14 +16,10 @@ from binance_sdk_spot.spot import Spot
 from daemon.config import SimulatorConfig
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource
-from tests.daemon.harness import until
+from tests.daemon.harness import run, until
 
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3)
 M1 = KlinesIntervalEnum["INTERVAL_1m"].value
-
-
-def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def client(venue: LocalVenue) -> Spot:
@@ -93,7 +89,7 @@ def test_sdk_loads_markets_subscribes_lists_and_unsubscribes_on_the_simulated_ve
             assert float(bt.actual_instance.bid_price) < float(bt.actual_instance.ask_price)
             await conn.close_connection(close_session=True)
 
-    run(main())
+    run(main(), 60)
 
 
 @pytest.fixture(scope="module")
@@ -124,4 +120,4 @@ def test_sdk_against_the_recording_gets_klines_at_once_and_trades_without_a_snap
             assert v.stats.ws_errors == {}
             await conn.close_connection(close_session=True)
 
-    run(main())
+    run(main(), 60)

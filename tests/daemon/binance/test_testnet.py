@@ -25,8 +25,9 @@ from daemon.storewriter import StoreWriter
 from daemon.binance.testnet import BinanceApiError, BinanceRestClient, TestnetBroker, TestnetError, fmt_step
 from daemon.venue.orders import sign
 from strategies.sizing import is_dust
-from tests.daemon.local_venue import (BCFG, FEE, KEY, SECRET, SYM, book_of, intent, open_env, raw, run, store_check,
-                                      trade)
+from tests.daemon.harness import run
+from tests.daemon.local_venue import (BCFG, FEE, KEY, SECRET, SYM, book_of, intent, open_env, raw, store_check,
+                                      trade, walk)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -85,18 +86,6 @@ def test_signed_requests_are_verified_and_auth_errors_are_clear(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- market
-def walk(levels: list[list[str]], qty: float) -> list[tuple[float, float]]:
-    """Independent book walk over REST depth levels (strings), best first."""
-    out, left = [], qty
-    for p, q in levels:
-        if left <= 1e-12:
-            break
-        take = min(float(q), left)
-        out.append((float(p), take))
-        left = round(left - take, 12)
-    return out
-
-
 def test_market_order_fills_match_a_walk_of_the_venue_book(tmp_path):
     async def main():
         env, venue = await open_env()
