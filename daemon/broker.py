@@ -9,14 +9,15 @@ leads it by the writer's queue (see that module for the contract). If the store 
 work (``StoreError`` is "stop for a human"; a restart recovers from the store).
 
 A venue's real order API (Binance spot testnet protocol) is ``daemon.binance.testnet.TestnetBroker`` (``broker.kind =
-"testnet"``), with the same interface.
+"testnet"``). Both satisfy :class:`Broker`, the one interface the pipeline and the app call, and pass one contract
+suite (tests/daemon/test_broker_contract.py).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import structlog
@@ -26,9 +27,10 @@ from market.events import Fill, OrderIntent, OrderType, Side, Trade
 from market.matching import Levels, MatchingEngine, Order, OrderError, Stops
 from market.portfolio import Portfolio
 from daemon.store import Store, StoreError, execution_statements
+from market.filters import SymbolFilters
 from strategies.sizing import is_dust, sellable_qty
 
-__all__ = ["PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of", "reduce_only"]
+__all__ = ["Broker", "PaperBroker", "Execution", "OrderError", "BrokerHalted", "levels_of", "reduce_only"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,42 @@ class Execution:
     order: Order
     fills: tuple[Fill, ...] = ()
     is_new: bool = True
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What the pipeline and the app need of a broker (paper or a venue's order API).
+
+    The contract (tests/daemon/test_broker_contract.py runs it over every broker): fills are consistent with the
+    book (a venue's may arrive later, from ``on_trade``/``on_book``); a known client order id returns that order
+    unchanged (``is_new`` False); reduce-only orders are clipped to the position and floored to the lot, and what
+    is left below one lot is refused as dust; after a store failure every call raises :class:`BrokerHalted`;
+    each change is ONE store transaction (``daemon.store.execution_statements``), so the store's positions equal
+    the sum of its fills and ``portfolio`` is what the store recovers."""
+
+    cfg: BrokerConfig
+    store: Store
+    filters: Mapping[str, SymbolFilters] | None
+    writer: Any  # daemon.storewriter.StoreWriter or None (commit on the caller's thread)
+    portfolio: Portfolio
+    stats: dict[str, int]
+    cursor: str | None
+    recovery_discrepancies: list[str]
+
+    def submit(self, intent: OrderIntent, book: Any, ts: int, *, cursor: str | None = None) -> Execution: ...
+
+    def cancel(self, client_order_id: str, ts: int, *, cursor: str | None = None) -> Order: ...
+
+    def on_book(self, symbol: str, book: Any, ts: int, *, cursor: str | None = None) -> list[Execution]: ...
+
+    def on_trade(self, trade: Trade, book: Any = None, *, cursor: str | None = None) -> list[Execution]: ...
+
+    def set_stops(self, symbol: str, stop_loss: float | None, take_profit: float | None, tag: str,
+                  *, cursor: str | None = None) -> Stops: ...
+
+    def mark(self, prices: Mapping[str, float]) -> tuple[float, float]: ...
+
+    def open_orders(self) -> list[Order]: ...
 
 
 def levels_of(book: Any, depth: int) -> Levels | None:
@@ -142,9 +180,9 @@ class PaperBroker:
         dup, levels = admit(intent, known, book, self.cfg.book_depth, self.stats)
         if dup is not None:
             return dup
-        if intent.reduce_only:
-            intent = self._reduce_only(intent)
         try:
+            if intent.reduce_only:  # a refused reduce-only order is a rejection too (as in the testnet broker)
+                intent = self._reduce_only(intent)
             order, fills, _ = self.engine.submit(intent, levels, ts)
         except OrderError:
             self.stats["rejected"] += 1

@@ -24,7 +24,7 @@ import numpy as np
 
 from engines.base import ModelLoadError
 from engines.metrics_common import (  # noqa: F401 - re-exported: callers import them from here
-    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, signal_pnl,
+    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, dollar_pnl,
     time_split,
 )
 
@@ -97,16 +97,6 @@ def make_sequences(X: np.ndarray, seq_len: int, *, drop_nonfinite: bool = True) 
     win = np.lib.stride_tricks.sliding_window_view(X, seq_len, axis=0)  # (n-seq_len+1, f, seq_len), a view
     seqs = np.ascontiguousarray(win[end_idx - (seq_len - 1)].transpose(0, 2, 1), dtype=np.float32)
     return seqs, end_idx
-
-
-def dollar_pnl(p_up: np.ndarray, fwd_returns: np.ndarray, *, notional: float = 10_000.0,
-               cost: float = 0.002, threshold: float = 0.0) -> dict[str, float]:
-    """Dollar P&L of trading the signal: long when p > 0.5+threshold, short when p < 0.5-threshold, flat
-    otherwise; each position is held over the label horizon and pays ``cost`` (round trip, fraction of
-    notional: 0.002 = two 0.1 % taker fees). Returns are fractional (close[t+h]/close[t] - 1)."""
-    out = signal_pnl(p_up, fwd_returns, notional=notional, round_trip_cost=cost, threshold=threshold)
-    del out["n_long"], out["n_short"]    # this model's result never carried them
-    return out
 
 
 def read_meta(version_dir: Path) -> dict[str, Any]:
@@ -517,7 +507,7 @@ class LSTMModel:
         p = self.predict(X_seq)
         m: dict[str, Any] = binary_metrics(y, p)
         if fwd_returns is not None:
-            m["pnl"] = dollar_pnl(p, fwd_returns, notional=notional, cost=cost, threshold=threshold)
+            m["pnl"] = dollar_pnl(p, fwd_returns, position_size=notional, fee=cost / 2, margin=threshold)
         return m
 
     # -- persistence

@@ -1,7 +1,7 @@
 """Helpers shared by the model trainers (engines/xgb_model.py, engines/lstm_model.py): one definition each.
 
 Pure functions (no clock, no global state) plus two small file helpers. The model modules re-export the public
-names (``time_split``, ``binary_metrics``, ``sha256_file``), so existing imports keep working.
+names (``time_split``, ``binary_metrics``, ``dollar_pnl``, ``sha256_file``), so existing imports keep working.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from engines.base import ModelLoadError
 
 __all__ = [
-    "time_split", "auc", "binary_metrics", "signal_pnl", "sha256_file", "atomic_write_bytes", "jsonable",
+    "time_split", "auc", "binary_metrics", "dollar_pnl", "sha256_file", "atomic_write_bytes", "jsonable",
     "load_meta_json",
 ]
 
@@ -61,23 +61,24 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"auc": auc(y, p), "logloss": logloss, "accuracy": acc, "n": int(y.size), "base_rate": float(y.mean())}
 
 
-def signal_pnl(p_up: np.ndarray, fwd_return: np.ndarray, *, notional: float, round_trip_cost: float,
-               threshold: float) -> dict[str, float]:
-    """Dollar P&L of trading the signal: long if p > 0.5+threshold, short if p < 0.5-threshold, else flat.
+def dollar_pnl(p_up: np.ndarray, fwd_return: np.ndarray, *, position_size: float = 10_000.0,
+               fee: float = 0.001, margin: float = 0.0) -> dict[str, float]:
+    """Dollar P&L of trading the signal: long if p > 0.5+margin, short if p < 0.5-margin, else flat.
 
-    Each position of ``notional`` dollars is held over the label horizon and pays ``round_trip_cost`` (fraction
-    of notional, in and out). ``fwd_return`` is fractional (close[t+h]/close[t] − 1); non-finite rows are skipped.
-    The models' ``dollar_pnl`` wrappers keep their own parameter names and result keys.
+    Each position of ``position_size`` dollars is held over the label horizon:
+    P&L = position_size × fwd_return × direction − fees, fees = 2 × fee × position_size (taker in and out).
+    ``fwd_return`` is fractional (close[t+h]/close[t] − 1); rows with a non-finite return are skipped.
+    One definition for both models (XGBoost and LSTM evaluation, training reports, retrain gates).
     """
     p = np.asarray(p_up, dtype=np.float64)
     r = np.asarray(fwd_return, dtype=np.float64)
     if p.shape != r.shape:
         raise ValueError(f"p_up {p.shape} and fwd_return {r.shape} differ")
-    pos = np.where(p > 0.5 + threshold, 1.0, np.where(p < 0.5 - threshold, -1.0, 0.0))
+    pos = np.where(p > 0.5 + margin, 1.0, np.where(p < 0.5 - margin, -1.0, 0.0))
     ok = np.isfinite(r)
     pos, r = pos[ok], r[ok]
-    gross = pos * r * notional
-    fees = np.abs(pos) * round_trip_cost * notional
+    gross = pos * r * position_size
+    fees = np.abs(pos) * (2.0 * fee) * position_size
     n_trades = int(np.count_nonzero(pos))
     pnl = float((gross - fees).sum())
     return {"pnl_usd": pnl, "gross_usd": float(gross.sum()), "fees_usd": float(fees.sum()), "n_trades": n_trades,

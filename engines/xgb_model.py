@@ -33,7 +33,7 @@ import structlog
 
 from engines.base import ModelLoadError
 from engines.metrics_common import (  # noqa: F401 - re-exported: callers import them from here
-    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, signal_pnl,
+    atomic_write_bytes, binary_metrics, jsonable, load_meta_json, sha256_file, dollar_pnl,
     time_split,
 )
 
@@ -69,18 +69,6 @@ SEED_PARAMS: dict[str, Any] = {
 def sigmoid(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-m))
-
-
-def dollar_pnl(p_up: np.ndarray, fwd_return: np.ndarray, *, position_size: float = 10_000.0,
-               fee: float = 0.001, margin: float = 0.0) -> dict[str, float]:
-    """Dollar P&L of trading the signal: long if p > 0.5+margin, short if p < 0.5-margin, else flat.
-
-    Each position of ``position_size`` dollars is held over the label horizon:
-    P&L = position_size × fwd_return × direction − fees, fees = 2 × fee × position_size (taker in and out).
-    ``fwd_return`` is fractional (close[t+h]/close[t] − 1); rows with a non-finite return are skipped.
-    Result keys include ``n_long``/``n_short`` (see :func:`engines.metrics_common.signal_pnl`).
-    """
-    return signal_pnl(p_up, fwd_return, notional=position_size, round_trip_cost=2.0 * fee, threshold=margin)
 
 
 def dollar_weights(fwd_return: np.ndarray, position_size: float) -> np.ndarray:

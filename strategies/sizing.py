@@ -14,7 +14,7 @@ import decimal
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "FiltersLike", "floor_to_step", "ceil_to_step", "is_step_multiple", "is_dust", "sellable_qty", "client_order_id",
@@ -25,7 +25,11 @@ __all__ = [
 MAX_CLIENT_ID_LEN = 36  # Binance newClientOrderId limit: ^[.A-Z:/a-z0-9_-]{1,36}$
 
 
+@runtime_checkable
 class FiltersLike(Protocol):
+    """The exchange filters sizing reads: the Protocol ``market.filters.SymbolFilters`` satisfies (the one real
+    shape; a backtest's fixed rules duck-type it too). Sizing depends on these five fields only."""
+
     tick_size: float
     lot_step: float
     min_qty: float

@@ -31,3 +31,23 @@ def btc_klines_path() -> Path:
 @pytest.fixture(scope="session")
 def eth_klines_path() -> Path:
     return _need(KLINES / "ETH_USDT-1m_2025-05-20_2025-08-18.csv.gz")
+
+
+@pytest.fixture(scope="session")
+def recorded_trades(binance_recording) -> list:
+    """The ``@trade`` frames of the recording, decoded by daemon.binance.codec (the live decoder), in order."""
+    import gzip
+
+    from daemon.binance.codec import decode_frame
+    from market.events import Trade
+    out = []
+    for path in binance_recording:
+        with gzip.open(path, "rb") as fh:
+            for line in fh:
+                ts_recv, _, raw = line.rstrip(b"\n").partition(b" ")
+                if b'"stream":"btcusdt@trade"' not in raw[:40]:
+                    continue
+                t = decode_frame(raw, int(ts_recv))
+                assert isinstance(t, Trade)
+                out.append(t)
+    return out

@@ -84,3 +84,13 @@ def test_packages_are_not_tangled_in_cycles():
 def test_no_module_cycles():
     cycles = [c for c in nx.simple_cycles(_graph()) if len(c) > 1]
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join([*c, c[0]]) for c in cycles)
+
+
+def test_no_test_module_imports_another_test_module():
+    """Tests share fixtures (``conftest.py``) and harness modules (``tests/**/`` files not named ``test_*``), never
+    each other: a test module imported as a library runs its module-level setup twice and couples two suites."""
+    files = list((ROOT / "tests").rglob("*.py"))
+    modules = {_module_name(p) for p in files}
+    bad = sorted(f"{_module_name(p)} -> {dep}" for p in files for dep in _imports(p, modules)
+                 if dep.rpartition(".")[2].startswith("test_") or dep.rpartition(".")[2] == "conftest")
+    assert not bad, "test modules imported as libraries:\n" + "\n".join(bad)

@@ -32,8 +32,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.daemon.test_app_e2e import write_config as e2e_write_config
-from tests.daemon.test_app_e2e import TOKEN, Daemon, check_store, free_port, http_get, wait_until
+from tests.daemon.harness import write_config as e2e_write_config
+from tests.daemon.harness import TOKEN, Daemon, check_store, free_port, http_get, wait_until
 
 SEED_QTY = 0.001
 EXIT_WAIT_S = 25

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.daemon.test_app_e2e import Daemon, check_store, free_port, http_get, metric, wait_until, write_config
+from tests.daemon.harness import Daemon, check_store, free_port, http_get, metric, wait_until, write_config
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 

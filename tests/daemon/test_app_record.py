@@ -11,7 +11,7 @@ from daemon.binance.codec import decode_frame
 from daemon.binance.bookcheck import BookChecker
 from market.events import DepthSnapshot, DepthUpdate, Trade
 from daemon.recording import RecordingReader
-from tests.daemon.test_app_e2e import Daemon, free_port, http_get, metric, write_config
+from tests.daemon.harness import Daemon, free_port, http_get, metric, write_config
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.daemon.test_app_e2e import TOKEN, Daemon, free_port, http_get, http_post, metric, wait_until, write_config
+from tests.daemon.harness import TOKEN, Daemon, free_port, http_get, http_post, metric, wait_until, write_config
 
 
 @pytest.mark.slow

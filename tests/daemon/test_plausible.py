@@ -21,6 +21,7 @@ from daemon.plausible import JUMP, FrameGuard, ReadinessWatch
 from daemon.recording import RecordingReader
 from daemon.venue.faults import FORGE_KINDS, forge, poison_recording
 from daemon.venue.server import LocalVenue, SimulatorSource
+from tests.daemon.harness import until as _until
 
 S = 1_000_000_000
 T0 = 1_723_161_253 * S
@@ -200,14 +201,6 @@ def test_poisoned_recording_book_check_matches_every_oracle_frame_and_bars_are_u
 # ------------------------------------------------------------------------------------------ loopback
 FAST = dataclasses.replace(FeedConfig(), reconnect_initial_s=0.05, reconnect_max_s=0.2, stale_after_s=2.0)
 SIM = SimulatorConfig(seed=11, trades_per_s=80.0, depth_levels=20)
-
-
-async def _until(cond, timeout=20.0):
-    t0 = asyncio.get_running_loop().time()
-    while not cond():
-        if asyncio.get_running_loop().time() - t0 > timeout:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 def test_feed_over_loopback_refuses_every_forgery_and_the_oracle_checks_the_live_book():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,15 +16,10 @@ import pytest
 
 from daemon.http import HttpHooks, HttpServer
 from daemon.metrics import Metrics
+from tests.daemon.harness import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerThread:
@@ -177,8 +171,8 @@ def test_real_prometheus_scrapes_the_running_daemon(tmp_path):
     """`tradingd run` (simulator, first-run models) scraped by a real Prometheus: target up, every family of
     daemon.metrics known to Prometheus, the model versions in use as labels, promtool clean, and each failure
     /status counts (pipeline, recorder, store writer, dropped bars) exported with the same value."""
-    from tests.daemon.test_app_e2e import Daemon, free_port as daemon_port, http_get, write_config
-    port = daemon_port()
+    from tests.daemon.harness import Daemon, http_get, write_config
+    port = free_port()
     # two timeframes: model keys like "1m_lstm" and "5m_lstm" once became the same invalid label "_m_lstm"
     cfg = write_config(tmp_path / "config.toml", tmp_path / "var", port, timeframes=("1m", "5m"), extra="""
 [venue]

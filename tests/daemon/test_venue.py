@@ -15,12 +15,9 @@ from market.events import DepthUpdate, Trade
 from daemon.venue.faults import FaultInjector, FaultStats
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource
+from tests.daemon.harness import run
 
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3, speed=1.0)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, object]:

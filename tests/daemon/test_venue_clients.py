@@ -16,13 +16,10 @@ from binance_sdk_spot.spot import Spot
 from daemon.config import SimulatorConfig
 from daemon.venue.replay import ReplaySource
 from daemon.venue.server import LocalVenue, SimulatorSource
+from tests.daemon.harness import run, until
 
 SIM_CFG = dataclasses.replace(SimulatorConfig(), history_days=3)
 M1 = KlinesIntervalEnum["INTERVAL_1m"].value
-
-
-def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def client(venue: LocalVenue) -> Spot:
@@ -33,13 +30,6 @@ def client(venue: LocalVenue) -> Spot:
 async def rest(fn, *a, **kw):
     """The SDK's REST client is blocking (requests): run it off the loop that serves the venue."""
     return (await asyncio.to_thread(fn, *a, **kw)).data()
-
-
-async def until(pred, timeout: float = 10.0) -> None:
-    t_end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < t_end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def test_sdk_loads_markets_subscribes_lists_and_unsubscribes_on_the_simulated_venue():
@@ -99,7 +89,7 @@ def test_sdk_loads_markets_subscribes_lists_and_unsubscribes_on_the_simulated_ve
             assert float(bt.actual_instance.bid_price) < float(bt.actual_instance.ask_price)
             await conn.close_connection(close_session=True)
 
-    run(main())
+    run(main(), 60)
 
 
 @pytest.fixture(scope="module")
@@ -130,4 +120,4 @@ def test_sdk_against_the_recording_gets_klines_at_once_and_trades_without_a_snap
             assert v.stats.ws_errors == {}
             await conn.close_connection(close_session=True)
 
-    run(main())
+    run(main(), 60)

@@ -1,4 +1,7 @@
 """Fixtures shared by the engine tests."""
+import functools
+
+import numpy as np
 import pytest
 
 
@@ -15,3 +18,67 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------ real inputs (factories)
+@pytest.fixture(scope="session")
+def btc_klines(btc_klines_path):
+    """The real 90-day BTCUSDT 1m klines, loaded once per session."""
+    from engines.data import load_klines_csv
+    return load_klines_csv(str(btc_klines_path))
+
+
+@pytest.fixture(scope="session")
+def lstm_dataset(btc_klines):
+    """Factory ``(rows, horizon=5, start=0) -> (X, close, y, fwd, names)``: the shared pipeline's features
+    (engines.features.batch_features, float64 with NaN warm-up) of ``rows`` real 1m bars from ``start``, the
+    up-label ``y`` and fractional forward returns over ``horizon`` bars (the last ``horizon`` rows: NaN)."""
+    from engines.features import FEATURE_SCHEMA, batch_features
+
+    def make(rows: int, horizon: int = 5, start: int = 0):
+        kl = btc_klines[start:start + rows]
+        X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
+        names = list(FEATURE_SCHEMA.names)
+        assert X.shape == (len(kl), len(names))
+        c = np.asarray(kl.close, dtype=np.float64)
+        fwd = np.full(len(c), np.nan)
+        fwd[:-horizon] = c[horizon:] / c[:-horizon] - 1.0
+        y = np.where(np.isfinite(fwd), (fwd > 0).astype(np.float64), np.nan)
+        return X, c, y, fwd, names
+    return make
+
+
+@pytest.fixture(scope="session")
+def xgb_dataset(btc_klines):
+    """Factory ``(n_last=20_000, horizon=1) -> (X, y, fwd, names)`` from the last ``n_last`` real 1m bars, with
+    the shared feature pipeline (past-only, so no look-ahead); label-less and exactly-flat minutes dropped.
+    Cached: the same arguments give the same arrays."""
+    from engines.features import FEATURE_SCHEMA, batch_features
+
+    @functools.lru_cache(maxsize=4)
+    def make(n_last: int = 20_000, horizon: int = 1):
+        X = batch_features(btc_klines, "1m")
+        close = np.asarray(btc_klines.close, dtype=np.float64)
+        names = list(FEATURE_SCHEMA.names)
+        fwd = np.full(close.shape, np.nan)
+        fwd[:-horizon] = close[horizon:] / close[:-horizon] - 1.0
+        sl = slice(len(close) - n_last, len(close))
+        X, fwd = X[sl], fwd[sl]
+        keep = np.isfinite(fwd) & (fwd != 0.0)        # drop the label-less last row and exactly-flat minutes
+        X, fwd = X[keep], fwd[keep]
+        y = (fwd > 0).astype(np.float64)
+        return X, y, fwd, tuple(names)
+    return make
+
+
+@pytest.fixture(scope="session")
+def windows_with_labels():
+    """``(X, y, fwd, seq_len) -> (seqs, y, fwd, end)``: LSTM windows (engines.lstm_model.make_sequences) whose
+    label is known."""
+    from engines.lstm_model import make_sequences
+
+    def make(X, y, fwd, seq_len):
+        seqs, end = make_sequences(X, seq_len)
+        ok = np.isfinite(y[end])
+        return seqs[ok], y[end][ok], fwd[end][ok], end[ok]
+    return make

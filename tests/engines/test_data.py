@@ -195,10 +195,8 @@ def assert_builder_and_resample_agree(trades):
             assert len(r) == 0
 
 
-def test_resample_agrees_with_barbuilder_on_real_trades(binance_recording):
-    from tests.market.test_bars import recorded_trades
-    trades = recorded_trades(binance_recording)
-    assert_builder_and_resample_agree(trades)
+def test_resample_agrees_with_barbuilder_on_real_trades(recorded_trades):
+    assert_builder_and_resample_agree(recorded_trades)
 
 
 # ------------------------------------------------------------------------------------------------ conversions

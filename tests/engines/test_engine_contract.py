@@ -20,9 +20,8 @@ SEQ_LEN = 12
 
 
 @pytest.fixture(scope="module")
-def real_rows(btc_klines_path):
-    from tests.engines.test_lstm_model import real_dataset
-    X, c, y, fwd, names = real_dataset(btc_klines_path, 4000)
+def real_rows(lstm_dataset):
+    X, c, y, fwd, names = lstm_dataset(4000)
     return X, y, fwd, names
 
 

@@ -29,10 +29,9 @@ def _cuda() -> bool:
 
 
 @pytest.fixture(scope="module")
-def version(btc_klines_path, tmp_path_factory):
-    from tests.engines.test_lstm_model import real_dataset, windows_with_labels
+def version(lstm_dataset, windows_with_labels, tmp_path_factory):
     from engines.lstm_model import LSTMModel, time_split
-    X, c, y, fwd, names = real_dataset(btc_klines_path, 3000)
+    X, c, y, fwd, names = lstm_dataset(3000)
     seqs, yy, _, _ = windows_with_labels(X, y, fwd, 10)
     tr, va = time_split(len(seqs), 0.25, gap=5)
     m = LSTMModel(device="cpu", seq_len=10, hidden=12, layers=1, epochs=1, seed=5)

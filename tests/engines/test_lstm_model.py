@@ -2,9 +2,7 @@
 checkpoint resume, save/load, ONNX export parity, refusal of corrupt files, mixed precision on CPU."""
 from __future__ import annotations
 
-import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,41 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.base import ModelLoadError  # noqa: E402
-from engines.data import Klines, load_klines_csv  # noqa: E402
-from engines.features import FEATURE_SCHEMA, batch_features  # noqa: E402
 from engines.lstm_model import (  # noqa: E402
     LSTMModel, dollar_pnl, make_sequences, time_split, binary_metrics, ONNX_FILE, WEIGHTS_FILE, META_FILE,
 )
 
 
-
-
-# ------------------------------------------------------------------------------------------ real inputs
-@functools.lru_cache(maxsize=2)
-def _cached_klines(path: str) -> Klines:
-    return load_klines_csv(path)
-
-
-def real_dataset(path: Path, rows: int, horizon: int = 5, start: int = 0):
-    """(features (n, f) float64 with NaN warm-up, close (n,), y (n,) up-label, fwd returns (n,), names).
-
-    The features are the shared pipeline's (engines.features.batch_features). The last ``horizon`` rows have no
-    label (NaN)."""
-    kl = _cached_klines(str(path))[start:start + rows]
-    X = np.asarray(batch_features(kl, "1m"), dtype=np.float64)
-    names = list(FEATURE_SCHEMA.names)
-    assert X.shape == (len(kl), len(names))
-    c = np.asarray(kl.close, dtype=np.float64)
-    fwd = np.full(len(c), np.nan)
-    fwd[:-horizon] = c[horizon:] / c[:-horizon] - 1.0
-    y = np.where(np.isfinite(fwd), (fwd > 0).astype(np.float64), np.nan)
-    return X, c, y, fwd, names
-
-
-def windows_with_labels(X, y, fwd, seq_len):
-    seqs, end = make_sequences(X, seq_len)
-    ok = np.isfinite(y[end])
-    return seqs[ok], y[end][ok], fwd[end][ok], end[ok]
 
 
 # ----------------------------------------------------------------------------------------------- pure
@@ -75,7 +43,7 @@ def test_time_split_is_chronological_with_gap():
 def test_dollar_pnl_by_hand():
     p = np.array([0.9, 0.1, 0.5, 0.7])
     r = np.array([0.01, 0.02, 0.05, np.nan])
-    m = dollar_pnl(p, r, notional=1000.0, cost=0.002)
+    m = dollar_pnl(p, r, position_size=1000.0, fee=0.001)  # 0.2 % round trip
     # long +10 - 2, short -20 - 2, flat, NaN return skipped
     assert m["n_trades"] == 2
     assert m["pnl_usd"] == pytest.approx(8.0 - 22.0)
@@ -108,10 +76,10 @@ def _small(**kw):
     return LSTMModel(device="cpu", **params)
 
 
-def test_learns_a_target_visible_at_the_window_end(btc_klines_path):
+def test_learns_a_target_visible_at_the_window_end(lstm_dataset):
     """Plumbing check on real features: label = sign of the return AT t (in the window's last row). A model
     with misaligned windows, broken standardisation or a broken training loop cannot reach a high AUC."""
-    X, c, _, _, _ = real_dataset(btc_klines_path, 5000)
+    X, c, _, _, _ = lstm_dataset(5000)
     r_t = np.full(len(c), np.nan)
     r_t[1:] = np.diff(np.log(c))
     y = (r_t > 0).astype(np.float64)
@@ -128,11 +96,11 @@ def test_learns_a_target_visible_at_the_window_end(btc_klines_path):
     assert res.history[res.best_epoch - 1]["val_loss"] == pytest.approx(res.best_val_loss)
 
 
-def test_real_direction_vs_naive_baseline_on_held_out_time(btc_klines_path):
+def test_real_direction_vs_naive_baseline_on_held_out_time(lstm_dataset, windows_with_labels):
     """Honest comparison on later, unseen time: 5-minute direction is nearly unpredictable at 1m, so we only
     assert what must hold: the early-stopped model is not much worse than the constant base-rate predictor,
     and its AUC is not implausibly high (that would mean look-ahead leakage). Figures are printed."""
-    X, c, y, fwd, _ = real_dataset(btc_klines_path, 16000, horizon=5)
+    X, c, y, fwd, _ = lstm_dataset(16000, horizon=5)
     seqs, yy, ff, end = windows_with_labels(X, y, fwd, 16)
     n_test = 4000
     dev_seqs, dev_y = seqs[:-n_test - 5], yy[:-n_test - 5]          # 5-row gap: labels look 5 rows ahead
@@ -153,8 +121,8 @@ def test_real_direction_vs_naive_baseline_on_held_out_time(btc_klines_path):
     assert 0.4 < mm["auc"] < 0.65
 
 
-def test_checkpoint_resume_repeats_the_uninterrupted_run(btc_klines_path, tmp_path):
-    X, c, y, fwd, _ = real_dataset(btc_klines_path, 4000)
+def test_checkpoint_resume_repeats_the_uninterrupted_run(lstm_dataset, windows_with_labels, tmp_path):
+    X, c, y, fwd, _ = lstm_dataset(4000)
     seqs, yy, _, _ = windows_with_labels(X, y, fwd, 8)
     tr, va = time_split(len(seqs), 0.25, gap=5)
     args = (seqs[tr], yy[tr], seqs[va], yy[va])
@@ -189,8 +157,8 @@ def test_checkpoint_resume_repeats_the_uninterrupted_run(btc_klines_path, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def trained(btc_klines_path, tmp_path_factory):
-    X, c, y, fwd, names = real_dataset(btc_klines_path, 5000)
+def trained(lstm_dataset, windows_with_labels, tmp_path_factory):
+    X, c, y, fwd, names = lstm_dataset(5000)
     seqs, yy, _, _ = windows_with_labels(X, y, fwd, 16)
     tr, va = time_split(len(seqs), 0.25, gap=5)
     m = _small(epochs=2, hidden=16, layers=2, dropout=0.1)

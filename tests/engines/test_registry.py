@@ -14,14 +14,13 @@ import pytest
 from engines.base import ModelLoadError
 from engines.registry import MANIFEST, POINTER, ModelRegistry, read_manifest, verify_version_dir
 from engines.xgb_model import MODEL_FILE, XGBoostModel, time_split
-from tests.engines.test_xgb_model import real_dataset
 
 SCHEMA = "schema-v1-abc"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, btc_klines_path):
-    X, y, fwd, names = real_dataset(str(btc_klines_path), n_last=3000)
+def model_dir(tmp_path_factory, xgb_dataset):
+    X, y, fwd, names = xgb_dataset(n_last=3000)
     tr, va = time_split(len(y), 0.25)
     m = XGBoostModel(device="cpu", num_boost_round=15, nthread=2)
     m.set_feature_schema(list(names), SCHEMA)

@@ -1,7 +1,7 @@
 """XGBoost inference engines against the booster on real BTCUSDT features (NaN rows included), for the
 built-in and the custom dollar-profit objective, every walker; protocol behaviour and refusals.
 
-``make_test_xgb_engines(tmp_path)`` is the factory for the shared engine contract suite."""
+``make_test_xgb_engines(xgb_dataset, tmp_path)`` is the factory for the shared engine contract suite."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,18 +15,14 @@ from engines.xgb_engine import (
     MATCH_TOL, CompiledCPUEngine, NativeCPUEngine, compile_walker, flatten_booster, make_xgb_engine,
 )
 from engines.xgb_model import MODEL_FILE, XGBoostModel, select_device, time_split
-from tests.conftest import KLINES
-from tests.engines.test_xgb_model import real_dataset
-
-BTC = KLINES / "BTC_USDT-1m_2025-05-20_2025-08-18.csv.gz"
 WALKERS = ["pyext", "ctypes", "numpy"]
 
 
-def _train_version(d: Path, *, custom: bool, rounds: int = 203, n_last: int = 8000) -> tuple[Path, np.ndarray]:
-    """A model with every round kept (203: not a multiple of the walker's 8 lanes) + real test rows with NaNs."""
-    if not BTC.exists():
-        pytest.skip(f"real recorded data not found at {BTC}")
-    X, y, fwd, names = real_dataset(str(BTC), n_last=n_last)
+def _train_version(dataset, d: Path, *, custom: bool, rounds: int = 203,
+                   n_last: int = 8000) -> tuple[Path, np.ndarray]:
+    """A model with every round kept (203: not a multiple of the walker's 8 lanes) + real test rows with NaNs
+    (``dataset``: the ``xgb_dataset`` fixture)."""
+    X, y, fwd, names = dataset(n_last=n_last)
     tr, va = time_split(len(y), 0.25)
     m = XGBoostModel(device="cpu", num_boost_round=rounds, nthread=2, learning_rate=0.1)
     if custom:
@@ -42,10 +38,10 @@ def _train_version(d: Path, *, custom: bool, rounds: int = 203, n_last: int = 80
     return d, Xt
 
 
-def make_test_xgb_engines(tmp_path: Path) -> list[InferenceEngine]:
+def make_test_xgb_engines(dataset, tmp_path: Path) -> list[InferenceEngine]:
     """Loaded (not yet warmed) XGBoost engines on a small real-data model, one per CPU backend/walker.
     Each carries ``test_version_dir`` (the directory it loaded) for contract tests that reload."""
-    d, _ = _train_version(Path(tmp_path) / "xgb-contract", custom=False, rounds=40, n_last=4000)
+    d, _ = _train_version(dataset, Path(tmp_path) / "xgb-contract", custom=False, rounds=40, n_last=4000)
     engines: list[InferenceEngine] = []
     for eng in (NativeCPUEngine(), *(CompiledCPUEngine(walker=w, cache_dir=Path(tmp_path) / "cc")
                                      for w in WALKERS)):
@@ -56,8 +52,8 @@ def make_test_xgb_engines(tmp_path: Path) -> list[InferenceEngine]:
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["logistic", "dollar-objective"])
-def version(request, tmp_path_factory):
-    return _train_version(tmp_path_factory.mktemp("xgbv"), custom=request.param)
+def version(request, tmp_path_factory, xgb_dataset):
+    return _train_version(xgb_dataset, tmp_path_factory.mktemp("xgbv"), custom=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +196,8 @@ def test_unwritable_cache_falls_through_to_next_location(tmp_path, monkeypatch):
     assert so is not None and (tmp_path / "home" / ".cache") in so.parents
 
 
-def test_factory_for_contract_suite(tmp_path):
-    engines = make_test_xgb_engines(tmp_path)
+def test_factory_for_contract_suite(tmp_path, xgb_dataset):
+    engines = make_test_xgb_engines(xgb_dataset, tmp_path)
     assert [e.backend for e in engines] == ["native-cpu", "compiled-cpu", "compiled-cpu", "numpy-cpu"]
     x = engines[0].representative_rows(16)
     ref = engines[0].predict(x)

@@ -2,16 +2,12 @@
 save/load round trip, custom dollar-profit objective end to end, refusal of corrupt files."""
 from __future__ import annotations
 
-import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engines.base import ModelLoadError
-from engines.data import load_klines_csv
-from engines.features import FEATURE_SCHEMA, batch_features
 from engines.xgb_model import (
     META_FILE, MODEL_FILE, XGBoostModel, binary_metrics, dollar_pnl, dollar_weights, time_split,
 )
@@ -19,28 +15,9 @@ from engines.xgb_model import (
 FAST = {"num_boost_round": 200, "nthread": 2, "learning_rate": 0.05}
 
 
-# ------------------------------------------------------------------------------------------- real features
-@functools.lru_cache(maxsize=4)
-def real_dataset(path: str, n_last: int = 20_000, horizon: int = 1):
-    """(X float64 with NaN warm-up rows, y, fwd_return, names) from the last ``n_last`` 1m bars, with the shared
-    feature pipeline (engines.features.batch_features: past-only, so no look-ahead)."""
-    k = load_klines_csv(Path(path))
-    X = batch_features(k, "1m")
-    close = np.asarray(k.close, dtype=np.float64)
-    names = list(FEATURE_SCHEMA.names)
-    fwd = np.full(close.shape, np.nan)
-    fwd[:-horizon] = close[horizon:] / close[:-horizon] - 1.0
-    sl = slice(len(close) - n_last, len(close))
-    X, fwd = X[sl], fwd[sl]
-    keep = np.isfinite(fwd) & (fwd != 0.0)        # drop the label-less last row and exactly-flat minutes
-    X, fwd = X[keep], fwd[keep]
-    y = (fwd > 0).astype(np.float64)
-    return X, y, fwd, tuple(names)
-
-
 @pytest.fixture(scope="module")
-def data(btc_klines_path):
-    X, y, fwd, names = real_dataset(str(btc_klines_path))
+def data(xgb_dataset):
+    X, y, fwd, names = xgb_dataset()
     tr, va = time_split(len(y), 0.3)
     va, te = va[: len(va) // 2], va[len(va) // 2:]   # train | val (early stopping) | test, in time order
     return X, y, fwd, list(names), tr, va, te
@@ -73,6 +50,13 @@ def test_dollar_pnl_signs_and_fees():
     assert out["n_trades"] == 3 and out["n_long"] == 2 and out["n_short"] == 1
     assert out["gross_usd"] == pytest.approx(10 - 10 - 20)
     assert out["pnl_usd"] == pytest.approx(-20 - 6)
+
+
+def test_one_dollar_pnl_for_both_models():
+    """One fact in one shape: both models (and training, retrain) use the same function and parameter names."""
+    import engines.lstm_model as lstm_model
+    import engines.metrics_common as metrics_common
+    assert lstm_model.dollar_pnl is dollar_pnl is metrics_common.dollar_pnl
 
 
 def test_dollar_weights_normalised_and_nan_safe():

@@ -1,7 +1,6 @@
 """BarBuilder: event-time bars, checked against an independent reference model and on real recorded trades."""
 from __future__ import annotations
 
-import gzip
 import math
 from collections import defaultdict
 
@@ -293,24 +292,8 @@ def test_closed_bars_sorted_by_end_for_non_nested_timeframes():
 
 
 # ------------------------------------------------------------------------------------------------ real data
-def recorded_trades(paths) -> list[Trade]:
-    """The ``@trade`` frames of the recording, decoded by daemon.binance.codec (the live decoder)."""
-    from daemon.binance.codec import decode_frame
-    out = []
-    for path in paths:
-        with gzip.open(path, "rb") as fh:
-            for line in fh:
-                ts_recv, _, raw = line.rstrip(b"\n").partition(b" ")
-                if b'"stream":"btcusdt@trade"' not in raw[:40]:
-                    continue
-                t = decode_frame(raw, int(ts_recv))
-                assert isinstance(t, Trade)
-                out.append(t)
-    return out
-
-
-def test_real_recorded_trades(binance_recording):
-    trades = recorded_trades(binance_recording)
+def test_real_recorded_trades(recorded_trades):
+    trades = recorded_trades
     assert len(trades) == 19_904
     assert [t.trade_id for t in trades] == list(range(trades[0].trade_id, trades[0].trade_id + len(trades)))
     b = BarBuilder("BTCUSDT", TFS)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies.sizing import (MAX_CLIENT_ID_LEN, ceil_to_step, client_order_id, floor_to_step, is_step_multiple,
-                               parse_tf_pairs, position_size, risk_levels)
+from strategies.sizing import (MAX_CLIENT_ID_LEN, FiltersLike, ceil_to_step, client_order_id, floor_to_step,
+                               is_step_multiple, parse_tf_pairs, position_size, risk_levels)
 
 from market.filters import SymbolFilters
 
@@ -22,6 +22,12 @@ def size(**kw):
                 risk_per_trade=0.01, stop_atr_mult=2.0, filters=BTC, **BIG)
     args.update(kw)
     return position_size(**args)
+
+
+def test_symbol_filters_is_the_filters_protocol():
+    """One shape: sizing's ``FiltersLike`` is the Protocol the market core's ``SymbolFilters`` satisfies."""
+    assert isinstance(BTC, FiltersLike)
+    assert set(FiltersLike.__annotations__) <= set(SymbolFilters.__struct_fields__)
 
 
 def test_seed_example_base_quantity():

@@ -15,17 +15,10 @@ from daemon.binance.feed import BinanceFeed, BookStatus, backoff_delay
 from daemon.record_cli import record
 from daemon.recording import iter_recording
 from daemon.venue.server import LocalVenue, SimulatorSource
+from tests.daemon.harness import until as _until
 
 SIM = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=30.0, speed=1.0)
 FAST = FeedConfig(reconnect_initial_s=0.05, reconnect_max_s=0.2, stale_after_s=2.0)
-
-
-async def _until(cond, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def test_backoff_is_exponential_with_full_jitter():
