@@ -87,6 +87,17 @@ def _split_val(p: Pooled, h: int, frac: float = 0.15) -> tuple[np.ndarray, np.nd
     return tr, va
 
 
+def _grades(y: np.ndarray, t: np.ndarray, levels: int = 5) -> np.ndarray:
+    """0..levels-1 by the row's percentile of y among the rows of its bar t (rows sorted by t)."""
+    order = np.lexsort((y, t))
+    _, start, count = np.unique(t[order], return_index=True, return_counts=True)
+    pos = np.arange(len(y)) - np.repeat(start, count)
+    pct = (pos + 0.5) / np.repeat(count, count)
+    g = np.empty(len(y))
+    g[order] = np.minimum(np.floor(pct * levels), levels - 1)
+    return g
+
+
 def _fit_xgb(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
     import xgboost as xgb
     device, why = choose_device("xgboost", len(p.y), prm.device, prm.gpu_min_rows)
@@ -96,15 +107,16 @@ def _fit_xgb(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
               "tree_method": "hist", "nthread": prm.threads, "seed": seed, "device": device, "verbosity": 0}
     if prm.xgb_objective == "rank":
         params |= {"objective": "rank:pairwise", "eval_metric": "ndcg"}
-        # pairwise ranking needs integer-ish relevance for ndcg; ranks in [-0.5, 0.5] -> 0..4 grades
-        grade = lambda y: np.clip(np.floor((y + 0.5) * 5), 0, 4) if prm.target == "rank" else \
-            np.clip(np.floor((np.argsort(np.argsort(y)) / max(len(y), 1)) * 5), 0, 4)  # noqa: E731
-        dtr = xgb.DMatrix(p.X[tr], label=grade(p.y[tr]), qid=p.t[tr])
-        dva = xgb.DMatrix(p.X[va], label=grade(p.y[va]), qid=p.t[va])
+        # pairwise ranking: relevance grades 0..4 from each row's cross-sectional percentile within its bar
+        # (grading by global quantiles would give most bars one grade, hence no pairs, hence no gradient)
+        dtr = xgb.DMatrix(p.X[tr], label=_grades(p.y[tr], p.t[tr]), qid=p.t[tr])
+        dva = xgb.DMatrix(p.X[va], label=_grades(p.y[va], p.t[va]), qid=p.t[va])
     elif prm.xgb_objective == "reg":
         params |= {"objective": "reg:squarederror", "eval_metric": "rmse"}
-        dtr = xgb.DMatrix(p.X[tr], label=p.y[tr])
-        dva = xgb.DMatrix(p.X[va], label=p.y[va])
+        # targets in units of their training std, so depth/min_child_weight/lambda mean the same for every target
+        ys = float(np.std(p.y[tr])) or 1.0
+        dtr = xgb.DMatrix(p.X[tr], label=p.y[tr] / ys)
+        dva = xgb.DMatrix(p.X[va], label=p.y[va] / ys)
     else:
         raise ValueError(f"xgb_objective must be reg or rank, got {prm.xgb_objective!r}")
     b = xgb.train(params, dtr, prm.xgb_rounds, evals=[(dva, "val")], early_stopping_rounds=prm.xgb_early_stopping,

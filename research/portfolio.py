@@ -57,8 +57,11 @@ def _simple_returns(close: np.ndarray) -> np.ndarray:
 
 
 def simulate(scores: np.ndarray, close: np.ndarray, *, top_k: int, rebalance: int, hold_buffer: float = 1.0,
-             costs: Costs = Costs(), cash: float = 10_000.0) -> StrategyResult:
-    """Scores (T, N) known at each bar's close (NaN = not tradeable); close (T, N) NaN = absent."""
+             costs: Costs = Costs(), cash: float = 10_000.0, need_spread: bool = True) -> StrategyResult:
+    """Scores (T, N) known at each bar's close (NaN = not tradeable); close (T, N) NaN = absent.
+
+    ``need_spread``: a bar whose scores are all equal carries no ranking information, so the rebalance goes to
+    cash rather than picking names by their column order."""
     T, N = close.shape
     if scores.shape != close.shape:
         raise ValueError("scores and close must have the same shape")
@@ -96,7 +99,7 @@ def simulate(scores: np.ndarray, close: np.ndarray, *, top_k: int, rebalance: in
             s = scores[t]
             ok = np.isfinite(s) & np.isfinite(close[t])
             target = np.zeros(N)
-            if ok.any():
+            if ok.any() and (not need_spread or np.ptp(s[ok]) > 0):
                 order = np.argsort(-np.where(ok, s, -np.inf), kind="stable")
                 rank = np.empty(N, dtype=np.int64)
                 rank[order] = np.arange(N)
@@ -139,4 +142,4 @@ def buy_and_hold(close: np.ndarray, *, costs: Costs = Costs(), cash: float = 10_
     scores[0, first] = 1.0
     k = max(int(first.sum()), 1)
     # rebalance only at t = 0 (rebalance period longer than the run); hold_buffer keeps everything
-    return simulate(scores, close, top_k=k, rebalance=T + 1, costs=costs, cash=cash)
+    return simulate(scores, close, top_k=k, rebalance=T + 1, costs=costs, cash=cash, need_spread=False)
