@@ -60,7 +60,7 @@ def quantile_returns(pred: np.ndarray, ret: np.ndarray, q: int = 5, min_names: i
     r = rankdata(np.where(ok, pred, np.nan), axis=1, nan_policy="omit")
     n = ok.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bucket = np.floor((r - 1) * q / n)
+        bucket = np.floor((r - 0.5) * q / n)
     out = np.full((pred.shape[0], q), np.nan)
     for k in range(q):
         m = ok & (bucket == k)
@@ -77,7 +77,7 @@ def _top_turnover(pred: np.ndarray, q: int) -> float:
     r = rankdata(np.where(ok, pred, np.nan), axis=1, nan_policy="omit")
     n = ok.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        top = ok & (np.floor((r - 1) * q / n) == q - 1)
+        top = ok & (np.floor((r - 0.5) * q / n) == q - 1)
     a, b = top[:-1], top[1:]
     size = a.sum(axis=1)
     keep = (a & b).sum(axis=1)

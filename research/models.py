@@ -228,7 +228,8 @@ def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray
         return m.obj.predict(xgb.DMatrix(X), iteration_range=(0, m.obj.best_iteration + 1))
     if m.kind == "ridge":
         w, ym = m.obj
-        return ((X - m.mu) / m.sd).astype(np.float64) @ w + ym
+        # row-wise sums (not a BLAS GEMV): a row's score does not depend on the batch it is in
+        return (((X - m.mu) / m.sd).astype(np.float64) * w).sum(axis=1) + ym
     if m.kind == "lstm":
         import torch
         out = np.empty(len(t), dtype=np.float64)
