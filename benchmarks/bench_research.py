@@ -33,7 +33,8 @@ def _tradingd(args: list[str]) -> tuple[float, str]:
 
 
 def bench_backtest(a) -> dict:
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = a.report or tmp
         args = ["backtest", "--data", a.data, "--report", d, "--threads", str(a.threads), *a.extra]
         if a.timeframes:
             args += ["--timeframes", a.timeframes]
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--timeframes", default="")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", default="", help="backtest: keep the report here (default: a temporary folder)")
     p.add_argument("extra", nargs="*", help="more tradingd options after --")
     a = p.parse_args()
     if not a.data:
