@@ -76,3 +76,22 @@ def test_embargo_on_real_pooled_rows(universe_1h):
 def test_check_embargo_catches_an_overlap():
     with pytest.raises(AssertionError, match="embargo violated"):
         check_embargo([Window(0, 100, 103, 200)], h=6)
+
+
+@pytest.mark.parametrize("lo,hi,k,h", [(96, 1583, 3, 6), (96, 17_376, 3, 48), (0, 1000, 2, 24)])
+def test_hpo_inner_folds_stay_inside_the_first_training_window(lo, hi, k, h):
+    from research.hpo import inner_folds
+    folds = inner_folds(lo, hi, k, h)
+    assert len(folds) == k
+    for a, b, c, d in folds:
+        assert lo <= a < b and b - 1 + h < c < d and d - 1 + h < hi   # every label ends inside [lo, hi)
+
+
+def test_hpo_data_ends_before_the_first_outer_test(universe_1h):
+    from research.hpo import first_valid, hpo_data_end
+    pf = panel_features(load_universe(universe_1h, symbols=SYMS5).panels["1h"])
+    opts = WFOptions(train_days=60, test_days=30)
+    end = hpo_data_end(pf, opts)
+    for h in (1, 6, 24):
+        first_test = windows(pf.X.shape[0], "1h", h, opts, first_valid=first_valid(pf))[0].test_lo
+        assert end - 1 + h < first_test
