@@ -126,7 +126,8 @@ def main(args) -> int:
     s = m["strategy"]
     b = m["baselines"]
     print(f"strategy {s['timeframe']} {s['model']}: return {s['return_pct']:.2f}% sharpe {s['sharpe']:.2f} "
-          f"maxDD {s['max_drawdown_pct']:.1f}% trades {s['trades']:.0f} | buy-and-hold {b['buy_and_hold']['return_pct']:.2f}% "
+          f"maxDD {s['max_drawdown_pct']:.1f}% trades {s['trades']:.0f} | "
+          f"buy-and-hold {b['buy_and_hold']['return_pct']:.2f}% "
           f"sharpe {b['buy_and_hold']['sharpe']:.2f} | momentum {b['momentum']['return_pct']:.2f}% "
           f"sharpe {b['momentum']['sharpe']:.2f}")
     for tf, ms in m["signal"].items():

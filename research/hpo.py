@@ -20,7 +20,6 @@ on an inner walk-forward that never sees an outer test window.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import sys
 import time
@@ -34,7 +33,7 @@ from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, PanelFeatures, forward_returns, panel_features, target
 from research.metrics import deflated_sharpe, ic_series
 from research.models import fit_model, predict_panel
-from research.params import load_params, params_for
+from research.params import params_for
 from research.portfolio import simulate
 from research.universe import UniverseError, load_universe
 from research.walkforward import WFOptions, bars_of
@@ -256,5 +255,3 @@ def main(args) -> int:
     print(f"best parameters: {Path(args.out) / 'best.json'}")
     return 0
 
-
-_ = (math, load_params)

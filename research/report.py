@@ -110,7 +110,8 @@ def write_report(out: Path, metrics: dict, evals: dict, results: dict) -> None:
             "<th>max DD %</th><th>trades</th></tr>")
     st = metrics["strategy"]
     body = (f"<h1>tradingd universe backtest</h1><p>{html.escape(metrics['info'].get('note', ''))}</p>"
-            f"<h2>Strategy ({st.get('timeframe')} {st.get('model')})</h2><pre>{html.escape(json.dumps(plain(st), indent=1))}"
+            f"<h2>Strategy ({st.get('timeframe')} {st.get('model')})</h2>"
+            f"<pre>{html.escape(json.dumps(plain(st), indent=1))}"
             f"</pre><h2>Signal and strategies (out of sample, after costs)</h2><table border=1 cellspacing=0>"
             f"{head}{''.join(rows)}</table>" + "".join(f"<p><img src='{p}'></p>" for p in pngs))
     (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>tradingd universe "

@@ -13,7 +13,6 @@ are the models' cross-sectional z-scores. Weights per window are recorded in the
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import numpy as np
 import structlog
 
 from daemon.events import timeframe_ns
-from research.dataset import PanelFeatures, forward_returns, panel_features, target
+from research.dataset import PanelFeatures, forward_returns, target
 from research.metrics import ic_series, signal_metrics
 from research.models import FACTORS, ModelParams, factor_scores, fit_model, predict_panel
 from research.portfolio import Costs, buy_and_hold, simulate
@@ -38,7 +37,7 @@ _DAY_NS = 86_400_000_000_000
 class WFOptions:
     train_days: float = 60.0
     test_days: float = 30.0
-    embargo: int = 0                 # bars between the last training row and the test start, beyond... (0 = h)
+    embargo: int = 0                 # bars between the last training row and the test start (at least h)
     expanding: bool = False
     models: tuple[str, ...] = ("xgboost", "ridge", "lstm")
     seeds: int = 1
@@ -213,14 +212,3 @@ def evaluate(res: TfResult, opts: WFOptions) -> dict:
     out["test_span_ns"] = [int(res.open_ns[lo]), int(res.open_ns[hi - 1])]
     out["bars_per_year"] = bpy
     return out
-
-
-def prepare(panel) -> PanelFeatures:
-    return panel_features(panel)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else 0
-
-
-_ = math

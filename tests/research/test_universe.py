@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.data import load_klines_csv, resample
+from engines.data import resample
 from research.dataset import FEATURE_NAMES, forward_returns, panel_features, pooled, target
 from research.universe import UniverseError, load_universe, resolve_timeframes
 from tests.research.conftest import SYMS5, read_rows, write_rows
