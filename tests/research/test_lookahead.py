@@ -95,3 +95,23 @@ def test_hpo_data_ends_before_the_first_outer_test(universe_1h):
     for h in (1, 6, 24):
         first_test = windows(pf.X.shape[0], "1h", h, opts, first_valid=first_valid(pf))[0].test_lo
         assert end - 1 + h < first_test
+
+
+def test_cross_section_of_one_bar_equals_the_panel_row(universe_1h):
+    """What the daemon will do at a bar close: the cross-sectional columns from the N per-symbol rows of that bar
+    alone (plus the beta state) equal the batch panel's, number for number."""
+    from daemon.events import timeframe_ns
+    from research import dataset as D
+    p = load_universe(universe_1h, symbols=(*SYMS5, "TONUSDT", "NOTUSDT")).panels["1h"]
+    ps, dv = D._per_symbol(p)
+    lc = np.log(p.close)
+    r1 = np.full(lc.shape, np.nan)
+    r1[1:] = lc[1:] - lc[:-1]
+    m = np.nanmean(np.where(np.isfinite(ps).all(axis=-1), r1, np.nan), axis=1)
+    beta = D._beta(r1, m)
+    close_ns = p.open_ns + timeframe_ns("1h")
+    full = D.cross_section(ps, dv, beta, close_ns)
+    for t in (150, 2000, 4000, 5600, 5990):      # before and after NOT (3276) and TON (5290) listed, after BTC ends
+        one = D.cross_section(ps[t], dv[t], beta[t], close_ns[t])
+        assert np.array_equal(one, full[t], equal_nan=True)
+    assert np.isnan(full[150, -2:, 0]).all() and np.isfinite(full[5600, :, 0]).all()   # not listed yet; all listed
