@@ -15,7 +15,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("daemon.train_cli", "train XGBoost and LSTM models and publish them to the registry"),
     "doctor": ("engines.doctor", "report Python/CPU/GPU/CUDA/TensorRT/XGBoost/ONNX Runtime and chosen backends"),
     "backtest": ("daemon.backtest.cli", "backtest the live pipeline over klines or a recording, with a report"),
+    "hpo": ("research.hpo", "hyper-parameter search (Optuna) on a universe folder, inner walk-forward"),
 }
+# `train`/`backtest` with --data DIR (a folder of SYMBOL-TF.csv.gz) run the universe research loop instead
+UNIVERSE_COMMANDS = {"train": "research.cli_train", "backtest": "research.cli_backtest"}
+
+
+def _universe_module(name: str, argv: list[str]) -> str | None:
+    if name not in UNIVERSE_COMMANDS:
+        return None
+    from pathlib import Path
+    for i, a in enumerate(argv):
+        val = argv[i + 1] if a == "--data" and i + 1 < len(argv) else a[7:] if a.startswith("--data=") else None
+        if val is not None and Path(val).is_dir():
+            return UNIVERSE_COMMANDS[name]
+    return None
 
 
 def _top_help() -> str:
@@ -39,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tradingd: unknown command {name!r}\n\n{_top_help()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
+    module_name = _universe_module(name, argv[1:]) or module_name
     # stdout belongs to the command's output (JSON summaries); logs go to stderr until a command reconfigures.
     from daemon.logs import configure
     configure(level="info", json=False)

@@ -1,0 +1,100 @@
+"""``tradingd train --data DIR --registry OUT`` where DIR is a folder of ``SYMBOL-TF.csv.gz``: pooled models per
+timeframe and kind, trained on every symbol's rows, written with a manifest.
+
+Per timeframe: the ensemble weights are learned out of fold first — every model is fitted on all labelled bars
+but the last ``--holdout-frac`` (with an embargo of the horizon), scored on that holdout, and weighted by its
+Rank ICIR there (clipped at 0); then every model is refitted on all labelled bars and saved. The manifest
+(``OUT/universe/<tf>/manifest.json``) records the parameters (``--params best.json`` from ``tradingd hpo``), the
+feature names, the symbols, the holdout metrics, the ensemble weights and each model's device decision."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from research.cli_backtest import add_common, options
+from research.dataset import FEATURE_NAMES, forward_returns, panel_features, target
+from research.metrics import signal_metrics
+from research.models import fit_model, predict_panel, save_model
+from research.params import load_params, params_for
+from research.report import plain
+from research.universe import UniverseError, load_universe
+from research.walkforward import cs_zscore, ensemble_weights
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["add_arguments", "main", "train_universe"]
+
+
+def add_arguments(p) -> None:
+    add_common(p)
+    p.add_argument("--registry", required=True, help="output folder (models under universe/<tf>/)")
+    p.add_argument("--holdout-frac", type=float, default=0.15, help="share of bars that learns the ensemble weights")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def train_universe(args) -> dict:
+    t0 = time.perf_counter()
+    opts = options(args)
+    loaded = load_params(args.params)
+    hpo_stats = {}
+    if args.params:
+        hpo_stats = json.loads(Path(args.params).read_text()).get("hpo", {})
+    uni = load_universe(args.data, tuple(x for x in args.timeframes.split(",") if x) or None,
+                        symbols=tuple(x for x in args.symbols.split(",") if x) or None, last_days=args.last_days)
+    out = {}
+    for tf, panel in uni.panels.items():
+        pf = panel_features(panel)
+        prm = params_for(tf, loaded, horizon=args.horizon, lstm_max_rows=args.lstm_max_rows, threads=args.threads,
+                         device=args.device)
+        h = prm.horizon
+        fwd = forward_returns(pf.close, h)
+        y = target(fwd, prm.target)
+        T = pf.X.shape[0]
+        fv = int(np.flatnonzero(pf.valid.any(axis=1))[0])
+        cut = T - h - int((T - h - fv) * args.holdout_frac)
+        hold = {}
+        scores = {}
+        for m in opts.models:
+            fm = fit_model(m, pf, y, fv, cut - h, prm, seed=args.seed)
+            scores[m] = predict_panel(fm, pf, cut, T - h)
+            hold[m] = signal_metrics(scores[m], fwd[cut:T - h], h)
+        from research.metrics import ic_series
+        wts = ensemble_weights({m: ic_series(s, fwd[cut:T - h])[1] for m, s in scores.items()})
+        ens = sum(w * np.nan_to_num(cs_zscore(scores[m]), nan=0.0) for m, w in wts.items())
+        hold["ensemble"] = signal_metrics(np.where(pf.valid[cut:T - h], ens, np.nan), fwd[cut:T - h], h)
+        d = Path(args.registry) / "universe" / tf
+        d.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for m in opts.models:
+            fm = fit_model(m, pf, y, fv, T, prm, seed=args.seed)
+            entries.append(save_model(fm, d / m))
+        manifest = {"timeframe": tf, "kind": "pooled-universe", "features": list(FEATURE_NAMES),
+                    "symbols": list(pf.symbols), "params": prm.to_dict(), "params_file": args.params,
+                    "hpo": hpo_stats.get(tf), "models": entries,
+                    "ensemble": {"method": "holdout Rank ICIR, clipped at 0", "weights": wts},
+                    "holdout": {"from_ns": int(pf.open_ns[cut]), "metrics": hold},
+                    "trained_on": {"from_ns": int(pf.open_ns[fv]), "to_ns": int(pf.open_ns[T - 1]),
+                                   "bars": int(T - fv)}}
+        (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
+        out[tf] = manifest
+        log.info("train.timeframe", tf=tf, weights=wts, dir=str(d))
+    return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info()}
+
+
+def main(args) -> int:
+    try:
+        res = train_universe(args)
+    except (UniverseError, ValueError) as e:
+        print(f"tradingd train: {e}", file=sys.stderr)
+        return 2
+    for tf, m in res["timeframes"].items():
+        hm = m["holdout"]["metrics"]
+        print(f"{tf}: " + ", ".join(f"{k} rank_ic {v['rank_ic']:+.4f}" for k, v in hm.items()) +
+              f"; ensemble weights {json.dumps({k: round(v, 3) for k, v in m['ensemble']['weights'].items()})}")
+    print(json.dumps({"registry": str(Path(args.registry) / 'universe'), "seconds": round(res["seconds"], 1)}))
+    return 0

@@ -1,0 +1,285 @@
+"""Pooled models over universe rows: XGBoost (regression or pairwise ranking per bar), ridge, a small LSTM, and
+the no-model factor scores. Every model is symbol-agnostic: one model per timeframe and kind, fitted on all
+symbols' rows; ``predict_panel`` scores every valid (t, symbol) row of a bar range in one batch."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
+from research.device import choose_device
+
+__all__ = ["ModelParams", "fit_model", "predict_panel", "factor_scores", "MODEL_KINDS", "FACTORS"]
+
+MODEL_KINDS = ("xgboost", "ridge", "lstm")
+FACTORS = ("reversal", "momentum")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Everything a model and its target need; HPO searches a subset (hpo.py), best.json overrides fields."""
+
+    horizon: int = 12                # label horizon (bars)
+    target: str = "rank"             # raw | resid | rank (dataset.target)
+    row_step: int = 3                # train on every k-th bar (rows overlap over the horizon anyway)
+    xgb_objective: str = "reg"       # reg | rank (rank:pairwise grouped by bar)
+    xgb_rounds: int = 300
+    xgb_early_stopping: int = 30
+    xgb_depth: int = 4
+    xgb_eta: float = 0.05
+    xgb_min_child_weight: float = 200.0
+    xgb_subsample: float = 0.7
+    xgb_colsample: float = 0.7
+    xgb_lambda: float = 10.0
+    ridge_alpha: float = 100.0
+    lstm_hidden: int = 16
+    lstm_seq_len: int = 16
+    lstm_epochs: int = 2
+    lstm_max_rows: int = 40_000      # LSTM trains on a random subsample of this many sequences (CPU budget)
+    lstm_lr: float = 3e-3
+    top_k: int = 3                   # portfolio: names held
+    rebalance: int = 12              # portfolio: bars between rebalances
+    hold_buffer: float = 1.5         # portfolio: keep a held name while it ranks within top_k * hold_buffer
+    momentum_lookback: int = 96      # factor baseline lookback (bars)
+    threads: int = 1
+    device: str = "auto"
+    gpu_min_rows: int = 1_000_000
+
+    def with_(self, **kw) -> ModelParams:
+        known = {f for f in self.__dataclass_fields__}
+        bad = set(kw) - known
+        if bad:
+            raise ValueError(f"unknown parameter(s) {sorted(bad)}; known: {sorted(known)}")
+        return replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = np.nanmean(X, axis=0)
+    sd = np.nanstd(X, axis=0)
+    sd[~(sd > 1e-12)] = 1.0
+    return mu, sd
+
+
+@dataclass
+class FittedModel:
+    kind: str
+    params: ModelParams
+    seed: int
+    obj: object = None
+    mu: np.ndarray | None = None
+    sd: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _split_val(p: Pooled, h: int, frac: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Time split of training rows for early stopping, with an embargo of h bars between the parts."""
+    ts = np.unique(p.t)
+    cut = ts[int(len(ts) * (1 - frac))]
+    tr = p.t < cut - h
+    va = p.t >= cut
+    return tr, va
+
+
+def _grades(y: np.ndarray, t: np.ndarray, levels: int = 5) -> np.ndarray:
+    """0..levels-1 by the row's percentile of y among the rows of its bar t (rows sorted by t)."""
+    order = np.lexsort((y, t))
+    _, start, count = np.unique(t[order], return_index=True, return_counts=True)
+    pos = np.arange(len(y)) - np.repeat(start, count)
+    pct = (pos + 0.5) / np.repeat(count, count)
+    g = np.empty(len(y))
+    g[order] = np.minimum(np.floor(pct * levels), levels - 1)
+    return g
+
+
+def _fit_xgb(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
+    import xgboost as xgb
+    device, why = choose_device("xgboost", len(p.y), prm.device, prm.gpu_min_rows)
+    tr, va = _split_val(p, prm.horizon)
+    params = {"max_depth": prm.xgb_depth, "eta": prm.xgb_eta, "min_child_weight": prm.xgb_min_child_weight,
+              "subsample": prm.xgb_subsample, "colsample_bytree": prm.xgb_colsample, "lambda": prm.xgb_lambda,
+              "tree_method": "hist", "nthread": prm.threads, "seed": seed, "device": device, "verbosity": 0}
+    if prm.xgb_objective == "rank":
+        params |= {"objective": "rank:pairwise", "eval_metric": "ndcg"}
+        # pairwise ranking: relevance grades 0..4 from each row's cross-sectional percentile within its bar
+        # (grading by global quantiles would give most bars one grade, hence no pairs, hence no gradient)
+        dtr = xgb.DMatrix(p.X[tr], label=_grades(p.y[tr], p.t[tr]), qid=p.t[tr])
+        dva = xgb.DMatrix(p.X[va], label=_grades(p.y[va], p.t[va]), qid=p.t[va])
+    elif prm.xgb_objective == "reg":
+        params |= {"objective": "reg:squarederror", "eval_metric": "rmse"}
+        # targets in units of their training std, so depth/min_child_weight/lambda mean the same for every target
+        ys = float(np.std(p.y[tr])) or 1.0
+        dtr = xgb.DMatrix(p.X[tr], label=p.y[tr] / ys)
+        dva = xgb.DMatrix(p.X[va], label=p.y[va] / ys)
+    else:
+        raise ValueError(f"xgb_objective must be reg or rank, got {prm.xgb_objective!r}")
+    b = xgb.train(params, dtr, prm.xgb_rounds, evals=[(dva, "val")], early_stopping_rounds=prm.xgb_early_stopping,
+                  verbose_eval=False)
+    return FittedModel("xgboost", prm, seed, b, info={"device": device, "device_reason": why,
+                                                       "best_iteration": int(b.best_iteration),
+                                                       "rows": int(tr.sum())})
+
+
+def _fit_ridge(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
+    mu, sd = _standardise(p.X)
+    Z = (p.X - mu) / sd
+    A = Z.T.astype(np.float64) @ Z + prm.ridge_alpha * len(Z) / 1000 * np.eye(Z.shape[1])
+    ym = p.y.mean()
+    w = np.linalg.solve(A, Z.T.astype(np.float64) @ (p.y - ym))
+    return FittedModel("ridge", prm, seed, (w, ym), mu, sd, info={"rows": len(p.y), "device": "cpu",
+                                                                 "device_reason": "closed form"})
+
+
+def _sequences(pf: PanelFeatures, t: np.ndarray, j: np.ndarray, L: int, mu, sd) -> np.ndarray:
+    idx = t[:, None] - np.arange(L - 1, -1, -1)[None, :]
+    idx = np.maximum(idx, 0)
+    S = pf.X[idx, j[:, None]]                          # (rows, L, F)
+    S = (S - mu.astype(np.float32)) / sd.astype(np.float32)
+    return np.nan_to_num(S, nan=0.0).astype(np.float32)
+
+
+def _lstm_net(n_feat: int, hidden: int):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(n_feat, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, 1)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.head(out[:, -1]).squeeze(-1)
+    return Net()
+
+
+def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
+    import torch
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = len(p.y)
+    take = np.sort(rng.choice(n, size=min(n, prm.lstm_max_rows), replace=False))
+    device, why = choose_device("lstm", len(take), prm.device, prm.gpu_min_rows)
+    mu, sd = _standardise(p.X)
+    S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
+    y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
+    ys = float(y.std()) or 1.0
+    net = _lstm_net(S.shape[-1], prm.lstm_hidden).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=prm.lstm_lr)
+    bs = 512
+    with _threads(prm.threads):
+        for _ in range(prm.lstm_epochs):
+            perm = torch.randperm(len(y), device=device)
+            for i in range(0, len(y), bs):
+                b = perm[i:i + bs]
+                opt.zero_grad()
+                loss = torch.mean((net(S[b]) - y[b] / ys) ** 2)
+                loss.backward()
+                opt.step()
+    net.eval()
+    return FittedModel("lstm", prm, seed, net.cpu(), mu, sd,
+                       info={"rows": int(len(take)), "rows_available": int(n), "device": device,
+                             "device_reason": why, "final_loss": float(loss.detach())})
+
+
+class _threads:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *a):
+        import torch
+        torch.set_num_threads(self.old)
+
+
+def fit_model(kind: str, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
+              seed: int = 0) -> FittedModel:
+    """Fit ``kind`` on rows t in [t_lo, t_hi) that have a label (the caller embargoes t_hi)."""
+    p = pooled(pf, y, t_lo, t_hi, step=prm.row_step)
+    if len(p.y) < 100:
+        raise ValueError(f"{kind}: only {len(p.y)} training rows in bars [{t_lo}, {t_hi})")
+    if kind == "xgboost":
+        return _fit_xgb(p, prm, seed)
+    if kind == "ridge":
+        return _fit_ridge(p, prm, seed)
+    if kind == "lstm":
+        return _fit_lstm(p, prm, seed, pf)
+    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+
+
+def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Scores of rows (t, j) — one batched call per model, whatever the number of symbols."""
+    if len(t) == 0:
+        return np.zeros(0)
+    X = pf.X[t, j]
+    if m.kind == "xgboost":
+        import xgboost as xgb
+        return m.obj.predict(xgb.DMatrix(X), iteration_range=(0, m.obj.best_iteration + 1))
+    if m.kind == "ridge":
+        w, ym = m.obj
+        # row-wise sums (not a BLAS GEMV): a row's score does not depend on the batch it is in
+        return (((X - m.mu) / m.sd).astype(np.float64) * w).sum(axis=1) + ym
+    if m.kind == "lstm":
+        import torch
+        out = np.empty(len(t), dtype=np.float64)
+        with torch.no_grad(), _threads(m.params.threads):
+            for i in range(0, len(t), 8192):
+                S = torch.from_numpy(_sequences(pf, t[i:i + 8192], j[i:i + 8192], m.params.lstm_seq_len, m.mu,
+                                                m.sd))
+                out[i:i + 8192] = m.obj(S).numpy()
+        return out
+    raise ValueError(m.kind)
+
+
+def predict_panel(m: FittedModel, pf: PanelFeatures, t_lo: int, t_hi: int) -> np.ndarray:
+    """(t_hi - t_lo, N) scores, NaN where the row has no features."""
+    v = pf.valid[t_lo:t_hi]
+    ti, ji = np.nonzero(v)
+    out = np.full(v.shape, np.nan)
+    out[ti, ji] = predict_rows(m, pf, ti + t_lo, ji)
+    return out
+
+
+def factor_scores(pf: PanelFeatures, name: str, lookback: int) -> np.ndarray:
+    """No-model scores (T, N): reversal = minus the last bar's return; momentum = return over ``lookback``."""
+    lc = np.log(pf.close)
+    out = np.full(lc.shape, np.nan)
+    if name == "reversal":
+        out[1:] = -(lc[1:] - lc[:-1])
+    elif name == "momentum":
+        out[lookback:] = lc[lookback:] - lc[:-lookback]
+    else:
+        raise ValueError(f"unknown factor {name!r}")
+    out[~pf.valid] = np.nan
+    return out
+
+
+def save_model(m: FittedModel, path) -> dict:
+    """Write the model file; returns its manifest entry."""
+    from pathlib import Path
+    path = Path(path)
+    if m.kind == "xgboost":
+        f = path.with_suffix(".ubj")
+        m.obj.save_model(str(f))
+    elif m.kind == "ridge":
+        f = path.with_suffix(".npz")
+        np.savez(f, w=m.obj[0], ym=m.obj[1], mu=m.mu, sd=m.sd)
+    else:
+        import torch
+        f = path.with_suffix(".pt")
+        buf = io.BytesIO()
+        torch.save({"state": m.obj.state_dict(), "mu": m.mu, "sd": m.sd, "hidden": m.params.lstm_hidden,
+                    "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES)}, buf)
+        f.write_bytes(buf.getvalue())
+    return {"kind": m.kind, "file": f.name, "seed": m.seed, "info": json.loads(json.dumps(m.info, default=str))}
