@@ -5,10 +5,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-BINANCE_WS = SHARED_DATA / "binance-ws"
-KLINES = SHARED_DATA / "klines"
+from tests.paths import BINANCE_WS, KLINES  # the one place for the paths
 
 
 def _need(path: Path) -> Path:

@@ -1,16 +1,13 @@
 """Fixtures for the universe research tests: slices of the real universe data (skip when it is absent)."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
-
-UNIVERSE = SHARED_DATA / "universe"
-SYMS5 = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT", "LINKUSDT")
+from tests.paths import UNIVERSE
+from tests.research.rows import SYMS5, read_rows, write_rows
 
 
 def _need(p: Path) -> Path:
@@ -27,18 +24,6 @@ def universe_5m() -> Path:
 @pytest.fixture(scope="session")
 def universe_1h() -> Path:
     return _need(UNIVERSE / "binance-spot-1h")
-
-
-def read_rows(path: Path) -> tuple[str, list[str]]:
-    with gzip.open(path, "rt") as f:
-        lines = f.read().splitlines()
-    return lines[0], lines[1:]
-
-
-def write_rows(path: Path, header: str, rows: list[str]) -> Path:
-    with gzip.open(path, "wt") as f:
-        f.write("\n".join([header, *rows]) + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")

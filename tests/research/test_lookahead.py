@@ -9,7 +9,7 @@ from research.dataset import forward_returns, panel_features, pooled, target
 from research.models import ModelParams
 from research.universe import Panel, load_universe
 from research.walkforward import WFOptions, check_embargo, windows, Window
-from tests.research.conftest import SYMS5
+from tests.research.rows import SYMS5
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

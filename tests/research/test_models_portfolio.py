@@ -10,7 +10,7 @@ from research.models import ModelParams, fit_model, predict_panel, predict_rows
 from research.portfolio import Costs, buy_and_hold, simulate
 from research.universe import load_universe
 from research.walkforward import ensemble_weights
-from tests.research.conftest import SYMS5
+from tests.research.rows import SYMS5
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

@@ -7,7 +7,7 @@ import pytest
 from engines.data import resample
 from research.dataset import FEATURE_NAMES, forward_returns, panel_features, pooled, target
 from research.universe import UniverseError, load_universe, resolve_timeframes
-from tests.research.conftest import SYMS5, read_rows, write_rows
+from tests.research.rows import SYMS5, read_rows, write_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
