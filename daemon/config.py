@@ -6,6 +6,7 @@ here: API keys and the control token are read from the environment (or systemd c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class FaultConfig:
 @dataclass(frozen=True)
 class SimulatorConfig:
     seed: int = opt(13, "Seed of the market simulator (same seed, same market). 13: the trend is up when the live "
-                    "market opens (+0.8 %/h), so the long-only default has something to buy in its first minutes "
+                    "market opens (+0.7 %/h), so the long-only default has something to buy in its first minutes "
                     "(README).", ge=0, le=2**32 - 1)
     start_price: float = opt(60000.0, "Initial mid price.", gt=0, le=1e9)
     history_days: int = opt(30, "Days of 1m klines history served before the live stream starts.", ge=1, le=400)
@@ -107,6 +108,41 @@ class SimulatorConfig:
                        "event second) is unchanged, so the history stays consistent; bars, features, the optimizer "
                        "and risk run on event time. Read by whoever scales wall-clock checks (bar clock, "
                        "plausibility).", gt=0, le=1000)
+    correlation: float = opt(0.6, "Pairwise correlation of two symbols' returns (and trends) through one common "
+                             "market factor: a symbol's moves are sqrt(correlation) x the factor's plus the rest "
+                             "its own (0 = independent symbols). A universe entry's loading overrides it.",
+                             ge=0, le=1)
+    universe: tuple[str, ...] = opt(
+        ("ETHUSDT=3000:1.2", "BNBUSDT=550:1.1", "SOLUSDT=150:1.6", "XRPUSDT=0.55:1.4", "ADAUSDT=0.45:1.5",
+         "DOGEUSDT=0.12:1.8", "AVAXUSDT=30:1.7", "LINKUSDT=14:1.6", "LTCUSDT=70:1.3", "DOTUSDT=6:1.5"),
+        "Per-symbol market, 'SYMBOL=start_price[:vol_mult[:loading]]': the start price, a multiple of vol_low/"
+        "vol_high and of the trend, and the correlation with the market factor (default sqrt(correlation)). Tick "
+        "and lot step follow the price (the configured ones at start_price, shifted by its power of ten). A "
+        "symbol not listed starts at start_price with vol_mult 1.")
+
+    def universe_params(self) -> dict[str, tuple[float, float, float]]:
+        """``universe`` parsed: symbol -> (start_price, vol_mult, loading); a bad entry raises ValueError."""
+        out: dict[str, tuple[float, float, float]] = {}
+        for item in self.universe:
+            sym, sep, rest = item.partition("=")
+            parts = rest.split(":")
+            if not sep or not sym.isalnum() or sym != sym.upper() or not 1 <= len(parts) <= 3:
+                raise ValueError(f"universe: {item!r} must look like 'ETHUSDT=3000:1.2:0.8'")
+            try:
+                vals = [float(v) for v in parts]
+            except ValueError:
+                raise ValueError(f"universe: {item!r}: not a number") from None
+            price, vm, load = (vals + [1.0, math.sqrt(self.correlation)][len(vals) - 1:])[:3]
+            if not (0 < price <= 1e9 and 0 < vm <= 100 and 0 <= load <= 1):
+                raise ValueError(f"universe: {item!r}: need 0 < price <= 1e9, 0 < vol_mult <= 100, "
+                                 "0 <= loading <= 1")
+            if sym in out:
+                raise ValueError(f"universe: {sym} given twice")
+            out[sym] = (price, vm, load)
+        return out
+
+    def validate(self) -> None:
+        self.universe_params()
 
 
 @dataclass(frozen=True)

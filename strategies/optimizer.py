@@ -15,6 +15,13 @@ Formulas (one place; the config options named are in :class:`OptimizerConfig`):
 * size: seed §7.3, see :func:`strategies.sizing.position_size`; stop/take profit: seed §7.4, see
   :func:`strategies.sizing.risk_levels`.
 * timeframe score: weighted mean of five components in [0, 1] (see :meth:`~.select_optimal_timeframe`).
+* universe: :meth:`DollarProfitOptimizer.decide_universe` takes every symbol's row of one timeframe at a bar
+  boundary, ranks the entry candidates by expected dollar edge after costs ``qty * entry * (e - c)`` (the sized
+  quantity, before portfolio caps) and admits them best first while ``risk.max_open_positions`` (open + pending +
+  admitted symbols), the gross and net exposure caps (``risk.max_gross_exposure`` / ``max_net_exposure`` x
+  equity; a candidate is cut down to the room left, or refused when the cut falls below the venue minimum) and the
+  per-symbol cap (sizing: ``max_position_fraction`` / ``risk.max_position_notional``) allow. The per-symbol
+  :meth:`~.on_bar_close` is the same decision with one row.
 """
 from __future__ import annotations
 
@@ -30,12 +37,12 @@ from market.cfgbase import opt
 from market.events import TIMEFRAME_SECONDS, Bar, Fill, OrderIntent, Side, timeframe_ns
 from strategies.peaks import TrailingPeakDetector
 from strategies.performance import ClosedTrade, PerformanceMetrics, PerformanceTracker
-from strategies.risk import AccountState, RiskConfig
-from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order_id, is_dust, parse_tf_pairs,
-                               position_size, risk_levels)
+from strategies.risk import AccountState, Exposure, RiskConfig, exposure_room, portfolio_exposure
+from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order_id, floor_to_step, is_dust,
+                               parse_tf_pairs, position_size, risk_levels)
 
 __all__ = ["OptimizerConfig", "MarketMetrics", "TimeframeScore", "TimeframeChoice", "Signal", "BookTop",
-           "ManagedPosition", "ExitDecision", "DollarProfitOptimizer", "MODELS"]
+           "ManagedPosition", "ExitDecision", "DollarProfitOptimizer", "MODELS", "SymbolSignal", "RankedCandidate"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +62,10 @@ class OptimizerConfig:
                                     "spread to trade.", ge=1, le=100)
     assumed_spread_bps: float = opt(1.0, "Spread assumed when no book snapshot is given, in basis points.",
                                     ge=0, le=1000)
+    slippage_bps: float = opt(0.0, "Slippage estimate per fill beyond the touch, in basis points; counted twice "
+                              "(entry and exit) in the round-trip cost that the edge must beat and that ranks "
+                              "entries across symbols (0: market orders of the traded size fill at the touch).",
+                              ge=0, le=1000)
     risk_per_trade: float = opt(0.01, "Fraction of equity lost if the stop is hit (before strength/timeframe "
                                 "scaling).", gt=0, le=0.2)
     stop_atr_mult: float = opt(2.0, "Stop distance in ATRs.", gt=0, le=100)
@@ -179,6 +190,60 @@ class BookTop:
 
 
 @dataclass(frozen=True)
+class SymbolSignal:
+    """One symbol's row at a bar close: what :meth:`DollarProfitOptimizer.on_bar_close` takes for one symbol,
+    given together for the universe to :meth:`DollarProfitOptimizer.decide_universe`."""
+
+    symbol: str
+    bar: Bar
+    predictions: Mapping[str, float]
+    atr: float
+    book: BookTop | None = None
+    book_stale: bool = False
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    """One entry candidate of a universe decision, in rank order (for /status, logs and tests).
+
+    ``dollar_edge`` = ``qty * price * net_edge``: the expected profit after costs of the sized position;
+    ``admitted_qty`` is 0 when refused, less than ``qty`` when a portfolio cap cut it; ``reason`` is ``entry``,
+    ``clipped_gross`` / ``clipped_net`` (admitted, cut), or why it was refused: ``max_positions``,
+    ``no_room.gross`` / ``no_room.net``.
+    """
+
+    symbol: str
+    direction: int
+    price: float
+    qty: float
+    net_edge: float
+    dollar_edge: float
+    admitted_qty: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    symbol: str
+    timeframe: str
+    bar_open_ns: int
+    direction: int
+    price: float
+    qty: float
+    atr: float
+    signal: Signal
+    limited_by: str
+
+    @property
+    def net_edge(self) -> float:
+        return self.signal.edge - self.signal.cost
+
+    @property
+    def dollar_edge(self) -> float:
+        return self.qty * self.price * self.net_edge
+
+
+@dataclass(frozen=True)
 class ExitDecision:
     reason: str  # stop | take_profit | peak | reversal | time
     price: float  # the reference price that triggered it (the level, or the close)
@@ -213,6 +278,7 @@ class _PendingEntry:
     direction: int
     atr: float
     filled: float = 0.0
+    price: float = math.nan  # reference price at the decision: values the pending exposure
 
 
 @dataclass
@@ -256,6 +322,7 @@ class DollarProfitOptimizer:
         self._weights = {"volatility": cfg.sel_w_volatility, "cost": cfg.sel_w_cost, "volume": cfg.sel_w_volume,
                          "hit_rate": cfg.sel_w_hit_rate, "pnl": cfg.sel_w_pnl}
         self._wsum = sum(self._weights.values())
+        self.ranking: dict[str, tuple[RankedCandidate, ...]] = {}  # last universe ranking per timeframe
 
     # ---------------------------------------------------------------------------------- small helpers
     def timeframe_factor(self, tf: str) -> float:
@@ -267,7 +334,7 @@ class DollarProfitOptimizer:
         return (1, TIMEFRAME_SECONDS.get(tf, 1 << 40))
 
     def _cost(self, spread: float) -> float:
-        return 2 * self.fee_rate + spread
+        return 2 * self.fee_rate + spread + 2 * self.cfg.slippage_bps * 1e-4
 
     # ---------------------------------------------------------------------------------- selection
     def select_optimal_timeframe(self, metrics: Mapping[str, MarketMetrics], symbol: str | None = None
@@ -387,15 +454,15 @@ class DollarProfitOptimizer:
     # ---------------------------------------------------------------------------------- sizing / levels
     def size(self, symbol: str, timeframe: str, signal: Signal, price: float, atr: float,
              account: AccountState) -> SizeResult:
+        """The position's size for ``signal`` (risk, per-symbol caps, venue filters); the count of open positions
+        and the portfolio caps are applied when candidates are admitted (:meth:`_admit`)."""
         f = self.filters[symbol]
-        others = [s for s in account.open_symbols() if s != symbol]
         return position_size(equity=account.equity, price=price, atr=atr, strength=signal.strength,
                              timeframe_factor=self.timeframe_factor(timeframe),
                              risk_per_trade=self.cfg.risk_per_trade, stop_atr_mult=self.cfg.stop_atr_mult,
                              max_position_notional=self.risk_cfg.max_position_notional,
                              max_position_fraction=self.cfg.max_position_fraction, filters=f,
-                             existing_qty=0.0, open_positions=len(others),
-                             max_positions=self.risk_cfg.max_open_positions)
+                             existing_qty=0.0)
 
     def levels(self, symbol: str, direction: int, entry: float, atr: float) -> RiskLevels | None:
         f = self.filters.get(symbol)
@@ -548,12 +615,123 @@ class DollarProfitOptimizer:
                 return list(last[1])
             c["old_bar"] += 1
             return []
-        out = self._decide(symbol, timeframe, bar, predictions, atr, book, account, ts, book_stale)
+        res = self._assess(symbol, timeframe, bar, predictions, atr, book, account, ts, book_stale)
+        out = self._admit(timeframe, [res], account, ts) if isinstance(res, _Candidate) else res
         self._last_bar[key] = (bar.open_ns, list(out))
         return out
 
-    def _decide(self, symbol: str, tf: str, bar: Bar, predictions: Mapping[str, float], atr: float,
-                book: BookTop | None, account: AccountState, ts: int, book_stale: bool) -> list[OrderIntent]:
+    def decide_universe(self, timeframe: str, rows: Sequence[SymbolSignal], account: AccountState, ts: int
+                        ) -> list[OrderIntent]:
+        """Decide at a bar boundary for every symbol of ``timeframe`` at once: each row's exits as in
+        :meth:`on_bar_close`, then the entry candidates of all rows ranked by expected dollar edge after costs and
+        admitted under the portfolio limits (module docstring). Returns the exits, then the entries best first.
+
+        Idempotent per (symbol, timeframe) like :meth:`on_bar_close` (a row whose bar was already decided returns
+        that decision's intents; an older one is ignored); a symbol given twice is counted and its later rows
+        ignored. The ranking is kept in ``self.ranking[timeframe]``.
+        """
+        c = self.counters
+        c["universe_decisions"] += 1
+        exits: list[OrderIntent] = []
+        replayed: list[OrderIntent] = []
+        cands: list[_Candidate] = []
+        seen: set[str] = set()
+        for r in rows:
+            if r.symbol in seen:
+                c["duplicate_row"] += 1
+                continue
+            seen.add(r.symbol)
+            key = (r.symbol, timeframe)
+            last = self._last_bar.get(key)
+            if last is not None and r.bar.open_ns <= last[0]:
+                if r.bar.open_ns == last[0]:
+                    c["replayed_bar"] += 1
+                    replayed.extend(last[1])
+                else:
+                    c["old_bar"] += 1
+                continue
+            res = self._assess(r.symbol, timeframe, r.bar, r.predictions, r.atr, r.book, account, ts,
+                               r.book_stale)
+            if isinstance(res, _Candidate):
+                cands.append(res)
+            else:
+                exits.extend(res)
+                self._last_bar[key] = (r.bar.open_ns, list(res))
+        entries = self._admit(timeframe, cands, account, ts)
+        by_sym = {i.symbol: i for i in entries}
+        for cd in cands:
+            got = by_sym.get(cd.symbol)
+            self._last_bar[(cd.symbol, timeframe)] = (cd.bar_open_ns, [got] if got is not None else [])
+        return exits + replayed + entries
+
+    def _admit(self, tf: str, cands: Sequence[_Candidate], account: AccountState, ts: int) -> list[OrderIntent]:
+        """Rank ``cands`` by dollar edge (ties: net edge, then symbol) and admit them best first under the
+        position count and the gross/net exposure caps; pending entries count as open, at their decision
+        price. Records the ranking in ``self.ranking[tf]``."""
+        c = self.counters
+        ranked = sorted(cands, key=lambda k: (-k.dollar_edge, -k.net_edge, k.symbol))
+        open_syms = set(account.open_symbols())
+        exp = portfolio_exposure(account)
+        gross, net = exp.gross, exp.net
+        for sym, pe in self._pending.items():
+            left = max(pe.intent.qty - pe.filled, 0.0)
+            px = pe.price if math.isfinite(pe.price) else account.marks.get(sym, math.nan)
+            if not (math.isfinite(px) and px > 0):
+                px = 0.0
+                exp = Exposure(exp.gross, exp.net, exp.unvalued + 1)  # unknown exposure: no new risk
+            gross += left * px
+            net += pe.direction * left * px
+            open_syms.add(sym)
+        slots = self.risk_cfg.max_open_positions - len(open_syms)
+        out: list[OrderIntent] = []
+        report: list[RankedCandidate] = []
+        for k in ranked:
+            qty, reason = k.qty, "entry"
+            new_slot = k.symbol not in open_syms  # e.g. dust left in the account already holds a slot
+            if new_slot and slots <= 0:
+                qty, reason = 0.0, "max_positions"
+            else:
+                room, cap = exposure_room(Exposure(gross, net, exp.unvalued), k.direction, account.equity,
+                                          self.risk_cfg.max_gross_exposure, self.risk_cfg.max_net_exposure)
+                if qty * k.price > room:
+                    f = self.filters[k.symbol]
+                    qty = floor_to_step(room / k.price, f.lot_step)
+                    while qty > 0 and qty * k.price > room:  # float rounding must never overshoot the cap
+                        qty = floor_to_step(qty - f.lot_step, f.lot_step) if f.lot_step > 0 else 0.0
+                    if qty <= 0 or qty < f.min_qty or qty * k.price < f.min_notional:
+                        qty, reason = 0.0, f"no_room.{cap}"
+                    else:
+                        reason = f"clipped_{cap}"
+            report.append(RankedCandidate(k.symbol, k.direction, k.price, k.qty, k.net_edge, k.dollar_edge, qty,
+                                          reason))
+            if qty <= 0:
+                c[f"rank.{reason}"] += 1
+                continue
+            if reason != "entry":
+                c[f"rank.{reason}"] += 1
+            if new_slot:
+                slots -= 1
+                open_syms.add(k.symbol)
+            gross += qty * k.price
+            net += k.direction * qty * k.price
+            intent = OrderIntent(
+                client_order_id=client_order_id(self.cfg.client_id_prefix, k.symbol, tf, k.bar_open_ns, "entry"),
+                symbol=k.symbol, side=Side(k.direction), qty=qty, timeframe=tf, reason="entry", ts=ts)
+            self._pending[k.symbol] = _PendingEntry(intent, k.direction, k.atr, price=k.price)
+            c["entry"] += 1
+            log.info("entry_intent", symbol=k.symbol, timeframe=tf, side=k.direction, qty=qty,
+                     p_up=round(k.signal.p_up, 4), edge=k.signal.edge, cost=k.signal.cost,
+                     dollar_edge=round(k.dollar_edge, 4), limited_by=k.limited_by if reason == "entry" else reason,
+                     coid=intent.client_order_id)
+            out.append(intent)
+        self.ranking[tf] = tuple(report)
+        return out
+
+    def _assess(self, symbol: str, tf: str, bar: Bar, predictions: Mapping[str, float], atr: float,
+                book: BookTop | None, account: AccountState, ts: int, book_stale: bool
+                ) -> list[OrderIntent] | _Candidate:
+        """One symbol at a bar close: bookkeeping, then its exit intents, or its entry candidate (sized, not yet
+        admitted against the portfolio)."""
         c = self.counters
         c["bars"] += 1
         if symbol not in self.filters:
@@ -609,15 +787,7 @@ class DollarProfitOptimizer:
         if self.levels(symbol, signal.direction, entry, atr) is None:
             c["no_levels"] += 1
             return []
-        intent = OrderIntent(
-            client_order_id=client_order_id(self.cfg.client_id_prefix, symbol, tf, bar.open_ns, "entry"),
-            symbol=symbol, side=Side(signal.direction), qty=sz.qty, timeframe=tf, reason="entry", ts=ts)
-        self._pending[symbol] = _PendingEntry(intent, signal.direction, atr)
-        c["entry"] += 1
-        log.info("entry_intent", symbol=symbol, timeframe=tf, side=int(signal.direction), qty=sz.qty,
-                 p_up=round(signal.p_up, 4), edge=signal.edge, cost=signal.cost, limited_by=sz.limited_by,
-                 coid=intent.client_order_id)
-        return [intent]
+        return _Candidate(symbol, tf, bar.open_ns, signal.direction, entry, sz.qty, atr, signal, sz.limited_by)
 
     def on_price(self, symbol: str, price: float, account: AccountState, ts: int, *, book_stale: bool = False
                  ) -> list[OrderIntent]:

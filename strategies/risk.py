@@ -27,7 +27,7 @@ from market.events import OrderIntent, OrderType, Side
 from strategies.sizing import FiltersLike, client_order_id, floor_to_step
 
 __all__ = ["RiskConfig", "RiskState", "RiskDecision", "RiskManager", "AccountState", "PositionLike",
-           "NS_PER_MINUTE"]
+           "NS_PER_MINUTE", "Exposure", "portfolio_exposure", "exposure_room"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,12 @@ class RiskConfig:
     flatten_on_daily_loss: bool = opt(True, "When the daily loss limit halts trading, ask for every position "
                                       "to be closed (flatten_required / flatten_intents).")
     start_halted: bool = opt(False, "Start in HALTED (needs a manual resume before any entry).")
+    max_gross_exposure: float = opt(1.0, "Portfolio cap: sum of |position notional| over all symbols, as a fraction "
+                                    "of equity (1 = no leverage). Entries are cut down to the room left.",
+                                    gt=0, le=100)
+    max_net_exposure: float = opt(1.0, "Portfolio cap: |long notional - short notional| as a fraction of equity "
+                                  "(binds only where shorts are allowed: spot long-only has net = gross).",
+                                  gt=0, le=100)
 
 
 class PositionLike(Protocol):
@@ -80,6 +86,49 @@ class AccountState:
 
     def open_symbols(self) -> list[str]:
         return sorted(s for s, p in self.positions.items() if p.qty != 0.0)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Notional of the account's positions: ``gross`` = sum |qty| x price, ``net`` = sum qty x price (quote).
+    ``unvalued`` counts positions with neither a finite mark nor an average price (their size is unknown)."""
+
+    gross: float
+    net: float
+    unvalued: int = 0
+
+
+def portfolio_exposure(account: AccountState) -> Exposure:
+    """Gross and net notional at the account's marks (the position's average price where a mark is missing)."""
+    gross = net = 0.0
+    unvalued = 0
+    for sym, p in account.positions.items():
+        q = float(p.qty)
+        if q == 0.0:
+            continue
+        px = account.marks.get(sym)
+        if not _finite_pos(px):
+            px = p.avg_price
+        if not (_finite_pos(px) and math.isfinite(q)):
+            unvalued += 1
+            continue
+        gross += abs(q) * px
+        net += q * px
+    return Exposure(gross, net, unvalued)
+
+
+def exposure_room(exp: Exposure, direction: int, equity: float, max_gross: float, max_net: float
+                  ) -> tuple[float, str]:
+    """Notional (quote) a new position in ``direction`` may add before a portfolio cap binds, and which cap
+    binds (``gross`` / ``net``). Never negative; 0 when equity is not a positive number or a position cannot be
+    valued (the exposure is then unknown: no new risk)."""
+    if not (math.isfinite(equity) and equity > 0) or exp.unvalued:
+        return 0.0, "gross"
+    gross_room = max_gross * equity - exp.gross
+    net_room = max_net * equity - (exp.net if direction > 0 else -exp.net)
+    if net_room < gross_room:
+        return max(net_room, 0.0), "net"
+    return max(gross_room, 0.0), "gross"
 
 
 class RiskState(str, enum.Enum):
@@ -236,6 +285,16 @@ class RiskManager:
         room = self.cfg.max_position_notional / price - held_same + (abs(pos) if opposite else 0.0)
         if qty > room:
             qty, reason = max(room, 0.0), "clipped_position_notional"
+        # portfolio caps: what closes an opposite position first is released, the rest is new exposure
+        released = abs(pos) if opposite else 0.0
+        exp = portfolio_exposure(account)
+        if released:
+            mark = account.marks.get(intent.symbol, price)
+            exp = Exposure(exp.gross - released * mark, exp.net - pos * mark, exp.unvalued)
+        free, cap = exposure_room(exp, int(side), account.equity, self.cfg.max_gross_exposure,
+                                  self.cfg.max_net_exposure)
+        if qty > released + free / price:
+            qty, reason = released + free / price, f"clipped_{cap}_exposure"
         if f.max_qty > 0 and qty > f.max_qty:
             qty, reason = f.max_qty, "clipped_max_qty"
         qty = floor_to_step(qty, f.lot_step)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,8 +167,7 @@ class ReplaySource:
             if not len(sel):
                 continue
             t0, p0 = int(self._tr_ms[sel[0]]), float(self._tr_px[sel[0]])
-            cfg = replace(self.sim_cfg, start_price=p0)
-            out[sym] = MarketSimulator(cfg, sym, t0 * 1_000_000).history()
+            out[sym] = MarketSimulator(self.sim_cfg, sym, t0 * 1_000_000, start_price=p0).history()
             log.info("replay_simulated_history", symbol=sym, bars=len(out[sym]["open_ms"]), end_ms=t0)
         return out
 

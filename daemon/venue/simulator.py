@@ -19,12 +19,20 @@ market, byte for byte. Model (kept simple on purpose, every part visible):
 * every ``depth_interval_ms`` one ``depthUpdate`` diff with ``U`` = previous ``u`` + 1 and ``u`` = ``U`` + changes - 1,
   followed by a ``bookTicker`` carrying that ``u``;
 * ``history_days`` of 1m klines, generated vectorised with the same regime model, ending exactly at the live start
-  (last history close == first live open == ``start_price``) and continued by bars built from the live trades.
+  (last history close == first live open == ``start_price``) and continued by bars built from the live trades;
+* a universe: every symbol's shock is ``a z_market + sqrt(1 - a^2) z_own`` (and so is its trend's innovation),
+  ``a`` its loading (``simulator.correlation`` -> ``a = sqrt(correlation)``, or its ``simulator.universe`` entry),
+  scaled by its ``vol_mult``; the volatility regime is the market's. The market factor's random stream depends on
+  the seed only, so the simulators of one seed (one per symbol, stepped in lockstep by the venue) draw the same
+  factor, in the history and live, and two symbols' returns correlate ``a_i a_j`` without sharing any object.
+  Each symbol has its own start price and filters that follow it (:func:`symbol_spec`). A single symbol's market
+  is statistically what it was before universes (its shock is still a standard normal).
 """
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +43,39 @@ from market.events import TIMEFRAME_SECONDS
 NS_PER_MS = 1_000_000
 MINUTE_MS = 60_000
 YEAR_S = 365.0 * 24 * 3600
+FACTOR_SALT = 0x4D4B54  # the market factor's random streams: (seed, FACTOR_SALT, k), the same for every symbol
+REF_TRADE_UNITS = 0.02  # mean trade size in base units at start_price (BTC-like); other symbols: same notional
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    """One symbol's simulated market: start price, volatility multiple, factor loading and exchange filters."""
+
+    symbol: str
+    start_price: float
+    vol_mult: float
+    loading: float  # correlation of the symbol's shocks with the market factor
+    tick_size: float
+    lot_step: float
+    min_notional: float
+    max_qty: float
+
+
+def _clean(x: float) -> float:
+    return float(f"{x:.12g}")
+
+
+def symbol_spec(cfg: SimulatorConfig, symbol: str) -> SymbolSpec:
+    """``symbol``'s parameters (its ``simulator.universe`` entry, else start_price / vol 1 / sqrt(correlation)).
+    Filters follow the price: ``tick_size`` and ``lot_step`` as configured at ``start_price``, shifted by the power
+    of ten of price / start_price (a 3000 coin next to a 60000 one: tick / 10, lot x 10), ``maxQty`` scaled the
+    same way; ``min_notional`` is in the quote currency, the same for every symbol (Binance: 5 USDT)."""
+    sym = symbol.upper()
+    price, vm, load = cfg.universe_params().get(sym, (cfg.start_price, 1.0, math.sqrt(cfg.correlation)))
+    scale = 10.0 ** round(math.log10(price / cfg.start_price))
+    # 1e-8: the 8 decimals of the venue's number strings
+    return SymbolSpec(sym, price, vm, load, max(_clean(cfg.tick_size * scale), 1e-8),
+                      max(_clean(cfg.lot_step / scale), 1e-8), cfg.min_notional, _clean(9000.0 / scale))
 
 
 class SimEvent(NamedTuple):
@@ -52,30 +93,39 @@ class MarketSimulator:
     """One symbol's simulated market; see the module docstring for the model."""
 
     def __init__(self, cfg: SimulatorConfig, symbol: str = "BTCUSDT", start_ns: int = 1_700_000_000_000_000_000,
-                 ) -> None:
+                 *, start_price: float | None = None) -> None:
         self.cfg = cfg
         self.symbol = symbol.upper()
         self.sym_l = symbol.lower()
+        self.spec = symbol_spec(cfg, self.symbol)
+        self.start_price = self.spec.start_price if start_price is None else float(start_price)
         self.start_ns = int(start_ns)
         self.dt_ns = cfg.depth_interval_ms * NS_PER_MS
         salt = zlib.crc32(self.symbol.encode())
         self._hist_seed = (cfg.seed, salt, 1)
         self._rng = np.random.default_rng((cfg.seed, salt, 2))
-        self.tick = cfg.tick_size
-        self.lot = cfg.lot_step
+        self._frng = np.random.default_rng((cfg.seed, FACTOR_SALT, 2))  # the market factor, live
+        self._load = self.spec.loading
+        self._own = math.sqrt(max(0.0, 1.0 - self._load**2))
+        self._vm = self.spec.vol_mult
+        self.tick = self.spec.tick_size
+        self.lot = self.spec.lot_step
         self.start_m_ms = (self.start_ns // NS_PER_MS) // MINUTE_MS * MINUTE_MS
         self._history: dict[str, np.ndarray] | None = None
         self._regime_sw_per_s = cfg.regime_switch_per_hour / 3600.0
         s_mu = cfg.trend_per_hour / 3600.0
         self._drift_a = math.exp(-(self.dt_ns / 1e9) / (cfg.trend_hours * 3600.0)) if s_mu > 0 else 1.0
         self._drift_b = s_mu * math.sqrt(1.0 - self._drift_a**2)
-        # mean trade size ~0.02 base units (BTC-like), at least one lot
-        self.mean_lots = max(1.0, 0.02 / self.lot)
+        # mean trade size ~0.02 base units at start_price (BTC-like), the same notional for every symbol, >= 1 lot
+        self.mean_lots = max(1.0, REF_TRADE_UNITS * (cfg.start_price / self.start_price) / self.lot)
         self.regime = self._history_last_regime()
-        self.drift = self._hist_last_drift  # log return per second, continued from the history
-        self.mid = cfg.start_price
+        # the drift (log return per second) = vol_mult x (loading x market trend + own x own trend), continued
+        # from the history
+        self._mkt_drift, self._own_drift = self._hist_last_drifts
+        self.drift = self._hist_last_drift
+        self.mid = self.start_price
         # price grid spacing: ~0.2 bp of the price, at least one tick, so a typical 100 ms move keeps most levels
-        self.grid = max(1, int(round(cfg.start_price * 2e-5 / self.tick)))
+        self.grid = max(1, int(round(self.start_price * 2e-5 / self.tick)))
         self.update_id = 1_000_000
         self.trade_id = 1
         self.t_ns = self.start_ns
@@ -117,13 +167,16 @@ class MarketSimulator:
         c = self.cfg
         n = c.history_days * 1440
         rng = np.random.default_rng(self._hist_seed)
-        regime = self._regimes(rng, n, 1.0 - math.exp(-self._regime_sw_per_s * 60.0))
-        vol = np.where(regime == 1, c.vol_high, c.vol_low) * math.sqrt(60.0 / YEAR_S)
-        z = rng.standard_normal(n)
-        drift = self._drift_path(np.random.default_rng((*self._hist_seed, 3)), n)
+        frng = np.random.default_rng((c.seed, FACTOR_SALT, 1))  # the market's: the same for every symbol
+        regime = self._regimes(frng, n, 1.0 - math.exp(-self._regime_sw_per_s * 60.0))
+        vol = np.where(regime == 1, c.vol_high, c.vol_low) * (self._vm * math.sqrt(60.0 / YEAR_S))
+        z = self._load * frng.standard_normal(n) + self._own * rng.standard_normal(n)
+        mkt_drift = self._drift_path(np.random.default_rng((c.seed, FACTOR_SALT, 3)), n)
+        own_drift = self._drift_path(np.random.default_rng((*self._hist_seed, 3)), n)
+        drift = self._vm * (self._load * mkt_drift + self._own * own_drift)
         logret = -0.5 * vol**2 + vol * z + drift * 60.0
         cum = np.cumsum(logret)
-        close = c.start_price * np.exp(cum - cum[-1])  # the last close is exactly the live start price
+        close = self.start_price * np.exp(cum - cum[-1])  # the last close is exactly the live start price
         open_ = np.empty(n)
         open_[0] = close[0] * math.exp(-logret[0])
         open_[1:] = close[:-1]
@@ -145,6 +198,7 @@ class MarketSimulator:
         open_ms = self.start_m_ms - MINUTE_MS * np.arange(n, 0, -1, dtype=np.int64)
         self._hist_last_regime = int(regime[-1])
         self._hist_last_drift = float(drift[-1])
+        self._hist_last_drifts = (float(mkt_drift[-1]), float(own_drift[-1]))
         return {"open_ms": open_ms, "open": open_, "high": high, "low": low, "close": close, "volume": volume,
                 "quote_volume": volume * vwap, "trades": trades.astype(np.int64), "taker_buy_volume": taker_buy,
                 "taker_buy_quote_volume": taker_buy * vwap}
@@ -224,14 +278,19 @@ class MarketSimulator:
                     continue
                 side[px] -= q
                 self._trade(out, ts, px, q, buy)
-        # mid moves, regime may switch
-        if rng.random() < 1.0 - math.exp(-self._regime_sw_per_s * dt_s):
+        # mid moves, the market's regime may switch (the factor stream: the same draws in every symbol)
+        frng = self._frng
+        if frng.random() < 1.0 - math.exp(-self._regime_sw_per_s * dt_s):
             self.regime ^= 1
-        sigma = (c.vol_high if self.regime else c.vol_low) * math.sqrt(dt_s / YEAR_S)
+        sigma = (c.vol_high if self.regime else c.vol_low) * self._vm * math.sqrt(dt_s / YEAR_S)
+        fz = frng.standard_normal(2)
         zs = rng.standard_normal(2)
-        self.mid *= math.exp(self.drift * dt_s - 0.5 * sigma * sigma + sigma * float(zs[0]))
+        z = self._load * float(fz[0]) + self._own * float(zs[0])
+        self.mid *= math.exp(self.drift * dt_s - 0.5 * sigma * sigma + sigma * z)
         if self._drift_a < 1.0:
-            self.drift = self._drift_a * self.drift + self._drift_b * float(zs[1])
+            self._mkt_drift = self._drift_a * self._mkt_drift + self._drift_b * float(fz[1])
+            self._own_drift = self._drift_a * self._own_drift + self._drift_b * float(zs[1])
+            self.drift = self._vm * (self._load * self._mkt_drift + self._own * self._own_drift)
         nb, na = self._target_book(work_b, work_a, self.mid)
         db = sorted(((p, nb.get(p, 0)) for p in set(self.bids) | set(nb) if self.bids.get(p) != nb.get(p)),
                     reverse=True)
@@ -344,8 +403,9 @@ def klines_rows(b1m: dict[str, np.ndarray], interval: str, start_ms: int | None,
 
 
 def exchange_info(symbols: list[str], cfg: SimulatorConfig, server_ms: int) -> dict:
-    """``/api/v3/exchangeInfo`` body with the filters the simulator trades by."""
+    """``/api/v3/exchangeInfo`` body with the filters the simulator trades by (per symbol: :func:`symbol_spec`)."""
     def sym(s: str) -> dict:
+        sp = symbol_spec(cfg, s)
         quote = next((q for q in ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB") if s.endswith(q)), s[-4:])
         return {
             "symbol": s, "status": "TRADING", "baseAsset": s[: -len(quote)], "baseAssetPrecision": 8,
@@ -354,11 +414,11 @@ def exchange_info(symbols: list[str], cfg: SimulatorConfig, server_ms: int) -> d
             "icebergAllowed": True, "ocoAllowed": True, "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
             "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": _fmt(cfg.tick_size), "maxPrice": "1000000.00000000",
-                 "tickSize": _fmt(cfg.tick_size)},
-                {"filterType": "LOT_SIZE", "minQty": _fmt(cfg.lot_step), "maxQty": "9000.00000000",
-                 "stepSize": _fmt(cfg.lot_step)},
-                {"filterType": "NOTIONAL", "minNotional": _fmt(cfg.min_notional), "applyMinToMarket": True,
+                {"filterType": "PRICE_FILTER", "minPrice": _fmt(sp.tick_size), "maxPrice": "1000000.00000000",
+                 "tickSize": _fmt(sp.tick_size)},
+                {"filterType": "LOT_SIZE", "minQty": _fmt(sp.lot_step), "maxQty": _fmt(sp.max_qty),
+                 "stepSize": _fmt(sp.lot_step)},
+                {"filterType": "NOTIONAL", "minNotional": _fmt(sp.min_notional), "applyMinToMarket": True,
                  "maxNotional": "9000000.00000000", "avgPriceMins": 5},
             ],
             "permissions": [], "defaultSelfTradePreventionMode": "EXPIRE_MAKER",

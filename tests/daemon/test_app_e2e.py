@@ -47,7 +47,7 @@ mode = "simulate"
 [simulator]
 history_days = 2
 trades_per_s = 20.0
-seed = 6  # the trend is up at the live start (+0.9 %/h): the long-only default enters within a few bars
+seed = 21  # the trend is up at the live start (+1.0 %/h): the long-only default enters within a few bars
 
 [broker]
 taker_fee = 0.0

@@ -1,7 +1,8 @@
 """`tradingd run` as a real subprocess with TWO symbols on the simulated venue (issue #5).
 
-One simulator per symbol (daemon.venue.server.SimulatorSource; both start at ``simulator.start_price`` with
-their own seeded paths), first-run training on the FIRST symbol's klines only (daemon.firstrun.ensure_models), then
+One simulator per symbol (daemon.venue.server.SimulatorSource; each starts at its own price, BTC at
+``simulator.start_price``, ETH at its ``simulator.universe`` entry, moving with the market factor plus its own
+seeded moves), first-run training on the FIRST symbol's klines only (daemon.firstrun.ensure_models), then
 priming, live bars and predictions for BOTH symbols: the features are returns-based, so a model trained on one
 symbol's history still answers for the other. Checks: both books SYNCED in /readyz, frames and live bars per
 symbol in /metrics, both symbols in /status (books, marks, book states), a 1m decision with both engines'
@@ -17,6 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from daemon.config import SimulatorConfig
+from daemon.venue.simulator import symbol_spec
 from tests.daemon.harness import Daemon, check_store, free_port, http_get, metric, wait_until, write_config
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -106,7 +109,8 @@ def test_two_symbols_on_the_simulator(tmp_path):
         assert set(status["pipeline"]["book_states"]) == set(SYMBOLS), status["pipeline"]
         assert all(v == "SYNCED" for v in status["pipeline"]["book_states"].values()), status["pipeline"]
         assert set(status["account"]["marks"]) == set(SYMBOLS), status["account"]
-        assert all(50_000 < v < 70_000 for v in status["account"]["marks"].values())  # both start at 60000
+        start = {s: symbol_spec(SimulatorConfig(), s).start_price for s in SYMBOLS}  # 60000 and 3000
+        assert all(0.85 * start[s] < v < 1.15 * start[s] for s, v in status["account"]["marks"].items())
         assert status["pipeline"]["counters"]["decisions"] >= 2
         assert status["pipeline"]["counters"].get("unknown_symbol", 0) == 0
         assert status["pipeline"]["counters"]["primed_rows"] == sum(p["rows"] for p in primed.values())

@@ -196,3 +196,24 @@ def test_properties_no_entry_while_halted_and_limits_hold(seq):
             new_pos = pos + side * d.adjusted_qty
             assert abs(new_pos) * price <= cfg.max_position_notional * (1 + 1e-9)
             assert is_step_multiple(d.adjusted_qty, FILTERS[sym].lot_step)
+
+
+def test_portfolio_caps_clip_entries_to_the_gross_and_net_room():
+    """Hard guard behind the optimizer: an entry never takes gross (or |net|) exposure past its cap x equity;
+    reduce-only orders pass whatever the caps."""
+    r = rm(max_gross_exposure=0.5, max_net_exposure=0.3, max_position_notional=1e9, max_order_notional=1e9)
+    a = acct(100_000.0, ETHUSDT=10.0)  # 30k long ETH: net at its cap, gross 30k of 50k
+    d = r.check(intent(1.0), a, T0)  # 60k of BTC asked
+    assert not d.allowed and d.reason == "no_room"  # net room 0 for another long
+    d = r.check(intent(1.0, side=Side.SELL), a, T0)  # a short: net room 30k + 30k, gross room 20k binds
+    assert d.allowed and d.reason == "clipped_gross_exposure"
+    assert d.adjusted_qty * 60_000.0 == pytest.approx(20_000.0, abs=0.6) and d.adjusted_qty * 60_000 <= 20_000
+    d = r.check(intent(5.0, side=Side.SELL, sym="ETHUSDT", reduce_only=True), a, T0)
+    assert d.allowed and d.adjusted_qty == 5.0
+    assert r.counters["clipped.gross_exposure"] == 1
+
+
+def test_unvalued_position_blocks_new_risk():
+    r = rm()
+    a = AccountState(100_000.0, {"DOGEUSDT": Pos(1000.0, math.nan)}, MARKS)  # no mark, no average price
+    assert r.check(intent(0.1), a, T0).reason == "no_room"
