@@ -156,14 +156,17 @@ def _first_run_auc(cfg: SimulatorConfig, tf: str, tmp_path) -> dict[str, float]:
 @pytest.mark.slow
 def test_first_run_models_learn_the_default_market(tmp_path):
     """On the default simulator history the first-run models beat chance on held-out data (5m: ~800 labelled
-    test rows, AUC std ~0.02); on the same market without the trend they do not. Without this the daemon's
-    fee-aware optimizer has no edge to trade on its own default."""
+    test rows); on the same market without the trend they do not. Without this the daemon's fee-aware optimizer
+    has no edge to trade on its own default. One seed's held-out AUC without the trend scatters widely (seeds 3,
+    7, 13, 21: XGBoost 0.55, 0.49, 0.59, 0.43), so the no-trend control is the mean over those four markets."""
     on = _first_run_auc(SimulatorConfig(), "5m", tmp_path)
-    off = _first_run_auc(dataclasses.replace(SimulatorConfig(), trend_per_hour=0.0), "5m", tmp_path)
-    print(f"5m held-out AUC trend on {on}, trend off {off}")
+    offs = [_first_run_auc(dataclasses.replace(SimulatorConfig(), trend_per_hour=0.0, seed=seed), "5m",
+                           tmp_path / f"off{seed}") for seed in (3, 7, 13, 21)]
+    off = {k: sum(o[k] for o in offs) / len(offs) for k in on}
+    print(f"5m held-out AUC trend on {on}, trend off (mean of 4 seeds) {off}")
     assert max(on.values()) > 0.57, on
     assert min(on.values()) > 0.53, on
-    assert max(off.values()) < 0.56, off
+    assert max(off.values()) < 0.56, offs
 
 
 def test_simulator_source_runs_event_time_at_simulator_speed():
