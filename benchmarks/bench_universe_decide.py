@@ -125,7 +125,7 @@ def run(reg_root: Path, tmp: Path, n_sym: int, hours: int) -> None:
             per.append(dt)
             if (bars[syms[0]][i].open_ns + M) % (3600 * 10**9) == 0:
                 hour.append(dt)
-        n_dec = sum(1 for d in pipe.decisions if d.timeframe)
+        n_dec = pipe.counters["decisions"]
         preds = sum(es[tf].predictions for tf in TFS)
         res[batch] = (np.percentile(per, 50), np.percentile(per, 99), float(np.mean(hour)) if hour else float("nan"),
                       n_dec, preds, prime_s, pipe.counters["orders"])
