@@ -170,7 +170,8 @@ class Collector:
             out["risk"] = {"state": risk.state.value, "halt_reason": risk.halt_reason,
                            "daily_pnl": risk.daily_pnl, "counters": dict(risk.counters)}
             out["pipeline"] = {"counters": dict(pipe.counters), "tick_to_decision": pipe.latency_summary(),
-                               "book_states": pipe.book_states}
+                               "book_states": pipe.book_states,
+                               "boundaries": pipe.boundaries}  # the last decided bar boundary per timeframe
             out["optimizer"] = {"counters": dict(opt.counters), "positions": sorted(opt.positions),
                                 "exit_alarms": opt.exit_alarms()}
             out["broker"] = {"stats": dict(broker.stats), "open_orders": len(broker.open_orders())}

@@ -18,7 +18,7 @@ assignment, keeping the feature history: the next ``predict`` uses the new model
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -217,6 +217,46 @@ class EngineSet:
                 child.observe(dt / 1e9)
             out[kind] = p
         self.predictions += 1
+        return out
+
+    def predict_batch(self, rows: Sequence[np.ndarray], symbols: Sequence[str]) -> list[dict[str, float]]:
+        """:meth:`predict` for many symbols' rows of one bar boundary in ONE inference call per model: the
+        XGBoost rows stacked ``(n, f)``, the full LSTM windows stacked ``(k, seq_len, f)``. Same numbers as ``n``
+        calls of :meth:`predict` (tests/daemon/test_engineset.py); a symbol given twice is a ValueError (its
+        window would move twice)."""
+        if len(rows) != len(symbols):
+            raise ValueError(f"{len(rows)} rows for {len(symbols)} symbols")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("a symbol appears twice in one batch")
+        engines = self._engines
+        out: list[dict[str, float]] = [{} for _ in symbols]
+        if not symbols:
+            return out
+        x2 = np.stack([np.asarray(r, dtype=np.float32) for r in rows])
+        bufs = [self._buffer(s) for s in symbols]
+        for b, r in zip(bufs, x2):
+            b.append(r)
+        m = self.metrics
+        for kind, le in engines.items():
+            if kind == "lstm":
+                idx = [i for i, b in enumerate(bufs) if b.full]
+                if not idx:
+                    continue
+                x = np.stack([bufs[i].rows() for i in idx])
+            else:
+                idx = range(len(symbols))
+                x = x2
+            t0 = time.perf_counter_ns()
+            p = le.engine.predict(x)
+            dt = time.perf_counter_ns() - t0
+            if m is not None:
+                child = self._lat.get((kind, le.backend))
+                if child is None:
+                    child = self._lat[(kind, le.backend)] = m.inference_latency.labels(kind, le.backend)
+                child.observe(dt / 1e9)
+            for j, i in enumerate(idx):
+                out[i][kind] = float(p[j])
+        self.predictions += len(symbols)
         return out
 
     @property

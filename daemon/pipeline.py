@@ -17,6 +17,15 @@ bar's close time (``open_ns + timeframe``) for klines-driven runs. A book that i
 False) means no new orders: the optimizer is told ``book_stale=True`` and the pipeline counts it
 (``counters["stale_book_bars"]``). Every decision is recorded as a :class:`Decision` (bounded by ``keep``).
 
+Several symbols (``batch=True``, the default): a closed bar's features are computed at once, but the decision
+waits for the bar BOUNDARY (timeframe, close time): when every subscribed symbol's bar of that boundary has closed,
+the rows go through ONE ``engine_sets[tf].predict_batch`` call and ONE ``optimizer.decide_universe`` (which ranks
+the entries across symbols under the portfolio caps). A boundary some symbol never closes (no trade yet, not listed)
+is decided without it when the bar clock ``on_time(ts)`` passes its close, when a later bar of the same timeframe
+closes, or on :meth:`TradingPipeline.flush` (end of a replay). The last decided boundary per timeframe is in
+``boundaries`` (for /status). One symbol, or ``batch=False`` (the sequential path, kept for benchmarks), decides
+each bar as it closes with ``optimizer.on_bar_close``.
+
 Engine sets only need ``predict(row, symbol) -> dict[str, float]`` (and optionally ``observe(row, symbol)`` for
 history priming without inference); see :class:`daemon.engineset.EngineSet`.
 """
@@ -38,7 +47,7 @@ from market.events import Bar, DepthSnapshot, DepthUpdate, Fill, OrderIntent, Tr
 from market.events import BookStatus
 from daemon.plausible import ClockJump
 from daemon.samples import SampleRing
-from strategies.optimizer import BookTop, Signal
+from strategies.optimizer import BookTop, Signal, SymbolSignal
 from strategies.risk import AccountState
 from strategies.sizing import is_dust
 
@@ -154,6 +163,16 @@ class _SymState:
         self.mark = math.nan
 
 
+@dataclass(slots=True)
+class _Row:
+    """A closed bar waiting for its boundary's decision."""
+
+    bar: Bar
+    row: np.ndarray | None
+    atr: float | None
+    book: Any
+
+
 class TradingPipeline:
     """See the module docstring. ``keep``: decisions kept for /status (bounded by default: a daemon runs for
     months; None keeps all, for backtests). ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
@@ -165,7 +184,7 @@ class TradingPipeline:
                  clock: Callable[[], int] = time.time_ns, *, books: Mapping[str, Any] | None = None,
                  bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = 2000,
                  timeframes: Sequence[str] | None = None,
-                 plan_sink: Callable[[str, dict | None], None] | None = None) -> None:
+                 plan_sink: Callable[[str, dict | None], None] | None = None, batch: bool = True) -> None:
         self.cfg = cfg
         self.symbols = tuple(symbols)
         self.timeframes = tuple(timeframes or cfg.general.timeframes)
@@ -185,6 +204,10 @@ class TradingPipeline:
         self._plans: dict[str, dict | None] = {}
         self.prefix = cfg.optimizer.client_id_prefix
         self._sym = {s: _SymState(s, self.timeframes, cfg) for s in self.symbols}
+        # decide at bar boundaries across symbols (module docstring); one symbol keeps the per-bar path
+        self.batch = bool(batch) and len(self.symbols) > 1
+        self._pending: dict[tuple[str, int], dict[str, _Row]] = {}  # (timeframe, close_ns) -> symbol -> row
+        self.boundaries: dict[str, dict[str, Any]] = {}  # timeframe -> the last decided boundary (for /status)
         self.decisions: deque[Decision] = deque(maxlen=keep)
         self.counters: Counter[str] = Counter()
         self.latencies_ns = SampleRing(100_000)  # preallocated: no per-sample allocation (soak)
@@ -303,9 +326,7 @@ class TradingPipeline:
         out: list[Decision] = []
         closed = st.builder.on_trade(trade)
         for bar in closed:
-            d = self._on_closed_bar(bar, book, ts)
-            if d is not None:
-                out.append(d)
+            out.extend(self._close(bar, book, ts))
         if trade.price > 0 and math.isfinite(trade.price):
             st.mark = trade.price
         if out:
@@ -343,9 +364,7 @@ class TradingPipeline:
         closed = ([bar_1m] if "1m" in self.timeframes else []) + st.agg.add(bar_1m)
         out = []
         for bar in closed:
-            d = self._on_closed_bar(bar, book, ts)
-            if d is not None:
-                out.append(d)
+            out.extend(self._close(bar, book, ts))
         st.mark = bar_1m.close
         return out
 
@@ -354,9 +373,18 @@ class TradingPipeline:
         out = []
         for sym, st in self._sym.items():
             for bar in st.builder.on_time(ts):
-                d = self._on_closed_bar(bar, self.books.get(sym), ts)
-                if d is not None:
-                    out.append(d)
+                out.extend(self._close(bar, self.books.get(sym), ts))
+        if self._pending:  # the bar clock passed these boundaries: decide them without the symbols still quiet
+            out.extend(self.flush(ts, upto=ts, reason="bar_clock"))
+        return out
+
+    def flush(self, ts: int | None = None, *, upto: int | None = None, reason: str = "flush") -> list[Decision]:
+        """Decide every pending boundary (closing at or before ``upto``; all when None) with the symbols it has,
+        oldest first. The end of a replay calls it; ``on_time`` calls it for the boundaries its clock passed."""
+        ts = ts if ts is not None else self.last_ts
+        out: list[Decision] = []
+        for key in sorted(k for k in self._pending if upto is None or k[1] <= upto):
+            out.extend(self._decide_boundary(key, ts, reason))
         return out
 
     def on_depth(self, symbol: str, book: Any, ts: int) -> None:
@@ -392,6 +420,129 @@ class TradingPipeline:
         return d
 
     # ------------------------------------------------------------------------------------------ internals
+    def _close(self, bar: Bar, book: Any, ts: int) -> list[Decision]:
+        """A closed bar: decided now (one symbol / sequential path) or staged for its boundary (batched)."""
+        if not self.batch:
+            d = self._on_closed_bar(bar, book, ts)
+            return [d] if d is not None else []
+        st = self._sym[bar.symbol]
+        tf = bar.timeframe
+        if bar.open_ns <= st.last_open.get(tf, -1):  # already seen (history overlap at start-up)
+            self.counters["bar_overlap"] += 1
+            return []
+        st.last_open[tf] = bar.open_ns
+        self._bar_in(bar)
+        feats = st.features.get(tf)
+        row = feats.update(bar) if feats is not None else None
+        close = bar.open_ns + timeframe_ns(tf)
+        out: list[Decision] = []
+        # a later bar of this timeframe closed: earlier boundaries will not complete (that symbol moved on)
+        for key in sorted(k for k in self._pending if k[0] == tf and k[1] < close):
+            out.extend(self._decide_boundary(key, ts, "later_bar"))
+        rows = self._pending.setdefault((tf, close), {})
+        rows[bar.symbol] = _Row(bar, row, feats.atr if feats is not None else None, book)
+        if len(rows) == len(self.symbols):
+            out.extend(self._decide_boundary((tf, close), ts, "complete"))
+        return out
+
+    def _bar_in(self, bar: Bar) -> None:
+        """Count a closed bar and hand it to the bar sink (a store error is counted, never stops trading)."""
+        tf = bar.timeframe
+        self.counters["bars"] += 1
+        m = self.metrics
+        if m is not None:
+            m.bars.labels(bar.symbol, tf).inc()
+        if self.bar_sink is not None:
+            t0 = time.perf_counter_ns()
+            try:
+                self.bar_sink([bar])
+            except Exception as e:  # noqa: BLE001 - losing a stored bar must not stop trading; counted
+                self.counters["bar_store_errors"] += 1
+                log.error("bar_store_failed", error=str(e), symbol=bar.symbol, timeframe=tf)
+            self._store_ns.append(time.perf_counter_ns() - t0)
+
+    def _predict_many(self, tf: str, rows: Sequence[_Row]) -> list[dict[str, float]]:
+        """Predictions for the rows (ONE call per model through ``predict_batch`` when the engine set has it)."""
+        out: list[dict[str, float]] = [{} for _ in rows]
+        es = self.engine_sets.get(tf)
+        idx = [i for i, r in enumerate(rows) if r.row is not None]
+        if es is None or not idx:
+            return out
+        try:
+            pb = getattr(es, "predict_batch", None)
+            if pb is not None:
+                got = pb([rows[i].row for i in idx], [rows[i].bar.symbol for i in idx])
+            else:
+                got = [es.predict(rows[i].row, rows[i].bar.symbol) for i in idx]
+        except Exception as e:  # noqa: BLE001 - a model failure is a counted no-trade, never a crash
+            self.counters["predict_errors"] += 1
+            log.error("predict_failed", timeframe=tf, error=f"{type(e).__name__}: {e}")
+            return out
+        m = self.metrics
+        for i, p in zip(idx, got):
+            out[i] = dict(p)
+            for k in p:
+                self.counters[f"predictions.{k}"] += 1
+                if m is not None:
+                    m.predictions.labels(tf, k).inc()
+        return out
+
+    def _decide_boundary(self, key: tuple[str, int], ts: int, reason: str) -> list[Decision]:
+        """One boundary: batched inference, then ONE ``decide_universe`` over its symbols, then execution."""
+        staged = self._pending.pop(key, None)
+        if not staged:
+            return []
+        tf = key[0]
+        rows = [staged[s] for s in self.symbols if s in staged]
+        preds = self._predict_many(tf, rows)
+        acct = self.account()
+        ds: dict[str, Decision] = {}
+        sigs: list[SymbolSignal] = []
+        for r, p in zip(rows, preds):
+            bar, atr = r.bar, r.atr
+            top, stale = book_top(r.book)
+            sig = None
+            if atr is not None and atr > 0:
+                spread = top.spread / top.mid if top is not None and top.valid else \
+                    self.optimizer.cfg.assumed_spread_bps * 1e-4
+                sig = self.optimizer.combine_signal(p, atr=atr, price=bar.close, spread=spread)
+            ds[bar.symbol] = Decision(bar.symbol, tf, bar.open_ns, bar.close, ts, p, atr, sig, stale)
+            if stale:
+                self.counters["stale_book_bars"] += 1
+            sigs.append(SymbolSignal(bar.symbol, bar, p, atr if atr is not None else math.nan, top, stale))
+        intents = list(self.optimizer.decide_universe(tf, sigs, acct, ts))
+        self.counters[f"boundaries.{reason}"] += 1
+        if math.isfinite(acct.equity):
+            self.risk.update_account(acct, ts)  # daily-loss state moves on every boundary, not only on orders
+        if self.risk.flatten_required and any(p.qty for p in acct.positions.values()):
+            intents += [i for i in self.risk.flatten_intents(acct.positions, ts, prefix=self.prefix)
+                        if not any(j.symbol == i.symbol and j.reduce_only for j in intents)]
+        extra: Decision | None = None
+        for it in intents:  # exits, then entries best first (the optimizer's order)
+            d = ds.get(it.symbol)
+            if d is None:  # a flatten of a symbol without a row at this boundary
+                if extra is None:
+                    extra = Decision("*", tf, key[1], math.nan, ts, {}, None, None, False)
+                d = extra
+            r = staged.get(it.symbol)
+            self.execute([it], acct, r.book if r is not None and r.book is not None else self.books.get(it.symbol),
+                         ts, d)
+        out = list(ds.values()) + ([extra] if extra is not None else [])
+        for d in out:
+            if d.symbol != "*":
+                self._sync_plan(d.symbol)
+            self.decisions.append(d)
+        self.counters["decisions"] += len(ds)
+        ranking = getattr(self.optimizer, "ranking", {}).get(tf, ())
+        self.boundaries[tf] = {
+            "close_ns": key[1], "ts": ts, "reason": reason, "symbols": [r.bar.symbol for r in rows],
+            "missing": [s for s in self.symbols if s not in staged],
+            "predicted": [r.bar.symbol for r, p in zip(rows, preds) if p],
+            "intents": [i.client_order_id for i in intents],
+            "ranking": [{"symbol": k.symbol, "direction": k.direction, "dollar_edge": k.dollar_edge,
+                         "admitted_qty": k.admitted_qty, "reason": k.reason} for k in ranking]}
+        return out
+
     def _on_closed_bar(self, bar: Bar, book: Any, ts: int) -> Decision | None:
         st = self._sym[bar.symbol]
         tf = bar.timeframe

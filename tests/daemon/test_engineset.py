@@ -62,3 +62,37 @@ def test_predict_feeds_the_lstm_the_last_rows_oldest_first_and_keeps_them_across
     assert lstm6.seen == []  # 5 rows kept (the old window held 4) + this one = 5 < 6
     es.predict(rows[8], "BTCUSDT")
     assert np.array_equal(lstm6.seen[-1], np.stack(rows[3:9])[None])
+
+
+def test_batched_inference_equals_per_symbol_inference_number_for_number(tiny_registry):
+    """ONE predict_batch call over a boundary's rows gives each symbol exactly what its own predict gives, with
+    real registry models (XGBoost and LSTM, whose windows fill at different times per symbol)."""
+    import dataclasses
+
+    from daemon.config import Config
+    from engines.registry import ModelRegistry
+    cfg = dataclasses.replace(Config().engines, warmup_iters=2)
+    one = EngineSet.load(ModelRegistry(tiny_registry), "5m", cfg)
+    many = EngineSet.load(ModelRegistry(tiny_registry), "5m", cfg)
+    assert one.seq_len == 8
+    rng = np.random.default_rng(7)
+    syms = [f"S{i}USDT" for i in range(12)]
+    from engines.features import FEATURE_SCHEMA
+    f = len(FEATURE_SCHEMA.names)
+    lstm_seen = mixed = 0
+    for step in range(14):
+        # symbols join at different bars, so some LSTM windows are full and others not at the same boundary
+        here = [s for i, s in enumerate(syms) if step >= i // 2]
+        rows = [rng.standard_normal(f).astype(np.float32) for _ in here]
+        got = many.predict_batch(rows, here)
+        want = [one.predict(r, s) for r, s in zip(rows, here)]
+        assert got == want
+        lstm_seen += sum("lstm" in g for g in got)
+        mixed += any("lstm" in g for g in got) and any("lstm" not in g for g in got)
+    assert lstm_seen > 0 and mixed > 0  # full and filling windows in one batch happened
+
+
+def test_batch_refuses_a_symbol_twice():
+    es = EngineSet("1m", {"xgboost": le("xgboost", Capture())})
+    with pytest.raises(ValueError, match="twice"):
+        es.predict_batch([np.zeros(13, np.float32)] * 2, ["A", "A"])

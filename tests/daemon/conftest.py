@@ -1,0 +1,32 @@
+"""Fixtures of the daemon tests."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.features import FEATURE_SCHEMA
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory):
+    """A real registry holding tiny XGBoost and LSTM (seq_len 8) 5m models trained on synthetic rows with the
+    running feature schema: real model files through the real loaders, quick to train."""
+    from engines.lstm_model import LSTMModel, make_sequences
+    from engines.registry import ModelRegistry
+    from engines.xgb_model import XGBoostModel
+    names = list(FEATURE_SCHEMA.names)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, len(names))).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.standard_normal(600) > 0).astype(np.float64)
+    root = tmp_path_factory.mktemp("tiny_registry")
+    reg = ModelRegistry(root)
+    xm = XGBoostModel(device="cpu", num_boost_round=5, nthread=1)
+    xm.set_feature_schema(names, FEATURE_SCHEMA.hash)
+    xm.train(X[:450], y[:450], X[450:], y[450:], early_stopping_rounds=None)
+    reg.publish("xgboost", "5m", xm.save, feature_names=names, schema_hash=FEATURE_SCHEMA.hash, make_current=True)
+    lm = LSTMModel(device="cpu", seq_len=8, hidden=8, layers=1, epochs=1, batch_size=64)
+    lm.set_feature_schema(names, FEATURE_SCHEMA.hash)
+    Xs, idx = make_sequences(X, 8)
+    lm.train(Xs[:400], y[idx][:400], Xs[400:], y[idx][400:])
+    reg.publish("lstm", "5m", lm.save, feature_names=names, schema_hash=FEATURE_SCHEMA.hash, make_current=True)
+    return root
