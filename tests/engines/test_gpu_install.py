@@ -43,7 +43,8 @@ def test_tensorrt_bound_is_the_supported_majors():
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_make_gpu_removes_the_cpu_twins_and_torch_first(tmp_path):
-    out = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml", "gpu"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml", "gpu"], cwd=ROOT,
+                         capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
