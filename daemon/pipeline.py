@@ -550,18 +550,8 @@ class TradingPipeline:
             self.counters["bar_overlap"] += 1
             return None
         st.last_open[tf] = bar.open_ns
-        self.counters["bars"] += 1
+        self._bar_in(bar)
         m = self.metrics
-        if m is not None:
-            m.bars.labels(bar.symbol, tf).inc()
-        if self.bar_sink is not None:
-            t0 = time.perf_counter_ns()
-            try:
-                self.bar_sink([bar])
-            except Exception as e:  # noqa: BLE001 - losing a stored bar must not stop trading; counted
-                self.counters["bar_store_errors"] += 1
-                log.error("bar_store_failed", error=str(e), symbol=bar.symbol, timeframe=tf)
-            self._store_ns.append(time.perf_counter_ns() - t0)
         feats = st.features.get(tf)
         row = feats.update(bar) if feats is not None else None
         atr = feats.atr if feats is not None else None

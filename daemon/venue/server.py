@@ -487,19 +487,27 @@ class LocalVenue:
             return _err(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
         return int(raw)
 
+    def _symbol_limit(self, request: web.Request, default: int, most: int) -> tuple[str, int] | web.Response:
+        """``symbol`` and ``limit`` (1..``most``) of a market-data request, or Binance's error reply."""
+        sym = self._symbol(request)
+        if isinstance(sym, web.Response):
+            return sym
+        limit = self._int(request, "limit", default)
+        if isinstance(limit, web.Response):
+            return limit
+        if not 1 <= limit <= most:
+            return _err(-1130, "Data sent for parameter 'limit' is not valid.")
+        return sym, limit
+
     def _count(self, request: web.Request) -> None:
         self.stats.rest_requests[request.path] += 1
 
     async def _depth(self, request: web.Request) -> web.Response:
         self._count(request)
-        sym = self._symbol(request)
-        if isinstance(sym, web.Response):
-            return self._counted(sym)
-        limit = self._int(request, "limit", 100)
-        if isinstance(limit, web.Response):
-            return self._counted(limit)
-        if not 1 <= limit <= DEPTH_LIMIT_MAX:
-            return self._counted(_err(-1130, "Data sent for parameter 'limit' is not valid."))
+        args = self._symbol_limit(request, 100, DEPTH_LIMIT_MAX)
+        if isinstance(args, web.Response):
+            return self._counted(args)
+        sym, limit = args
         snap = self.source.depth(sym, limit)
         if snap is None:
             return self._counted(_err(-1001, "Internal error; unable to process your request. Please try again.",
@@ -585,14 +593,10 @@ class LocalVenue:
     async def _recent_trades(self, request: web.Request) -> web.Response:
         """``/api/v3/trades``: the most recent ``limit`` (default 500, max 1000) trades, oldest first."""
         self._count(request)
-        sym = self._symbol(request)
-        if isinstance(sym, web.Response):
-            return self._counted(sym)
-        limit = self._int(request, "limit", 500)
-        if isinstance(limit, web.Response):
-            return self._counted(limit)
-        if not 1 <= limit <= TRADES_LIMIT_MAX:
-            return self._counted(_err(-1130, "Data sent for parameter 'limit' is not valid."))
+        args = self._symbol_limit(request, 500, TRADES_LIMIT_MAX)
+        if isinstance(args, web.Response):
+            return self._counted(args)
+        sym, limit = args
         rows = []
         for t in self._trade_payloads(sym)[-limit:]:
             rows.append({"id": t["t"], "price": t["p"], "qty": t["q"],
