@@ -12,6 +12,10 @@ Formulas (one place; the config options named are in :class:`OptimizerConfig`):
   ``e = |p - 0.5| * 2 * m``; cost ``c = 2 * fee_rate + spread / mid`` (taker fee on entry and exit, plus one full
   spread crossed over the round trip). A direction ``sign(p - 0.5)`` is taken only when ``e > edge_cost_multiple
   * c``; its strength is ``|2p - 1|`` in [0, 1].
+* expected return: a model that predicts the move itself (the pooled universe models, calibrated out of fold to
+  the log return over their horizon) gives ``predictions["expected_return"] = r``; when finite it replaces the
+  P(up) path: ``e = |r|``, direction ``sign(r)`` under the same cost rule, strength ``min(1, |r| / m)``, and the
+  reported ``p_up = 0.5 + strength * sign(r) / 2``.
 * size: seed §7.3, see :func:`strategies.sizing.position_size`; stop/take profit: seed §7.4, see
   :func:`strategies.sizing.risk_levels`.
 * timeframe score: weighted mean of five components in [0, 1] (see :meth:`~.select_optimal_timeframe`).
@@ -42,11 +46,13 @@ from strategies.sizing import (FiltersLike, RiskLevels, SizeResult, client_order
                                parse_tf_pairs, position_size, risk_levels)
 
 __all__ = ["OptimizerConfig", "MarketMetrics", "TimeframeScore", "TimeframeChoice", "Signal", "BookTop",
-           "ManagedPosition", "ExitDecision", "DollarProfitOptimizer", "MODELS", "SymbolSignal", "RankedCandidate"]
+           "ManagedPosition", "ExitDecision", "DollarProfitOptimizer", "MODELS", "SymbolSignal", "RankedCandidate",
+           "EXPECTED_RETURN"]
 
 log = structlog.get_logger(__name__)
 
 MODELS = ("xgboost", "lstm")
+EXPECTED_RETURN = "expected_return"  # the predictions key of a model that predicts the move (module docstring)
 
 
 @dataclass(frozen=True)
@@ -434,6 +440,17 @@ class DollarProfitOptimizer:
         if not (math.isfinite(atr) and atr > 0 and math.isfinite(price) and price > 0
                 and math.isfinite(spread) and spread >= 0):
             return Signal(0, 0.0, 0.5, 0.0, 0.0, 0.0, "bad_input")
+        move = self.cfg.expected_move_atr_mult * atr / price
+        cost = self._cost(spread)
+        er = predictions.get(EXPECTED_RETURN)
+        if isinstance(er, (int, float)) and math.isfinite(er) and abs(er) < 1.0:
+            edge = abs(float(er))
+            strength = min(1.0, edge / move)
+            sign = 1 if er > 0 else -1
+            p_er = 0.5 + sign * strength / 2
+            if er == 0 or edge <= self.cfg.edge_cost_multiple * cost:
+                return Signal(0, 0.0, p_er, edge, cost, move, "below_cost")
+            return Signal(sign, strength, p_er, edge, cost, move, "ok")
         weights = {"xgboost": self.cfg.w_xgboost, "lstm": self.cfg.w_lstm}
         num = den = 0.0
         for k, w in weights.items():
@@ -441,8 +458,6 @@ class DollarProfitOptimizer:
             if w > 0 and isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0:
                 num += w * p
                 den += w
-        move = self.cfg.expected_move_atr_mult * atr / price
-        cost = self._cost(spread)
         if den == 0:
             return Signal(0, 0.0, 0.5, 0.0, cost, move, "no_prediction")
         p = num / den

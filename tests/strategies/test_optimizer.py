@@ -69,6 +69,23 @@ def test_signal_weights_missing_and_bad_predictions():
     assert o.combine_signal({"lstm": 0.9}, atr=-1.0, price=60_000.0, spread=0.0).reason == "bad_input"
 
 
+def test_signal_from_an_expected_return_replaces_p_up():
+    o = make()
+    # move = 2 x 600 / 60,000 = 0.02; cost = 2 x 0.001 + 0.0001 = 0.0021
+    s = o.combine_signal({"expected_return": 0.005, "xgboost": 0.1}, atr=600.0, price=60_000.0, spread=0.0001)
+    assert (s.direction, s.reason) == (1, "ok")  # the expected return wins over a P(up) pointing down
+    assert s.edge == pytest.approx(0.005) and s.strength == pytest.approx(0.25) and s.p_up == pytest.approx(0.625)
+    s = o.combine_signal({"expected_return": -0.03}, atr=600.0, price=60_000.0, spread=0.0001)
+    assert s.direction == -1 and s.strength == 1.0 and s.p_up == pytest.approx(0.0)
+    s = o.combine_signal({"expected_return": 0.002}, atr=600.0, price=60_000.0, spread=0.0001)
+    assert (s.direction, s.reason) == (0, "below_cost")  # 0.002 < 0.0021
+    # not finite, or absurd (|r| >= 1): ignored, the P(up) path decides
+    for bad in (float("nan"), float("inf"), 5.0):
+        s = o.combine_signal({"expected_return": bad, "xgboost": 0.8, "lstm": 0.7}, atr=600.0, price=60_000.0,
+                             spread=0.0001)
+        assert s.p_up == pytest.approx(0.75)
+
+
 # ----------------------------------------------------------------------------------------------- selection
 METRICS = {
     "1m": MarketMetrics(0.001, 1e6, 0.0001),
