@@ -39,3 +39,10 @@ def small_1h_folder(tmp_path_factory, universe_1h) -> Path:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
+
+
+@pytest.fixture(scope="session")
+def universe_1h_close(small_1h_folder) -> np.ndarray:
+    """(T, N) closes of the small real 1h folder (NaN where a symbol has no bar)."""
+    from research.universe import load_universe
+    return load_universe(small_1h_folder).panels["1h"].close

@@ -1,0 +1,54 @@
+"""From a cross-sectional score to an expected return the optimizer can weigh against costs.
+
+A pooled model's output (an ensemble of cross-sectionally z-scored model scores) is a ranking, not a move. The
+calibration is fitted on rows the model did not train on (a holdout or the training window's own out-of-fold
+tail): the OLS slope of the symbol's forward log return over the label horizon on its score's cross-sectional
+z-score. ``expected_return(z) = slope * z`` is the symbol's move relative to the universe over the horizon; the
+intercept (the universe's mean drift over the fitting rows) is recorded but not used: a past drift is not a
+forecast, and a long-only book must not buy the market because it rose during the holdout."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from research.walkforward import cs_zscore
+
+__all__ = ["Calibration", "fit_calibration"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    slope: float        # forward log return (over ``horizon`` bars) per unit of cross-sectional z-score
+    intercept: float    # mean forward return of the fitting rows (recorded, not used)
+    horizon: int        # bars
+    rows: int
+    method: str = "OLS of the horizon's forward log return on the score's cross-sectional z-score"
+
+    def expected_return(self, z: np.ndarray | float) -> np.ndarray | float:
+        return self.slope * z
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(float(d["slope"]), float(d["intercept"]), int(d["horizon"]), int(d["rows"]),
+                   str(d.get("method", cls.method)))
+
+
+def fit_calibration(score: np.ndarray, fwd: np.ndarray, horizon: int) -> Calibration:
+    """``score`` and ``fwd`` are (T, N) over the same bars; rows where either is NaN are left out. A slope below
+    zero (the score ranks backwards on these rows) is kept: the optimizer then trades its sign honestly, and the
+    report shows it."""
+    z = cs_zscore(np.asarray(score, dtype=np.float64))
+    f = np.asarray(fwd, dtype=np.float64)
+    ok = np.isfinite(z) & np.isfinite(f)
+    n = int(ok.sum())
+    if n < 30:
+        raise ValueError(f"calibration needs at least 30 rows with a score and a forward return, got {n}")
+    x, y = z[ok], f[ok]
+    xm, ym = x.mean(), y.mean()
+    vx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (y - ym)).sum() / vx) if vx > 0 else 0.0
+    return Calibration(slope, float(ym), int(horizon), n)
