@@ -260,6 +260,22 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where the retrainer's heavy jobs run (research/executor.py). The daemon never needs a cluster to trade."""
+
+    executor: str = opt("local", "local: the retrain child trains every timeframe itself; ray: each timeframe is a "
+                        "Ray task on the cluster at `address` (model files staged under the registry, which must be "
+                        "a path every node shares; published by the daemon's side only). Needs the cluster extra.",
+                        choices=("local", "ray"))
+    address: str = opt("", "Ray cluster address (host:port of `ray start --head`); required with executor = "
+                       "\"ray\". Checked at start-up: unreachable is exit 3.")
+
+    def validate(self) -> None:
+        if self.executor == "ray" and not self.address:
+            raise ValueError("cluster.address is required when cluster.executor = \"ray\"")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
     format: str = opt("auto", "auto: human-readable console lines on a terminal, JSON lines under systemd "
@@ -274,6 +290,7 @@ class Config:
     faults: FaultConfig = FaultConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     feed: FeedConfig = FeedConfig()
+    cluster: ClusterConfig = ClusterConfig()
     recorder: RecorderConfig = RecorderConfig()
     bars: BarsConfig = BarsConfig()
     engines: EnginesConfig = EnginesConfig()

@@ -48,7 +48,7 @@ class RetrainCycle:
             registry=str(registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
             store=str(cfg.path(cfg.store.path)), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
             threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
-            min_improvement=r.min_improvement_usd,
+            min_improvement=r.min_improvement_usd, executor=cfg.cluster.executor, address=cfg.cluster.address,
             spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,
                             "cost": 2 * cfg.broker.taker_fee + 0.0001})
         return cls(cfg, metrics, manager, registry, engine_sets)

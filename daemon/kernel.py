@@ -423,6 +423,12 @@ async def build(cfg: Any, env: dict[str, str], metrics: Metrics, resources: Reso
     """Start-up steps 2-6 of daemon.app's docstring, up to (not including) priming and starting the feed."""
     from daemon.firstrun import FirstRunError, ensure_models
     Path(cfg.general.data_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.retrain.enabled and cfg.cluster.executor != "local":
+        from research.executor import ClusterUnreachable, check_reachable
+        try:
+            check_reachable(cfg.cluster.address)
+        except ClusterUnreachable as e:
+            raise StartupError(f"cluster: {e}") from None
     status("opening store")
     store, writer = open_store(cfg, metrics, on_writer_error, resources)
     status("starting venue")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -57,12 +58,17 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
-                  min_bars: int = 20_000, min_improvement: float = 0.0) -> dict:
-    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
+                  min_bars: int = 20_000, min_improvement: float = 0.0, executor: str = "local",
+                  address: str = "") -> dict:
+    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe.
+
+    With ``executor = "ray"`` each timeframe's training (both kinds) is a Ray task writing its model files under
+    the registry's ``.staging`` folder (a path every node shares); this process alone gates and publishes them,
+    so a lost worker never leaves a half-published model (research.executor)."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
     from daemon.train_cli import load_training_data
-    from engines.train import TrainSpec, _rows, build_dataset, split_bounds, train_and_publish
+    from engines.train import TrainSpec, _rows, build_dataset, publish_trained, split_bounds, train_and_publish
     k: Klines | None = None
     if store_path and Path(store_path).exists():
         try:
@@ -75,6 +81,8 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
         raise RuntimeError("no training data: store empty and no venue URL")
     reg = ModelRegistry(registry_root)
     results = {}
+    trained = _train_remote(k, timeframes, spec_overrides, registry_root, executor, address) \
+        if executor != "local" else {}
     for tf in timeframes:
         spec = TrainSpec(tf, **(spec_overrides or {}))
         t0 = time.perf_counter()
@@ -88,7 +96,11 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
             gate_error = f"{type(e).__name__}: {e}"[:500]
             log.error("retrain_gate_error", timeframe=tf, error=gate_error)
             current = None
-        outcome, refs = train_and_publish(k, spec, reg, make_current=False)
+        if tf in trained:
+            outcome, staging = trained[tf]
+            refs = publish_trained(outcome, staging, spec, reg, make_current=False)
+        else:
+            outcome, refs = train_and_publish(k, spec, reg, make_current=False)
         challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
         decision = {}
         for kind in ("xgboost", "lstm"):
@@ -99,8 +111,39 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
                               "current_pnl": None if current is None else current[kind],
                               "promoted": better, "version": refs[kind].version}
         results[tf] = {"decision": decision, "seconds": time.perf_counter() - t0,
-                       "window": outcome.data_window, "gate_error": gate_error}
+                       "window": outcome.data_window, "gate_error": gate_error, "executor": executor}
+    if trained:
+        shutil.rmtree(next(iter(trained.values()))[1].parent, ignore_errors=True)
     return results
+
+
+def _train_job(tf: str, *, k1m, spec_overrides: dict, staging_root: str):
+    """One cluster task: train ``tf``'s models into ``staging_root/tf`` (a shared path); return the outcome."""
+    from engines.train import TrainSpec, train_timeframe
+    out = Path(staging_root) / tf
+    out.mkdir(parents=True, exist_ok=True)
+    return train_timeframe(k1m, TrainSpec(tf, **spec_overrides), out)
+
+
+def _train_remote(k, timeframes: list[str], spec_overrides: dict | None, registry_root: str, executor: str,
+                  address: str) -> dict:
+    """Every timeframe trained as a task of ``executor``; {tf: (outcome, staging dir)}. A failed task raises
+    (nothing was published) and the staging folder is removed."""
+    import uuid
+    from research.executor import make_executor
+    staging = Path(registry_root) / ".staging" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    ex = make_executor(executor, address, num_cpus_per_task=max(1, int((spec_overrides or {}).get("threads", 1))))
+    try:
+        got = ex.map(_train_job, [(tf,) for tf in timeframes],
+                     shared={"k1m": k, "spec_overrides": dict(spec_overrides or {}), "staging_root": str(staging)},
+                     label=lambda j: f"retrain {j[0]}")
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        ex.close()
+    return {tf: (o, staging / tf) for tf, o in zip(timeframes, got)}
 
 
 def lower_own_priority(increment: int) -> dict:
@@ -137,6 +180,8 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
     p.add_argument("--min-bars", type=int, default=20_000)
     p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--executor", default="local", choices=("local", "ray"))
+    p.add_argument("--address", default="")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -151,7 +196,7 @@ def child_main(argv: list[str] | None = None) -> int:
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
-                        min_improvement=a.min_improvement)
+                        min_improvement=a.min_improvement, executor=a.executor, address=a.address)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
@@ -182,6 +227,8 @@ class RetrainManager:
     spec_overrides: dict = field(default_factory=dict)
     min_bars: int = 20_000
     min_improvement: float = 0.0
+    executor: str = "local"
+    address: str = ""
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -192,6 +239,8 @@ class RetrainManager:
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
                "--min-bars", str(self.min_bars), "--min-improvement", repr(self.min_improvement),
                "--nice", str(self.nice)]
+        if self.executor != "local":
+            cmd += ["--executor", self.executor, "--address", self.address]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:

@@ -299,15 +299,23 @@ def train_and_publish(k1m: Klines, spec: TrainSpec, registry, *, make_current: b
     import tempfile
     with tempfile.TemporaryDirectory(prefix=f"tradingd-train-{spec.timeframe}-") as tmp:
         outcome = train_timeframe(k1m, spec, Path(tmp), progress)
-        refs = {}
-        for kind in KINDS:
-            refs[kind] = registry.publish(
-                kind, spec.timeframe, Path(tmp) / kind, feature_names=list(FEATURE_SCHEMA.names),
-                schema_hash=FEATURE_SCHEMA.hash, data_window=outcome.data_window,
-                metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
-                         "train_seconds": outcome.seconds[kind]},
-                library_versions=library_versions(), make_current=make_current)
+        refs = publish_trained(outcome, Path(tmp), spec, registry, make_current=make_current)
     return outcome, refs
+
+
+def publish_trained(outcome: TrainOutcome, staging: Path, spec: TrainSpec, registry, *,
+                    make_current: bool = True) -> dict:
+    """Publish what :func:`train_timeframe` wrote under ``staging`` (both kinds; the registry's atomic publish
+    with checksums). The ONE publication path, whether the training ran here or on a cluster worker."""
+    refs = {}
+    for kind in KINDS:
+        refs[kind] = registry.publish(
+            kind, spec.timeframe, Path(staging) / kind, feature_names=list(FEATURE_SCHEMA.names),
+            schema_hash=FEATURE_SCHEMA.hash, data_window=outcome.data_window,
+            metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
+                     "train_seconds": outcome.seconds[kind]},
+            library_versions=library_versions(), make_current=make_current)
+    return refs
 
 
 def missing_models(registry, timeframes) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 
+from research.executor import ClusterUnreachable, ExecutorError, add_executor_arguments, make_executor
 from research.models import MODEL_KINDS
 from research.params import load_params, params_for
 from research.portfolio import Costs
@@ -41,6 +42,7 @@ def add_common(p) -> None:
     p.add_argument("--fee", type=float, default=Costs.fee, help="taker fee per side (fraction)")
     p.add_argument("--spread-bps", type=float, default=Costs.spread_bps)
     p.add_argument("--slippage-bps", type=float, default=Costs.slippage_bps)
+    add_executor_arguments(p)
 
 
 def add_arguments(p) -> None:
@@ -73,6 +75,7 @@ def run(args) -> dict:
     t_load = time.perf_counter() - t0
     from research.dataset import panel_features
     results, evals, timings = {}, {}, {}
+    executor = make_executor(args.executor, args.address, num_cpus_per_task=max(1, args.threads))  # Ray: atexit
     for tf, panel in uni.panels.items():
         t1 = time.perf_counter()
         pf = panel_features(panel)
@@ -81,12 +84,14 @@ def run(args) -> dict:
         if args.horizon and not loaded.get(tf, {}).get("rebalance"):
             prm = prm.with_(rebalance=args.horizon)
         t2 = time.perf_counter()
-        res = run_timeframe(pf, prm, opts, progress=lambda s: log.info("backtest.progress", step=s))
+        res = run_timeframe(pf, prm, opts, progress=lambda s: log.info("backtest.progress", step=s),
+                            executor=executor)
         ev = evaluate(res, opts)
         results[tf], evals[tf] = res, ev
         timings[tf] = {"features_s": t2 - t1, "train_predict_s": res.train_seconds,
                        "total_s": time.perf_counter() - t1}
         log.info("backtest.timeframe", tf=tf, **timings[tf])
+    executor.close()
     main_tf = args.strategy_timeframe or list(uni.panels)[-1]
     if main_tf not in evals:
         raise ValueError(f"--strategy-timeframe {main_tf} was not evaluated (have {', '.join(evals)})")
@@ -123,6 +128,12 @@ def main(args) -> int:
     except (UniverseError, ValueError) as e:
         print(f"tradingd backtest: {e}", file=sys.stderr)
         return 2
+    except ClusterUnreachable as e:
+        print(f"tradingd backtest: {e}", file=sys.stderr)
+        return 3
+    except ExecutorError as e:
+        print(f"tradingd backtest: {e}", file=sys.stderr)
+        return 1
     s = m["strategy"]
     b = m["baselines"]
     print(f"strategy {s['timeframe']} {s['model']}: return {s['return_pct']:.2f}% sharpe {s['sharpe']:.2f} "

@@ -31,6 +31,7 @@ from scipy.stats import kurtosis, skew
 
 from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, PanelFeatures, forward_returns, panel_features, target
+from research.executor import ClusterUnreachable, ExecutorError, make_executor
 from research.metrics import deflated_sharpe, ic_series
 from research.models import fit_model, predict_panel
 from research.params import params_for
@@ -185,6 +186,7 @@ def run_hpo(args) -> dict:
            "inner_folds": args.inner_folds}
     best: dict = {"timeframes": {}, "hpo": {}}
     all_trials = {}
+    executor = make_executor(args.executor, args.address, num_cpus_per_task=max(1, args.threads))
     for tf, panel in uni.panels.items():
         pf = panel_features(panel)
         data_end = hpo_data_end(pf, opts)
@@ -194,7 +196,10 @@ def run_hpo(args) -> dict:
         name = f"tradingd-{tf}"
         optuna.create_study(study_name=name, storage=_storage(journal), direction="maximize", load_if_exists=True)
         t1 = time.perf_counter()
-        if args.jobs == 1:
+        if executor.name != "local":  # J workers as J tasks on the cluster (cache and journal on a shared path)
+            executor.map(_worker, [(str(cache), str(journal), name, data_end, args.trials, args.seed + i, cfg)
+                                   for i in range(args.jobs)], label=lambda j: f"{tf} hpo worker seed {j[5]}")
+        elif args.jobs == 1:
             _worker(str(cache), str(journal), name, data_end, args.trials, args.seed, cfg)
         else:
             ctx = mp.get_context("spawn")
@@ -233,6 +238,8 @@ def run_hpo(args) -> dict:
         all_trials[tf] = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                            **{k: v for k, v in t.user_attrs.items() if k != "params_full"}} for t in st.trials]
         log.info("hpo.timeframe", tf=tf, **{k: v for k, v in best["hpo"][tf].items() if k != "journal"})
+    executor.close()
+    best["executor"] = executor.name
     best["features"] = list(FEATURE_NAMES)
     best["universe"] = uni.info()
     best["seconds"] = time.perf_counter() - t0
@@ -245,6 +252,12 @@ def run_hpo(args) -> dict:
 def main(args) -> int:
     try:
         best = run_hpo(args)
+    except ClusterUnreachable as e:
+        print(f"tradingd hpo: {e}", file=sys.stderr)
+        return 3
+    except ExecutorError as e:
+        print(f"tradingd hpo: {e}", file=sys.stderr)
+        return 1
     except (UniverseError, ValueError, RuntimeError) as e:
         print(f"tradingd hpo: {e}", file=sys.stderr)
         return 2

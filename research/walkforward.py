@@ -21,6 +21,7 @@ import structlog
 
 from market.events import timeframe_ns
 from research.dataset import PanelFeatures, forward_returns, target
+from research.executor import Executor, LocalExecutor
 from research.metrics import ic_series, signal_metrics
 from research.models import FACTORS, ModelParams, factor_scores, fit_model, predict_panel
 from research.portfolio import Costs, buy_and_hold, simulate
@@ -118,8 +119,18 @@ class TfResult:
     train_seconds: float = 0.0
 
 
-def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progress=None) -> TfResult:
-    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars."""
+def _fit_window(seed: int, k: int, m: str, *, pf: PanelFeatures, y: np.ndarray, ws: list[Window],
+                prm: ModelParams) -> tuple[np.ndarray, dict]:
+    """One job: model ``m`` fitted on window ``k``'s training rows with ``seed``; its test bars' scores."""
+    w = ws[k]
+    fm = fit_model(m, pf, y, w.train_lo, w.train_hi, prm, seed=seed)
+    return predict_panel(fm, pf, w.test_lo, w.test_hi), dict(fm.info)
+
+
+def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progress=None,
+                  executor: Executor | None = None) -> TfResult:
+    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars. The
+    fits are independent jobs: ``executor`` (research.executor) runs them here or on a Ray cluster, same numbers."""
     tf = pf.timeframe
     h = prm.horizon
     fwd = forward_returns(pf.close, h)
@@ -135,17 +146,20 @@ def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progr
     T, N = pf.close.shape
     res = TfResult(tf, prm, ws, ws[0].test_lo, ws[-1].test_hi, pf.open_ns, fwd, fwd1, pf.close)
     t0 = time.perf_counter()
+    ex = executor or LocalExecutor()
+    jobs = [(seed, k, m) for seed in range(opts.seeds) for k in range(len(ws)) for m in opts.models]
+    got = ex.map(_fit_window, jobs, shared={"pf": pf, "y": y, "ws": ws, "prm": prm},
+                 label=lambda j: f"{tf} seed {j[0]} window {j[1] + 1}/{len(ws)} {j[2]}", progress=progress)
+    fitted = dict(zip(jobs, got))
     for seed in range(opts.seeds):
         per_model = {m: np.full((T, N), np.nan) for m in opts.models}
         weights_seq = []
         ens = np.full((T, N), np.nan)
         for k, w in enumerate(ws):
             for m in opts.models:
-                fm = fit_model(m, pf, y, w.train_lo, w.train_hi, prm, seed=seed)
-                per_model[m][w.test_lo:w.test_hi] = predict_panel(fm, pf, w.test_lo, w.test_hi)
-                res.model_info.append({"seed": seed, "window": k, "model": m, **fm.info})
-                if progress:
-                    progress(f"{tf} seed {seed} window {k + 1}/{len(ws)} {m}")
+                scores, info = fitted[(seed, k, m)]
+                per_model[m][w.test_lo:w.test_hi] = scores
+                res.model_info.append({"seed": seed, "window": k, "model": m, **info})
             # ensemble: weights from earlier test bars whose labels ended before this window
             hist_hi = w.test_lo - h
             hist = {}
