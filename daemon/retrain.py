@@ -57,7 +57,7 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
-                  min_bars: int = 20_000, min_improvement: float = 0.0) -> dict:
+                  min_bars: int = 20_000, min_improvement: float = 0.0, shadow: bool = False) -> dict:
     """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
@@ -93,11 +93,15 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
         decision = {}
         for kind in ("xgboost", "lstm"):
             better = gate_error is None and (current is None or challenger[kind] > current[kind] + min_improvement)
-            if better:
+            # with shadow: a gate-passing challenger runs beside the champion first (daemon.shadow); with no
+            # current model at all there is nothing to compare against: it is promoted
+            to_shadow = better and shadow and current is not None
+            if better and not to_shadow:
                 reg.set_current(tf, kind, refs[kind].version)
             decision[kind] = {"challenger_pnl": challenger[kind],
                               "current_pnl": None if current is None else current[kind],
-                              "promoted": better, "version": refs[kind].version}
+                              "promoted": better and not to_shadow, "shadow": to_shadow,
+                              "version": refs[kind].version}
         results[tf] = {"decision": decision, "seconds": time.perf_counter() - t0,
                        "window": outcome.data_window, "gate_error": gate_error}
     return results
@@ -137,6 +141,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
     p.add_argument("--min-bars", type=int, default=20_000)
     p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--shadow", action="store_true", help="a gate-passing challenger goes to the shadow A/B")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -151,7 +156,7 @@ def child_main(argv: list[str] | None = None) -> int:
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
-                        min_improvement=a.min_improvement)
+                        min_improvement=a.min_improvement, shadow=a.shadow)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
@@ -182,6 +187,7 @@ class RetrainManager:
     spec_overrides: dict = field(default_factory=dict)
     min_bars: int = 20_000
     min_improvement: float = 0.0
+    shadow: bool = False
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -192,6 +198,8 @@ class RetrainManager:
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
                "--min-bars", str(self.min_bars), "--min-improvement", repr(self.min_improvement),
                "--nice", str(self.nice)]
+        if self.shadow:
+            cmd += ["--shadow"]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:

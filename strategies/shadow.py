@@ -12,7 +12,8 @@ valid inference"; normal mixture with variance ``tau**2`` over the mean of ``d``
 from the trial so far) on ``H0: mean(d) = 0``. It may be read after every bar without inflating the false-positive
 rate ``alpha``:
 
-* ``promote`` when, after at least ``min_bars`` paired bars, the test rejects H0 with ``mean(d) > 0``;
+* nothing is decided before ``min_bars`` paired bars (the variance of ``d`` must be estimated first);
+* ``promote`` when the test rejects H0 with ``mean(d) > 0``;
 * ``reject`` when it rejects with ``mean(d) < 0``, or when ``max_bars`` pass without a decision (no evidence of an
   improvement: the champion stays);
 * ``pending`` otherwise. A pin (``pin("champion")`` / ``pin("challenger")``, from ``POST /control/shadow``) ends
@@ -31,7 +32,7 @@ SIDES = ("champion", "challenger")
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    min_bars: int = 60             # paired bars before a promotion can be decided
+    min_bars: int = 60             # paired bars before anything is decided
     max_bars: int = 2_000          # no decision by then: reject (the champion stays)
     alpha: float = 0.05            # the always-valid false-positive rate of the mSPRT
     tau: float = 1e-3              # the mixture's standard deviation over the mean difference (per bar, fraction)
@@ -130,8 +131,8 @@ class ShadowTrial:
 
     def _decide(self, ts: int) -> None:
         threshold = math.log(1 / self.cfg.alpha)
-        if self.var > 0 and self.log_lr >= threshold:
-            if self.mean > 0 and self.n >= self.cfg.min_bars:
+        if self.n >= self.cfg.min_bars and self.var > 0 and self.log_lr >= threshold:
+            if self.mean > 0:
                 self._end("promote", f"mSPRT rejects equal P&L after {self.n} bars: challenger ahead", ts)
                 return
             if self.mean < 0:
