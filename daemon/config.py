@@ -265,8 +265,8 @@ class ShadowSection:
     beside the champion; both are simulated through the same costs (broker.taker_fee + half the assumed spread +
     optimizer.slippage_bps per side) and the challenger is promoted only when the mSPRT says it is ahead."""
 
-    enabled: bool = opt(False, "Run gate-passing challengers in shadow before promoting them (false: promote on the "
-                        "offline gate alone, as before).")
+    enabled: bool = opt(True, "Run gate-passing challengers in shadow before promoting them (false: promote on the "
+                        "offline gate alone). A registry without a current model promotes its first models at once.")
     min_bars: int = opt(60, "Paired bar closes before a promotion can be decided.", ge=1, le=10_000_000)
     max_bars: int = opt(2000, "No decision after this many paired bar closes: the challenger is dropped.",
                         ge=1, le=10_000_000)
