@@ -262,7 +262,7 @@ class Daemon:
         if cfg.retrain.enabled:
             from daemon.hotswap import RetrainCycle
             self.retrain = RetrainCycle.from_config(cfg, self.metrics, parts.registry, parts.engine_sets,
-                                                    parts.link.rest_url)
+                                                    parts.link.rest_url, pipeline=parts.pipeline)
             sup.spawn("retrain-scheduler", self.retrain.scheduler, restart=True)
         self.notifier.ready(f"serving {url}")
         self.timings["startup_s"] = (time.time_ns() - self.started_ns) / 1e9

@@ -276,6 +276,26 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ShadowSection:
+    """Live A/B (daemon/shadow.py): a challenger that passed the retrainer's offline gate first decides in shadow
+    beside the champion; both are simulated through the same costs (broker.taker_fee + half the assumed spread +
+    optimizer.slippage_bps per side) and the challenger is promoted only when the mSPRT says it is ahead."""
+
+    enabled: bool = opt(True, "Run gate-passing challengers in shadow before promoting them (false: promote on the "
+                        "offline gate alone). A registry without a current model promotes its first models at once.")
+    min_bars: int = opt(60, "Paired bar closes before a promotion can be decided.", ge=1, le=10_000_000)
+    max_bars: int = opt(2000, "No decision after this many paired bar closes: the challenger is dropped.",
+                        ge=1, le=10_000_000)
+    alpha: float = opt(0.05, "Always-valid false-promotion rate of the sequential test.", gt=0, lt=1)
+    tau: float = opt(0.0005, "Prior scale of the per-bar P&L difference in the mSPRT mixture (fraction).", gt=0,
+                     le=1)
+
+    def validate(self) -> None:
+        if self.min_bars > self.max_bars:
+            raise ValueError("shadow.min_bars must be <= shadow.max_bars")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
     format: str = opt("auto", "auto: human-readable console lines on a terminal, JSON lines under systemd "
@@ -291,6 +311,7 @@ class Config:
     simulator: SimulatorConfig = SimulatorConfig()
     feed: FeedConfig = FeedConfig()
     cluster: ClusterConfig = ClusterConfig()
+    shadow: ShadowSection = ShadowSection()
     recorder: RecorderConfig = RecorderConfig()
     bars: BarsConfig = BarsConfig()
     engines: EnginesConfig = EnginesConfig()

@@ -1,4 +1,4 @@
-"""``POST /control/{halt,resume,flatten,retrain}`` (bearer token checked by daemon.http): what each action does to
+"""``POST /control/{halt,resume,flatten,retrain,pin-champion,pin-challenger}`` (bearer token checked by daemon.http): what each action does to
 the running components. ``ts`` is the market's time (the simulator's when it runs faster than the wall clock)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from daemon.hotswap import RetrainCycle
     from daemon.kernel import Components
 
-ACTIONS = ("halt", "resume", "flatten", "retrain")
+ACTIONS = ("halt", "resume", "flatten", "retrain", "pin-champion", "pin-challenger")
 
 
 def control(action: str, parts: Components | None, retrain: RetrainCycle | None, ts: int) -> dict:
@@ -28,6 +28,12 @@ def control(action: str, parts: Components | None, retrain: RetrainCycle | None,
         if retrain is None:
             return {"ok": False, "error": "retraining is disabled (retrain.enabled = false)"}
         return retrain.start("control")
+    elif action in ("pin-champion", "pin-challenger"):
+        shadow = getattr(retrain, "shadow", None)
+        if shadow is None:
+            return {"ok": False, "error": "the shadow A/B is disabled (shadow.enabled = false)"}
+        ended = shadow.pin(action.split("-", 1)[1], ts)
+        return {"ok": True, "ended": ended}
     else:
         return {"ok": False, "error": f"unknown action {action}"}
     return {"ok": True, "risk_state": parts.risk.state.value}

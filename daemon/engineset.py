@@ -122,14 +122,17 @@ class EngineSet:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, registry: Any, timeframe: str, engines_cfg: Any, *, schema_hash: str | None = None,
-             kinds: tuple[str, ...] = KINDS, metrics: Any = None) -> EngineSet:
-        """Load and warm the current versions of ``kinds`` for ``timeframe`` (raises ModelLoadError)."""
+             kinds: tuple[str, ...] = KINDS, metrics: Any = None, versions: Mapping[str, str] | None = None
+             ) -> EngineSet:
+        """Load and warm the current versions of ``kinds`` for ``timeframe`` (raises ModelLoadError); ``versions``
+        names other versions by kind (a shadow challenger that is not current)."""
         from engines.backends import candidates, lstm_options
         from engines.features import FEATURE_SCHEMA
         schema_hash = schema_hash or FEATURE_SCHEMA.hash
         out: dict[str, LoadedEngine] = {}
         for kind in kinds:
-            ref = registry.load(timeframe, kind, schema_hash=schema_hash)
+            ref = registry.verify(timeframe, kind, versions[kind], schema_hash=schema_hash) \
+                if versions and kind in versions else registry.load(timeframe, kind, schema_hash=schema_hash)
             requested = engines_cfg.xgb_backend if kind == "xgboost" else engines_cfg.lstm_backend
             try:
                 chain = candidates(kind, requested)

@@ -27,8 +27,9 @@ class RetrainCycle:
     """One retrainer (``manager``) and the engine sets it may swap; at most one cycle runs at a time."""
 
     def __init__(self, cfg: Any, metrics: Metrics, manager: RetrainManager, registry: ModelRegistry,
-                 engine_sets: dict[str, EngineSet]) -> None:
+                 engine_sets: dict[str, EngineSet], shadow: Any = None) -> None:
         self.cfg = cfg
+        self.shadow = shadow  # daemon.shadow.ShadowRunner when shadow.enabled
         self.metrics = metrics
         self.manager = manager
         self.registry = registry
@@ -41,17 +42,29 @@ class RetrainCycle:
 
     @classmethod
     def from_config(cls, cfg: Any, metrics: Metrics, registry: ModelRegistry, engine_sets: dict[str, EngineSet],
-                    rest_url: str) -> RetrainCycle:
+                    rest_url: str, pipeline: Any = None) -> RetrainCycle:
         from daemon.retrain import RetrainManager
         r = cfg.retrain
+        shadow = None
+        if cfg.shadow.enabled and pipeline is not None:
+            from daemon.shadow import ShadowRunner
+            from strategies.shadow import ShadowConfig
+            sc = cfg.shadow
+            per_side = cfg.broker.taker_fee + cfg.optimizer.assumed_spread_bps * 1e-4 / 2 \
+                + cfg.optimizer.slippage_bps * 1e-4
+            shadow = ShadowRunner(ShadowConfig(sc.min_bars, sc.max_bars, sc.alpha, sc.tau, per_side),
+                                  pipeline.optimizer, registry, engine_sets, allow_short=cfg.optimizer.allow_short,
+                                  metrics=metrics)
+            pipeline.observers.append(shadow.observe)
         manager = RetrainManager(
             registry=str(registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
             store=str(cfg.path(cfg.store.path)), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
             threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
             min_improvement=r.min_improvement_usd, executor=cfg.cluster.executor, address=cfg.cluster.address,
+            shadow=shadow is not None,
             spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,
                             "cost": 2 * cfg.broker.taker_fee + 0.0001})
-        return cls(cfg, metrics, manager, registry, engine_sets)
+        return cls(cfg, metrics, manager, registry, engine_sets, shadow)
 
     # ------------------------------------------------------------------------------------------ triggers
     async def scheduler(self) -> None:
@@ -74,7 +87,8 @@ class RetrainCycle:
 
     def status(self) -> dict:
         return {"enabled": True, "running": bool(self.manager.running), "runs": self.manager.runs,
-                "last": self.last, "gate_errors": self.gate_errors}
+                "last": self.last, "gate_errors": self.gate_errors,
+                "shadow": self.shadow.status() if self.shadow is not None else {"enabled": False}}
 
     # ------------------------------------------------------------------------------------------ the cycle
     async def run_now(self, trigger: str) -> dict:
@@ -92,6 +106,12 @@ class RetrainCycle:
         report: dict = {"trigger": trigger, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
                         "error": outcome.error[-500:] if outcome.error else None, "results": outcome.results,
                         "priority": outcome.priority, "swapped": {}, "finished_ns": None}
+        if outcome.ok and self.shadow is not None:
+            try:
+                report["shadow"] = await self.start_shadow_trials(outcome.results or {})
+            except Exception as e:  # noqa: BLE001 - a challenger that fails to load is refused; champion stays
+                report["shadow"] = {"error": f"{type(e).__name__}: {e}"}
+                log.error("shadow_start_refused", error=report["shadow"]["error"])
         if outcome.ok:
             try:
                 report["swapped"], report["swap_loop_lag_max_ms"] = await self.swap_changed_engines()
@@ -105,6 +125,24 @@ class RetrainCycle:
         self.last = report
         log.info("retrain_cycle", **{k: v for k, v in report.items() if k != "results"})
         return report
+
+    async def start_shadow_trials(self, results: dict) -> dict:
+        """Every timeframe whose challenger passed the offline gate (not promoted: ``shadow`` in its decision)
+        starts a shadow trial with the challenger's versions (the current ones for kinds that did not pass)."""
+        from daemon.engineset import EngineSet
+        loop = asyncio.get_running_loop()
+        started = {}
+        for tf, res in results.items():
+            dec = res.get("decision") or {}
+            versions = {k: d["version"] for k, d in dec.items() if d.get("shadow")}
+            if not versions or tf not in self.engine_sets:
+                continue
+            for kind in self.engine_sets[tf].info():
+                versions.setdefault(kind, self.registry.current_version(tf, kind))
+            es = await loop.run_in_executor(None, lambda tf=tf, v=versions: EngineSet.load(
+                self.registry, tf, self.cfg.engines, metrics=self.metrics, versions=v, kinds=tuple(v)))
+            started[tf] = self.shadow.start(tf, es, versions, time.time_ns())
+        return started
 
     async def swap_changed_engines(self) -> tuple[dict, float]:
         """Load the registry's current versions that differ from the running ones (worker thread) and swap them in

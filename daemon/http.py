@@ -101,7 +101,8 @@ def make_app(hooks: HttpHooks, control_token: str | None) -> web.Application:
         if not hmac.compare_digest(given.encode(), control_token.encode()):
             log.warning("control request refused", action=action, remote=req.remote)
             return _json({"error": "unauthorized"}, 401)
-        if action not in ("halt", "resume", "flatten", "retrain"):
+        from daemon.control import ACTIONS
+        if action not in ACTIONS:
             return _json({"error": f"unknown action {action!r}"}, 404)
         log.info("control request", action=action, remote=req.remote)
         try:

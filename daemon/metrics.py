@@ -62,6 +62,17 @@ class Metrics:
         self.model_version = Gauge("tradingd_model_version_info", "1 for each model version in use",
                                    ["timeframe", "kind", "version", "backend"], registry=r)
         self.retrain_runs = Counter("tradingd_retrain_runs_total", "Retraining runs", ["outcome"], registry=r)
+        self.shadow_running = Gauge("tradingd_shadow_running", "1 while a challenger runs in shadow on the timeframe",
+                                    ["timeframe"], registry=r)
+        self.shadow_bars = Gauge("tradingd_shadow_bars", "Paired bars of the running shadow trial", ["timeframe"],
+                                 registry=r)
+        self.shadow_pnl = Gauge("tradingd_shadow_pnl", "Simulated P&L of each side of the shadow trial (fraction "
+                                "of one unit per symbol, after costs)", ["timeframe", "side"], registry=r)
+        self.shadow_log_lr = Gauge("tradingd_shadow_log_lr", "The shadow trial's mSPRT log likelihood ratio "
+                                   "(decides at log(1/alpha))", ["timeframe"], registry=r)
+        self.shadow_outcomes = Counter("tradingd_shadow_outcomes_total", "Shadow trials ended, by outcome "
+                                       "(promote, reject, replaced, promotion_failed)", ["timeframe", "outcome"],
+                                       registry=r)
         self.retrain_gate_errors = Counter("tradingd_retrain_gate_errors_total",
                                            "Retrain gate could not evaluate the current model: nothing promoted",
                                            ["timeframe"], registry=r)

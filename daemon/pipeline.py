@@ -99,6 +99,11 @@ def book_top(book: Any) -> tuple[BookTop | None, bool]:
     return BookTop(bids[0][0], asks[0][0]), False
 
 
+def _spread_of(book: Any, p: Any) -> float:
+    top, _ = book_top(book)
+    return top.spread / top.mid if top is not None and top.valid else p.optimizer.cfg.assumed_spread_bps * 1e-4
+
+
 def history_bars_needed(timeframes: Sequence[str], extra_bars: int = 0) -> int:
     """1m bars of history that warm features (+ ``extra_bars``, e.g. the LSTM's seq_len) on every timeframe."""
     from engines.features import FEATURE_SCHEMA
@@ -173,6 +178,18 @@ class _Row:
     book: Any
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What an observer sees of one symbol's decision: its feature row, the bar, and the inputs of the signal."""
+
+    symbol: str
+    row: np.ndarray | None
+    close: float
+    atr: float | None
+    spread: float
+    signal: Any  # strategies.optimizer.Signal or None (no ATR yet)
+
+
 class TradingPipeline:
     """See the module docstring. ``keep``: decisions kept for /status (bounded by default: a daemon runs for
     months; None keeps all, for backtests). ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
@@ -209,6 +226,8 @@ class TradingPipeline:
         self._pending: dict[tuple[str, int], dict[str, _Row]] = {}  # (timeframe, close_ns) -> symbol -> row
         self.boundaries: dict[str, dict[str, Any]] = {}  # timeframe -> the last decided boundary (for /status)
         self.decisions: deque[Decision] = deque(maxlen=keep)
+        # called after each decision batch with (timeframe, ts, [Observed]): the shadow A/B (daemon.shadow)
+        self.observers: list[Callable[[str, int, list[Observed]], None]] = []
         self.counters: Counter[str] = Counter()
         self.latencies_ns = SampleRing(100_000)  # preallocated: no per-sample allocation (soak)
         self.book_states: dict[str, str] = {}
@@ -445,6 +464,15 @@ class TradingPipeline:
             out.extend(self._decide_boundary((tf, close), ts, "complete"))
         return out
 
+    def _observe(self, tf: str, ts: int, rows: list[Observed]) -> None:
+        """Hand a decision batch to the observers; an observer's error is counted, never stops trading."""
+        for fn in self.observers:
+            try:
+                fn(tf, ts, rows)
+            except Exception as e:  # noqa: BLE001 - the shadow A/B must not stop the champion
+                self.counters["observer_errors"] += 1
+                log.error("observer_failed", timeframe=tf, error=f"{type(e).__name__}: {e}")
+
     def _bar_in(self, bar: Bar) -> None:
         """Count a closed bar and hand it to the bar sink (a store error is counted, never stops trading)."""
         tf = bar.timeframe
@@ -511,6 +539,9 @@ class TradingPipeline:
                 self.counters["stale_book_bars"] += 1
             sigs.append(SymbolSignal(bar.symbol, bar, p, atr if atr is not None else math.nan, top, stale))
         intents = list(self.optimizer.decide_universe(tf, sigs, acct, ts))
+        if self.observers:
+            self._observe(tf, ts, [Observed(r.bar.symbol, r.row, r.bar.close, r.atr, _spread_of(r.book, self),
+                                            ds[r.bar.symbol].signal) for r in rows])
         self.counters[f"boundaries.{reason}"] += 1
         if math.isfinite(acct.equity):
             self.risk.update_account(acct, ts)  # daily-loss state moves on every boundary, not only on orders
@@ -580,6 +611,8 @@ class TradingPipeline:
             self.counters["stale_book_bars"] += 1
         intents = self.optimizer.on_bar_close(bar.symbol, tf, bar, preds, atr if atr is not None else math.nan,
                                               top, acct, ts, book_stale=stale)
+        if self.observers:
+            self._observe(tf, ts, [Observed(bar.symbol, row, bar.close, atr, _spread_of(book, self), sig)])
         if math.isfinite(acct.equity):
             self.risk.update_account(acct, ts)  # daily-loss state moves on every bar, not only on orders
         if self.risk.flatten_required and any(p.qty for p in acct.positions.values()):

@@ -59,12 +59,13 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
                   min_bars: int = 20_000, min_improvement: float = 0.0, executor: str = "local",
-                  address: str = "") -> dict:
+                  address: str = "", shadow: bool = False) -> dict:
     """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe.
 
     With ``executor = "ray"`` each timeframe's training (both kinds) is a Ray task writing its model files under
     the registry's ``.staging`` folder (a path every node shares); this process alone gates and publishes them,
-    so a lost worker never leaves a half-published model (research.executor)."""
+    so a lost worker never leaves a half-published model (research.executor). With ``shadow`` a gate-passing
+    challenger is published but not made current: the daemon runs it in shadow first (daemon.shadow)."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
     from daemon.train_cli import load_training_data
@@ -105,11 +106,15 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
         decision = {}
         for kind in ("xgboost", "lstm"):
             better = gate_error is None and (current is None or challenger[kind] > current[kind] + min_improvement)
-            if better:
+            # with shadow: a gate-passing challenger runs beside the champion first (daemon.shadow); with no
+            # current model at all there is nothing to compare against: it is promoted
+            to_shadow = better and shadow and current is not None
+            if better and not to_shadow:
                 reg.set_current(tf, kind, refs[kind].version)
             decision[kind] = {"challenger_pnl": challenger[kind],
                               "current_pnl": None if current is None else current[kind],
-                              "promoted": better, "version": refs[kind].version}
+                              "promoted": better and not to_shadow, "shadow": to_shadow,
+                              "version": refs[kind].version}
         results[tf] = {"decision": decision, "seconds": time.perf_counter() - t0,
                        "window": outcome.data_window, "gate_error": gate_error, "executor": executor}
     if trained:
@@ -182,6 +187,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-improvement", type=float, default=0.0)
     p.add_argument("--executor", default="local", choices=("local", "ray"))
     p.add_argument("--address", default="")
+    p.add_argument("--shadow", action="store_true", help="a gate-passing challenger goes to the shadow A/B")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -196,7 +202,8 @@ def child_main(argv: list[str] | None = None) -> int:
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
-                        min_improvement=a.min_improvement, executor=a.executor, address=a.address)
+                        min_improvement=a.min_improvement, executor=a.executor, address=a.address,
+                        shadow=a.shadow)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
@@ -229,6 +236,7 @@ class RetrainManager:
     min_improvement: float = 0.0
     executor: str = "local"
     address: str = ""
+    shadow: bool = False
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -241,6 +249,8 @@ class RetrainManager:
                "--nice", str(self.nice)]
         if self.executor != "local":
             cmd += ["--executor", self.executor, "--address", self.address]
+        if self.shadow:
+            cmd += ["--shadow"]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:

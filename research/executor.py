@@ -77,19 +77,19 @@ class RayExecutor:
 
     def __init__(self, address: str, *, num_cpus_per_task: float = 1.0, max_retries: int = 2,
                  connect_timeout_s: float = 30.0) -> None:
+        if not address:
+            raise ClusterUnreachable("executor 'ray' needs an address (--address host:port, or [cluster] address)")
+        check_reachable(address, connect_timeout_s)
         try:
             import ray
         except ImportError:
             raise ClusterUnreachable("executor 'ray' needs the cluster extra: pip install '.[cluster]'") from None
-        if not address:
-            raise ClusterUnreachable("executor 'ray' needs an address (--address host:port, or [cluster] address)")
         self._ray = ray
         self.address = address
         self.cpus = num_cpus_per_task
         self.max_retries = max_retries
         self._owns = not ray.is_initialized()
         if self._owns:
-            check_reachable(address, connect_timeout_s)
             try:
                 ray.init(address=address, logging_level="WARNING", log_to_driver=False,
                          include_dashboard=False) if not address.startswith("ray://") else \

@@ -30,3 +30,16 @@ def tiny_registry(tmp_path_factory):
     lm.train(Xs[:400], y[idx][:400], Xs[400:], y[idx][400:])
     reg.publish("lstm", "5m", lm.save, feature_names=names, schema_hash=FEATURE_SCHEMA.hash, make_current=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def store_with_bars(btc_klines_path, tmp_path_factory):
+    """A real SQLite store holding the last 40 days of real BTCUSDT 1m bars (what the retrainer reads)."""
+    from daemon.store import SQLiteStore
+    from engines.data import klines_to_bars, load_klines_csv
+    k = load_klines_csv(btc_klines_path, symbol="BTCUSDT")
+    path = tmp_path_factory.mktemp("store") / "tradingd.sqlite"
+    st = SQLiteStore(path)
+    st.write_bars(klines_to_bars(k[-40 * 1440:]))
+    st.close()
+    return path

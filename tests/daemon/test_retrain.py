@@ -19,16 +19,6 @@ from engines.registry import ModelRegistry
 SPEC = {"xgb_rounds": 40, "lstm_epochs": 1, "lstm_hidden": 8, "lstm_seq_len": 8}
 
 
-@pytest.fixture(scope="module")
-def store_with_bars(btc_klines_path, tmp_path_factory):
-    k = load_klines_csv(btc_klines_path, symbol="BTCUSDT")
-    path = tmp_path_factory.mktemp("store") / "tradingd.sqlite"
-    st = SQLiteStore(path)
-    st.write_bars(klines_to_bars(k[-40 * 1440:]))
-    st.close()
-    return path
-
-
 def _manager(store, reg, **kw):
     return RetrainManager(registry=str(reg), symbol="BTCUSDT", timeframes=["1h"], store=str(store),
                           spec_overrides=SPEC, min_bars=1000, timeout_s=240, **kw)
