@@ -35,7 +35,11 @@ CONTAINER_TOML = DEPLOY / "container.toml"
 BUILD = ROOT / "scripts" / "container-build"
 VENV_BIN = Path(sys.executable).parent
 
-READY_WITHIN_S = 600  # first start: simulated venue up, books synced, first models trained (2 shared cores)
+# First start: simulated venue, 30 days of history, the first models trained for 4 timeframes (measured 542 s on
+# this 2-core box shared with 7 other jobs; most of it training), books synced. A restart keeps the volume (the
+# registry): no training, ready in seconds.
+READY_WITHIN_S = 1200
+RESTART_READY_WITHIN_S = 120
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -178,28 +182,30 @@ def test_cpu_image_builds_starts_and_serves(capsys):
     if os.geteuid() != 0:
         pytest.skip("needs root (rootful podman with the runc runtime)")
     image = os.environ.get("TRADINGD_IMAGE", "localhost/tradingd:cpu")
-    env = {**os.environ, "TRADINGD_IMAGE": image}
+    cache = os.environ.get("TRADINGD_CONTAINER_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tradingd-container")
+    env = {**os.environ, "TRADINGD_IMAGE": image, "TRADINGD_CONTAINER_CACHE": cache}
     times: dict[str, float] = {}
 
     t = time.monotonic()
     r = subprocess.run([str(BUILD), "--base-only"], capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
-    times["base (debootstrap + import; cached: ~0)"] = time.monotonic() - t
+    times["base image (debootstrap + import; ~0 when cached)"] = time.monotonic() - t
     t = time.monotonic()
     r = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=3000, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.strip().splitlines()[-1] == image
     times["image build (cached layers reused)"] = time.monotonic() - t
-    conf = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tradingd-container" / "containers.conf"
-    penv = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    penv = {**os.environ, "CONTAINERS_CONF": str(Path(cache) / "containers.conf")}  # the one the build wrote
+    hc_cfg = _podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", image, env=penv).stdout
+    assert "/readyz" in hc_cfg, hc_cfg  # kept by --format docker (the OCI format drops it)
 
     name = f"tradingd-test-{os.getpid()}"
     port = _free_port()
-    t = time.monotonic()
-    _podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", image, env=penv)
-    try:
-        ready, status, body = None, None, ""
-        while time.monotonic() - t < READY_WITHIN_S:
+
+    def wait_ready(t0: float, within: float) -> float:
+        status, body = None, ""
+        while time.monotonic() - t0 < within:
             state = _podman("inspect", "--format", "{{.State.Status}}", name, env=penv).stdout.strip()
             assert state == "running", (state, _podman("logs", name, check=False, env=penv).stderr[-4000:])
             try:
@@ -207,19 +213,24 @@ def test_cpu_image_builds_starts_and_serves(capsys):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 status = None
             if status == 200:
-                ready = time.monotonic() - t
-                break
-            time.sleep(2)
+                assert json.loads(body)["ready"] is True
+                return time.monotonic() - t0
+            time.sleep(1)
+        logs = _podman("logs", name, env=penv)
+        pytest.fail(f"not ready within {within} s: {status} {body} {(logs.stdout + logs.stderr)[-4000:]}")
+
+    t = time.monotonic()
+    _podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", image, env=penv)
+    try:
+        times["first start -> /readyz 200 (trains the first models)"] = wait_ready(t, READY_WITHIN_S)
         logs = _podman("logs", name, env=penv)
         out = logs.stdout + logs.stderr
-        assert ready is not None, (status, body, out[-4000:])
-        times["start -> /readyz 200"] = ready
-        assert json.loads(body)["ready"] is True
 
         status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and "tradingd_" in metrics and "# TYPE" in metrics
 
-        assert "tradingd doctor" in out and "xgboost  auto ->" in out and "exec tradingd run" in out
+        assert "tradingd doctor" in out and "exec tradingd run" in out
+        assert "xgboost  auto -> compiled-cpu" in out  # gcc + headers in the image, a cache the user can write
         assert _podman("exec", name, "id", "-u", env=penv).stdout.strip() != "0"
         hc = _podman("healthcheck", "run", name, check=False, env=penv)  # the image's HEALTHCHECK, run once
         assert hc.returncode == 0, (hc.stdout, hc.stderr)
@@ -229,6 +240,11 @@ def test_cpu_image_builds_starts_and_serves(capsys):
         times["podman stop (SIGTERM drain)"] = time.monotonic() - t_stop
         code = _podman("inspect", "--format", "{{.State.ExitCode}}", name, env=penv).stdout.strip()
         assert code == "0", (code, _podman("logs", "--tail", "30", name, env=penv).stderr)
+
+        t = time.monotonic()  # same container, same volumes: the registry's models load, nothing is trained
+        _podman("start", name, env=penv)
+        times["restart -> /readyz 200 (models kept in the volume)"] = wait_ready(t, RESTART_READY_WITHIN_S)
+        _podman("stop", "-t", "60", name, timeout=120, env=penv)
     finally:
         _podman("rm", "-f", "-v", name, check=False, env=penv)
     with capsys.disabled():
