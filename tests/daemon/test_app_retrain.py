@@ -58,6 +58,8 @@ min_improvement_usd = -1e12
               f"{rep['swap_loop_lag_max_ms']} ms")
         code, text = http_get(url + "/metrics")
         assert metric(text.decode(), "tradingd_retrain_runs_total", outcome="ok") == 1
+        assert metric(text.decode(), "tradingd_retrain_promotions_total", timeframe="15m") == 1
+        assert 'tradingd_retrain_runs_total{outcome="failed"} 0.0' in text.decode()  # exported from start
         for kind in ("xgboost", "lstm"):  # the exported versions follow the swap
             assert metric(text.decode(), "tradingd_model_version_info", timeframe="15m", kind=kind,
                           version=dec[kind]["version"]) == 1
