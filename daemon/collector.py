@@ -17,6 +17,23 @@ if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
 
 
+# tradingd_decision_outcomes_total{outcome}: outcome -> (component, counter key; a key ending in "." sums its family)
+DECISION_OUTCOMES = {
+    "order": ("pipeline", "orders"), "risk_rejected": ("pipeline", "risk_rejected."),
+    "broker_rejected": ("pipeline", "broker_rejected."), "stale_book": ("pipeline", "stale_book_bars"),
+    "no_signal": ("optimizer", "no_signal."), "no_size": ("optimizer", "no_size."),
+    "entry_pending": ("optimizer", "entry_pending"), "short_disabled": ("optimizer", "short_disabled"),
+    "not_selected_timeframe": ("optimizer", "not_selected_timeframe"), "no_levels": ("optimizer", "no_levels"),
+}
+
+
+def counter_total(counters: dict[str, int], key: str) -> int:
+    """``counters[key]``, or the sum of the family ``key*`` when ``key`` ends in a dot."""
+    if key.endswith("."):
+        return sum(v for k, v in counters.items() if k.startswith(key))
+    return counters.get(key, 0)
+
+
 @dataclass(frozen=True)
 class View:
     """What exists at this moment of the daemon's life (before start-up completes: only some of it)."""
@@ -85,6 +102,8 @@ class Collector:
             alarms = opt.exit_alarms()
             for sym in cfg.general.symbols:
                 m.position.labels(sym).set(pf.qty(sym))
+                for side in ("BUY", "SELL"):  # exported at 0 from start (dashboards, alerts)
+                    m.fills.labels(sym, side)
                 m.exit_alarm.labels(sym).set(alarms.get(sym, {}).get("refusals", 0))
                 self._inc_to(m.exit_refused.labels(sym), ("exit_refused", sym),
                              opt.counters.get(f"exit_refused.{sym}", 0))
@@ -98,6 +117,10 @@ class Collector:
             m.fees.set(pf.fees)
             m.daily_pnl.set(risk.daily_pnl)
             m.risk_state.set({"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}[risk.state.value])
+            sources = {"pipeline": p.pipeline.counters, "optimizer": opt.counters}
+            for outcome, (src, key) in DECISION_OUTCOMES.items():
+                self._inc_to(m.decision_outcomes.labels(outcome), ("outcome", outcome),
+                             counter_total(sources[src], key))
         self._collect_failures(v)
         ok, _ = self.ready()
         m.up.set(1 if ok else 0)

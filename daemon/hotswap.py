@@ -39,6 +39,9 @@ class RetrainCycle:
         self._task: asyncio.Task | None = None
         for tf in cfg.general.timeframes:  # exported at 0 from start, so an alert can use rate()
             metrics.retrain_gate_errors.labels(tf)
+            metrics.retrain_promotions.labels(tf)
+        for outcome in ("ok", "failed"):
+            metrics.retrain_runs.labels(outcome)
 
     @classmethod
     def from_config(cls, cfg: Any, metrics: Metrics, registry: ModelRegistry, engine_sets: dict[str, EngineSet],
@@ -117,6 +120,8 @@ class RetrainCycle:
                 report["swapped"], report["swap_loop_lag_max_ms"] = await self.swap_changed_engines()
                 if report["swapped"]:
                     m.set_models({tf: es.info() for tf, es in self.engine_sets.items()})
+                    for tf in report["swapped"]:
+                        m.retrain_promotions.labels(tf).inc()
             except Exception as e:  # noqa: BLE001 - a model that fails to load is refused; old engines stay
                 report["ok"] = False
                 report["error"] = f"swap refused: {type(e).__name__}: {e}"

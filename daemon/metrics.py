@@ -43,6 +43,11 @@ class Metrics:
                                    registry=r)
         self.orders = Counter("tradingd_orders_total", "Orders submitted", ["symbol", "side", "reason"], registry=r)
         self.fills = Counter("tradingd_fills_total", "Fills", ["symbol", "side"], registry=r)
+        # copied in by the collector from the pipeline's and optimizer's counters (the Grafana panel "decisions")
+        self.decision_outcomes = Counter("tradingd_decision_outcomes_total", "What bar-close decisions came to: "
+                                         "order (sent), risk_rejected / broker_rejected (intents refused), or a "
+                                         "no-trade reason of the optimizer (stale_book, no_signal, no_size, ...)",
+                                         ["outcome"], registry=r)
         self.rejections = Counter("tradingd_order_rejections_total", "Orders refused by risk or broker",
                                   ["reason"], registry=r)
         self.exit_refused = Counter("tradingd_exit_refused_total", "Exits refused (risk, broker or venue); each is "
@@ -78,6 +83,8 @@ class Metrics:
                                            ["timeframe"], registry=r)
         self.retrain_duration = Histogram("tradingd_retrain_duration_seconds", "Retraining run duration",
                                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
+        self.retrain_promotions = Counter("tradingd_retrain_promotions_total",
+                                          "Retrained models promoted and swapped in", ["timeframe"], registry=r)
         self.task_restarts = Counter("tradingd_task_restarts_total", "Background tasks restarted after a crash",
                                      ["task"], registry=r)
         self.backend_fallbacks = Counter("tradingd_backend_fallbacks_total",

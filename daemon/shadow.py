@@ -111,6 +111,7 @@ class ShadowRunner:
                 return self._finish(timeframe, "promotion_failed", f"{type(e).__name__}: {e}", ts)
             if self.metrics is not None:
                 self.metrics.set_models({tf: s.info() for tf, s in self.engine_sets.items()})
+                self.metrics.retrain_promotions.labels(timeframe).inc()
         return self._finish(timeframe, trial.verdict, trial.reason, ts)
 
     def _finish(self, timeframe: str, verdict: str, reason: str, ts: int) -> dict:

@@ -8,3 +8,4 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 BINANCE_WS = SHARED_DATA / "binance-ws"
 KLINES = SHARED_DATA / "klines"
 UNIVERSE = SHARED_DATA / "universe"
+DEPLOY = ROOT / "deploy"  # deploy/grafana (dashboard + provisioning), deploy/prometheus (scrape config, alert rules)

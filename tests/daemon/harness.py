@@ -1,11 +1,12 @@
 """The harness the daemon's tests share (not a test module): a free port, a config writer, the `tradingd run`
 subprocess with its output collected, HTTP and /metrics helpers, waiting (a process's condition, or one on the
-running event loop), and the store invariant."""
+running event loop), the store invariant, and a real Prometheus server with its HTTP API."""
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PY = sys.executable
 TOKEN = "e2e-secret-token"
+PROMETHEUS = shutil.which("prometheus")  # Debian package "prometheus" (promtool comes with it)
+PROMTOOL = shutil.which("promtool")
 
 
 def free_port() -> int:
@@ -198,3 +202,74 @@ def check_store(db_path: Path) -> dict[str, float]:
         return pos
     finally:
         db.close()
+
+
+def prom_api(prom: str, path: str, **params: str):
+    """``data`` of a Prometheus HTTP API answer (``/api/v1/<path>``), asserting status success."""
+    url = f"{prom}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = orjson.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def prom_query(prom: str, q: str) -> list:
+    """An instant query's result vector."""
+    return prom_api(prom, "query", query=q)["result"]
+
+
+class Prometheus:
+    """A real Prometheus scraping ``target`` every second (job "tradingd"); ``config``: another prometheus.yml
+    text (its ``rule_files`` resolve relative to ``dir``, where ``files`` {name: text} are written too)."""
+
+    def __init__(self, tmp_path: Path, target: str, config: str | None = None,
+                 files: dict[str, str] | None = None) -> None:
+        self.dir = tmp_path / "prometheus"
+        self.dir.mkdir(exist_ok=True)
+        self.log = self.dir / "prometheus.log"
+        port = free_port()
+        for name, text in (files or {}).items():
+            (self.dir / name).write_text(text)
+        (self.dir / "prometheus.yml").write_text(config if config is not None else f"""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: tradingd
+    static_configs:
+      - targets: ["{target}"]
+""")
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
+                                      f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{port}"],
+                                     stdout=subprocess.DEVNULL, stderr=self._log)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def target(self, timeout: float = 60) -> dict:
+        """The target's state once it was scraped (health "up" or "down", lastError)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            try:
+                active = prom_api(self.url, "targets")["activeTargets"]
+            except OSError:
+                active = []
+            if active and active[0]["health"] != "unknown" and active[0]["lastScrape"][:4] != "0001":
+                return active[0]
+            time.sleep(0.5)
+        raise AssertionError("Prometheus never scraped the target: " + self.log.read_text()[-2000:])
+
+    def families(self) -> set[str]:
+        """Metric families Prometheus learned from the target's HELP/TYPE lines."""
+        meta = prom_api(self.url, "targets/metadata", match_target='{job="tradingd"}')
+        return {m["metric"] for m in meta}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()

@@ -75,6 +75,8 @@ enabled = %s
         assert metric(text.decode(), "tradingd_retrain_runs_total", outcome="ok") == 1
         if shadow:
             assert metric(text.decode(), "tradingd_shadow_outcomes_total", timeframe="15m", outcome="promote") == 1
+        assert metric(text.decode(), "tradingd_retrain_promotions_total", timeframe="15m") == 1
+        assert 'tradingd_retrain_runs_total{outcome="failed"} 0.0' in text.decode()  # exported from start
         for kind in ("xgboost", "lstm"):  # the exported versions follow the swap
             assert metric(text.decode(), "tradingd_model_version_info", timeframe="15m", kind=kind,
                           version=dec[kind]["version"]) == 1

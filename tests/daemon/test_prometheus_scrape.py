@@ -4,22 +4,17 @@ known to Prometheus, and `promtool check metrics` clean."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 
 import orjson
 import pytest
 
 from daemon.http import HttpHooks, HttpServer
 from daemon.metrics import Metrics
-from tests.daemon.harness import free_port
-
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
+from tests.daemon.harness import PROMETHEUS, PROMTOOL, Prometheus, free_port
+from tests.daemon.harness import prom_query as query
 
 
 class ServerThread:
@@ -45,67 +40,6 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.t.join(10)
-
-
-def api(prom: str, path: str, **params: str):
-    url = f"{prom}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        body = orjson.loads(r.read())
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def query(prom: str, q: str) -> list:
-    return api(prom, "query", query=q)["result"]
-
-
-class Prometheus:
-    """A real Prometheus scraping ``target`` every second (job "tradingd")."""
-
-    def __init__(self, tmp_path, target: str) -> None:
-        self.log = tmp_path / "prometheus.log"
-        port = free_port()
-        (tmp_path / "prometheus.yml").write_text(f"""
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: tradingd
-    static_configs:
-      - targets: ["{target}"]
-""")
-        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                      f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                      f"--web.listen-address=127.0.0.1:{port}"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
-        self.url = f"http://127.0.0.1:{port}"
-
-    def target(self, timeout: float = 60) -> dict:
-        """The target's state once it was scraped (health "up" or "down", lastError)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                active = api(self.url, "targets")["activeTargets"]
-            except OSError:
-                active = []
-            if active and active[0]["health"] != "unknown" and active[0]["lastScrape"][:4] != "0001":
-                return active[0]
-            time.sleep(0.5)
-        raise AssertionError("Prometheus never scraped the target: " + self.log.read_text()[-2000:])
-
-    def families(self) -> set[str]:
-        """Metric families Prometheus learned from the target's HELP/TYPE lines."""
-        meta = api(self.url, "targets/metadata", match_target='{job="tradingd"}')
-        return {m["metric"] for m in meta}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 def family_names(m: Metrics) -> set[str]:
@@ -134,7 +68,7 @@ def test_real_prometheus_scrapes_daemon_metrics(tmp_path):
         deadline = time.monotonic() + 60
         up = frames = None
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            assert proc.poll() is None, p.log.read_text()[-2000:]
             try:
                 up = query(prom, 'up{job="tradingd"}')
                 frames = query(prom, 'tradingd_frames_total{stream="trade"}')
@@ -144,7 +78,7 @@ def test_real_prometheus_scrapes_daemon_metrics(tmp_path):
             if up and up[0]["value"][1] == "1" and frames:
                 break
             time.sleep(0.5)
-        assert up and up[0]["value"][1] == "1", (up, (tmp_path / "prometheus.log").read_text()[-2000:])
+        assert up and up[0]["value"][1] == "1", (up, p.log.read_text()[-2000:])
         assert frames and float(frames[0]["value"][1]) == 1234
         assert frames[0]["metric"]["symbol"] == "BTCUSDT" and frames[0]["metric"]["venue"] == "simulate"
         bars = query(prom, 'tradingd_bars_total{timeframe="1m"}')
