@@ -38,6 +38,15 @@ class ShadowRunner:
         self.trials: dict[str, tuple[ShadowTrial, Any, dict[str, str]]] = {}
         self.finished: list[dict] = []
         self.errors = 0
+        if metrics is not None:  # every series exists at 0 from start-up (dashboards and rate() alerts)
+            for tf in engine_sets:
+                metrics.shadow_running.labels(tf).set(0)
+                metrics.shadow_bars.labels(tf).set(0)
+                metrics.shadow_log_lr.labels(tf).set(0)
+                for side in SIDES:
+                    metrics.shadow_pnl.labels(tf, side).set(0)
+                for outcome in ("promote", "reject", "replaced", "promotion_failed"):
+                    metrics.shadow_outcomes.labels(tf, outcome)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, timeframe: str, challenger: Any, versions: Mapping[str, str], ts: int) -> dict:
