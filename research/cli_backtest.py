@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from research.models import MODEL_KINDS
+from research.models import ALL_KINDS, MODEL_KINDS
 from research.params import load_params, params_for
 from research.portfolio import Costs
 from research.universe import UniverseError, load_universe
@@ -28,7 +28,8 @@ def add_common(p) -> None:
     p.add_argument("--timeframes", default="", help="comma list; default: every configured timeframe >= the base")
     p.add_argument("--symbols", default="", help="comma list to restrict the universe (default: every file)")
     p.add_argument("--last-days", type=float, default=0.0, help="use only the most recent N days")
-    p.add_argument("--models", default=",".join(MODEL_KINDS), help="xgboost,ridge,lstm or a subset")
+    p.add_argument("--models", default=",".join(MODEL_KINDS), 
+                   help="xgboost,ridge,lstm or a subset; extra kinds: xgboost_ft, lstm_emb")
     p.add_argument("--train-days", type=float, default=WFOptions.train_days)
     p.add_argument("--test-days", type=float, default=WFOptions.test_days)
     p.add_argument("--embargo", type=int, default=0, help="bars between training labels and the test (>= horizon)")
@@ -57,9 +58,9 @@ def _tfs(s: str) -> tuple[str, ...] | None:
 
 def options(args) -> WFOptions:
     models = tuple(m for m in args.models.split(",") if m)
-    bad = set(models) - set(MODEL_KINDS)
+    bad = set(models) - set(ALL_KINDS)
     if bad or not models:
-        raise ValueError(f"--models must be a subset of {','.join(MODEL_KINDS)}, got {args.models!r}")
+        raise ValueError(f"--models must be a subset of {','.join(ALL_KINDS)}, got {args.models!r}")
     return WFOptions(train_days=args.train_days, test_days=args.test_days, embargo=args.embargo,
                      expanding=args.expanding, models=models, seeds=getattr(args, "seeds", 1),
                      costs=Costs(args.fee, args.spread_bps, args.slippage_bps))
