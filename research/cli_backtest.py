@@ -66,14 +66,32 @@ def options(args) -> WFOptions:
                      costs=Costs(args.fee, args.spread_bps, args.slippage_bps))
 
 
+def _window_kwargs(pw: dict, pf, tf: str, args, opts: WFOptions) -> dict:
+    """A per-window best.json (``tradingd hpo --per-window``): window k's models use window k's parameters; the
+    yardstick (evaluation horizon, portfolio) is the built-in default, never a later window's choice."""
+    from dataclasses import replace
+    o = replace(opts, embargo=max(opts.embargo, pw["embargo"]))
+    prm = params_for(tf, {}, threads=args.threads, device=args.device, lstm_max_rows=args.lstm_max_rows)
+    wp = [prm.with_(**w["params"]) for w in pw["windows"]]
+    from research.nested import outer_windows
+    ws, _ = outer_windows(pf, o)
+    starts = [int(pf.open_ns[w.test_lo]) for w in ws]
+    if starts != [w["test_start_ns"] for w in pw["windows"]]:
+        raise ValueError(f"{args.params}: its {tf} windows do not match this walk-forward's (same --data, "
+                         f"--train-days, --test-days, --expanding, --last-days and --symbols as the hpo run?)")
+    return {"prm": prm, "opts": o, "window_params": wp}
+
+
 def run(args) -> dict:
     t0 = time.perf_counter()
     opts = options(args)
     loaded = load_params(args.params)
+    from research.params import load_window_params
+    per_window = load_window_params(args.params)
     uni = load_universe(args.data, _tfs(args.timeframes), symbols=_tfs(args.symbols), last_days=args.last_days)
     t_load = time.perf_counter() - t0
     from research.dataset import panel_features
-    results, evals, timings = {}, {}, {}
+    results, evals, timings, window_used = {}, {}, {}, {}
     for tf, panel in uni.panels.items():
         t1 = time.perf_counter()
         pf = panel_features(panel)
@@ -82,9 +100,15 @@ def run(args) -> dict:
         if args.horizon and not loaded.get(tf, {}).get("rebalance"):
             prm = prm.with_(rebalance=args.horizon)
         t2 = time.perf_counter()
-        res = run_timeframe(pf, prm, opts, progress=lambda s: log.info("backtest.progress", step=s))
+        wkw = _window_kwargs(per_window.get(tf), pf, tf, args, opts) if tf in per_window else {}
+        if wkw:
+            prm, opts_tf = wkw.pop("prm"), wkw.pop("opts")
+        res = run_timeframe(pf, prm, opts_tf if wkw else opts,
+                            progress=lambda s: log.info("backtest.progress", step=s), **wkw)
         ev = evaluate(res, opts)
         results[tf], evals[tf] = res, ev
+        if wkw:
+            window_used[tf] = [p.to_dict() for p in wkw["window_params"]]
         timings[tf] = {"features_s": t2 - t1, "train_predict_s": res.train_seconds,
                        "total_s": time.perf_counter() - t1}
         log.info("backtest.timeframe", tf=tf, **timings[tf])
@@ -107,6 +131,7 @@ def run(args) -> dict:
                  "options": {k: v for k, v in vars(opts).items() if k != "costs"},
                  "params": {tf: r.params.to_dict() for tf, r in results.items()},
                  "params_file": args.params,
+                 "params_by_window": window_used,
                  "windows": {tf: [vars(w) | {"test_start_ns": int(r.open_ns[w.test_lo])} for w in r.windows]
                              for tf, r in results.items()},
                  "test_span_ns": {tf: ev["test_span_ns"] for tf, ev in evals.items()},

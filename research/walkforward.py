@@ -118,8 +118,11 @@ class TfResult:
     train_seconds: float = 0.0
 
 
-def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progress=None) -> TfResult:
-    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars."""
+def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progress=None,
+                  window_params: list[ModelParams] | None = None) -> TfResult:
+    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars.
+    ``window_params`` (nested HPO): window k's models use ``window_params[k]`` (its horizon and target too);
+    ``prm`` stays the yardstick (evaluation horizon, portfolio)."""
     tf = pf.timeframe
     h = prm.horizon
     fwd = forward_returns(pf.close, h)
@@ -132,6 +135,12 @@ def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progr
         raise ValueError(f"{tf}: not enough bars for one walk-forward window (train {opts.train_days} d + "
                          f"embargo + test); have {pf.X.shape[0]} bars")
     check_embargo(ws, h)
+    if window_params is not None:
+        if len(window_params) != len(ws):
+            raise ValueError(f"{tf}: the parameters file has {len(window_params)} windows, the walk-forward "
+                             f"{len(ws)} (run hpo --per-window and backtest with the same days and embargo)")
+        check_embargo(ws, max(p.horizon for p in window_params))
+        ys = {(p.horizon, p.target): target(forward_returns(pf.close, p.horizon), p.target) for p in window_params}
     T, N = pf.close.shape
     res = TfResult(tf, prm, ws, ws[0].test_lo, ws[-1].test_hi, pf.open_ns, fwd, fwd1, pf.close)
     t0 = time.perf_counter()
@@ -140,8 +149,10 @@ def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progr
         weights_seq = []
         ens = np.full((T, N), np.nan)
         for k, w in enumerate(ws):
+            pk, yk = (prm, y) if window_params is None else \
+                (window_params[k], ys[(window_params[k].horizon, window_params[k].target)])
             for m in opts.models:
-                fm = fit_model(m, pf, y, w.train_lo, w.train_hi, prm, seed=seed)
+                fm = fit_model(m, pf, yk, w.train_lo, w.train_hi, pk, seed=seed)
                 per_model[m][w.test_lo:w.test_hi] = predict_panel(fm, pf, w.test_lo, w.test_hi)
                 res.model_info.append({"seed": seed, "window": k, "model": m, **fm.info})
                 if progress:
