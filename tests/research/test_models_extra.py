@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from research.dataset import forward_returns, panel_features, target
-from research.models import EXTRA_KINDS, ModelParams, fit_model, load_extra_model, predict_panel, predict_rows, save_model
+from research.models import (EXTRA_KINDS, ModelParams, fit_model, load_extra_model, predict_panel, predict_rows,
+                             save_model)
 from research.universe import load_universe
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
