@@ -24,12 +24,18 @@ UNIVERSE_COMMANDS = {"train": "research.cli_train", "backtest": "research.cli_ba
 def _universe_module(name: str, argv: list[str]) -> str | None:
     if name not in UNIVERSE_COMMANDS:
         return None
+    if name == "train" and _has(argv, "--store") and not _has(argv, "--symbol"):
+        return "daemon.store_universe"   # every symbol the daemon recorded, as a universe
     from pathlib import Path
     for i, a in enumerate(argv):
         val = argv[i + 1] if a == "--data" and i + 1 < len(argv) else a[7:] if a.startswith("--data=") else None
         if val is not None and Path(val).is_dir():
             return UNIVERSE_COMMANDS[name]
     return None
+
+
+def _has(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def _top_help() -> str:

@@ -354,6 +354,18 @@ class SQLiteStore:
         except sqlite3.Error as e:
             raise StoreError(self.path, f"reading bars: {e}") from e
 
+    def bar_series(self) -> dict[str, dict[str, int]]:
+        """{timeframe: {symbol: bars stored}}: what the daemon recorded (``tradingd train --store``)."""
+        try:
+            rows = self._db.execute("SELECT timeframe, symbol, COUNT(*) FROM bars GROUP BY timeframe, symbol "
+                                    "ORDER BY timeframe, symbol").fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(self.path, f"listing bars: {e}") from e
+        out: dict[str, dict[str, int]] = {}
+        for tf, sym, n in rows:
+            out.setdefault(tf, {})[sym] = int(n)
+        return out
+
     def get_order(self, client_order_id: str) -> Order | None:
         r = self._db.execute(f"SELECT {_ORDER_COLS} FROM orders WHERE client_order_id=?",
                              (client_order_id,)).fetchone()

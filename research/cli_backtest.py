@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from research.executor import ClusterUnreachable, ExecutorError, add_executor_arguments, make_executor
-from research.models import MODEL_KINDS
+from research.models import ALL_KINDS, MODEL_KINDS
 from research.params import load_params, params_for
 from research.portfolio import Costs
 from research.universe import UniverseError, load_universe
@@ -29,7 +29,8 @@ def add_common(p) -> None:
     p.add_argument("--timeframes", default="", help="comma list; default: every configured timeframe >= the base")
     p.add_argument("--symbols", default="", help="comma list to restrict the universe (default: every file)")
     p.add_argument("--last-days", type=float, default=0.0, help="use only the most recent N days")
-    p.add_argument("--models", default=",".join(MODEL_KINDS), help="xgboost,ridge,lstm or a subset")
+    p.add_argument("--models", default=",".join(MODEL_KINDS), 
+                   help="xgboost,ridge,lstm or a subset; extra kinds: xgboost_ft, lstm_emb")
     p.add_argument("--train-days", type=float, default=WFOptions.train_days)
     p.add_argument("--test-days", type=float, default=WFOptions.test_days)
     p.add_argument("--embargo", type=int, default=0, help="bars between training labels and the test (>= horizon)")
@@ -59,22 +60,40 @@ def _tfs(s: str) -> tuple[str, ...] | None:
 
 def options(args) -> WFOptions:
     models = tuple(m for m in args.models.split(",") if m)
-    bad = set(models) - set(MODEL_KINDS)
+    bad = set(models) - set(ALL_KINDS)
     if bad or not models:
-        raise ValueError(f"--models must be a subset of {','.join(MODEL_KINDS)}, got {args.models!r}")
+        raise ValueError(f"--models must be a subset of {','.join(ALL_KINDS)}, got {args.models!r}")
     return WFOptions(train_days=args.train_days, test_days=args.test_days, embargo=args.embargo,
                      expanding=args.expanding, models=models, seeds=getattr(args, "seeds", 1),
                      costs=Costs(args.fee, args.spread_bps, args.slippage_bps))
+
+
+def _window_kwargs(pw: dict, pf, tf: str, args, opts: WFOptions) -> dict:
+    """A per-window best.json (``tradingd hpo --per-window``): window k's models use window k's parameters; the
+    yardstick (evaluation horizon, portfolio) is the built-in default, never a later window's choice."""
+    from dataclasses import replace
+    o = replace(opts, embargo=max(opts.embargo, pw["embargo"]))
+    prm = params_for(tf, {}, threads=args.threads, device=args.device, lstm_max_rows=args.lstm_max_rows)
+    wp = [prm.with_(**w["params"]) for w in pw["windows"]]
+    from research.nested import outer_windows
+    ws, _ = outer_windows(pf, o)
+    starts = [int(pf.open_ns[w.test_lo]) for w in ws]
+    if starts != [w["test_start_ns"] for w in pw["windows"]]:
+        raise ValueError(f"{args.params}: its {tf} windows do not match this walk-forward's (same --data, "
+                         f"--train-days, --test-days, --expanding, --last-days and --symbols as the hpo run?)")
+    return {"prm": prm, "opts": o, "window_params": wp}
 
 
 def run(args) -> dict:
     t0 = time.perf_counter()
     opts = options(args)
     loaded = load_params(args.params)
+    from research.params import load_window_params
+    per_window = load_window_params(args.params)
     uni = load_universe(args.data, _tfs(args.timeframes), symbols=_tfs(args.symbols), last_days=args.last_days)
     t_load = time.perf_counter() - t0
     from research.dataset import panel_features
-    results, evals, timings = {}, {}, {}
+    results, evals, timings, window_used = {}, {}, {}, {}
     executor = make_executor(args.executor, args.address, num_cpus_per_task=max(1, args.threads))  # Ray: atexit
     for tf, panel in uni.panels.items():
         t1 = time.perf_counter()
@@ -84,10 +103,15 @@ def run(args) -> dict:
         if args.horizon and not loaded.get(tf, {}).get("rebalance"):
             prm = prm.with_(rebalance=args.horizon)
         t2 = time.perf_counter()
-        res = run_timeframe(pf, prm, opts, progress=lambda s: log.info("backtest.progress", step=s),
-                            executor=executor)
+        wkw = _window_kwargs(per_window.get(tf), pf, tf, args, opts) if tf in per_window else {}
+        if wkw:
+            prm, opts_tf = wkw.pop("prm"), wkw.pop("opts")
+        res = run_timeframe(pf, prm, opts_tf if wkw else opts,
+                            progress=lambda s: log.info("backtest.progress", step=s), executor=executor, **wkw)
         ev = evaluate(res, opts)
         results[tf], evals[tf] = res, ev
+        if wkw:
+            window_used[tf] = [p.to_dict() for p in wkw["window_params"]]
         timings[tf] = {"features_s": t2 - t1, "train_predict_s": res.train_seconds,
                        "total_s": time.perf_counter() - t1}
         log.info("backtest.timeframe", tf=tf, **timings[tf])
@@ -111,6 +135,7 @@ def run(args) -> dict:
                  "options": {k: v for k, v in vars(opts).items() if k != "costs"},
                  "params": {tf: r.params.to_dict() for tf, r in results.items()},
                  "params_file": args.params,
+                 "params_by_window": window_used,
                  "windows": {tf: [vars(w) | {"test_start_ns": int(r.open_ns[w.test_lo])} for w in r.windows]
                              for tf, r in results.items()},
                  "test_span_ns": {tf: ev["test_span_ns"] for tf, ev in evals.items()},

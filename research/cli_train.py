@@ -37,15 +37,17 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def train_universe(args) -> dict:
+def train_universe(args, uni=None) -> dict:
+    """``uni``: a universe read elsewhere (``tradingd train --store``: daemon/store_universe.py); else ``--data``."""
     t0 = time.perf_counter()
     opts = options(args)
     loaded = load_params(args.params)
     hpo_stats = {}
     if args.params:
         hpo_stats = json.loads(Path(args.params).read_text()).get("hpo", {})
-    uni = load_universe(args.data, tuple(x for x in args.timeframes.split(",") if x) or None,
-                        symbols=tuple(x for x in args.symbols.split(",") if x) or None, last_days=args.last_days)
+    if uni is None:
+        uni = load_universe(args.data, tuple(x for x in args.timeframes.split(",") if x) or None,
+                            symbols=tuple(x for x in args.symbols.split(",") if x) or None, last_days=args.last_days)
     out = {}
     for tf, panel in uni.panels.items():
         pf = panel_features(panel)
@@ -86,9 +88,9 @@ def train_universe(args) -> dict:
     return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info()}
 
 
-def main(args) -> int:
+def main(args, uni=None) -> int:
     try:
-        res = train_universe(args)
+        res = train_universe(args, uni)
     except (UniverseError, ValueError) as e:
         print(f"tradingd train: {e}", file=sys.stderr)
         return 2

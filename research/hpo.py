@@ -33,6 +33,7 @@ from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, PanelFeatures, forward_returns, panel_features, target
 from research.executor import ClusterUnreachable, ExecutorError, make_executor
 from research.metrics import deflated_sharpe, ic_series
+from research.nested import first_valid, outer_windows
 from research.models import fit_model, predict_panel
 from research.params import params_for
 from research.portfolio import simulate
@@ -41,7 +42,8 @@ from research.walkforward import WFOptions, bars_of
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["add_arguments", "main", "inner_folds", "hpo_data_end", "suggest", "run_hpo"]
+__all__ = ["add_arguments", "main", "inner_folds", "hpo_data_end", "suggest", "run_hpo", "search_span",
+           "first_valid", "outer_windows"]
 
 _DAY_NS = 86_400_000_000_000
 
@@ -53,11 +55,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder: best.json, <tf>.journal, trials.json")
     p.add_argument("--inner-folds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-
-
-def first_valid(pf: PanelFeatures) -> int:
-    v = np.flatnonzero(pf.valid.any(axis=1))
-    return int(v[0]) if len(v) else 0
+    p.add_argument("--per-window", action="store_true",
+                   help="nested: a search inside EVERY outer training window (--trials each); best.json then "
+                        "holds each window's parameters for `tradingd backtest --params`")
 
 
 def hpo_data_end(pf: PanelFeatures, opts: WFOptions) -> int:
@@ -107,11 +107,11 @@ def _load_cache(path: Path) -> PanelFeatures:
     return PanelFeatures(str(d["tf"]), tuple(d["symbols"].tolist()), d["open_ns"], d["X"], d["close"])
 
 
-def _objective_factory(pf: PanelFeatures, data_end: int, cfg: dict):
+def _objective_factory(pf: PanelFeatures, data_end: int, cfg: dict, data_lo: int | None = None):
     import optuna
     opts = WFOptions(**cfg["opts"])
     costs = opts.costs
-    fv = first_valid(pf)
+    fv = first_valid(pf) if data_lo is None else max(first_valid(pf), data_lo)
     bpy = 365 * _DAY_NS / (int(pf.open_ns[1] - pf.open_ns[0]))
     N = pf.X.shape[1]
 
@@ -156,7 +156,8 @@ def _storage(path: Path):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _worker(cache: str, journal: str, study: str, data_end: int, n_trials: int, seed: int, cfg: dict) -> None:
+def _worker(cache: str, journal: str, study: str, data_end: int, n_trials: int, seed: int, cfg: dict,
+            data_lo: int | None = None) -> None:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pf = _load_cache(Path(cache))
@@ -165,7 +166,7 @@ def _worker(cache: str, journal: str, study: str, data_end: int, n_trials: int, 
                            pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
-    st.optimize(_objective_factory(pf, data_end, cfg), n_trials=n_trials,
+    st.optimize(_objective_factory(pf, data_end, cfg, data_lo), n_trials=n_trials,
                 callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                                TrialState.FAIL))],
                 catch=(ValueError,))
@@ -186,6 +187,8 @@ def run_hpo(args) -> dict:
            "inner_folds": args.inner_folds}
     best: dict = {"timeframes": {}, "hpo": {}}
     all_trials = {}
+    if getattr(args, "per_window", False):
+        return _run_per_window(args, opts, uni, out, cfg, t0)
     executor = make_executor(args.executor, args.address, num_cpus_per_task=max(1, args.threads))
     for tf, panel in uni.panels.items():
         pf = panel_features(panel)
@@ -262,9 +265,113 @@ def main(args) -> int:
         print(f"tradingd hpo: {e}", file=sys.stderr)
         return 2
     for tf, h in best["hpo"].items():
+        if h.get("per_window"):
+            print(f"{tf}: {h['windows']} outer windows x {h['trials_per_window']} trials = {h['trials']} trials "
+                  f"({h['pruned']} pruned), deflated Sharpe ratio over all of them {h['deflated_sharpe']:.3f}, "
+                  f"{h['trials_per_minute']:.2f} trials/min with {h['jobs']} job(s)")
+            continue
         print(f"{tf}: {h['trials']} trials ({h['pruned']} pruned), best inner Sharpe {h['best_value_sharpe']:.2f}, "
               f"deflated Sharpe ratio {h['deflated_sharpe']:.3f}, {h['trials_per_minute']:.2f} trials/min "
               f"with {h['jobs']} job(s)")
     print(f"best parameters: {Path(args.out) / 'best.json'}")
     return 0
 
+
+
+
+# ------------------------------------------------------------------------------- nested: every outer window
+def search_span(pf: PanelFeatures, lo: int, hi: int, out: Path, name: str, trials: int, jobs: int, seed: int,
+                cfg: dict) -> tuple[dict, list]:
+    """One Optuna study on bars [lo, hi) only (inner folds inside, every label before ``hi``): its summary
+    statistics and its trials. J processes share the journal file ``out/<name>.journal``."""
+    import optuna
+    from optuna.trial import TrialState
+    cache = out / f"features_{name}.npz"
+    np.savez(cache, tf=pf.timeframe, symbols=np.array(pf.symbols), open_ns=pf.open_ns, X=pf.X, close=pf.close)
+    journal = out / f"{name}.journal"
+    optuna.create_study(study_name=name, storage=_storage(journal), direction="maximize", load_if_exists=True)
+    t1 = time.perf_counter()
+    try:
+        if jobs == 1:
+            _worker(str(cache), str(journal), name, hi, trials, seed, cfg, lo)
+        else:
+            ctx = mp.get_context("spawn")
+            ps = [ctx.Process(target=_worker, args=(str(cache), str(journal), name, hi, trials, seed + i, cfg, lo))
+                  for i in range(jobs)]
+            for p in ps:
+                p.start()
+            for p in ps:
+                p.join()
+            bad = [p.exitcode for p in ps if p.exitcode]
+            if bad:
+                raise RuntimeError(f"{name}: {len(bad)} HPO worker(s) failed (exit codes {bad})")
+    finally:
+        cache.unlink(missing_ok=True)
+    search_s = time.perf_counter() - t1
+    st = optuna.load_study(study_name=name, storage=_storage(journal))
+    done = [t for t in st.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in st.trials if t.state == TrialState.PRUNED]
+    if not done:
+        raise RuntimeError(f"{name}: no HPO trial completed ({len(st.trials)} tried)")
+    bt = st.best_trial
+    stats = {"trials": len(st.trials), "completed": len(done), "pruned": len(pruned), "best_value_sharpe": bt.value,
+             "best_trial": bt.number, "best_rank_ic": bt.user_attrs["rank_ic"],
+             "sr_per_bar": bt.user_attrs["sr_per_bar"], "n_obs": bt.user_attrs["n_obs"],
+             "skew": bt.user_attrs["skew"], "kurt": bt.user_attrs["kurt"], "params": bt.user_attrs["params_full"],
+             "srs": [t.user_attrs["sr_per_bar"] for t in done], "search_seconds": search_s,
+             "journal": journal.name}
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               **{k: v for k, v in t.user_attrs.items() if k != "params_full"}} for t in st.trials]
+    return stats, trials
+
+
+def _run_per_window(args, opts: WFOptions, uni, out: Path, cfg: dict, t0: float) -> dict:
+    """Nested HPO: window k's search sees bars [its training start, its test start) only, so every outer test
+    window is scored with parameters chosen without it. The deflated Sharpe ratio counts every trial of every
+    window: the chosen configurations' inner returns pooled (Sharpe per bar, weighted by observations) against
+    the expected maximum of that many trials with the variance of all completed trials' Sharpe ratios."""
+    best: dict = {"timeframes": {}, "hpo": {}, "windows": {}, "embargo": {}}
+    all_trials = {}
+    for tf, panel in uni.panels.items():
+        pf = panel_features(panel)
+        ws, E = outer_windows(pf, opts)
+        if not ws:
+            raise ValueError(f"{tf}: not enough bars for one outer window (train {opts.train_days} d + embargo "
+                             f"{E} + test)")
+        rows, srs, secs = [], [], 0.0
+        n_tr = n_pr = 0
+        for k, w in enumerate(ws):
+            lo = w.train_lo
+            stats, trials = search_span(pf, lo, w.test_lo, out, f"{tf}.w{k}", args.trials, args.jobs,
+                                        args.seed + 1000 * k, cfg)
+            all_trials[f"{tf}.w{k}"] = trials
+            srs += stats.pop("srs")
+            secs += stats["search_seconds"]
+            n_tr += stats["trials"]
+            n_pr += stats["pruned"]
+            rows.append({"window": k, "data_lo_bar": lo, "data_end_bar": w.test_lo,
+                         "data_lo_ns": int(pf.open_ns[lo]), "data_end_ns": int(pf.open_ns[w.test_lo - 1]),
+                         "test_start_ns": int(pf.open_ns[w.test_lo]), "test_end_ns": int(pf.open_ns[w.test_hi - 1]),
+                         **stats})
+            log.info("hpo.window", tf=tf, window=k, best=stats["best_value_sharpe"], trials=stats["trials"])
+        n_obs = sum(r["n_obs"] for r in rows)
+        sr = sum(r["sr_per_bar"] * r["n_obs"] for r in rows) / n_obs
+        var_sr = float(np.var(srs, ddof=1)) if len(srs) > 1 else 0.0
+        dsr = deflated_sharpe(sr, n_obs, n_tr, var_sr, float(np.mean([r["skew"] for r in rows])),
+                              float(np.mean([r["kurt"] for r in rows])))
+        best["windows"][tf] = rows
+        best["embargo"][tf] = E
+        best["timeframes"][tf] = rows[-1]["params"]   # `tradingd train --params`: the latest window's choice
+        best["hpo"][tf] = {"per_window": True, "windows": len(rows), "trials_per_window": args.trials,
+                           "trials": n_tr, "completed": len(srs), "pruned": n_pr, "sr_per_bar": sr, "n_obs": n_obs,
+                           "var_sr_across_trials": var_sr, "deflated_sharpe": dsr, "embargo": E,
+                           "inner_folds": args.inner_folds, "search_seconds": secs,
+                           "trials_per_minute": n_tr / secs * 60 if secs > 0 else float("nan"), "jobs": args.jobs}
+        log.info("hpo.timeframe", tf=tf, **best["hpo"][tf])
+    best["features"] = list(FEATURE_NAMES)
+    best["universe"] = uni.info()
+    best["seconds"] = time.perf_counter() - t0
+    from research.report import plain
+    (out / "best.json").write_text(json.dumps(plain(best), indent=1))
+    (out / "trials.json").write_text(json.dumps(plain(all_trials), indent=1))
+    return best

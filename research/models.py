@@ -12,9 +12,13 @@ import numpy as np
 from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
 from research.device import choose_device
 
-__all__ = ["ModelParams", "fit_model", "predict_panel", "factor_scores", "MODEL_KINDS", "FACTORS"]
+__all__ = ["ModelParams", "fit_model", "predict_panel", "factor_scores", "MODEL_KINDS", "FACTORS", "EXTRA_KINDS",
+           "ALL_KINDS", "load_extra_model"]
 
 MODEL_KINDS = ("xgboost", "ridge", "lstm")
+# selectable with --models, not in the default set (see README "Universe research": no gain on training windows)
+EXTRA_KINDS = ("xgboost_ft", "lstm_emb")
+ALL_KINDS = MODEL_KINDS + EXTRA_KINDS
 FACTORS = ("reversal", "momentum")
 
 
@@ -40,6 +44,11 @@ class ModelParams:
     lstm_epochs: int = 2
     lstm_max_rows: int = 40_000      # LSTM trains on a random subsample of this many sequences (CPU budget)
     lstm_lr: float = 3e-3
+    ft_rounds: int = 40              # xgboost_ft: most extra rounds per symbol on top of the pooled booster
+    ft_early_stopping: int = 8       # xgboost_ft: on the symbol's own (embargoed) time-split validation
+    ft_min_rows: int = 300           # xgboost_ft: a symbol with fewer training rows keeps the pooled booster
+    emb_dim: int = 4                 # lstm_emb: symbol embedding width (id 0 = unknown symbol)
+    emb_unknown_p: float = 0.1       # lstm_emb: share of training rows shown as "unknown" (trains id 0)
     top_k: int = 3                   # portfolio: names held
     rebalance: int = 12              # portfolio: bars between rebalances
     hold_buffer: float = 1.5         # portfolio: keep a held name while it ranks within top_k * hold_buffer
@@ -215,7 +224,9 @@ def fit_model(kind: str, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int,
         return _fit_ridge(p, prm, seed)
     if kind == "lstm":
         return _fit_lstm(p, prm, seed, pf)
-    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+    if kind in EXTRA_KINDS:
+        return _fit_extra(kind, p, pf, y, t_lo, t_hi, prm, seed)
+    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(ALL_KINDS)}")
 
 
 def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -239,6 +250,8 @@ def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray
                                                 m.sd))
                 out[i:i + 8192] = m.obj(S).numpy()
         return out
+    if m.kind in EXTRA_KINDS:
+        return _predict_extra(m, pf, t, j)
     raise ValueError(m.kind)
 
 
@@ -269,6 +282,8 @@ def save_model(m: FittedModel, path) -> dict:
     """Write the model file; returns its manifest entry."""
     from pathlib import Path
     path = Path(path)
+    if m.kind in EXTRA_KINDS:
+        return _save_extra(m, path)
     if m.kind == "xgboost":
         f = path.with_suffix(".ubj")
         m.obj.save_model(str(f))
@@ -283,3 +298,205 @@ def save_model(m: FittedModel, path) -> dict:
                     "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES)}, buf)
         f.write_bytes(buf.getvalue())
     return {"kind": m.kind, "file": f.name, "seed": m.seed, "info": json.loads(json.dumps(m.info, default=str))}
+
+
+def load_extra_model(entry: dict, folder, params: ModelParams) -> FittedModel:
+    """A saved ``xgboost_ft`` / ``lstm_emb`` model back from its manifest entry (``save_model``'s format)."""
+    return _load_extra(entry, folder, params)
+
+
+
+# ------------------------------------------------------------------ extra kinds: xgboost_ft and lstm_emb
+# xgboost_ft: the pooled booster (as "xgboost", cut at its best iteration), then for each symbol with enough rows
+# a few more rounds of boosting on that symbol's own training rows, early-stopped on its own time-split
+# validation (embargo h between the parts, as _split_val). A symbol keeps its extra rounds only when they beat
+# the pooled booster on that validation; otherwise (and for a symbol unseen in training) the pooled booster
+# scores it. Symbols are matched by name, so a model scores any panel. rank objective: one row per symbol and
+# bar has no pairs to rank, so no symbol is fine-tuned (recorded in info).
+# lstm_emb: the pooled LSTM with a learned symbol embedding (id 1..n by training symbol name) concatenated to
+# every step's inputs; id 0 is the shared "unknown" symbol, trained on a random ``emb_unknown_p`` share of rows
+# shown without their id, and used for any symbol not seen in training.
+def _xgb_params(prm: ModelParams, seed: int, device: str) -> dict:
+    return {"max_depth": prm.xgb_depth, "eta": prm.xgb_eta, "min_child_weight": prm.xgb_min_child_weight,
+            "subsample": prm.xgb_subsample, "colsample_bytree": prm.xgb_colsample, "lambda": prm.xgb_lambda,
+            "tree_method": "hist", "nthread": prm.threads, "seed": seed, "device": device, "verbosity": 0,
+            "objective": "reg:squarederror", "eval_metric": "rmse"}
+
+
+def _fit_xgb_ft(p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
+                seed: int) -> FittedModel:
+    import xgboost as xgb
+    base_fm = _fit_xgb(p, prm, seed)
+    n_base = base_fm.info["best_iteration"] + 1
+    base = base_fm.obj[:n_base]
+    tr0, _ = _split_val(p, prm.horizon)
+    ys = float(np.std(p.y[tr0])) or 1.0                      # the pooled model's label scale
+    per: dict[str, object] = {}
+    tuned: dict[str, int] = {}
+    kept_pooled = 0
+    if prm.xgb_objective == "reg":
+        allrows = pooled(pf, y, t_lo, t_hi, step=1)           # every bar of the symbol: it has few rows
+        params = _xgb_params(prm, seed, base_fm.info["device"])
+        for j in np.unique(allrows.j):
+            m = allrows.j == j
+            if m.sum() < prm.ft_min_rows:
+                continue
+            ps = Pooled(allrows.X[m], allrows.y[m], allrows.t[m], allrows.j[m])
+            tr, va = _split_val(ps, prm.horizon)
+            if tr.sum() < prm.ft_min_rows // 2 or va.sum() < 20:
+                continue
+            dtr = xgb.DMatrix(ps.X[tr], label=ps.y[tr] / ys)
+            dva = xgb.DMatrix(ps.X[va], label=ps.y[va] / ys)
+            base_rmse = float(np.sqrt(np.mean((base.predict(dva) - ps.y[va] / ys) ** 2)))
+            b = xgb.train(params, dtr, prm.ft_rounds, xgb_model=base, evals=[(dva, "val")],
+                          early_stopping_rounds=prm.ft_early_stopping, verbose_eval=False)
+            n = int(b.best_iteration) + 1                    # absolute: counts the pooled trees too
+            if n > n_base and float(b.best_score) < base_rmse:
+                per[pf.symbols[j]] = b[:n]
+                tuned[pf.symbols[j]] = n - n_base
+            else:
+                kept_pooled += 1
+    info = dict(base_fm.info) | {"pooled_trees": n_base, "fine_tuned": len(tuned), "kept_pooled": kept_pooled,
+                                 "extra_rounds": tuned,
+                                 "note": "" if prm.xgb_objective == "reg" else "rank objective: no fine-tuning"}
+    return FittedModel("xgboost_ft", prm, seed, (base, per), info=info)
+
+
+def _lstm_emb_net(n_feat: int, hidden: int, n_sym: int, dim: int):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(n_sym + 1, dim)
+            self.lstm = torch.nn.LSTM(n_feat + dim, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, 1)
+
+        def forward(self, x, sid):
+            e = self.emb(sid)[:, None, :].expand(-1, x.shape[1], -1)
+            out, _ = self.lstm(torch.cat([x, e], dim=-1))
+            return self.head(out[:, -1]).squeeze(-1)
+    return Net()
+
+
+def _sym_ids(vocab: dict[str, int], pf: PanelFeatures, j: np.ndarray) -> np.ndarray:
+    ids = np.array([vocab.get(s, 0) for s in pf.symbols], dtype=np.int64)
+    return ids[j]
+
+
+def _fit_lstm_emb(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
+    import torch
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = len(p.y)
+    take = np.sort(rng.choice(n, size=min(n, prm.lstm_max_rows), replace=False))
+    device, why = choose_device("lstm", len(take), prm.device, prm.gpu_min_rows)
+    mu, sd = _standardise(p.X)
+    vocab = {pf.symbols[j]: i + 1 for i, j in enumerate(np.unique(p.j))}
+    S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
+    sid = _sym_ids(vocab, pf, p.j[take])
+    sid[rng.random(len(sid)) < prm.emb_unknown_p] = 0        # trains the shared "unknown" id
+    sid = torch.from_numpy(sid).to(device)
+    y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
+    ys = float(y.std()) or 1.0
+    net = _lstm_emb_net(S.shape[-1], prm.lstm_hidden, len(vocab), prm.emb_dim).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=prm.lstm_lr)
+    bs = 512
+    with _threads(prm.threads):
+        for _ in range(prm.lstm_epochs):
+            perm = torch.randperm(len(y), device=device)
+            for i in range(0, len(y), bs):
+                b = perm[i:i + bs]
+                opt.zero_grad()
+                loss = torch.mean((net(S[b], sid[b]) - y[b] / ys) ** 2)
+                loss.backward()
+                opt.step()
+    net.eval()
+    return FittedModel("lstm_emb", prm, seed, (net.cpu(), vocab), mu, sd,
+                       info={"rows": int(len(take)), "rows_available": int(n), "device": device,
+                             "device_reason": why, "final_loss": float(loss.detach()), "symbols": len(vocab)})
+
+
+def _fit_extra(kind: str, p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
+               seed: int) -> FittedModel:
+    if kind == "xgboost_ft":
+        return _fit_xgb_ft(p, pf, y, t_lo, t_hi, prm, seed)
+    return _fit_lstm_emb(p, prm, seed, pf)
+
+
+def _predict_extra(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """One call per fine-tuned symbol plus one for every other row (xgboost_ft); one batch (lstm_emb)."""
+    X = pf.X[t, j]
+    if m.kind == "xgboost_ft":
+        import xgboost as xgb
+        base, per = m.obj
+        names = np.array(pf.symbols, dtype=object)[j]
+        out = np.empty(len(t), dtype=np.float64)
+        rest = np.ones(len(t), dtype=bool)
+        for s, b in per.items():
+            k = names == s
+            if k.any():
+                out[k] = b.predict(xgb.DMatrix(X[k]))
+                rest &= ~k
+        if rest.any():
+            out[rest] = base.predict(xgb.DMatrix(X[rest]))
+        return out
+    import torch
+    net, vocab = m.obj
+    sid = _sym_ids(vocab, pf, j)
+    out = np.empty(len(t), dtype=np.float64)
+    with torch.no_grad(), _threads(m.params.threads):
+        for i in range(0, len(t), 8192):
+            S = torch.from_numpy(_sequences(pf, t[i:i + 8192], j[i:i + 8192], m.params.lstm_seq_len, m.mu, m.sd))
+            out[i:i + 8192] = net(S, torch.from_numpy(sid[i:i + 8192])).numpy()
+    return out
+
+
+def _save_extra(m: FittedModel, path) -> dict:
+    entry = {"kind": m.kind, "seed": m.seed, "info": json.loads(json.dumps(m.info, default=str))}
+    if m.kind == "xgboost_ft":
+        base, per = m.obj
+        f = path.with_suffix(".ubj")
+        base.save_model(str(f))
+        files = {}
+        for s, b in per.items():
+            g = path.with_name(f"{path.name}.{s}.ubj")
+            b.save_model(str(g))
+            files[s] = g.name
+        return entry | {"file": f.name, "symbol_files": files}
+    import torch
+    net, vocab = m.obj
+    f = path.with_suffix(".pt")
+    buf = io.BytesIO()
+    torch.save({"state": net.state_dict(), "mu": m.mu, "sd": m.sd, "hidden": m.params.lstm_hidden,
+                "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES), "vocab": vocab,
+                "emb_dim": m.params.emb_dim}, buf)
+    f.write_bytes(buf.getvalue())
+    return entry | {"file": f.name}
+
+
+def _load_extra(entry: dict, folder, params: ModelParams) -> FittedModel:
+    from pathlib import Path
+    folder = Path(folder)
+    kind = entry["kind"]
+    if kind == "xgboost_ft":
+        import xgboost as xgb
+
+        def one(name: str):
+            b = xgb.Booster()
+            b.load_model(str(folder / name))
+            return b
+        per = {s: one(f) for s, f in entry.get("symbol_files", {}).items()}
+        return FittedModel(kind, params, entry["seed"], (one(entry["file"]), per), info=entry.get("info", {}))
+    if kind == "lstm_emb":
+        import torch
+        d = torch.load(io.BytesIO((folder / entry["file"]).read_bytes()), weights_only=False)
+        if list(d["features"]) != list(FEATURE_NAMES):
+            raise ValueError(f"{folder / entry['file']}: trained on other features than this build's")
+        params = params.with_(lstm_hidden=d["hidden"], lstm_seq_len=d["seq_len"], emb_dim=d["emb_dim"])
+        net = _lstm_emb_net(len(FEATURE_NAMES), d["hidden"], len(d["vocab"]), d["emb_dim"])
+        net.load_state_dict(d["state"])
+        net.eval()
+        return FittedModel(kind, params, entry["seed"], (net, dict(d["vocab"])), d["mu"], d["sd"],
+                           info=entry.get("info", {}))
+    raise ValueError(f"load_extra_model: not an extra kind {kind!r} ({', '.join(EXTRA_KINDS)})")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from research.models import ModelParams
 
-__all__ = ["DEFAULT_HORIZON", "default_params", "load_params", "params_for"]
+__all__ = ["DEFAULT_HORIZON", "default_params", "load_params", "params_for", "load_window_params"]
 
 # label horizon in bars: about 4-6 hours whatever the timeframe (a move that can pay ~0.25 % round-trip costs)
 DEFAULT_HORIZON = {"1m": 240, "3m": 80, "5m": 48, "15m": 16, "30m": 8, "1h": 6, "2h": 3, "4h": 2, "6h": 1,
@@ -38,3 +38,20 @@ def load_params(path: str | Path | None) -> dict[str, dict]:
 
 def params_for(tf: str, loaded: dict[str, dict], **over) -> ModelParams:
     return default_params(tf, **(loaded.get(tf, {}) | {k: v for k, v in over.items() if v is not None}))
+
+
+def load_window_params(path: str | Path | None) -> dict[str, dict]:
+    """Per-window parameters of a ``tradingd hpo --per-window`` best.json: {tf: {"embargo": E, "windows": [{
+    "test_start_ns", "params"}, ...]}}; {} for a plain best.json (one parameter set per timeframe)."""
+    if not path:
+        return {}
+    load_params(path)
+    doc = json.loads(Path(path).read_text())
+    wins = doc.get("windows") or {}
+    out = {}
+    for tf, rows in wins.items():
+        for r in rows:
+            ModelParams().with_(**r["params"])
+        out[tf] = {"embargo": int(doc["embargo"][tf]),
+                   "windows": [{"test_start_ns": int(r["test_start_ns"]), "params": r["params"]} for r in rows]}
+    return out

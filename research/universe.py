@@ -36,7 +36,7 @@ from engines.data import Klines, KlinesError, load_klines_csv, resample
 log = structlog.get_logger(__name__)
 
 __all__ = ["UniverseError", "Panel", "Universe", "scan_folder", "load_universe", "default_timeframes",
-           "resolve_timeframes"]
+           "resolve_timeframes", "universe_from_klines", "fill_gaps"]
 
 _FILE_RE = re.compile(r"^(?P<sym>[A-Za-z0-9]+)-(?P<tf>\d+[smhdwM])\.csv(?:\.gz)?$")
 CONFIGURED_TIMEFRAMES = ("1m", "5m", "15m", "1h")
@@ -176,24 +176,70 @@ def load_universe(folder: str | Path, timeframes: tuple[str, ...] | None = None,
         if missing:
             raise UniverseError(f"{folder}: no {base} file for {', '.join(missing)}")
         files = {s: files[s] for s in symbols}
-    ks: list[Klines] = []
-    filled: dict[str, int] = {}
+    loaded: list[tuple[Klines, str]] = []
     for sym, path in files.items():
         try:
-            k = load_klines_csv(path, symbol=sym, timeframe=base)
+            loaded.append((load_klines_csv(path, symbol=sym, timeframe=base), str(path)))
         except KlinesError as e:
             raise UniverseError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+    return universe_from_klines(loaded, base, tfs, where=str(folder), skipped=skipped, min_rows=min_rows,
+                                max_fill_frac=max_fill_frac, last_days=last_days)
+
+
+def fill_gaps(k: Klines) -> Klines:
+    """``load_klines_csv``'s gap rule for klines from elsewhere (the daemon's store): a missing bar becomes a
+    flat zero-volume bar at the previous close, counted in ``filled``."""
+    step = timeframe_ns(k.timeframe)
+    if len(k) == 0 or (np.diff(k.open_ns) == step).all():
+        return k
+    off = (k.open_ns - k.open_ns[0]) % step != 0
+    if off.any():
+        raise KlinesError(f"bar at {int(k.open_ns[np.argmax(off)])} ns is not on the {k.timeframe} grid")
+    slot = (k.open_ns - k.open_ns[0]) // step
+    n = int(slot[-1]) + 1
+    present = np.zeros(n, dtype=bool)
+    present[slot] = True
+    src = np.maximum.accumulate(np.where(present, np.cumsum(present) - 1, -1))
+    prev = k.close[src]
+    cols = []
+    for c in (k.open, k.high, k.low, k.close):
+        full = prev.copy()
+        full[slot] = c
+        cols.append(full)
+    vol = np.zeros(n)
+    vol[slot] = k.volume
+    return Klines(k.open_ns[0] + np.arange(n, dtype=np.int64) * step, *cols, vol, symbol=k.symbol,
+                  timeframe=k.timeframe, filled=k.filled + n - len(k), duplicates=k.duplicates)
+
+
+def universe_from_klines(loaded: list[tuple[Klines, str]], base: str, tfs: tuple[str, ...], *, where: str,
+                         skipped: dict[str, str] | None = None, min_rows: int = 200, max_fill_frac: float = 0.2,
+                         last_days: float = 0.0) -> Universe:
+    """The folder rules (module docstring) applied to base-timeframe klines already read, each with the name
+    its messages use (a file, or ``store#SYMBOL``): gaps filled and counted, too short skipped, mostly gaps
+    refused, one grid, coarser timeframes resampled. ``where`` names the source in universe-wide errors."""
+    skipped = dict(skipped or {})
+    ks: list[Klines] = []
+    filled: dict[str, int] = {}
+    files: dict[str, str] = {}
+    for k, name in loaded:
+        try:
+            k = fill_gaps(k)
+        except KlinesError as e:
+            raise UniverseError(f"{name}: {e}") from None
+        sym = k.symbol
+        files[sym] = name
         if len(k) < min_rows:
-            skipped[path.name] = f"{len(k)} bars < min_rows {min_rows}"
-            log.warning("universe.skipped", file=str(path), rows=len(k))
+            skipped[Path(name).name] = f"{len(k)} bars < min_rows {min_rows}"
+            log.warning("universe.skipped", file=name, rows=len(k))
             continue
         if k.filled > max_fill_frac * len(k):
-            raise UniverseError(f"{path}: {k.filled} of {len(k)} bars are gap fills (> {max_fill_frac:.0%}); "
+            raise UniverseError(f"{name}: {k.filled} of {len(k)} bars are gap fills (> {max_fill_frac:.0%}); "
                                 f"refusing mostly-invented data")
         filled[sym] = k.filled
         ks.append(k)
     if len(ks) < 2:
-        raise UniverseError(f"{folder}: a universe needs at least 2 usable symbols at {base}, got {len(ks)}")
+        raise UniverseError(f"{where}: a universe needs at least 2 usable symbols at {base}, got {len(ks)}")
     panel = _align(ks, base)
     if last_days > 0:
         n = int(last_days * 86_400e9 // timeframe_ns(base))
@@ -209,7 +255,7 @@ def load_universe(folder: str | Path, timeframes: tuple[str, ...] | None = None,
         rs = [resample(k, tf) for k in ks]
         rs = [r for r in rs if len(r) >= 2]
         panels[tf] = _align(rs, tf)
-    return Universe(base, {tf: panels[tf] for tf in tfs}, {s: str(p) for s, p in files.items()}, skipped, filled)
+    return Universe(base, {tf: panels[tf] for tf in tfs}, files, skipped, filled)
 
 
 def _cut(k: Klines, t0: int) -> Klines:

@@ -119,18 +119,21 @@ class TfResult:
     train_seconds: float = 0.0
 
 
-def _fit_window(seed: int, k: int, m: str, *, pf: PanelFeatures, y: np.ndarray, ws: list[Window],
-                prm: ModelParams) -> tuple[np.ndarray, dict]:
-    """One job: model ``m`` fitted on window ``k``'s training rows with ``seed``; its test bars' scores."""
+def _fit_window(seed: int, k: int, m: str, *, pf: PanelFeatures, ys: list[np.ndarray], ws: list[Window],
+                prms: list[ModelParams]) -> tuple[np.ndarray, dict]:
+    """One job: model ``m`` fitted on window ``k``'s training rows with ``seed`` (and window k's parameters and
+    target); its test bars' scores."""
     w = ws[k]
-    fm = fit_model(m, pf, y, w.train_lo, w.train_hi, prm, seed=seed)
+    fm = fit_model(m, pf, ys[k], w.train_lo, w.train_hi, prms[k], seed=seed)
     return predict_panel(fm, pf, w.test_lo, w.test_hi), dict(fm.info)
 
 
 def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progress=None,
-                  executor: Executor | None = None) -> TfResult:
-    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars. The
-    fits are independent jobs: ``executor`` (research.executor) runs them here or on a Ray cluster, same numbers."""
+                  window_params: list[ModelParams] | None = None, executor: Executor | None = None) -> TfResult:
+    """Fit every model on every window (for each seed) and keep the out-of-sample scores of the test bars.
+    ``window_params`` (nested HPO): window k's models use ``window_params[k]`` (its horizon and target too);
+    ``prm`` stays the yardstick (evaluation horizon, portfolio). The fits are independent jobs: ``executor``
+    (research.executor) runs them here or on a Ray cluster, same numbers."""
     tf = pf.timeframe
     h = prm.horizon
     fwd = forward_returns(pf.close, h)
@@ -143,12 +146,20 @@ def run_timeframe(pf: PanelFeatures, prm: ModelParams, opts: WFOptions, *, progr
         raise ValueError(f"{tf}: not enough bars for one walk-forward window (train {opts.train_days} d + "
                          f"embargo + test); have {pf.X.shape[0]} bars")
     check_embargo(ws, h)
+    if window_params is not None:
+        if len(window_params) != len(ws):
+            raise ValueError(f"{tf}: the parameters file has {len(window_params)} windows, the walk-forward "
+                             f"{len(ws)} (run hpo --per-window and backtest with the same days and embargo)")
+        check_embargo(ws, max(p.horizon for p in window_params))
+        ys = {(p.horizon, p.target): target(forward_returns(pf.close, p.horizon), p.target) for p in window_params}
     T, N = pf.close.shape
     res = TfResult(tf, prm, ws, ws[0].test_lo, ws[-1].test_hi, pf.open_ns, fwd, fwd1, pf.close)
     t0 = time.perf_counter()
     ex = executor or LocalExecutor()
     jobs = [(seed, k, m) for seed in range(opts.seeds) for k in range(len(ws)) for m in opts.models]
-    got = ex.map(_fit_window, jobs, shared={"pf": pf, "y": y, "ws": ws, "prm": prm},
+    prms = [prm if window_params is None else window_params[k] for k in range(len(ws))]
+    yks = [y if window_params is None else ys[(p.horizon, p.target)] for p in prms]
+    got = ex.map(_fit_window, jobs, shared={"pf": pf, "ys": yks, "ws": ws, "prms": prms},
                  label=lambda j: f"{tf} seed {j[0]} window {j[1] + 1}/{len(ws)} {j[2]}", progress=progress)
     fitted = dict(zip(jobs, got))
     for seed in range(opts.seeds):
