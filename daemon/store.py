@@ -32,7 +32,7 @@ from market.matching import Order, Stops
 from market.portfolio import Portfolio, Position
 
 __all__ = ["StoreError", "StoreUnavailable", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS",
-           "execution_statements", "open_store"]
+           "execution_statements"]
 
 log = structlog.get_logger(__name__)
 
@@ -567,16 +567,3 @@ def _order(r: tuple) -> Order:
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
-
-def open_store(url: str, path: str | Path, *, quote_asset: str = "USDT", readonly: bool = False,
-               busy_timeout_ms: int = 5000, password: str = "", account: str = "tradingd",
-               connect_timeout_s: float = 5.0) -> Store:
-    """``url`` empty: the SQLite file ``path``; ``postgresql://user@host:port/db``: daemon.pgstore (the password
-    comes from the caller, i.e. the environment or a systemd credential, never the URL or the config file)."""
-    if not url:
-        return SQLiteStore(Path(path), quote_asset=quote_asset, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
-    from daemon.pgstore import PostgresStore, is_postgres_url
-    if not is_postgres_url(url):
-        raise StoreError(url, "store.url must start with postgresql:// (or be empty for the SQLite file)")
-    return PostgresStore(url, password=password, account=account, quote_asset=quote_asset, readonly=readonly,
-                         connect_timeout_s=connect_timeout_s)

@@ -314,3 +314,22 @@ def pg_schema_name(prefix: str = "t") -> str:
     """A fresh store account (schema) name, unique per call: each test gets its own tables."""
     import uuid
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def one_fill_executions(n: int, start: int, pf, symbol: str = "BTCUSDT", prefix: str = "x"):
+    """``n`` one-fill executions (alternating buy/sell) continuing the portfolio ``pf``: [(statements, fill_id)]
+    and the portfolio after them (store tests and the PostgreSQL writer workers)."""
+    from daemon.store import execution_statements
+    from market.events import Fill, OrderStatus, OrderType, Side
+    from market.matching import Order
+    out = []
+    for i in range(start, start + n):
+        coid = f"{prefix}{i}"
+        side = Side.BUY if i % 2 == 0 else Side.SELL
+        f = Fill(f"{coid}-1", coid, symbol, side, 100.0 + i, 0.5, 0.05, "taker", 1_723_161_254_000_000_000 + i)
+        o = Order(coid, symbol, side, OrderType.MARKET, 0.5, None, OrderStatus.FILLED, f.ts, f.ts, f.ts, 0.5,
+                  f.price, 1, active=True)
+        pf = pf.copy()
+        r = pf.apply_fill(f)
+        out.append((execution_statements([o], [f], [r], pf, cursor=str(i)), f.fill_id))
+    return out, pf
