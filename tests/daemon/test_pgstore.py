@@ -263,3 +263,101 @@ def test_two_stores_migrating_one_account_at_once_migrate_once(pg_cluster):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+# ------------------------------------------------------------------------------------ the real daemon
+SEED_QTY = 0.001
+
+
+def _seed_position(url: str, password: str, account: str) -> None:
+    """A filled 0.001 BTCUSDT buy at ~60000 committed by the real PaperBroker into the PostgreSQL account."""
+    from daemon.broker import PaperBroker
+    from daemon.config import BrokerConfig
+    from market.filters import SymbolFilters
+    store = PostgresStore(url, password=password, account=account)
+    try:
+        filters = {"BTCUSDT": SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
+        broker = PaperBroker(BrokerConfig(), store, symbols=("BTCUSDT",), filters=filters)
+        ex = broker.submit(OrderIntent("seed-buy-1", "BTCUSDT", Side.BUY, SEED_QTY),
+                           ([(59_999.0, 1.0)], [(60_001.0, 1.0)]), time.time_ns())
+        assert ex.fills and ex.fills[0].qty == SEED_QTY
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(240)
+def test_daemon_on_postgresql_refuses_orders_while_the_server_is_lost_and_resumes(own_cluster, tmp_path,
+                                                                                   monkeypatch):
+    """`tradingd run` with store.url: it recovers the account from PostgreSQL; with the server stopped a flatten
+    is refused (store_unavailable, counted in /metrics), the writer counts the outage and retries; after the
+    server is back the same flatten fills, and the database holds each fill exactly once."""
+    import orjson
+
+    from tests.daemon.harness import TOKEN, Daemon, http_get, http_post, metric, wait_until
+    c = own_cluster
+    account = pg_schema_name("daemon")
+    _seed_position(c.url, c.password, account)
+    monkeypatch.setenv("TRADINGD_DB_PASSWORD", c.password)
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "var", 0, speed=20.0, extra=f"""
+[venue]
+mode = "simulate"
+
+[simulator]
+history_days = 1
+trades_per_s = 10.0
+
+[store]
+url = "{c.url}"
+account = "{account}"
+retry_max_s = 0.5
+
+[engines]
+first_run_xgb_rounds = 30
+first_run_lstm_epochs = 1
+first_run_lstm_hidden = 4
+
+[retrain]
+enabled = false
+""")
+    d = Daemon(cfg, tmp_path)
+    try:
+        url = d.wait_line(r"ready: (http://\S+)", 150).group(1)
+        status = orjson.loads(http_get(url + "/status")[1])
+        assert status["account"]["positions"]["BTCUSDT"]["qty"] == pytest.approx(SEED_QTY)  # from PostgreSQL
+        assert metric(http_get(url + "/metrics")[1].decode(), "tradingd_store_available") == 1.0
+
+        c.stop("fast")
+        code, body = http_post(url + "/control/flatten", TOKEN)
+        assert code == 200 and body["fills"] == 0, body
+        refused = [r for r in body["risk"] if not r[1]] + body["errors"]
+        assert refused and all("store_unavailable" in str(r) for r in refused), body
+
+        def lost() -> bool:  # the next bar write meets the lost server
+            m = http_get(url + "/metrics")[1].decode()
+            return (metric(m, "tradingd_store_available") == 0.0
+                    and metric(m, "tradingd_store_writer_events_total", event="outages") == 1.0)
+        wait_until(lost, 60, "store unavailable in /metrics", d)
+        m = http_get(url + "/metrics")[1].decode()
+        assert (metric(m, "tradingd_order_rejections_total", reason="risk_store_unavailable")
+                + metric(m, "tradingd_order_rejections_total", reason="broker_store_unavailable")) >= 1
+        code, body = http_post(url + "/control/flatten", TOKEN)  # the gate is closed now: risk refuses
+        assert body["fills"] == 0 and any(r[2] == "store_unavailable" for r in body["risk"]), body
+
+        c.start()
+        wait_until(lambda: metric(http_get(url + "/metrics")[1].decode(), "tradingd_store_available") == 1.0,
+                   60, "store available again", d)
+        code, body = http_post(url + "/control/flatten", TOKEN)
+        assert code == 200 and body["fills"] >= 1, body
+        status = orjson.loads(http_get(url + "/status")[1])
+        assert status["account"]["positions"]["BTCUSDT"]["qty"] == 0.0
+        assert status["store"]["outages"] == 1 and status["store"]["retries"] >= 1
+        assert d.stop() == 0, d.stderr()[-3000:]
+    finally:
+        d.kill()
+    with PostgresStore(c.url, password=c.password, account=account, readonly=True) as s:
+        fills = s.fills()
+        assert len({f.fill_id for f in fills}) == len(fills) >= 2
+        assert fills[0].client_order_id == "seed-buy-1"
+        rec = s.recover(0.0)
+        assert rec.discrepancies == [] and rec.portfolio.qty("BTCUSDT") == pytest.approx(0.0, abs=1e-12)
+        assert s._one("SELECT COUNT(*) FROM bars")[0] > 0  # bars written before and after the outage
