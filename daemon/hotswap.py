@@ -43,10 +43,11 @@ class RetrainCycle:
     def from_config(cls, cfg: Any, metrics: Metrics, registry: ModelRegistry, engine_sets: dict[str, EngineSet],
                     rest_url: str) -> RetrainCycle:
         from daemon.retrain import RetrainManager
+        from daemon.stores import store_spec
         r = cfg.retrain
         manager = RetrainManager(
             registry=str(registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
-            store=str(cfg.path(cfg.store.path)), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
+            store=store_spec(cfg), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
             threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
             min_improvement=r.min_improvement_usd,
             spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,

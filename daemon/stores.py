@@ -20,3 +20,25 @@ def open_store(url: str, path: str | Path, *, quote_asset: str = "USDT", readonl
         raise StoreError(url, "store.url must start with postgresql:// (or be empty for the SQLite file)")
     return PostgresStore(url, password=password, account=account, quote_asset=quote_asset, readonly=readonly,
                          connect_timeout_s=connect_timeout_s)
+
+
+def store_spec(cfg) -> str:
+    """How another process (the retrainer child, ``tradingd train --store``) names the configured store: the
+    SQLite path, or ``postgresql://USER@HOST:PORT/DB#ACCOUNT`` (no password: the child reads it as the daemon
+    does, from the systemd credential or ``$TRADINGD_DB_PASSWORD``)."""
+    if cfg.store.url:
+        return f"{cfg.store.url}#{cfg.store.account}"
+    return str(cfg.path(cfg.store.path))
+
+
+def open_store_spec(spec: str, *, readonly: bool = True, env=None) -> Store:
+    """Open a :func:`store_spec` string (read-only by default: the retrainer reads while the daemon writes)."""
+    import os
+
+    from daemon import secrets
+    if spec.startswith(("postgresql://", "postgres://")):
+        url, _, account = spec.partition("#")
+        password = secrets.read_secret(os.environ if env is None else env, secrets.DB_PASSWORD,
+                                       "TRADINGD_DB_PASSWORD")
+        return open_store(url, "", password=password, account=account or "tradingd", readonly=readonly)
+    return SQLiteStore(Path(spec), readonly=readonly)

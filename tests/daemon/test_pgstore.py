@@ -361,3 +361,33 @@ enabled = false
         rec = s.recover(0.0)
         assert rec.discrepancies == [] and rec.portfolio.qty("BTCUSDT") == pytest.approx(0.0, abs=1e-12)
         assert s._one("SELECT COUNT(*) FROM bars")[0] > 0  # bars written before and after the outage
+
+
+def test_retrainer_reads_bars_from_postgresql_while_the_daemon_writes(pg_cluster, monkeypatch):
+    """``tradingd train --store`` / the retrainer child read the daemon's PostgreSQL account (read-only) by the
+    spec daemon.stores.store_spec names, with the password from the environment, while a writer commits."""
+    from daemon.stores import store_spec
+    from daemon.train_cli import load_training_data
+    from market.events import Bar
+    account = pg_schema_name()
+    cfg = config_from_dict({"store": {"url": pg_cluster.url, "account": account}})
+    spec = store_spec(cfg)
+    assert spec == f"{pg_cluster.url}#{account}" and pg_cluster.password not in spec
+    w = PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account)
+    t0 = 1_723_161_240_000_000_000
+    w.write_bars([Bar("BTCUSDT", "1m", t0 + i * 60_000_000_000, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 2.0)
+                  for i in range(500)])
+    monkeypatch.setenv("TRADINGD_DB_PASSWORD", pg_cluster.password)
+    code = ("import sys; from daemon.train_cli import load_training_data; "
+            "k = load_training_data(None, store=sys.argv[1], symbol='BTCUSDT'); print(len(k))")
+    p = subprocess.Popen([PY, "-c", code, spec], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    w.write_bars([Bar("BTCUSDT", "1m", t0 + (500 + i) * 60_000_000_000, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(50)])
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err[-2000:]
+    assert int(out.split()[-1]) in (500, 550)  # a committed snapshot: before or after the second write
+    k = load_training_data(None, store=spec, symbol="BTCUSDT")
+    assert len(k) == 550
+    w.close()
+    monkeypatch.delenv("TRADINGD_DB_PASSWORD")
+    with pytest.raises(StoreError):  # no password: refused, and the error names no secret
+        load_training_data(None, store=spec, symbol="BTCUSDT")
