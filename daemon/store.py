@@ -163,7 +163,7 @@ class Recovery(NamedTuple):
 
 
 class Store(Protocol):
-    """What the broker, daemon and retrainer need from a store (SQLite now; PostgreSQL could implement it)."""
+    """What the broker, daemon and retrainer need from a store (SQLiteStore here; daemon.pgstore.PostgresStore)."""
 
     def recover(self, starting_cash: float) -> Recovery: ...
     def commit_execution(self, orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
