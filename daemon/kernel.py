@@ -138,13 +138,14 @@ def open_store(cfg: Any, metrics: Metrics, on_writer_error: Callable[[BaseExcept
         path.parent.mkdir(parents=True, exist_ok=True)
     password = secrets.read_secret(os.environ if env is None else env, secrets.DB_PASSWORD, sc.password_env)
 
-    def connect() -> SQLiteStore:
+    def connect(writer: bool = False) -> SQLiteStore:  # the writer's PostgreSQL session owns the account
         return open_any(sc.url, path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=sc.busy_timeout_ms,
-                        password=password, account=sc.account, connect_timeout_s=sc.connect_timeout_s)
+                        password=password, account=sc.account, connect_timeout_s=sc.connect_timeout_s,
+                        exclusive=writer)
     try:
         store = connect()
         resources.push("store", store.close)
-        writer = StoreWriter(connect, max_queue=sc.writer_queue, on_error=on_writer_error,
+        writer = StoreWriter(lambda: connect(True), max_queue=sc.writer_queue, on_error=on_writer_error,
                              observe_lag=metrics.store_commit_lag.observe, retry_backoff_s=(0.05, sc.retry_max_s))
     except StoreError as e:
         raise StartupError(str(e)) from None

@@ -9,7 +9,9 @@ Why it is built this way (docs in README, "PostgreSQL store"):
   with ``synchronous_commit = on`` forced per session (a commit returns after the WAL is flushed).
 * Several daemons, one database: each daemon's ``store.account`` is its own PostgreSQL schema (the tables of
   :data:`MIGRATIONS` inside it), so two daemons never share a row; readers (the retrainer, Grafana) read any
-  schema. Migrations take an advisory lock, so daemons starting together migrate once.
+  schema. Migrations take an advisory lock, so daemons starting together migrate once; the daemon's writer
+  connection holds a per-account advisory lock (``exclusive``), so a second daemon configured with the same
+  account is refused at start-up instead of clobbering the first one's rows.
 * A lost server is transient, not fatal: connection failures raise :class:`StoreUnavailable`; the writer thread
   (daemon.storewriter) reconnects with backoff and retries the same job. A commit whose answer was lost is "in
   doubt": the retry first looks for the job's first fill id (the transaction is all-or-nothing, so its presence
@@ -40,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # a PostgreSQL schema name we never need to quote
 _LOCK_KEY = "tradingd.migrate."
+_OWNER_KEY = "tradingd.account."  # held by the one writer of an account (``exclusive=True``) while connected
 BARS_CHUNK_NS = 7 * 86_400 * 1_000_000_000  # hypertable chunk: one week of bars
 
 
@@ -114,6 +117,7 @@ class PostgresStore(_SqlStore):
     quote_asset: str = "USDT"
     readonly: bool = False
     connect_timeout_s: float = 5.0
+    exclusive: bool = False  # the account's one writer: hold its advisory lock (a second writer is refused)
     _errors = (psycopg.Error,)
 
     def __post_init__(self) -> None:
@@ -159,6 +163,10 @@ class PostgresStore(_SqlStore):
                     raise StoreError(self._where, "does not exist (no schema for this account yet)")
                 conn.execute("SET default_transaction_read_only TO on")
             conn.execute("SELECT set_config('search_path', %s, false)", (self.account,))
+            if self.exclusive and not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                                   (_OWNER_KEY + self.account,)).fetchone()[0]:
+                raise StoreError(self._where, "account in use: another daemon's writer is connected to it; give "
+                                 "each daemon its own store.account")
         except psycopg.Error as e:
             conn.close()
             if _lost(conn, e):

@@ -10,7 +10,7 @@ __all__ = ["open_store"]
 
 def open_store(url: str, path: str | Path, *, quote_asset: str = "USDT", readonly: bool = False,
                busy_timeout_ms: int = 5000, password: str = "", account: str = "tradingd",
-               connect_timeout_s: float = 5.0) -> Store:
+               connect_timeout_s: float = 5.0, exclusive: bool = False) -> Store:
     """``url`` empty: the SQLite file ``path``; ``postgresql://user@host:port/db``: daemon.pgstore (the password
     comes from the caller, i.e. the environment or a systemd credential, never the URL or the config file)."""
     if not url:
@@ -19,7 +19,7 @@ def open_store(url: str, path: str | Path, *, quote_asset: str = "USDT", readonl
     if not is_postgres_url(url):
         raise StoreError(url, "store.url must start with postgresql:// (or be empty for the SQLite file)")
     return PostgresStore(url, password=password, account=account, quote_asset=quote_asset, readonly=readonly,
-                         connect_timeout_s=connect_timeout_s)
+                         connect_timeout_s=connect_timeout_s, exclusive=exclusive)
 
 
 def store_spec(cfg) -> str:

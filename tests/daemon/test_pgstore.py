@@ -391,3 +391,26 @@ def test_retrainer_reads_bars_from_postgresql_while_the_daemon_writes(pg_cluster
     monkeypatch.delenv("TRADINGD_DB_PASSWORD")
     with pytest.raises(StoreError):  # no password: refused, and the error names no secret
         load_training_data(None, store=spec, symbol="BTCUSDT")
+
+
+def test_a_second_writer_on_the_same_account_is_refused_exit_3(pg_cluster, tmp_path, monkeypatch):
+    """Two daemons configured with one account would clobber each other's rows: the writer's session holds the
+    account's advisory lock, so the second daemon stops at start-up (exit 3) naming the account; readers and
+    other accounts are unaffected, and the lock goes with its session."""
+    account = pg_schema_name("desk")
+    first = PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, exclusive=True)
+    with pytest.raises(StoreError, match="account in use") as ei:
+        PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, exclusive=True)
+    assert not isinstance(ei.value, StoreUnavailable) and account in str(ei.value)
+    PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, readonly=True).close()
+    PostgresStore(pg_cluster.url, password=pg_cluster.password, account=pg_schema_name(), exclusive=True).close()
+
+    monkeypatch.setenv("TRADINGD_DB_PASSWORD", pg_cluster.password)
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "var", free_port(),
+                       extra=f'[store]\nurl = "{pg_cluster.url}"\naccount = "{account}"\n')
+    out = subprocess.run([PY, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+    assert out.returncode == 3 and "account in use" in out.stderr and account in out.stderr, out.stderr[-2000:]
+    assert pg_cluster.password not in out.stderr + out.stdout
+    first.close()
+    PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, exclusive=True).close()
