@@ -133,7 +133,11 @@ class PostgresStore(_SqlStore):
         self.bars_layout = "table"
         self._connect()
         if not self.readonly:
-            self._migrate()
+            try:
+                self._migrate()
+            except BaseException:
+                self._drop()
+                raise
 
     @property
     def _where(self) -> str:
