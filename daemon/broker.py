@@ -26,7 +26,7 @@ from daemon.config import BrokerConfig
 from market.events import Fill, OrderIntent, OrderType, Side, Trade
 from market.matching import Levels, MatchingEngine, Order, OrderError, Stops
 from market.portfolio import Portfolio
-from daemon.store import Store, StoreError, execution_statements
+from daemon.store import Store, StoreError, StoreUnavailable, execution_statements
 from market.filters import SymbolFilters
 from strategies.sizing import is_dust, sellable_qty
 
@@ -176,7 +176,10 @@ class PaperBroker:
         A client order id already known (this session or in the store) returns that order, unchanged.
         A bad order raises :class:`OrderError` and nothing is written."""
         self._check_halted()
-        known = self.engine.get(intent.client_order_id) or self.store.get_order(intent.client_order_id)
+        try:
+            known = self.engine.get(intent.client_order_id) or self.store.get_order(intent.client_order_id)
+        except StoreUnavailable as e:  # the id's history is unknowable now: refuse (counted), never guess
+            raise OrderError("store_unavailable", str(e)) from None
         dup, levels = admit(intent, known, book, self.cfg.book_depth, self.stats)
         if dup is not None:
             return dup

@@ -137,8 +137,9 @@ class Collector:
         self._inc_to(m.record_errors, ("record_errors",), errors)
         if v.writer is not None:
             ws = v.writer.stats
-            for event in ("dropped", "full_waits", "errors", "skipped"):
+            for event in ("dropped", "full_waits", "errors", "skipped", "outages", "retries"):
                 self._inc_to(m.store_writer.labels(event), ("writer", event), getattr(ws, event))
+            m.store_available.set(1 if v.writer.available else 0)
             self._inc_to(m.store_dropped_bars.labels("queue_full"), ("bars_dropped", "queue_full"),
                          ws.dropped_bars_queue_full)
             self._inc_to(m.store_dropped_bars.labels("write_failed"), ("bars_dropped", "write_failed"),

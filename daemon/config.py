@@ -228,6 +228,30 @@ class StoreConfig:
     busy_timeout_ms: int = opt(5000, "How long a store connection waits for another's write lock.", ge=0, le=600_000)
     writer_queue: int = opt(10000, "Writes waiting for the store's writer thread before bars are dropped "
                             "(counted) and executions wait for room.", ge=1, le=10_000_000)
+    url: str = opt("", "Empty: the SQLite file `path` (embedded default). postgresql://USER@HOST:PORT/DB: a "
+                   "PostgreSQL server (pip install '.[postgres]'); its password comes from systemd credential "
+                   "tradingd-db-password or the variable `password_env`, never from this file.")
+    account: str = opt("tradingd", "PostgreSQL: this daemon's schema in the database (its own tables; several "
+                       "daemons share one database with one account each). Lower-case letters, digits, _.")
+    password_env: str = opt("TRADINGD_DB_PASSWORD", "Environment variable holding the PostgreSQL password.")
+    connect_timeout_s: float = opt(5.0, "PostgreSQL: connect timeout (start-up and reconnects).", gt=0, le=300)
+    retry_max_s: float = opt(5.0, "PostgreSQL lost while running: the writer reconnects with exponential backoff "
+                             "up to this interval (new orders are refused until it commits again).", gt=0, le=600)
+
+    def validate(self) -> None:
+        if not self.url:
+            return
+        from urllib.parse import parse_qsl, urlsplit
+        if not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("url: must start with postgresql:// (or be empty for the SQLite file)")
+        parts = urlsplit(self.url)
+        if parts.password is not None or "password" in dict(parse_qsl(parts.query)):
+            raise ValueError("url: holds a password; put it in the environment variable named by password_env "
+                             "(or the systemd credential tradingd-db-password), never in the config file")
+        import re
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.account):
+            raise ValueError(f"account: {self.account!r} must be lower-case letters, digits and _ (a PostgreSQL "
+                             "schema name), not starting with a digit, at most 63")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class RetrainCycle:
     def from_config(cls, cfg: Any, metrics: Metrics, registry: ModelRegistry, engine_sets: dict[str, EngineSet],
                     rest_url: str, pipeline: Any = None) -> RetrainCycle:
         from daemon.retrain import RetrainManager
+        from daemon.stores import store_spec
         r = cfg.retrain
         shadow = None
         if cfg.shadow.enabled and pipeline is not None:
@@ -61,7 +62,7 @@ class RetrainCycle:
             pipeline.observers.append(shadow.observe)
         manager = RetrainManager(
             registry=str(registry.root), symbol=cfg.general.symbols[0], timeframes=list(cfg.general.timeframes),
-            store=str(cfg.path(cfg.store.path)), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
+            store=store_spec(cfg), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
             threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
             min_improvement=r.min_improvement_usd, executor=cfg.cluster.executor, address=cfg.cluster.address,
             shadow=shadow is not None,

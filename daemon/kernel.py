@@ -122,22 +122,35 @@ class Components:
 
 # ------------------------------------------------------------------------------------------------ the parts
 def open_store(cfg: Any, metrics: Metrics, on_writer_error: Callable[[BaseException], None],
-               resources: Resources) -> tuple[SQLiteStore, StoreWriter]:
-    """The read connection (the loop's) and the writer thread that commits everything, in order."""
-    from daemon.store import SQLiteStore, StoreError
-    from daemon.storewriter import StoreWriter
-    path = cfg.path(cfg.store.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+               resources: Resources, env: Mapping[str, str] | None = None) -> tuple[SQLiteStore, StoreWriter]:
+    """The read connection (the loop's) and the writer thread that commits everything, in order. SQLite file, or
+    PostgreSQL when ``store.url`` is set (password: systemd credential or ``store.password_env``, daemon.secrets);
+    an unreachable server is a start-up error naming the URL without its password (exit 3)."""
+    import os
 
-    def connect() -> SQLiteStore:
-        return SQLiteStore(path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=cfg.store.busy_timeout_ms)
+    from daemon import secrets
+    from daemon.store import StoreError
+    from daemon.stores import open_store as open_any
+    from daemon.storewriter import StoreWriter
+    sc = cfg.store
+    path = cfg.path(sc.path)
+    if not sc.url:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.read_secret(os.environ if env is None else env, secrets.DB_PASSWORD, sc.password_env)
+
+    def connect(writer: bool = False) -> SQLiteStore:  # the writer's PostgreSQL session owns the account
+        return open_any(sc.url, path, quote_asset=cfg.broker.quote_asset, busy_timeout_ms=sc.busy_timeout_ms,
+                        password=password, account=sc.account, connect_timeout_s=sc.connect_timeout_s,
+                        exclusive=writer)
     try:
         store = connect()
         resources.push("store", store.close)
-        writer = StoreWriter(connect, max_queue=cfg.store.writer_queue, on_error=on_writer_error,
-                             observe_lag=metrics.store_commit_lag.observe)
+        writer = StoreWriter(lambda: connect(True), max_queue=sc.writer_queue, on_error=on_writer_error,
+                             observe_lag=metrics.store_commit_lag.observe, retry_backoff_s=(0.05, sc.retry_max_s))
     except StoreError as e:
         raise StartupError(str(e)) from None
+    except ImportError as e:  # store.url set without the [postgres] extra
+        raise StartupError(f"store.url: PostgreSQL needs psycopg (pip install '.[postgres]'): {e}") from None
 
     async def close_writer() -> None:  # everything the daemon did becomes durable before exit
         ok = await asyncio.get_running_loop().run_in_executor(None, writer.close, WRITER_CLOSE_S)
@@ -397,6 +410,7 @@ def build_pipeline(cfg: Any, metrics: Metrics, store: SQLiteStore, writer: Store
                                       timeframes=cfg.general.timeframes,
                                       starting_equity=broker.portfolio.starting_cash)
     risk = RiskManager(cfg.risk, filters)
+    risk.add_gate(lambda: "" if writer.available else "store_unavailable")  # nothing new that cannot persist
     pipeline = TradingPipeline(cfg, cfg.general.symbols, engine_sets, optimizer, risk, broker, store=store,
                                metrics=metrics, books=books, keep=2000, bar_sink=bar_sink(writer, resources),
                                plan_sink=plan_sink(writer))
@@ -430,7 +444,7 @@ async def build(cfg: Any, env: dict[str, str], metrics: Metrics, resources: Reso
         except ClusterUnreachable as e:
             raise StartupError(f"cluster: {e}") from None
     status("opening store")
-    store, writer = open_store(cfg, metrics, on_writer_error, resources)
+    store, writer = open_store(cfg, metrics, on_writer_error, resources, env)
     status("starting venue")
     link = await start_venue(cfg, resources)
     filters = await fetch_filters(link.rest_url, tuple(cfg.general.symbols))

@@ -106,7 +106,9 @@ class Metrics:
                                           registry=r)
         self.store_writer = Counter("tradingd_store_writer_events_total",
                                     "Store writer events: dropped (droppable jobs), full_waits, errors (fatal), "
-                                    "skipped", ["event"], registry=r)
+                                    "skipped, outages (server lost), retries (reconnects)", ["event"], registry=r)
+        self.store_available = Gauge("tradingd_store_available", "1 while the store accepts commits; 0 while its "
+                                     "server is lost (new orders refused, the writer retries)", registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
 
     def set_models(self, models: dict[str, dict[str, dict]]) -> None:

@@ -68,13 +68,17 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
     challenger is published but not made current: the daemon runs it in shadow first (daemon.shadow)."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
+    from daemon.store import StoreError
     from daemon.train_cli import load_training_data
     from engines.train import TrainSpec, _rows, build_dataset, publish_trained, split_bounds, train_and_publish
     k: Klines | None = None
-    if store_path and Path(store_path).exists():
+    if store_path and (store_path.startswith("postgresql://") or Path(store_path).exists()):
         try:
             k = load_training_data(None, store=store_path, symbol=symbol)
         except ValueError:
+            k = None
+        except StoreError as e:  # e.g. the PostgreSQL server away: the venue's history instead
+            print(f"store unreadable, using venue history: {e}", file=sys.stderr)
             k = None
     if (k is None or len(k) < min_bars) and rest_url:
         k = load_training_data(None, symbol=symbol, rest_url=rest_url, days=history_days)

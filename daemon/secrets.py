@@ -13,6 +13,7 @@ from pathlib import Path
 API_KEY = "tradingd-api-key"
 API_SECRET = "tradingd-api-secret"
 CONTROL_TOKEN = "tradingd-control-token"
+DB_PASSWORD = "tradingd-db-password"
 
 
 def read_secret(env: Mapping[str, str], credential: str, env_var: str) -> str:

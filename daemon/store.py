@@ -1,4 +1,6 @@
-"""Durable store: SQLite in WAL mode behind a small :class:`Store` protocol (PostgreSQL can come later).
+"""Durable store: SQLite in WAL mode (the embedded default) or PostgreSQL (daemon.pgstore) behind one small
+:class:`Store` protocol. The schema (:data:`MIGRATIONS`) and every statement are written once, in SQL both
+dialects run; daemon.pgstore only maps the SQLite column types and placeholders (one place for each fact).
 
 Why these settings (details in docs/STORE.md):
 
@@ -29,7 +31,7 @@ from market.events import Bar, Fill, OrderStatus, OrderType, Side
 from market.matching import Order, Stops
 from market.portfolio import Portfolio, Position
 
-__all__ = ["StoreError", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS",
+__all__ = ["StoreError", "StoreUnavailable", "Store", "SQLiteStore", "Recovery", "SCHEMA_VERSION", "MIGRATIONS",
            "execution_statements"]
 
 log = structlog.get_logger(__name__)
@@ -51,6 +53,11 @@ class StoreError(Exception):
         super().__init__(f"store {path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached (a network store only; never SQLite). Transient: the writer thread
+    retries with backoff and new orders stop meanwhile (daemon.storewriter)."""
 
 
 # Each migration: (version, description, statements). Append only; never edit a released one.
@@ -156,7 +163,7 @@ class Recovery(NamedTuple):
 
 
 class Store(Protocol):
-    """What the broker, daemon and retrainer need from a store (SQLite now; PostgreSQL could implement it)."""
+    """What the broker, daemon and retrainer need from a store (SQLiteStore here; daemon.pgstore.PostgresStore)."""
 
     def recover(self, starting_cash: float) -> Recovery: ...
     def commit_execution(self, orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
@@ -176,8 +183,166 @@ def _day(ts_ns: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ns // 1_000_000_000))
 
 
+class _SqlStore:
+    """What both backends share: every read and write of the :class:`Store` protocol in portable SQL over four
+    primitives a backend provides: ``_rows``/``_one`` (reads), ``_tx`` (a write transaction whose ``execute``/
+    ``executemany`` take ``?`` placeholders) and ``_errors`` (its driver's exception types). ``_where`` names the
+    store in errors (a path, or a URL without its password)."""
+
+    quote_asset: str
+    _errors: tuple[type[BaseException], ...] = ()
+
+    @property
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _one(self, sql: str, params: tuple = ()) -> tuple | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _tx(self):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ writes
+    def commit_execution(self, orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
+                         portfolio: Portfolio, *, stops: Mapping[str, Stops | None] | None = None,
+                         cursor: str | None = None) -> None:
+        """One transaction: order rows, fills (with the realised P&L each produced), the positions and cash
+        after them (``portfolio`` is the post-fill state), daily P&L, stop changes and the replay cursor."""
+        self.write_statements(execution_statements(orders, fills, realised, portfolio, stops=stops, cursor=cursor,
+                                                   quote_asset=self.quote_asset))
+
+    def write_statements(self, stmts: Sequence[tuple[str, tuple]]) -> None:
+        """Run prepared ``(sql, params)`` statements in ONE transaction (all or nothing)."""
+        with self._tx() as db:
+            for sql, params in stmts:
+                db.execute(sql, params)
+
+    def set_cursor(self, cursor: str) -> None:
+        self.write_statements([kv_statement("replay_cursor", cursor)])
+
+    def write_bars(self, bars: Iterable[Bar]) -> int:
+        rows = [(b.symbol, b.timeframe, b.open_ns, b.open, b.high, b.low, b.close, b.volume, b.quote_volume,
+                 b.trades, b.taker_buy_volume) for b in bars]
+        with self._tx() as db:
+            db.executemany(_BARS_UPSERT, rows)
+        return len(rows)
+
+    def record_model_version(self, version: str, kind: str, path: str, feature_schema_hash: str,
+                             created_ns: int, metrics_json: str = "{}", active: bool = False) -> None:
+        with self._tx() as db:
+            if active:
+                db.execute("UPDATE model_versions SET active=0 WHERE kind=?", (kind,))
+            db.execute("INSERT INTO model_versions VALUES (?,?,?,?,?,?,?) ON CONFLICT(version) DO UPDATE SET "
+                       "kind=excluded.kind, path=excluded.path, feature_schema_hash=excluded.feature_schema_hash, "
+                       "created_ns=excluded.created_ns, metrics_json=excluded.metrics_json, active=excluded.active",
+                       (version, kind, path, feature_schema_hash, created_ns, metrics_json, int(active)))
+
+    def put_kv(self, key: str, value: str | None) -> None:
+        """Set (or delete, with None) one ``kv`` row, in its own transaction."""
+        self.write_statements([kv_statement(key, value)])
+
+    # ------------------------------------------------------------------------------------------- reads
+    def read_bars(self, symbol: str, timeframe: str, since_ns: int = 0, limit: int | None = None) -> list[Bar]:
+        q = ("SELECT symbol, timeframe, open_ns, open, high, low, close, volume, quote_volume, trades, "
+             "taker_buy_volume FROM bars WHERE symbol=? AND timeframe=? AND open_ns>=? ORDER BY open_ns")
+        args: tuple = (symbol, timeframe, since_ns)
+        if limit is not None:
+            q += " LIMIT ?"
+            args += (limit,)
+        try:
+            return [Bar(*r) for r in self._rows(q, args)]
+        except StoreError:
+            raise
+        except self._errors as e:
+            raise StoreError(self._where, f"reading bars: {e}") from e
+
+    def bar_series(self) -> dict[str, dict[str, int]]:
+        """{timeframe: {symbol: bars stored}}: what the daemon recorded (``tradingd train --store``)."""
+        try:
+            rows = self._rows("SELECT timeframe, symbol, COUNT(*) FROM bars GROUP BY timeframe, symbol "
+                              "ORDER BY timeframe, symbol", ())
+        except StoreError:
+            raise
+        except self._errors as e:
+            raise StoreError(self._where, f"listing bars: {e}") from e
+        out: dict[str, dict[str, int]] = {}
+        for tf, sym, n in rows:
+            out.setdefault(tf, {})[sym] = int(n)
+        return out
+
+    def get_order(self, client_order_id: str) -> Order | None:
+        r = self._one(f"SELECT {_ORDER_COLS} FROM orders WHERE client_order_id=?", (client_order_id,))
+        return _order(r) if r else None
+
+    def orders(self) -> list[Order]:
+        return [_order(r) for r in self._rows(f"SELECT {_ORDER_COLS} FROM orders ORDER BY ts_created, "
+                                              "client_order_id")]
+
+    def fills(self, symbol: str | None = None) -> list[Fill]:
+        q = ("SELECT fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, ts, fee_qty FROM fills"
+             + (" WHERE symbol=?" if symbol else "") + " ORDER BY seq")
+        return [Fill(r[0], r[1], r[2], Side(r[3]), *r[4:]) for r in self._rows(q, (symbol,) if symbol else ())]
+
+    def kv_items(self, prefix: str) -> dict[str, str]:
+        """``kv`` rows whose key starts with ``prefix`` (e.g. the optimizer's ``exit_plan.`` entries)."""
+        return {k: v for k, v in self._rows("SELECT key, value FROM kv") if k.startswith(prefix)}
+
+    def cursor(self) -> str | None:
+        r = self._one("SELECT value FROM kv WHERE key='replay_cursor'")
+        return r[0] if r else None
+
+    def recover(self, starting_cash: float) -> Recovery:
+        """Rebuild the account from the fills (the source of truth) and check the stored positions/balance.
+
+        ``starting_cash`` is used only for a store with no balance row yet; otherwise the stored starting
+        amount wins (the account's history does not change when the config does)."""
+        try:
+            row = self._one("SELECT amount, starting_amount FROM balances WHERE asset=?", (self.quote_asset,))
+            start = row[1] if row else starting_cash
+            pf = Portfolio(start)
+            for f in self.fills():
+                pf.apply_fill(f)
+            problems: list[str] = []
+            if row and not _close(row[0], pf.cash):
+                problems.append(f"balance {self.quote_asset}: stored {row[0]!r} != {pf.cash!r} from fills")
+            stored = {r[0]: r[1:] for r in self._rows(
+                "SELECT symbol, qty, avg_price, realised_pnl, fees_paid FROM positions")}
+            for sym in set(stored) | set(pf.positions):
+                p = pf.positions.get(sym, Position(sym))
+                s = stored.get(sym)
+                if s is None:
+                    problems.append(f"position {sym}: missing, fills give qty {p.qty!r}")
+                    continue
+                for name, a, b in (("qty", s[0], p.qty), ("avg_price", s[1], p.avg_price),
+                                   ("realised_pnl", s[2], p.realised), ("fees_paid", s[3], p.fees)):
+                    if not _close(a, b):
+                        problems.append(f"position {sym}: stored {name} {a!r} != {b!r} from fills")
+            open_orders = [_order(r) for r in self._rows(
+                f"SELECT {_ORDER_COLS} FROM orders WHERE status IN ('NEW', 'PARTIALLY_FILLED') "
+                "ORDER BY ts_created, client_order_id")]
+            for o in open_orders:
+                n, q = self._one("SELECT COUNT(*), COALESCE(SUM(qty), 0) FROM fills WHERE client_order_id=?",
+                                 (o.client_order_id,))
+                if n != o.n_fills or not _close(q, o.filled_qty):
+                    problems.append(f"order {o.client_order_id}: stored {o.n_fills} fills / {o.filled_qty!r} "
+                                    f"filled, fills table has {n} / {q!r}")
+            stops = [Stops(*r) for r in self._rows("SELECT symbol, stop_loss, take_profit, tag FROM stops")]
+            cursor = self.cursor()
+        except StoreError:
+            raise
+        except self._errors as e:
+            raise StoreError(self._where, f"recovery failed: {e}") from e
+        for msg in problems:
+            log.error("store_discrepancy", store=self._where, problem=msg)
+        return Recovery(pf, open_orders, stops, cursor, problems)
+
+
 @dataclass
-class SQLiteStore:
+class SQLiteStore(_SqlStore):
     """The SQLite implementation of :class:`Store`. ``readonly=True`` is for other processes (the retrainer)."""
 
     path: Path
@@ -304,144 +469,24 @@ class SQLiteStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------------------------ primitives
+    _errors = (sqlite3.Error,)
+
+    @property
+    def _where(self) -> str:
+        return str(self.path)
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql, params).fetchall()
+
     def _tx(self):
         return _Tx(self._db, self.path)
-
-    def commit_execution(self, orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
-                         portfolio: Portfolio, *, stops: Mapping[str, Stops | None] | None = None,
-                         cursor: str | None = None) -> None:
-        """One transaction: order rows, fills (with the realised P&L each produced), the positions and cash
-        after them (``portfolio`` is the post-fill state), daily P&L, stop changes and the replay cursor."""
-        self.write_statements(execution_statements(orders, fills, realised, portfolio, stops=stops, cursor=cursor,
-                                                   quote_asset=self.quote_asset))
-
-    def write_statements(self, stmts: Sequence[tuple[str, tuple]]) -> None:
-        """Run prepared ``(sql, params)`` statements in ONE transaction (all or nothing)."""
-        with self._tx() as db:
-            for sql, params in stmts:
-                db.execute(sql, params)
-
-    def set_cursor(self, cursor: str) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES ('replay_cursor', ?)", (cursor,))
-
-    def write_bars(self, bars: Iterable[Bar]) -> int:
-        rows = [(b.symbol, b.timeframe, b.open_ns, b.open, b.high, b.low, b.close, b.volume, b.quote_volume,
-                 b.trades, b.taker_buy_volume) for b in bars]
-        with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-        return len(rows)
-
-    def record_model_version(self, version: str, kind: str, path: str, feature_schema_hash: str,
-                             created_ns: int, metrics_json: str = "{}", active: bool = False) -> None:
-        with self._tx() as db:
-            if active:
-                db.execute("UPDATE model_versions SET active=0 WHERE kind=?", (kind,))
-            db.execute("INSERT OR REPLACE INTO model_versions VALUES (?,?,?,?,?,?,?)",
-                       (version, kind, path, feature_schema_hash, created_ns, metrics_json, int(active)))
-
-    # ------------------------------------------------------------------------------------------- reads
-    def read_bars(self, symbol: str, timeframe: str, since_ns: int = 0, limit: int | None = None) -> list[Bar]:
-        q = ("SELECT symbol, timeframe, open_ns, open, high, low, close, volume, quote_volume, trades, "
-             "taker_buy_volume FROM bars WHERE symbol=? AND timeframe=? AND open_ns>=? ORDER BY open_ns")
-        args: tuple = (symbol, timeframe, since_ns)
-        if limit is not None:
-            q += " LIMIT ?"
-            args += (limit,)
-        try:
-            return [Bar(*r) for r in self._db.execute(q, args)]
-        except sqlite3.Error as e:
-            raise StoreError(self.path, f"reading bars: {e}") from e
-
-    def bar_series(self) -> dict[str, dict[str, int]]:
-        """{timeframe: {symbol: bars stored}}: what the daemon recorded (``tradingd train --store``)."""
-        try:
-            rows = self._db.execute("SELECT timeframe, symbol, COUNT(*) FROM bars GROUP BY timeframe, symbol "
-                                    "ORDER BY timeframe, symbol").fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(self.path, f"listing bars: {e}") from e
-        out: dict[str, dict[str, int]] = {}
-        for tf, sym, n in rows:
-            out.setdefault(tf, {})[sym] = int(n)
-        return out
-
-    def get_order(self, client_order_id: str) -> Order | None:
-        r = self._db.execute(f"SELECT {_ORDER_COLS} FROM orders WHERE client_order_id=?",
-                             (client_order_id,)).fetchone()
-        return _order(r) if r else None
-
-    def orders(self) -> list[Order]:
-        return [_order(r) for r in self._db.execute(f"SELECT {_ORDER_COLS} FROM orders ORDER BY ts_created, "
-                                                    "client_order_id")]
-
-    def fills(self, symbol: str | None = None) -> list[Fill]:
-        q = ("SELECT fill_id, client_order_id, symbol, side, price, qty, fee, liquidity, ts, fee_qty FROM fills"
-             + (" WHERE symbol=?" if symbol else "") + " ORDER BY seq")
-        return [Fill(r[0], r[1], r[2], Side(r[3]), *r[4:]) for r in self._db.execute(q, (symbol,) if symbol else ())]
-
-    def kv_items(self, prefix: str) -> dict[str, str]:
-        """``kv`` rows whose key starts with ``prefix`` (e.g. the optimizer's ``exit_plan.`` entries)."""
-        rows = self._db.execute("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
-        return dict(rows.fetchall())
-
-    def put_kv(self, key: str, value: str | None) -> None:
-        """Set (or delete, with None) one ``kv`` row, in its own transaction."""
-        self.write_statements([kv_statement(key, value)])
-
-    def cursor(self) -> str | None:
-        r = self._db.execute("SELECT value FROM kv WHERE key='replay_cursor'").fetchone()
-        return r[0] if r else None
-
-    def recover(self, starting_cash: float) -> Recovery:
-        """Rebuild the account from the fills (the source of truth) and check the stored positions/balance.
-
-        ``starting_cash`` is used only for a store with no balance row yet; otherwise the stored starting
-        amount wins (the account's history does not change when the config does)."""
-        try:
-            row = self._db.execute("SELECT amount, starting_amount FROM balances WHERE asset=?",
-                                   (self.quote_asset,)).fetchone()
-            start = row[1] if row else starting_cash
-            pf = Portfolio(start)
-            for f in self.fills():
-                pf.apply_fill(f)
-            problems: list[str] = []
-            if row and not _close(row[0], pf.cash):
-                problems.append(f"balance {self.quote_asset}: stored {row[0]!r} != {pf.cash!r} from fills")
-            stored = {r[0]: r[1:] for r in self._db.execute(
-                "SELECT symbol, qty, avg_price, realised_pnl, fees_paid FROM positions")}
-            for sym in set(stored) | set(pf.positions):
-                p = pf.positions.get(sym, Position(sym))
-                s = stored.get(sym)
-                if s is None:
-                    problems.append(f"position {sym}: missing, fills give qty {p.qty!r}")
-                    continue
-                for name, a, b in (("qty", s[0], p.qty), ("avg_price", s[1], p.avg_price),
-                                   ("realised_pnl", s[2], p.realised), ("fees_paid", s[3], p.fees)):
-                    if not _close(a, b):
-                        problems.append(f"position {sym}: stored {name} {a!r} != {b!r} from fills")
-            open_orders = [_order(r) for r in self._db.execute(
-                f"SELECT {_ORDER_COLS} FROM orders WHERE status IN ('NEW', 'PARTIALLY_FILLED') "
-                "ORDER BY ts_created, client_order_id")]
-            for o in open_orders:
-                n, q = self._db.execute("SELECT COUNT(*), COALESCE(SUM(qty), 0) FROM fills WHERE client_order_id=?",
-                                        (o.client_order_id,)).fetchone()
-                if n != o.n_fills or not _close(q, o.filled_qty):
-                    problems.append(f"order {o.client_order_id}: stored {o.n_fills} fills / {o.filled_qty!r} "
-                                    f"filled, fills table has {n} / {q!r}")
-            stops = [Stops(*r) for r in self._db.execute("SELECT symbol, stop_loss, take_profit, tag FROM stops")]
-            cursor = self.cursor()
-        except sqlite3.Error as e:
-            raise StoreError(self.path, f"recovery failed: {e}") from e
-        for msg in problems:
-            log.error("store_discrepancy", path=str(self.path), problem=msg)
-        return Recovery(pf, open_orders, stops, cursor, problems)
 
 
 def kv_statement(key: str, value: str | None) -> tuple[str, tuple]:
     if value is None:
         return ("DELETE FROM kv WHERE key=?", (key,))
-    return ("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+    return ("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
 
 def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realised: Sequence[float],
@@ -468,9 +513,9 @@ def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realise
                     (f.fill_id, f.client_order_id, f.symbol, int(f.side), f.price, f.qty, f.fee, f.liquidity,
                      f.ts, r, f.fee_qty)))
         out.append(("INSERT INTO daily_pnl (day, realised_pnl, fees, volume_quote, n_fills) VALUES "
-                    "(?,?,?,?,1) ON CONFLICT(day) DO UPDATE SET realised_pnl=realised_pnl+excluded."
-                    "realised_pnl, fees=fees+excluded.fees, volume_quote=volume_quote+excluded."
-                    "volume_quote, n_fills=n_fills+1", (_day(f.ts), r, f.fee, f.price * f.qty)))
+                    "(?,?,?,?,1) ON CONFLICT(day) DO UPDATE SET realised_pnl=daily_pnl.realised_pnl+excluded."
+                    "realised_pnl, fees=daily_pnl.fees+excluded.fees, volume_quote=daily_pnl.volume_quote+excluded."
+                    "volume_quote, n_fills=daily_pnl.n_fills+1", (_day(f.ts), r, f.fee, f.price * f.qty)))
     for sym in sorted({f.symbol for f in fills}):
         p = portfolio.position(sym)
         out.append(("INSERT INTO positions VALUES (?,?,?,?,?,?) ON CONFLICT(symbol) DO UPDATE SET "
@@ -484,10 +529,11 @@ def execution_statements(orders: Sequence[Order], fills: Sequence[Fill], realise
         if st is None:
             out.append(("DELETE FROM stops WHERE symbol=?", (sym,)))
         else:
-            out.append(("INSERT OR REPLACE INTO stops VALUES (?,?,?,?)",
+            out.append(("INSERT INTO stops VALUES (?,?,?,?) ON CONFLICT(symbol) DO UPDATE SET "
+                        "stop_loss=excluded.stop_loss, take_profit=excluded.take_profit, tag=excluded.tag",
                         (st.symbol, st.stop_loss, st.take_profit, st.tag)))
     if cursor is not None:
-        out.append(("INSERT OR REPLACE INTO kv VALUES ('replay_cursor', ?)", (cursor,)))
+        out.append(kv_statement("replay_cursor", cursor))
     return out
 
 
@@ -518,6 +564,11 @@ class _Tx:
         return False
 
 
+_BARS_UPSERT = ("INSERT INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(symbol, timeframe, open_ns) DO UPDATE "
+               "SET open=excluded.open, high=excluded.high, low=excluded.low, close=excluded.close, "
+               "volume=excluded.volume, quote_volume=excluded.quote_volume, trades=excluded.trades, "
+               "taker_buy_volume=excluded.taker_buy_volume")
+
 _ORDER_COLS = ("client_order_id, symbol, side, order_type, qty, limit_price, status, ts_created, active_at, "
                "ts_updated, filled_qty, avg_fill_price, n_fills, reduce_only, reason, timeframe, active")
 
@@ -529,3 +580,4 @@ def _order(r: tuple) -> Order:
 
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+

@@ -17,6 +17,12 @@ Durability contract with a write-behind (docs/STORE.md, "Writer thread"):
 * A failed job stops all writing (later jobs are skipped, so the prefix stays consistent), ``on_error`` is called
   from the writer thread (the daemon turns it into a fatal stop) and later submissions raise ``StoreError``.
   A droppable job (bar rows) that fails rolled back only itself: it is counted and logged and writing goes on.
+* A LOST SERVER (PostgreSQL: :class:`daemon.store.StoreUnavailable`) is not a failed write: the writer marks the
+  store unavailable (``available`` False, ``on_available(False)``: the daemon's risk gate refuses new orders),
+  reconnects with exponential backoff (``retry_backoff_s``) and runs the SAME job again, so the FIFO prefix holds;
+  once a job commits it is available again. A commit whose answer was lost is resolved by the store (it checks
+  the job's first fill id), so a fill is neither lost nor written twice. ``close()`` while the server is still
+  away gives up after its timeout (what is queued is lost like a kill -9's tail; not a clean stop).
 * Backpressure: the queue is bounded. Droppable jobs (bar rows, which the venue's klines can restore) are
   dropped and counted when it is full; executions wait for room (never dropped) and the waits are counted.
 """
@@ -33,7 +39,7 @@ import numpy as np
 import structlog
 
 from daemon.samples import SampleRing
-from daemon.store import StoreError
+from daemon.store import StoreError, StoreUnavailable
 
 __all__ = ["StoreWriter", "WriterStats", "BarsAfterEvent"]
 
@@ -54,6 +60,8 @@ class WriterStats:
     # bar ROWS lost (each a gap in the retrainer's input until the venue's klines fill it); one writer thread each
     dropped_bars_queue_full: int = 0   # counted on the submitting (loop) thread
     dropped_bars_failed: int = 0       # counted on the writer thread
+    outages: int = 0      # times the store became unreachable (a lost server; retried, not fatal)
+    retries: int = 0      # reconnect-and-retry attempts during outages
 
 
 class StoreWriter:
@@ -64,7 +72,9 @@ class StoreWriter:
 
     def __init__(self, open_store: Callable[[], Any], *, max_queue: int = 10_000,
                  on_error: Callable[[BaseException], None] | None = None,
-                 observe_lag: Callable[[float], None] | None = None, name: str = "store-writer") -> None:
+                 observe_lag: Callable[[float], None] | None = None, name: str = "store-writer",
+                 on_available: Callable[[bool], None] | None = None,
+                 retry_backoff_s: tuple[float, float] = (0.05, 5.0)) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -73,6 +83,11 @@ class StoreWriter:
         self._observe_lag = observe_lag  # e.g. a Prometheus histogram's observe (seconds; thread-safe)
         self.stats = WriterStats()
         self.error: BaseException | None = None
+        self.available = True  # False while the store's server is unreachable (new orders stop meanwhile)
+        self.unavailable_reason = ""
+        self._on_available = on_available
+        self._backoff = retry_backoff_s
+        self._give_up = threading.Event()
         self._lag_ns = SampleRing(10_000)
         self._closed = False
         self._opened = threading.Event()
@@ -123,6 +138,8 @@ class StoreWriter:
         def job(s: Any) -> None:
             try:
                 s.write_bars(bars)
+            except StoreUnavailable:  # retried by the writer, not lost
+                raise
             except Exception:
                 stats.dropped_bars_failed += len(bars)
                 raise
@@ -154,6 +171,9 @@ class StoreWriter:
         self._closed = True
         self._q.put((0, _STOP, "stop", False))
         self._thread.join(timeout)
+        if self._thread.is_alive() and not self.available:  # retrying a lost server: stop waiting for it
+            self._give_up.set()
+            self._thread.join(min(timeout, 5.0))
         alive = self._thread.is_alive()
         if alive:
             log.error("store_writer_close_timeout", pending=self.pending, timeout_s=timeout)
@@ -169,6 +189,7 @@ class StoreWriter:
 
     def snapshot(self) -> dict[str, Any]:
         return {**asdict(self.stats), "pending": self.pending, "error": str(self.error) if self.error else None,
+                "available": self.available, "unavailable": self.unavailable_reason or None,
                 "lag": self.lag_summary()}
 
     # ------------------------------------------------------------------------------------- the thread
@@ -190,7 +211,7 @@ class StoreWriter:
                         self.stats.skipped += 1
                         continue
                     try:
-                        job(store)
+                        self._run_job(store, job, kind)
                     except Exception as e:  # noqa: BLE001
                         if droppable:  # its own transaction rolled back; the prefix is intact
                             self.stats.dropped += 1
@@ -216,6 +237,44 @@ class StoreWriter:
                 store.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("store_writer_close_failed", error=str(e))
+
+    def _run_job(self, store: Any, job: Callable[[Any], Any], kind: str) -> None:
+        """``job(store)``; while the store's server is lost: reconnect with backoff and run it again."""
+        delay, cap = self._backoff
+        while True:
+            try:
+                job(store)
+            except StoreUnavailable as e:
+                if not hasattr(store, "reconnect") or self._give_up.is_set():
+                    raise
+                if self.available:
+                    self.stats.outages += 1
+                    self._set_available(False, str(e))
+                self.stats.retries += 1
+                if self.stats.retries <= 3 or self.stats.retries % 20 == 0:
+                    log.warning("store_unavailable_retry", kind=kind, retries=self.stats.retries,
+                                backoff_s=round(delay, 3), error=str(e))
+                if self._give_up.wait(delay):
+                    raise
+                delay = min(delay * 2, cap)
+                try:
+                    store.reconnect()
+                except StoreUnavailable:
+                    pass
+                continue
+            if not self.available:
+                self._set_available(True, "")
+            return
+
+    def _set_available(self, up: bool, reason: str) -> None:
+        self.available, self.unavailable_reason = up, reason
+        (log.info if up else log.error)("store_available" if up else "store_unavailable", reason=reason,
+                                        outages=self.stats.outages, retries=self.stats.retries)
+        if self._on_available is not None:
+            try:
+                self._on_available(up)
+            except Exception:  # noqa: BLE001 - a callback problem must not stop the writer
+                log.exception("store_writer_on_available_failed")
 
     def _fail(self, e: BaseException, kind: str) -> None:
         """A non-droppable job failed: stop writing (later jobs skipped), report it."""

@@ -13,9 +13,9 @@ def load_training_data(path: str | None, *, store: str | None = None, symbol: st
         from engines.data import load_klines_csv
         return load_klines_csv(path, symbol=symbol or None)
     if store:
-        from daemon.store import SQLiteStore
+        from daemon.stores import open_store_spec
         from engines.data import bars_to_klines
-        st = SQLiteStore(store, readonly=True)
+        st = open_store_spec(store)  # a SQLite path or postgresql://...#account (daemon.stores.store_spec)
         try:
             bars = [b for b in st.read_bars(symbol, "1m")]
         finally:
@@ -36,7 +36,8 @@ def load_training_data(path: str | None, *, store: str | None = None, symbol: st
 # ----------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--data", help="1m klines CSV (open_time_ms,open,high,low,close,volume; .gz ok)")
-    p.add_argument("--store", help="read 1m bars from the daemon's SQLite store instead")
+    p.add_argument("--store", help="read 1m bars from the daemon's store instead: its SQLite file, or "
+                   "postgresql://USER@HOST:PORT/DB#ACCOUNT (password: $TRADINGD_DB_PASSWORD)")
     p.add_argument("--venue-url", help="read 1m klines history from this REST base URL instead")
     p.add_argument("--days", type=float, default=30, help="history to fetch with --venue-url (days)")
     p.add_argument("--last-days", type=float, default=0, help="train on only the most recent N days of --data")

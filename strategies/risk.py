@@ -7,7 +7,8 @@ Pure: no I/O, no clock (``ts`` in ns is passed in). State machine (every transit
     REDUCING/HALTED(daily loss) ──new UTC day──> ACTIVE        any ──resume()──> ACTIVE
 
 Reduce-only orders (exits, stops, flatten) are allowed in every state and are never refused by the order-rate
-limit (they are still counted in it), so a position can always be closed. Daily P&L is equity now minus the
+limit (they are still counted in it), so a position can always be closed; the one exception is a closed gate
+(:meth:`RiskManager.add_gate`: the store cannot persist, so nothing new is sent until it can). Daily P&L is equity now minus the
 first equity seen in the current UTC day (so it includes unrealised P&L). A ``resume()`` while the day's loss
 is still beyond the limit halts again at the next check.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -169,6 +170,13 @@ class RiskManager:
         self._day_start_equity: float | None = None
         self.daily_pnl = 0.0
         self._last_ts = 0
+        self._gates: list[Callable[[], str]] = []
+
+    def add_gate(self, gate: Callable[[], str]) -> None:
+        """``gate()`` returns a refusal reason ("" = open). While any gate is closed EVERY order is refused, exits
+        included (e.g. ``store_unavailable``: nothing new is sent that could not be persisted; the optimizer
+        re-sends refused exits with its bounded backoff once the gate opens)."""
+        self._gates.append(gate)
 
     # ------------------------------------------------------------------------------------ state machine
     def _transition(self, to: RiskState, reason: str, ts: int) -> None:
@@ -235,6 +243,10 @@ class RiskManager:
 
     def check(self, intent: OrderIntent, account: AccountState, ts: int) -> RiskDecision:
         """Decide whether ``intent`` may be sent now and with what quantity (never more than asked)."""
+        for gate in self._gates:
+            closed = gate()
+            if closed:
+                return self._reject(closed)
         f = self.filters.get(intent.symbol)
         if f is None:
             return self._reject("unknown_symbol")

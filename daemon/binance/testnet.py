@@ -45,7 +45,7 @@ from daemon.config import BrokerConfig
 from market.events import Fill, OrderIntent, OrderStatus, OrderType, Side, Trade
 from market.matching import MatchingEngine, Order, OrderError, Stops
 from market.portfolio import Portfolio
-from daemon.store import Store, StoreError, execution_statements
+from daemon.store import Store, StoreError, StoreUnavailable, execution_statements
 from daemon.binance.rest import AUTH_ERROR_CODES, BinanceApiError, BinanceRestClient, OutcomeUnknown, fmt_step
 from strategies.sizing import is_dust
 
@@ -196,7 +196,10 @@ class TestnetBroker:
                 stops: Mapping[str, Stops | None] | None) -> Execution:
         self._check_halted()
         coid = intent.client_order_id
-        known = self.orders.get(coid) or self._closed.get(coid) or self.store.get_order(coid)
+        try:
+            known = self.orders.get(coid) or self._closed.get(coid) or self.store.get_order(coid)
+        except StoreUnavailable as e:  # the id's history is unknowable now: refuse (counted), never guess
+            raise OrderError("store_unavailable", str(e)) from None
         dup, levels = admit(intent, known, book, self.cfg.book_depth, self.stats)
         if dup is not None:
             return dup

@@ -43,3 +43,48 @@ def store_with_bars(btc_klines_path, tmp_path_factory):
     st.write_bars(klines_to_bars(k[-40 * 1440:]))
     st.close()
     return path
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL server for the session (tests/daemon/harness.py PgCluster); skips only when the
+    PostgreSQL binaries are absent (``.ci/run`` installs them: apt ``postgresql``)."""
+    from tests.daemon.harness import PgCluster, pg_bindir
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) not installed: apt-get install postgresql")
+    c = PgCluster(bindir)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request, tmp_path):
+    """The store contract suite's backend: ``open_store(**kw)`` opens the SAME store each call (a SQLite file,
+    or one account's schema on the session's PostgreSQL), so reopening tests recovery and migrations."""
+    from daemon.store import SQLiteStore
+    opened = []
+    if request.param == "sqlite":
+        path = tmp_path / "s.sqlite"
+
+        def make(**kw):
+            s = SQLiteStore(path, **kw)
+            opened.append(s)
+            return s
+        make.backend = "sqlite"
+    else:
+        from daemon.pgstore import PostgresStore
+        from tests.daemon.harness import pg_schema_name
+        cluster = request.getfixturevalue("pg_cluster")
+        account = pg_schema_name()
+
+        def make(**kw):
+            s = PostgresStore(cluster.url, password=cluster.password, account=account, **kw)
+            opened.append(s)
+            return s
+        make.backend = "postgres"
+        make.cluster = cluster
+        make.account = account
+    yield make
+    for s in opened:
+        s.close()

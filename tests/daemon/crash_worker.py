@@ -9,12 +9,16 @@ Orders are deterministic functions of the event stream (client order id ``w<even
 run killed any number of times must end with exactly the same fills. An order step at the cursor's own event
 is re-submitted after a restart: the broker must answer it idempotently (no second order for the same id).
 
+STORE is a SQLite file, or ``postgresql://USER@HOST:PORT/DB#ACCOUNT`` (daemon.pgstore; the password from
+$TRADINGD_DB_PASSWORD): the same kill -9 test runs against both backends.
+
 Usage: python -m tests.daemon.crash_worker STORE [--events N] [--every K] RECORDING...
 Prints READY after recovery and DONE <n_fills> at the end.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +31,45 @@ from daemon.config import BrokerConfig  # noqa: E402
 from market.events import DepthSnapshot, DepthUpdate, OrderIntent, OrderType, Side, Trade  # noqa: E402
 from daemon.recording import iter_recording  # noqa: E402
 from daemon.store import SQLiteStore  # noqa: E402
+
+
+
+def is_pg(store) -> bool:
+    return str(store).startswith("postgresql://")
+
+
+def open_store(store, **kw):
+    """The worker's (and the checker's) store: a SQLite path or ``postgresql://...#account``."""
+    if is_pg(store):
+        from daemon.pgstore import PostgresStore
+        url, _, account = str(store).partition("#")
+        return PostgresStore(url, password=os.environ.get("TRADINGD_DB_PASSWORD", ""), account=account, **kw)
+    return SQLiteStore(Path(store), **kw)
+
+
+def query(store, sql: str) -> list[tuple] | None:
+    """Rows of ``sql`` read straight from the store's database (not through the store code); None when the
+    store does not exist yet (killed before it was created)."""
+    if is_pg(store):
+        import psycopg
+        url, _, account = str(store).partition("#")
+        with psycopg.connect(url, password=os.environ.get("TRADINGD_DB_PASSWORD", "")) as conn:
+            if not conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND "
+                                "table_name='schema_version'", (account,)).fetchone():
+                return None
+            if not conn.execute(f"SELECT 1 FROM {account}.schema_version").fetchone():
+                return None  # killed inside the first migration: nothing committed
+            conn.execute("SELECT set_config('search_path', %s, false)", (account,))
+            return conn.execute(sql).fetchall()
+    import sqlite3
+    if not Path(store).exists():
+        return None
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
 
 CFG = BrokerConfig(starting_cash=1_000_000.0, taker_fee=0.001, maker_fee=0.0002, book_depth=200)
 
@@ -111,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     writer = None
     if a.writer:
         from daemon.storewriter import StoreWriter
-        SQLiteStore(Path(a.store)).close()  # create/migrate once, then the writer thread opens its own
-        writer = StoreWriter(lambda: SQLiteStore(Path(a.store)), max_queue=64)
-    broker = PaperBroker(CFG, SQLiteStore(Path(a.store)), symbols=("BTCUSDT",), writer=writer)
+        open_store(a.store).close()  # create/migrate once, then the writer thread opens its own
+        writer = StoreWriter(lambda: open_store(a.store), max_queue=64)
+    broker = PaperBroker(CFG, open_store(a.store), symbols=("BTCUSDT",), writer=writer)
     if broker.recovery_discrepancies:
         print("DISCREPANCIES", broker.recovery_discrepancies, flush=True)
         return 3
@@ -163,33 +206,28 @@ def run_clean(store: Path, recording: list[str], extra: list[str] = (), timeout:
         raise RuntimeError(f"clean worker run failed rc={out.returncode}: {out.stdout[-2000:]} {out.stderr[-2000:]}")
 
 
-def read_state(store: Path) -> dict:
+def read_state(store) -> dict:
     """Fills in commit order, order ids, positions as stored, and positions re-summed from the fills (SQL)."""
-    import sqlite3
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        return {
-            "fills": db.execute("SELECT fill_id, client_order_id, side, price, qty, fee, liquidity, ts FROM fills "
-                                "ORDER BY seq").fetchall(),
-            "orders": db.execute("SELECT client_order_id, status, filled_qty FROM orders ORDER BY "
-                                 "client_order_id").fetchall(),
-            "positions": dict(db.execute("SELECT symbol, qty FROM positions").fetchall()),
-            "fill_sums": dict(db.execute("SELECT symbol, SUM(side * qty) FROM fills GROUP BY symbol").fetchall()),
-            "dup_coids": db.execute("SELECT client_order_id FROM orders GROUP BY client_order_id "
-                                    "HAVING COUNT(*) > 1").fetchall(),
-            "dup_fills": db.execute("SELECT fill_id FROM fills GROUP BY fill_id HAVING COUNT(*) > 1").fetchall(),
-        }
-    finally:
-        db.close()
+    q = {
+        "fills": "SELECT fill_id, client_order_id, side, price, qty, fee, liquidity, ts FROM fills ORDER BY seq",
+        "orders": "SELECT client_order_id, status, filled_qty FROM orders ORDER BY client_order_id",
+        "positions": "SELECT symbol, qty FROM positions",
+        "fill_sums": "SELECT symbol, SUM(side * qty) FROM fills GROUP BY symbol",
+        "dup_coids": "SELECT client_order_id FROM orders GROUP BY client_order_id HAVING COUNT(*) > 1",
+        "dup_fills": "SELECT fill_id FROM fills GROUP BY fill_id HAVING COUNT(*) > 1",
+    }
+    out = {k: [tuple(r) for r in (query(store, sql) or [])] for k, sql in q.items()}
+    out["positions"], out["fill_sums"] = dict(out["positions"]), dict(out["fill_sums"])
+    return out
 
 
 def check_after_crash(store: Path, clean: dict) -> list[str]:
     """Problems with a store left by a killed worker (empty list = consistent). ``clean``: read_state of a
     clean run. Recovery is the broker's own start-up path; the sums are recomputed independently here."""
     problems = []
-    if not store.exists():
+    if query(store, "SELECT 1") is None:
         return problems  # killed before the store was created
-    with SQLiteStore(store) as s:
+    with open_store(store) as s:
         problems += [f"recover: {d}" for d in s.recover(CFG.starting_cash).discrepancies]
     st = read_state(store)
     for sym in set(st["positions"]) | set(st["fill_sums"]):
@@ -211,10 +249,14 @@ def check_after_crash(store: Path, clean: dict) -> list[str]:
 
 
 def crash_loop(store_dir: Path, recording: list[str], clean: dict, *, kills: int, seed: int,
-               max_delay: float = 1.0, extra: list[str] = (), log=print) -> dict:
+               max_delay: float = 1.0, extra: list[str] = (), log=print, store_for=None) -> dict:
     """Start the worker, SIGKILL it at a random moment after it is READY, check the store, repeat until
     ``kills`` kills landed on a running worker. A worker that finishes ends its round: the final state must
-    equal the clean run's, and a new round starts on a fresh store."""
+    equal the clean run's, and a new round starts on a fresh store (``store_for(round)``: default a SQLite file
+    in ``store_dir``; a ``postgresql://...#account`` for the PostgreSQL store)."""
+    if store_for is None:
+        def store_for(r: int):
+            return store_dir / f"crash-{seed}-{r}.sqlite"
     import random
     import signal
     import subprocess
@@ -222,7 +264,7 @@ def crash_loop(store_dir: Path, recording: list[str], clean: dict, *, kills: int
     rng = random.Random(seed)
     stats = {"kills": 0, "rounds": 0, "finished_rounds": 0, "restarts": 0, "problems": [], "resumed_at": []}
     rnd = 0
-    store = store_dir / f"crash-{seed}-{rnd}.sqlite"
+    store = store_for(rnd)
     while stats["kills"] < kills:
         p = subprocess.Popen([sys.executable, __file__, str(store), *recording, *extra], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -253,7 +295,7 @@ def crash_loop(store_dir: Path, recording: list[str], clean: dict, *, kills: int
                 problems.append("a finished run's fills differ from the clean run")
             stats["finished_rounds"] += 1
             rnd += 1
-            store = store_dir / f"crash-{seed}-{rnd}.sqlite"
+            store = store_for(rnd)
         stats["problems"] += problems
         if problems:
             log(f"PROBLEM after restart {stats['restarts']}: {problems}")

@@ -273,3 +273,136 @@ scrape_configs:
             self.proc.kill()
             self.proc.wait(5)
         self._log.close()
+# ------------------------------------------------------------------------------------------- PostgreSQL
+PG_PASSWORD = "pg-Test-pw-7f3a"  # the throwaway cluster's password (TCP logins need it: scram-sha-256)
+
+
+def pg_bindir() -> Path | None:
+    """Where initdb/postgres live: $TRADINGD_PG_BINDIR, ``pg_config --bindir``, or Debian's
+    /usr/lib/postgresql/<major>/bin (not on PATH there); None when PostgreSQL is not installed."""
+    cands = []
+    if os.environ.get("TRADINGD_PG_BINDIR"):
+        cands.append(Path(os.environ["TRADINGD_PG_BINDIR"]))
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            cands.append(Path(out.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    cands += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                    if p.parent.name.isdigit() else 0, reverse=True)
+    for c in cands:
+        if (c / "initdb").exists() and (c / "postgres").exists():
+            return c
+    return None
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` under a temp dir, ``postgres`` on a free loopback port run as a
+    non-root user (``postgres`` when we are root: the server refuses root), fsync and synchronous_commit on,
+    scram-sha-256 password logins over TCP. ``stop()``/``start()`` take the server away and bring it back on the
+    same port and data (the lost-database tests)."""
+
+    def __init__(self, bindir: Path, db: str = "tradingd", user: str = "tradingd") -> None:
+        import pwd
+        import shutil
+        import tempfile
+        self.bindir, self.db, self.user, self.password = bindir, db, user, PG_PASSWORD
+        self.run_as: list[str] = []
+        uid = gid = None
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and no 'postgres' user to run the server as")
+            uid, gid = pw.pw_uid, pw.pw_gid
+            self.run_as = [shutil.which("runuser") or "/sbin/runuser", "-u", "postgres", "--"]
+        self.root = Path(tempfile.mkdtemp(prefix="tradingd-pg-"))
+        self.data = self.root / "data"
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password + "\n")
+        if uid is not None:
+            for p in (self.root, pwfile):
+                os.chown(p, uid, gid)
+        out = subprocess.run([*self.run_as, str(bindir / "initdb"), "-D", str(self.data), "-U", user, "-N",
+                              "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                              "-E", "UTF8", "--locale=C"], capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"initdb failed: {out.stdout[-1500:]} {out.stderr[-1500:]}")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+        import psycopg
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=user, password=self.password,
+                             dbname="postgres", autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {db}")
+
+    @property
+    def url(self) -> str:
+        """The store URL (no password: it comes from the environment)."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.db}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen([*self.run_as, str(self.bindir / "postgres"), "-D", str(self.data),
+                                      "-k", str(self.root), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+                                      "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "max_connections=60"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited rc={self.proc.returncode}: "
+                                   f"{(self.root / 'server.log').read_text()[-2000:]}")
+            r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                               capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("postgres did not become ready")
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        """Stop the server: ``fast`` (SIGINT: clients are disconnected) or ``immediate`` (SIGQUIT: like a crash)."""
+        pid = self._postmaster_pid()
+        if pid is not None and self.proc is not None and self.proc.poll() is None:
+            os.kill(pid, signal.SIGINT if mode == "fast" else signal.SIGQUIT)
+            self.proc.wait(timeout)
+        self.log.close()
+
+    def close(self) -> None:
+        import shutil
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pg_schema_name(prefix: str = "t") -> str:
+    """A fresh store account (schema) name, unique per call: each test gets its own tables."""
+    import uuid
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def one_fill_executions(n: int, start: int, pf, symbol: str = "BTCUSDT", prefix: str = "x"):
+    """``n`` one-fill executions (alternating buy/sell) continuing the portfolio ``pf``: [(statements, fill_id)]
+    and the portfolio after them (store tests and the PostgreSQL writer workers)."""
+    from daemon.store import execution_statements
+    from market.events import Fill, OrderStatus, OrderType, Side
+    from market.matching import Order
+    out = []
+    for i in range(start, start + n):
+        coid = f"{prefix}{i}"
+        side = Side.BUY if i % 2 == 0 else Side.SELL
+        f = Fill(f"{coid}-1", coid, symbol, side, 100.0 + i, 0.5, 0.05, "taker", 1_723_161_254_000_000_000 + i)
+        o = Order(coid, symbol, side, OrderType.MARKET, 0.5, None, OrderStatus.FILLED, f.ts, f.ts, f.ts, 0.5,
+                  f.price, 1, active=True)
+        pf = pf.copy()
+        r = pf.apply_fill(f)
+        out.append((execution_statements([o], [f], [r], pf, cursor=str(i)), f.fill_id))
+    return out, pf

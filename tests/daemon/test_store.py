@@ -1,4 +1,4 @@
-"""SQLite store: schema/migrations, one-transaction executions, recovery checks, concurrent reader, bad files."""
+"""The store contract (SQLite AND PostgreSQL: the ``open_store`` fixture) and SQLite specifics: schema/migrations, one-transaction executions, recovery checks, concurrent reader, bad files."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import pytest
 from market.events import Bar, Fill, OrderStatus, OrderType, Side
 from market.matching import Order, Stops
 from market.portfolio import Portfolio
-from daemon.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError
+from daemon.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError, StoreUnavailable
 
 
 def order(coid="o1", status=OrderStatus.FILLED, filled=1.0, n=1) -> Order:
@@ -44,41 +44,65 @@ def test_schema_pragmas_and_tables(tmp_path):
         assert s._db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
 
 
-def test_execution_round_trip_and_recover(tmp_path):
-    path = tmp_path / "s.sqlite"
-    s = SQLiteStore(path)
+def test_reopen_migrates_nothing_twice(open_store):
+    s = open_store()
+    assert s._one("SELECT MAX(version) FROM schema_version")[0] == SCHEMA_VERSION
+    s.close()
+    s = open_store()
+    assert s._one("SELECT COUNT(*) FROM schema_version")[0] == len(MIGRATIONS)
+
+
+def test_execution_round_trip_and_recover(open_store):
+    s = open_store()
     pf = s.recover(1000.0).portfolio
     pf = execute(s, pf, order(), [fill()], cursor="42")
     s.commit_execution([order("o2", OrderStatus.NEW, 0.0, 0)], [], [], pf,
                        stops={"BTCUSDT": Stops("BTCUSDT", 90.0, 120.0, "t1")})
     pf = execute(s, pf, order("o3"), [fill("o3", side=Side.SELL, qty=0.4, price=110.0)], cursor="43")
     s.close()
-    s = SQLiteStore(path)
+    s = open_store()
     rec = s.recover(5.0)  # the stored starting amount wins over a changed config
     assert rec.discrepancies == []
     assert rec.portfolio.starting_cash == 1000.0
     assert rec.portfolio.cash == pf.cash and rec.portfolio.positions == pf.positions
     assert [o.client_order_id for o in rec.open_orders] == ["o2"]
     assert rec.stops == [Stops("BTCUSDT", 90.0, 120.0, "t1")] and rec.cursor == "43"
-    day = s._db.execute("SELECT day, realised_pnl, fees, n_fills FROM daily_pnl").fetchall()
+    day = s._rows("SELECT day, realised_pnl, fees, n_fills FROM daily_pnl")
     assert day == [("2024-08-08", pytest.approx(0.4 * 10.0), pytest.approx(0.2), 2)]
     assert [f.fill_id for f in s.fills()] == ["o1-1", "o3-1"]
     assert s.get_order("o3").status == OrderStatus.FILLED and s.get_order("zz") is None
 
 
-def test_failed_execution_writes_nothing(tmp_path):
-    s = SQLiteStore(tmp_path / "s.sqlite")
+def test_failed_execution_writes_nothing(open_store):
+    s = open_store()
     pf = execute(s, s.recover(1000.0).portfolio, order(), [fill()], cursor="1")
-    with pytest.raises(StoreError, match="UNIQUE|rolled back"):
+    with pytest.raises(StoreError, match="UNIQUE|rolled back") as ei:
         execute(s, pf, order("o9"), [fill("o9"), fill("o1")], cursor="2")  # o1-1 already exists
+    assert not isinstance(ei.value, StoreUnavailable)  # a bad write is not a lost server: never retried
     assert s.get_order("o9") is None and len(s.fills()) == 1 and s.cursor() == "1"
     assert s.recover(1000.0).discrepancies == []
 
 
-def test_recover_reports_positions_that_disagree_with_fills(tmp_path):
-    s = SQLiteStore(tmp_path / "s.sqlite")
+def test_floats_and_nanoseconds_round_trip_exactly(open_store):
+    """Doubles stay doubles (PostgreSQL's REAL would be float4) and ns timestamps stay 64-bit."""
+    s = open_store()
+    f = Fill("p-1", "p", "BTCUSDT", Side.BUY, 61234.567891234567, 0.123456789012345, 0.0061234567891, "taker",
+             1_923_161_254_123_456_789, 1.23456789e-7)
+    o = Order("p", "BTCUSDT", Side.BUY, OrderType.LIMIT, 0.123456789012345, 61234.567891234567, OrderStatus.FILLED,
+              1_923_161_254_123_456_789, 1_923_161_254_123_456_789, 1_923_161_254_123_456_789, 0.123456789012345,
+              61234.567891234567, 1)
+    execute(s, s.recover(1000.0).portfolio, o, [f])
+    assert s.fills() == [f] and s.get_order("p") == o
+    b = Bar("BTCUSDT", "1m", 1_923_161_254_000_000_000, 1.1, 2.2, 0.3, 1.7, 10.000000000001, 3.3, 7, 1.25)
+    s.write_bars([b])
+    s.write_bars([b])  # an upsert: the same bar again is one row
+    assert s.read_bars("BTCUSDT", "1m") == [b]
+
+
+def test_recover_reports_positions_that_disagree_with_fills(open_store):
+    s = open_store()
     execute(s, s.recover(1000.0).portfolio, order(), [fill()])
-    s._db.execute("UPDATE positions SET qty = 7.0")
+    s.write_statements([("UPDATE positions SET qty = 7.0", ())])
     rec = s.recover(1000.0)
     assert any("stored qty 7.0 != 1.0" in d for d in rec.discrepancies)
     assert rec.portfolio.qty("BTCUSDT") == 1.0  # the fills are the truth
@@ -126,11 +150,30 @@ def test_other_process_reads_bars_while_daemon_writes(tmp_path):
     w.close()
 
 
-def test_model_versions(tmp_path):
-    s = SQLiteStore(tmp_path / "s.sqlite")
+def test_reader_sees_committed_state_while_a_write_is_open(open_store):
+    """Another connection (the retrainer's, read-only) reads the last committed bars while a write is open."""
+    w = open_store()
+    w.write_bars(bars(100))
+    reader = open_store(readonly=True)
+    assert len(reader.read_bars("BTCUSDT", "1m")) == 100
+    with w._tx() as db:
+        db.executemany("INSERT INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       [(b.symbol, b.timeframe, b.open_ns, b.open, b.high, b.low, b.close, b.volume, 0, 0, 0)
+                        for b in bars(50, t0=10**15)])
+        assert len(reader.read_bars("BTCUSDT", "1m")) == 100
+    assert len(reader.read_bars("BTCUSDT", "1m")) == 150
+    assert reader.read_bars("BTCUSDT", "1m", since_ns=10**15, limit=3) == bars(50, t0=10**15)[:3]
+    with pytest.raises(StoreError):
+        reader.write_bars(bars(1, t0=10**17))
+
+
+def test_model_versions(open_store):
+    s = open_store()
     s.record_model_version("v1", "xgboost", "models/v1", "abc", 1, active=True)
     s.record_model_version("v2", "xgboost", "models/v2", "abc", 2, active=True)
-    assert s._db.execute("SELECT version FROM model_versions WHERE active=1").fetchall() == [("v2",)]
+    s.record_model_version("v2", "xgboost", "models/v2", "abc", 2, active=True)  # idempotent
+    assert s._rows("SELECT version FROM model_versions WHERE active=1") == [("v2",)]
+    assert s._one("SELECT COUNT(*) FROM model_versions")[0] == 2
 
 
 # ------------------------------------------------------------------------------------------ bad files
@@ -178,6 +221,14 @@ def test_corrupted_pages(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="corrupt"):
         SQLiteStore(path)
+
+
+def test_newer_schema_version_refused_by_both(open_store):
+    s = open_store()
+    s.write_statements([("INSERT INTO schema_version VALUES (99, 'from the future', 0)", ())])
+    s.close()
+    with pytest.raises(StoreError, match=rf"schema version 99 is newer .*supports \({SCHEMA_VERSION}\)"):
+        open_store()
 
 
 def test_newer_schema_version_refused(tmp_path):
@@ -242,6 +293,21 @@ def test_foreign_sqlite_file_refused(tmp_path):
         SQLiteStore(path)
 
 
+def test_failed_migration_leaves_nothing_on_both(open_store, monkeypatch):
+    import daemon.store as st
+    open_store().close()
+    bad = st.MIGRATIONS + [(SCHEMA_VERSION + 1, "broken", ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))]
+    monkeypatch.setattr(st, "MIGRATIONS", bad)
+    monkeypatch.setattr(st, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="syntax error"):
+        open_store()
+    monkeypatch.undo()
+    s = open_store()
+    assert s._one("SELECT MAX(version) FROM schema_version")[0] == SCHEMA_VERSION
+    with pytest.raises((StoreError, *s._errors), match="extra"):  # the broken migration's table is not there
+        s._rows("SELECT * FROM extra")
+
+
 def test_failed_migration_leaves_nothing(tmp_path, monkeypatch):
     import daemon.store as st
     bad = st.MIGRATIONS + [(SCHEMA_VERSION + 1, "broken", ("CREATE TABLE extra (x)", "THIS IS NOT SQL"))]
@@ -266,8 +332,8 @@ def test_portfolio_fixture_sanity():
     assert Portfolio(1.0).cash == 1.0
 
 
-def test_kv_put_items_delete(tmp_path):
-    with SQLiteStore(tmp_path / "s.sqlite") as s:
+def test_kv_put_items_delete(open_store):
+    with open_store() as s:
         s.put_kv("exit_plan.BTCUSDT", '{"a": 1}')
         s.put_kv("exit_plan.ETHUSDT", '{"b": 2}')
         s.put_kv("replay_cursor", "7.0")

@@ -217,3 +217,20 @@ def test_unvalued_position_blocks_new_risk():
     r = rm()
     a = AccountState(100_000.0, {"DOGEUSDT": Pos(1000.0, math.nan)}, MARKS)  # no mark, no average price
     assert r.check(intent(0.1), a, T0).reason == "no_room"
+
+
+def test_a_closed_gate_refuses_every_order_exits_included_and_reopens():
+    """``add_gate``: while the store cannot persist, nothing new is sent (entries and exits), counted by reason."""
+    r = RiskManager(RiskConfig(), FILTERS)
+    down = [False]
+    r.add_gate(lambda: "store_unavailable" if down[0] else "")
+    a = acct(BTCUSDT=0.5)
+    assert r.check(intent(0.1), a, T0).allowed
+    down[0] = True
+    for it in (intent(0.1), intent(0.2, Side.SELL, reduce_only=True, cid="x1")):
+        d = r.check(it, a, T0 + S)
+        assert not d.allowed and d.reason == "store_unavailable"
+    assert r.counters["rejected.store_unavailable"] == 2
+    down[0] = False
+    assert r.check(intent(0.2, Side.SELL, reduce_only=True, cid="x2"), a, T0 + 2 * S).allowed
+    assert r.state is RiskState.ACTIVE  # a gate is not the kill switch: no state change to undo
