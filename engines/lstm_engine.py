@@ -33,8 +33,9 @@ from engines.lstm_model import (
 log = structlog.get_logger(__name__)
 
 __all__ = [
-    "LSTMEngine", "OnnxRuntimeCPUEngine", "OnnxRuntimeCPUInt8Engine", "OnnxRuntimeCUDAEngine", "TorchCPUEngine", "TorchCUDAGraphEngine",
-    "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key", "onnx_to_fp16",
+    "LSTMEngine", "OnnxRuntimeCPUEngine", "OnnxRuntimeCUDAEngine", "TorchCPUEngine", "TorchCUDAGraphEngine",
+    "OnnxRuntimeCPUInt8Engine", "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key",
+    "onnx_to_fp16",
 ]
 
 

@@ -113,7 +113,8 @@ def main(args) -> int:
             lstm_hidden=args.lstm_hidden, lstm_seq_len=args.lstm_seq_len, threads=args.threads, seed=args.seed,
             warm_start=not args.no_warm_start, xgb_warm_rounds=args.xgb_warm_rounds,
             lstm_warm_epochs=args.lstm_warm_epochs, parallel=not args.serial,
-            xgb_backend=args.xgb_backend, lstm_backend=args.lstm_backend, lstm_int8=args.lstm_int8, spread_bps=args.spread_bps,
+            xgb_backend=args.xgb_backend, lstm_backend=args.lstm_backend, spread_bps=args.spread_bps,
+            lstm_int8=args.lstm_int8,
             level_bps=args.level_bps, levels=args.levels, level_notional=args.level_notional,
             baseline=not args.no_baseline, baseline_conviction=args.baseline_conviction,
             intrabar_exits=not args.no_intrabar_exits)
