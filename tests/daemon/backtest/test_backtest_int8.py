@@ -46,3 +46,5 @@ def test_backtest_passes_the_int8_precision_through(btc_klines_path, tmp_path):
     for w in sorted((tmp_path / "w8" / "models").glob("w*/5m/lstm")):
         twin = tmp_path / "w32" / w.relative_to(tmp_path / "w8")
         assert (w / "lstm.onnx").read_bytes() == (twin / "lstm.onnx").read_bytes()
+        # an fp32 run spends no time quantizing what it will not run
+        assert json.loads((twin / "lstm.json").read_text())["int8"]["method"] == "none"
