@@ -181,8 +181,11 @@ class RecorderConfig:
 @dataclass(frozen=True)
 class EnginesConfig:
     registry: str = opt("models", "Model registry directory (relative to general.data_dir).")
-    lstm_backend: str = opt("auto", "LSTM inference backend; auto takes the best available and reports it.",
-                            choices=("auto", "tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu"))
+    lstm_backend: str = opt("auto", "LSTM inference backend; auto takes the best available and reports it. "
+                            "onnxruntime-cpu-int8 (opt-in) runs the INT8 graph made at training time; a version "
+                            "without a good one falls back to fp32 (counted in tradingd_backend_fallbacks_total).",
+                            choices=("auto", "tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu",
+                                     "onnxruntime-cpu-int8"))
     xgb_backend: str = opt("auto", "XGBoost inference backend; auto takes the best available and reports it.",
                            choices=("auto", "native-cuda", "native-cpu", "compiled-cpu"))
     warmup_iters: int = opt(20, "Warm-up predictions run on each engine before it is marked ready.", ge=1, le=10_000)

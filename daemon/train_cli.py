@@ -49,6 +49,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lstm-hidden", type=int, default=TrainSpec.lstm_hidden)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lstm-int8", default=TrainSpec.lstm_int8, choices=("dynamic", "static", "none"),
+                   help="INT8 copy of the LSTM for engines.lstm_backend = onnxruntime-cpu-int8 (static: calibrated "
+                        "on the training windows)")
     p.add_argument("--no-current", action="store_true", help="publish without moving the current pointers")
 
 
@@ -73,7 +76,8 @@ def main(args) -> int:
     bar = tqdm(tfs, desc="train", unit="tf", file=sys.stderr)
     for tf in bar:
         spec = TrainSpec(tf, xgb_rounds=args.xgb_rounds, lstm_epochs=args.lstm_epochs,
-                         lstm_hidden=args.lstm_hidden, threads=args.threads, seed=args.seed)
+                         lstm_hidden=args.lstm_hidden, threads=args.threads, seed=args.seed,
+                         lstm_int8=args.lstm_int8)
         try:
             outcome, refs = train_and_publish(k, spec, reg, make_current=not args.no_current,
                                               progress=lambda m: bar.write(m, file=sys.stderr))

@@ -28,10 +28,12 @@ __all__ = [
     "create_engine", "gpu_present", "lstm_options", "candidates",
 ]
 
-# Best first. torch-cpu is a comparison backend (benchmarks), never picked by auto.
+# Best first. torch-cpu is a comparison backend (benchmarks), never picked by auto; onnxruntime-cpu-int8 trades
+# accuracy for speed, so only an explicit request runs it (its fallback is the fp32 chain above).
 LSTM_PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu")
 XGB_PREFERENCE = ("native-cuda", "compiled-cpu", "native-cpu")
-EXTRA_BACKENDS = {"lstm": ("torch-cpu",), "xgboost": ()}
+EXTRA_BACKENDS = {"lstm": ("torch-cpu", "onnxruntime-cpu-int8"), "xgboost": ()}
+OPT_IN = frozenset({"onnxruntime-cpu-int8"})  # never a fallback for another request
 KINDS = {"lstm": LSTM_PREFERENCE, "xgboost": XGB_PREFERENCE}
 
 
@@ -73,7 +75,7 @@ def _torch_cuda() -> tuple[bool, str]:
 
 def _probe_uncached(kind: str, backend: str) -> tuple[bool, str]:
     if kind == "lstm":
-        if backend == "onnxruntime-cpu":
+        if backend in ("onnxruntime-cpu", "onnxruntime-cpu-int8"):
             return (True, "onnxruntime installed") if _has_module("onnxruntime") else \
                 (False, "onnxruntime not installed")
         if backend == "torch-cpu":
@@ -173,7 +175,7 @@ def candidates(kind: str, requested: str = "auto") -> list[BackendChoice]:
     first = choose_backend(kind, requested)
     out = [first]
     for b in KINDS[kind] + EXTRA_BACKENDS[kind]:
-        if b in (first.backend, requested):
+        if b in (first.backend, requested) or b in OPT_IN:
             continue
         ok, why = probe(kind, b)
         if ok:

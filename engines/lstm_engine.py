@@ -2,6 +2,8 @@
 
 * ``onnxruntime-cpu``  — default on CPU: one intra-op thread, sequential execution, all graph optimisations
   (a batch-1 LSTM step is latency-bound; thread hand-offs cost more than they save).
+* ``onnxruntime-cpu-int8`` — the version's INT8 graph (engines.quantize) on the same CPU settings; opt-in only
+  (an accuracy trade, never picked by auto); a version without a good INT8 file falls back to fp32.
 * ``onnxruntime-cuda`` — the same ONNX file on the CUDAExecutionProvider.
 * ``torch-cuda``       — eager PyTorch on the GPU with CUDA graphs captured at warm-up for fixed batch sizes
   (static input buffer; smaller batches are padded up to the next captured size).
@@ -32,7 +34,8 @@ log = structlog.get_logger(__name__)
 
 __all__ = [
     "LSTMEngine", "OnnxRuntimeCPUEngine", "OnnxRuntimeCUDAEngine", "TorchCPUEngine", "TorchCUDAGraphEngine",
-    "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key", "onnx_to_fp16",
+    "OnnxRuntimeCPUInt8Engine", "TensorRTEngine", "LSTM_ENGINES", "convert_to_tensorrt", "tensorrt_cache_key",
+    "onnx_to_fp16",
 ]
 
 
@@ -104,10 +107,10 @@ class LSTMEngine(VersionedEngine):
 
 
 # --------------------------------------------------------------------------------------------- ONNX Runtime
-def _read_verified_onnx(d: Path, meta: dict[str, Any]) -> bytes:
-    path = verify_file(d, meta, ONNX_FILE)
+def _read_verified_onnx(d: Path, meta: dict[str, Any], name: str = ONNX_FILE) -> bytes:
+    path = verify_file(d, meta, name)
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["files"][ONNX_FILE]:  # changed between check and read
+    if hashlib.sha256(data).hexdigest() != meta["files"][name]:  # changed between check and read
         raise ModelLoadError(f"{path}: changed while loading")
     return data
 
@@ -148,6 +151,32 @@ class OnnxRuntimeCPUEngine(LSTMEngine):
     def _extra_info(self) -> dict[str, Any]:
         s = getattr(self, "_sess", None)
         return {"providers": s.get_providers() if s else [], "threads": int(self.options.get("threads", 1))}
+
+
+class OnnxRuntimeCPUInt8Engine(OnnxRuntimeCPUEngine):
+    """The version's INT8 graph (``lstm.int8.onnx``, made at training time by :mod:`engines.quantize`) on ONNX
+    Runtime's CPU provider. A version without it (older, ``none``, or quantization failed), or with a corrupt one,
+    is a ModelLoadError: the daemon falls back to the next backend (fp32), counted."""
+
+    backend = "onnxruntime-cpu-int8"
+
+    def _open(self, d: Path, meta: dict[str, Any]) -> None:
+        import onnxruntime as ort
+        from engines.quantize import INT8_FILE
+        rec = meta.get("int8") or {}
+        if INT8_FILE not in meta["files"]:
+            why = rec.get("error") or f"INT8 method {rec.get('method', 'not recorded (older version)')}"
+            raise ModelLoadError(f"{self.backend}: {d} has no {INT8_FILE} ({why})")
+        data = _read_verified_onnx(d, meta, INT8_FILE)
+        try:
+            self._sess = ort.InferenceSession(data, self._session_options(), providers=self._providers())
+        except Exception as e:
+            raise ModelLoadError(f"{self.backend}: ONNX Runtime refused {d / INT8_FILE}: {e}") from None
+        self._outputs = [OUTPUT_NAME]
+        self._int8 = dict(rec)
+
+    def _extra_info(self) -> dict[str, Any]:
+        return {**super()._extra_info(), "precision": "int8", "int8": getattr(self, "_int8", {})}
 
 
 class OnnxRuntimeCUDAEngine(OnnxRuntimeCPUEngine):
@@ -393,6 +422,7 @@ class TensorRTEngine(LSTMEngine):
 
 LSTM_ENGINES: dict[str, type[LSTMEngine]] = {
     "onnxruntime-cpu": OnnxRuntimeCPUEngine,
+    "onnxruntime-cpu-int8": OnnxRuntimeCPUInt8Engine,
     "onnxruntime-cuda": OnnxRuntimeCUDAEngine,
     "torch-cuda": TorchCUDAGraphEngine,
     "tensorrt": TensorRTEngine,

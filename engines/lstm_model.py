@@ -6,7 +6,8 @@ Version-directory layout written by :meth:`LSTMModel.save` (no pickled objects a
 * ``lstm.json``  — config, feature names/schema hash, n_features, standardisation stats, metrics, and the
   sha256 of each weight file (so a truncated or swapped file is refused at load time);
 * ``lstm.pt``    — ``state_dict`` only (read with ``torch.load(weights_only=True)``);
-* ``lstm.onnx``  — the same network with standardisation and the sigmoid inside the graph (ONNX ``LSTM`` op).
+* ``lstm.onnx``  — the same network with standardisation and the sigmoid inside the graph (ONNX ``LSTM`` op);
+* ``lstm.int8.onnx`` — optional, its INT8 copy, added by training (:mod:`engines.quantize`), listed in ``files``.
 
 Standardisation (mean/std from the training rows only) lives in the network as buffers, so every backend —
 torch, ONNX Runtime, TensorRT — applies it identically: inputs are raw features.

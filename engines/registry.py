@@ -133,19 +133,31 @@ def verify_version_dir(version_dir: Path, *, schema_hash: str | None = None, kin
     for name, info in m["files"].items():
         if "/" in name or "\\" in name or name in ("", ".", ".."):
             raise ModelLoadError(f"{d}: manifest lists an invalid file name {name!r}")
-        p = d / name
-        if not p.is_file():
-            raise ModelLoadError(f"{d}: model file {name} listed in the manifest is missing")
-        size = p.stat().st_size
-        want = int(info.get("size", -1))
-        if size != want:
-            what = "truncated" if size < want else "larger than recorded"
-            raise ModelLoadError(f"{d}: model file {name} is {what} ({size} bytes, manifest says {want})")
-        digest = sha256_file(p)
-        if digest != info.get("sha256"):
-            raise ModelLoadError(f"{d}: model file {name} checksum mismatch (sha256 {digest[:12]}…, manifest "
-                                 f"says {str(info.get('sha256'))[:12]}…): corrupt or altered")
+        try:
+            _verify_file(d, name, info)
+        except ModelLoadError as e:
+            if not info.get("optional"):
+                raise
+            # an opt-in backend's file (the LSTM's INT8 graph): the backend that reads it checks it again
+            # against the model's own checksummed metadata and refuses it, and the daemon falls back (counted)
+            log.warning("optional_model_file_bad", version_dir=str(d), file=name, error=str(e))
     return m
+
+
+def _verify_file(d: Path, name: str, info: Mapping[str, Any]) -> None:
+    """One manifest entry: present, the recorded size and sha256 (else ModelLoadError naming it)."""
+    p = d / name
+    if not p.is_file():
+        raise ModelLoadError(f"{d}: model file {name} listed in the manifest is missing")
+    size = p.stat().st_size
+    want = int(info.get("size", -1))
+    if size != want:
+        what = "truncated" if size < want else "larger than recorded"
+        raise ModelLoadError(f"{d}: model file {name} is {what} ({size} bytes, manifest says {want})")
+    digest = sha256_file(p)
+    if digest != info.get("sha256"):
+        raise ModelLoadError(f"{d}: model file {name} checksum mismatch (sha256 {digest[:12]}…, manifest "
+                             f"says {str(info.get('sha256'))[:12]}…): corrupt or altered")
 
 
 class ModelRegistry:
@@ -167,10 +179,13 @@ class ModelRegistry:
                 feature_names: list[str], schema_hash: str, data_window: Mapping[str, Any] | None = None,
                 metrics: Mapping[str, Any] | None = None, library_versions: Mapping[str, str] | None = None,
                 extra: Mapping[str, Any] | None = None, make_current: bool = False,
-                version: str | None = None) -> VersionRef:
+                version: str | None = None, optional: Iterable[str] = ()) -> VersionRef:
         """Publish a new version atomically from a directory of model files or a writer ``source(tmp_dir)``.
 
-        Returns the verified VersionRef; with ``make_current`` the timeframe's pointer is swapped to it."""
+        Returns the verified VersionRef; with ``make_current`` the timeframe's pointer is swapped to it.
+        ``optional``: files (when present) that only an opt-in backend reads (the LSTM's INT8 graph), marked in the
+        manifest so that damage to one of them does not refuse the whole version (see verify_version_dir)."""
+        optional = frozenset(optional)
         kdir = self.kind_dir(timeframe, kind)
         kdir.mkdir(parents=True, exist_ok=True)
         created_ns = int(self._clock_ns())
@@ -196,6 +211,8 @@ class ModelRegistry:
                 _fsync_file(p)
                 digest = sha256_file(p)
                 files[p.name] = {"sha256": digest, "size": p.stat().st_size}
+                if p.name in optional:
+                    files[p.name]["optional"] = True
                 content.update(f"{p.name}\0{digest}\0".encode())
             if not files:
                 raise ValueError("nothing to publish: no model files")

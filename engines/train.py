@@ -22,6 +22,7 @@ import structlog
 from engines.data import Klines, resample
 from engines.features import FEATURE_SCHEMA, batch_features
 from engines.labels import make_labels, round_trip_cost
+from engines.quantize import INT8_FILE, add_int8
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,7 @@ class TrainSpec:
     lstm_batch: int = 512
     threads: int = 0                 # 0 = library default
     seed: int = 0
+    lstm_int8: str = "dynamic"       # INT8 copy of the LSTM (engines.quantize): dynamic, static or none
 
     @property
     def h(self) -> int:
@@ -170,6 +172,7 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
     m_l = binary_metrics(ys_te, p_l)
     m_l["dollar"] = dollar_pnl(p_l, ds.fwd[e_te], position_size=spec.position_size, fee=fee)
     lstm.save(out_dir / "lstm")
+    add_int8(out_dir / "lstm", spec.lstm_int8, Xs_tr)  # calibration: training windows only
     outcome.seconds["lstm"] = time.perf_counter() - t0
 
     base = naive_baseline(ds, te, spec)
@@ -274,6 +277,7 @@ def train_timeframe_warm(k1m: Klines, spec: TrainSpec, out_dir: Path, prev_dir: 
         m_l["dollar"] = dollar_pnl(p_l, ds.fwd[e_te], position_size=spec.position_size, fee=fee)
         m_l["warm_start"] = {"fine_tune_windows": int(len(ys_tr))}
         lstm.save(out_dir / "lstm")
+        add_int8(out_dir / "lstm", spec.lstm_int8, Xs_tr)  # calibration: this window's fitted training windows
         outcome.metrics["lstm"] = m_l
         outcome.seconds["lstm"] = time.perf_counter() - t0
     return outcome
@@ -314,7 +318,8 @@ def publish_trained(outcome: TrainOutcome, staging: Path, spec: TrainSpec, regis
             schema_hash=FEATURE_SCHEMA.hash, data_window=outcome.data_window,
             metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
                      "train_seconds": outcome.seconds[kind]},
-            library_versions=library_versions(), make_current=make_current)
+            library_versions=library_versions(), make_current=make_current,
+            optional=(INT8_FILE,) if kind == "lstm" else ())
     return refs
 
 

@@ -66,7 +66,10 @@ def add_arguments(p) -> None:
                         "process while the models train)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--xgb-backend", default=d.xgb_backend)
-    p.add_argument("--lstm-backend", default=d.lstm_backend)
+    p.add_argument("--lstm-backend", default=d.lstm_backend,
+                   help="onnxruntime-cpu (fp32), onnxruntime-cpu-int8 (the INT8 graph, see --lstm-int8), torch-cpu")
+    p.add_argument("--lstm-int8", default=d.lstm_int8, choices=("dynamic", "static", "none"),
+                   help="how each window's INT8 LSTM is made (static: calibrated on its training windows)")
     p.add_argument("--spread-bps", type=float, default=d.spread_bps, help="synthetic book full spread (bps)")
     p.add_argument("--level-bps", type=float, default=d.level_bps, help="synthetic book level spacing (bps)")
     p.add_argument("--levels", type=int, default=d.levels, help="synthetic book levels per side")
@@ -111,6 +114,7 @@ def main(args) -> int:
             warm_start=not args.no_warm_start, xgb_warm_rounds=args.xgb_warm_rounds,
             lstm_warm_epochs=args.lstm_warm_epochs, parallel=not args.serial,
             xgb_backend=args.xgb_backend, lstm_backend=args.lstm_backend, spread_bps=args.spread_bps,
+            lstm_int8=args.lstm_int8,
             level_bps=args.level_bps, levels=args.levels, level_notional=args.level_notional,
             baseline=not args.no_baseline, baseline_conviction=args.baseline_conviction,
             intrabar_exits=not args.no_intrabar_exits)

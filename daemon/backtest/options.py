@@ -64,6 +64,7 @@ class BacktestOptions:
     parallel: bool = True           # the momentum baseline runs in a forked process while the models train
     xgb_backend: str = "compiled-cpu"
     lstm_backend: str = "onnxruntime-cpu"
+    lstm_int8: str = "dynamic"      # how the INT8 LSTM is made per window when lstm_backend is onnxruntime-cpu-int8
     spread_bps: float = 1.0
     level_bps: float = 0.5
     levels: int = 20

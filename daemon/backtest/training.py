@@ -246,7 +246,8 @@ def _windows_loop(k1m, windows: list[Window], tfd: dict[str, _TfData], opts: Bac
             rows = np.flatnonzero((close > w.test_start_ns) & (close <= w.test_end_ns))
             spec = TrainSpec(tf, xgb_rounds=opts.xgb_rounds, xgb_early_stopping=opts.xgb_early_stopping,
                              lstm_epochs=opts.lstm_epochs, lstm_hidden=opts.lstm_hidden,
-                             lstm_seq_len=opts.lstm_seq_len, threads=opts.threads, seed=opts.seed)
+                             lstm_seq_len=opts.lstm_seq_len, threads=opts.threads, seed=opts.seed,
+                             lstm_int8=opts.lstm_int8 if opts.lstm_backend == "onnxruntime-cpu-int8" else "none")
             out_dir = workdir / f"w{w.index:02d}" / tf
             t0 = time.perf_counter()
             warm = prev.get(tf) if opts.warm_start else None

@@ -17,6 +17,10 @@ from engines.xgb_model import XGBoostModel
 
 CASES = [("lstm", b) for b in LSTM_PREFERENCE + EXTRA_BACKENDS["lstm"]] + [("xgboost", b) for b in XGB_PREFERENCE]
 SEQ_LEN = 12
+# INT8 answers carry the quantization error, and its activations are quantized per call over the whole batch, so
+# a window's answer also moves (within that error) with the batch it comes in; the bound derived from the
+# quantization grid is checked in tests/engines/test_quantize.py, this is the contract's coarse ceiling
+INT8_ATOL = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,8 @@ def lstm_version(real_rows, tmp_path_factory):
     m.train(seqs[tr], yy[tr], seqs[va], yy[va])
     d = tmp_path_factory.mktemp("lstm") / "v1"
     m.save(d)
+    from engines.quantize import add_int8
+    add_int8(d, "dynamic")  # the onnxruntime-cpu-int8 backend's graph, as training makes it
     return d, seqs[va][:200]
 
 
@@ -94,13 +100,14 @@ def test_batch_consistent_with_row_by_row_and_deterministic(case):
     e.warmup(2)
     rows = np.array([e.predict(x[i:i + 1])[0] for i in range(64)])
     b64 = e.predict(x[:64])
-    np.testing.assert_allclose(b64, rows, atol=1e-5, rtol=0)
+    atol = INT8_ATOL if backend == "onnxruntime-cpu-int8" else 1e-5
+    np.testing.assert_allclose(b64, rows, atol=atol, rtol=0)
     np.testing.assert_array_equal(e.predict(x[:64]), b64)
     assert e.predict(x[:1]).shape == (1,)
     assert e.predict(x[:0]).shape == (0,)
     # larger than any captured/optimised batch still works (chunked)
     big = np.concatenate([x] * 2)
-    np.testing.assert_allclose(e.predict(big)[: len(x)], e.predict(x), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(e.predict(big)[: len(x)], e.predict(x), atol=atol, rtol=0)
 
 
 def test_same_model_same_answers_across_backends(case):
@@ -116,7 +123,8 @@ def test_same_model_same_answers_across_backends(case):
         ref = LSTMModel.load(d, device="cpu").predict(x)
     else:
         ref = XGBoostModel.load(d, device="cpu").predict(x)
-    np.testing.assert_allclose(e.predict(x), ref, atol=5e-3 if backend == "tensorrt" else 1e-5, rtol=0)
+    atol = {"tensorrt": 5e-3, "onnxruntime-cpu-int8": INT8_ATOL}.get(backend, 1e-5)
+    np.testing.assert_allclose(e.predict(x), ref, atol=atol, rtol=0)
 
 
 def test_wrong_input_shape_is_a_clear_error(case):
