@@ -274,6 +274,9 @@ class TradingPipeline:
                 feats = st.features[bar.timeframe]
                 row = feats.update(bar)
                 es = self.engine_sets.get(bar.timeframe)
+                ob = getattr(es, "observe_bar", None)
+                if ob is not None:  # the universe engine: every bar, aligned by time across symbols
+                    ob(symbol, bar, row)
                 observe = getattr(self.optimizer, "observe_market", None)
                 if observe is not None and feats.atr is not None:  # timeframe selection warm from history
                     observe(symbol, bar.timeframe, bar, feats.atr)
@@ -461,16 +464,20 @@ class TradingPipeline:
                 log.error("bar_store_failed", error=str(e), symbol=bar.symbol, timeframe=tf)
             self._store_ns.append(time.perf_counter_ns() - t0)
 
-    def _predict_many(self, tf: str, rows: Sequence[_Row]) -> list[dict[str, float]]:
-        """Predictions for the rows (ONE call per model through ``predict_batch`` when the engine set has it)."""
+    def _predict_many(self, tf: str, rows: Sequence[_Row], close_ns: int = 0) -> list[dict[str, float]]:
+        """Predictions for the rows (ONE call per model through ``predict_batch`` when the engine set has it; the
+        universe engine's ``predict_boundary`` sees every row, warm or not: its rolling state steps on each bar)."""
         out: list[dict[str, float]] = [{} for _ in rows]
         es = self.engine_sets.get(tf)
-        idx = [i for i, r in enumerate(rows) if r.row is not None]
+        pbd = getattr(es, "predict_boundary", None)
+        idx = list(range(len(rows))) if pbd is not None else [i for i, r in enumerate(rows) if r.row is not None]
         if es is None or not idx:
             return out
         try:
             pb = getattr(es, "predict_batch", None)
-            if pb is not None:
+            if pbd is not None:
+                got = pbd([(r.bar.symbol, r.bar, r.row) for r in rows], close_ns)
+            elif pb is not None:
                 got = pb([rows[i].row for i in idx], [rows[i].bar.symbol for i in idx])
             else:
                 got = [es.predict(rows[i].row, rows[i].bar.symbol) for i in idx]
@@ -494,7 +501,7 @@ class TradingPipeline:
             return []
         tf = key[0]
         rows = [staged[s] for s in self.symbols if s in staged]
-        preds = self._predict_many(tf, rows)
+        preds = self._predict_many(tf, rows, key[1])
         acct = self.account()
         ds: dict[str, Decision] = {}
         sigs: list[SymbolSignal] = []
