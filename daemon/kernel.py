@@ -275,6 +275,13 @@ def load_engines(cfg: Any, registry: ModelRegistry, metrics: Metrics) -> dict[st
     """Every timeframe's engines, loaded (schema-checked), backends chosen and warmed (blocking: run it in a
     worker thread)."""
     from daemon.engineset import EngineSet, ModelLoadError
+    if cfg.engines.family == "universe":  # the pooled models of `tradingd train --data` (daemon/universe_engine.py)
+        from daemon.universe_engine import load_universe_sets
+        try:
+            return load_universe_sets(registry, cfg.general.timeframes, cfg.general.symbols, metrics=metrics)
+        except ModelLoadError as e:
+            raise StartupError(f"model refused: {e} (universe models come from `tradingd train --data DIR "
+                               f"--registry {registry.root}`)") from None
     out = {}
     for tf in cfg.general.timeframes:
         try:
@@ -433,7 +440,9 @@ async def build(cfg: Any, env: dict[str, str], metrics: Metrics, resources: Reso
     status("loading models")
     registry = open_registry(cfg)
     try:
-        history = await ensure_models(cfg, registry, link.rest_url, timings, status)
+        # universe mode loads the bundles `tradingd train --data` published (no first-run training of them yet)
+        history = None if cfg.engines.family == "universe" else \
+            await ensure_models(cfg, registry, link.rest_url, timings, status)
     except FirstRunError as e:
         raise StartupError(str(e)) from None
     t0 = time.perf_counter()
