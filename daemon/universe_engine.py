@@ -29,7 +29,7 @@ import structlog
 from engines.base import ModelLoadError
 from engines.features import FEATURE_SCHEMA
 from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
-from engines.xsection import EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
+from engines.xsection import BETA_N, EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
 
 __all__ = ["UniverseEngineSet", "load_universe_sets", "MIN_SYMBOLS"]
 
@@ -61,8 +61,10 @@ class UniverseEngineSet:
     # -------------------------------------------------------------------------------------- pipeline hooks
     @property
     def seq_len(self) -> int:
-        """Extra bars of history (beyond the live features' warm-up) before the first complete universe row."""
-        return WARMUP - FEATURE_SCHEMA.warmup + self.bundle.seq_len + 2
+        """Extra bars of history (beyond the live features' warm-up) before the first complete universe row: each
+        symbol's own warm-up, then ``BETA_N / 2`` universe bars with a market return before beta exists, then the
+        LSTM's window (what ``kernel.prime`` fetches)."""
+        return WARMUP + BETA_N // 2 + self.bundle.seq_len + 2 - FEATURE_SCHEMA.warmup
 
     @property
     def ready(self) -> bool:
