@@ -440,9 +440,7 @@ async def build(cfg: Any, env: dict[str, str], metrics: Metrics, resources: Reso
     status("loading models")
     registry = open_registry(cfg)
     try:
-        # universe mode loads the bundles `tradingd train --data` published (no first-run training of them yet)
-        history = None if cfg.engines.family == "universe" else \
-            await ensure_models(cfg, registry, link.rest_url, timings, status)
+        history = await ensure_models(cfg, registry, link.rest_url, timings, status)
     except FirstRunError as e:
         raise StartupError(str(e)) from None
     t0 = time.perf_counter()

@@ -2,7 +2,8 @@
 beforehand by `tradingd train --data DIR` on 1m klines the simulator generates (its seeded history), published into
 the registry the daemon loads. Checks: every book SYNCED; a 1m boundary decided with an expected_return for every
 symbol; ONE inference call per model per boundary; /status shows the universe models' version, weights and
-calibration; a registry without a bundle is a clear start-up refusal."""
+calibration; the first run trains the bundle itself from every symbol's history; a registry without a bundle (and
+no first-run training) is a clear start-up refusal."""
 from __future__ import annotations
 
 import gzip
@@ -33,7 +34,7 @@ def write_sim_klines(folder: Path, days: int) -> Path:
     return folder
 
 
-def universe_config(path: Path, data: Path, port: int, registry: Path) -> Path:
+def universe_config(path: Path, data: Path, port: int, registry: Path, first_run: bool = False) -> Path:
     return write_config(path, data, port, symbols=SYMBOLS, speed=20.0, extra=f"""
 [venue]
 mode = "simulate"
@@ -45,6 +46,7 @@ trades_per_s = 2.0
 [engines]
 family = "universe"
 registry = "{registry}"
+train_on_first_run = {str(first_run).lower()}
 
 [retrain]
 enabled = false
@@ -53,17 +55,24 @@ enabled = false
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path):
+@pytest.mark.parametrize("first_run", [False, True], ids=["trained-by-cli", "first-run"])
+def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, first_run):
+    """Models from `tradingd train --data` on the simulator's klines, or (first run) trained by the daemon's child
+    process on every symbol's venue history."""
     from daemon.cli import main
     reg = tmp_path / "registry"
-    rc = main(["train", "--data", str(write_sim_klines(tmp_path / "klines", 3)), "--registry", str(reg),
-               "--timeframes", "1m", "--lstm-max-rows", "1500", "--threads", "1"])
-    assert rc == 0
+    if not first_run:
+        rc = main(["train", "--data", str(write_sim_klines(tmp_path / "klines", 3)), "--registry", str(reg),
+                   "--timeframes", "1m", "--lstm-max-rows", "1500", "--threads", "1"])
+        assert rc == 0
     port = free_port()
-    d = Daemon(universe_config(tmp_path / "config.toml", tmp_path / "var", port, reg), tmp_path)
+    d = Daemon(universe_config(tmp_path / "config.toml", tmp_path / "var", port, reg, first_run), tmp_path)
     try:
-        m = d.wait_line(r"ready: (http://\S+) \(venue simulate \S+, symbols ([A-Z,]+),", 120)
+        m = d.wait_line(r"ready: (http://\S+) \(venue simulate \S+, symbols ([A-Z,]+),", 150)
         url = m.group(1)
+        if first_run:
+            assert any("first run (universe): trained 1m" in ln for ln in d.lines), d.lines[-20:]
+            assert (tmp_path / "var" / "first-run-klines" / "AVAXUSDT-1m.csv.gz").is_file()
 
         def ready():
             code, body = http_get(url + "/readyz")
@@ -108,4 +117,4 @@ def test_universe_mode_without_a_bundle_refuses_to_start(tmp_path):
         d.kill()
     out = "\n".join(d.lines) + d.stderr()
     assert rc != 0
-    assert "no current universe model for timeframe 1m" in out and "tradingd train --data" in out, out[-2000:]
+    assert "no current universe models for ['1m']" in out and "tradingd train --data" in out, out[-2000:]
