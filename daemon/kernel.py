@@ -485,3 +485,4 @@ async def prime(cfg: Any, parts: Components) -> None:
         parts.writer.write_bars(bars)
         rows = parts.pipeline.prime(sym, bars[-need_min:])
         log.info("primed", symbol=sym, bars=min(len(bars), need_min), rows=rows)
+    parts.pipeline.finish_priming()

@@ -27,7 +27,9 @@ closes, or on :meth:`TradingPipeline.flush` (end of a replay). The last decided 
 each bar as it closes with ``optimizer.on_bar_close``.
 
 Engine sets only need ``predict(row, symbol) -> dict[str, float]`` (and optionally ``observe(row, symbol)`` for
-history priming without inference); see :class:`daemon.engineset.EngineSet`.
+history priming without inference); see :class:`daemon.engineset.EngineSet`. An engine set with
+``predict_boundary(rows, close_ns)`` (the pooled universe models, :class:`daemon.universe_engine.UniverseEngineSet`)
+gets every row of a boundary, warm or not, and every primed bar through ``observe_bar(symbol, bar, row)``.
 """
 from __future__ import annotations
 
@@ -287,6 +289,14 @@ class TradingPipeline:
                         obs(row, symbol)
         self.counters["primed_rows"] += n
         return n
+
+    def finish_priming(self) -> None:
+        """After every symbol's :meth:`prime`: engine sets that align history across symbols (the universe engine)
+        step it now, at start-up, not at the first live boundary."""
+        for es in self.engine_sets.values():
+            fin = getattr(es, "finish_priming", None)
+            if fin is not None:
+                fin()
 
     # ------------------------------------------------------------------------------------------ events
     def on_event(self, ev: Any, book: Any = None) -> list[Decision]:

@@ -31,7 +31,7 @@ from engines.features import FEATURE_SCHEMA
 from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
 from engines.xsection import BETA_N, EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
 
-__all__ = ["UniverseEngineSet", "load_universe_sets", "MIN_SYMBOLS"]
+__all__ = ["UniverseEngineSet", "load_universe_sets", "history_extra_bars", "MIN_SYMBOLS"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ class UniverseEngineSet:
         """Extra bars of history (beyond the live features' warm-up) before the first complete universe row: each
         symbol's own warm-up, then ``BETA_N / 2`` universe bars with a market return before beta exists, then the
         LSTM's window (what ``kernel.prime`` fetches)."""
-        return WARMUP + BETA_N // 2 + self.bundle.seq_len + 2 - FEATURE_SCHEMA.warmup
+        return history_extra_bars(self.bundle.seq_len)
 
     @property
     def ready(self) -> bool:
@@ -93,8 +93,7 @@ class UniverseEngineSet:
                          ) -> list[dict[str, float]]:
         """``rows``: (symbol, closed bar, live feature row or None) of the boundary closing at ``close_ns``."""
         out: list[dict[str, float]] = [{} for _ in rows]
-        for c in sorted(k for k in self._primed if k < close_ns):
-            self._step(self._primed.pop(c), c)
+        self.finish_priming(before=close_ns)
         if close_ns <= self.last_close:
             self._refuse("late_bar", len(rows))
             return out
@@ -129,12 +128,28 @@ class UniverseEngineSet:
             self.predictions += 1
         return out
 
+    def finish_priming(self, before: int | None = None) -> int:
+        """Step the primed bars (closing before ``before``; all by default) in time order. ``kernel.prime`` calls it
+        after the last symbol's history, so the first live boundary does not pay for thousands of steps. Only the
+        last ``seq_len`` of them build feature rows (the LSTM's window); the older ones move the state only."""
+        keys = sorted(k for k in self._primed if before is None or k < before)
+        keep = self._hist.maxlen or 1
+        for i, c in enumerate(keys):
+            self._step(self._primed.pop(c), c, rows=i >= len(keys) - keep)
+        return len(keys)
+
     # -------------------------------------------------------------------------------------- internals
-    def _step(self, entries: dict[str, tuple[float, float, np.ndarray | None]], close_ns: int) -> np.ndarray:
-        """One universe bar: the rolling state, then the (N, F) feature rows (NaN = no complete row)."""
+    def _step(self, entries: dict[str, tuple[float, float, np.ndarray | None]], close_ns: int, rows: bool = True
+              ) -> np.ndarray | None:
+        """One universe bar: the rolling state, then the (N, F) feature rows (NaN = no complete row); ``rows=False``
+        (an old primed bar) moves the state only and keeps an all-NaN row (it leaves the LSTM window anyway)."""
         bars = {s: (c, v) for s, (c, v, _) in entries.items()}
         live = {s: r is not None and bool(np.isfinite(r).all()) for s, (_, _, r) in entries.items()}
-        x = self._roll.step(bars, live)
+        x = self._roll.step(bars, live, beta=rows)
+        if not rows:
+            self.last_close = close_ns
+            self.steps += 1
+            return None
         N, nb = len(self.symbols), FEATURE_SCHEMA.n_features
         ps = np.full((N, nb + len(EXTRA_RET)), np.nan)
         for s, (_, _, r) in entries.items():
@@ -157,6 +172,11 @@ class UniverseEngineSet:
         if c is not None:
             c.labels(self.timeframe, reason).inc(n)
         log.warning("universe_bar_refused", timeframe=self.timeframe, reason=reason, n=n)
+
+
+def history_extra_bars(lstm_seq_len: int) -> int:
+    """Bars of history beyond the live features' warm-up before a symbol's first complete universe row."""
+    return WARMUP + BETA_N // 2 + lstm_seq_len + 2 - FEATURE_SCHEMA.warmup
 
 
 def _tf_ns(tf: str) -> int:

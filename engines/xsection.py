@@ -131,9 +131,11 @@ class UniverseRolling:
         self._t = -1
         self._win: deque[tuple[np.ndarray, np.ndarray, float]] = deque()  # (ok mask, r1, m) per universe bar
 
-    def step(self, bars: Mapping[str, tuple[float, float]], live_valid: Mapping[str, bool] | None = None) -> XRow:
+    def step(self, bars: Mapping[str, tuple[float, float]], live_valid: Mapping[str, bool] | None = None, *,
+             beta: bool = True) -> XRow:
         """``bars``: symbol -> (close, volume) of this universe bar; ``live_valid``: whether its live features
-        (engines.features) are finite (default: yes)."""
+        (engines.features) are finite (default: yes). ``beta=False`` skips the O(96 N) beta of THIS bar (NaN; the
+        state still moves on): history priming needs the state, not every old bar's row."""
         self._t += 1
         t = self._t
         n = len(self.symbols)
@@ -167,8 +169,8 @@ class UniverseRolling:
         m = float(sel.mean()) if len(sel) else math.nan
         ok = np.isfinite(r1) & math.isfinite(m)
         self._push(ok, r1, m)
-        beta = self._beta(t)
-        return XRow(self.symbols, present, ret, dv, r1, m, beta)
+        b = self._beta(t) if beta else np.full(n, np.nan)
+        return XRow(self.symbols, present, ret, dv, r1, m, b)
 
     def _push(self, ok: np.ndarray, r1: np.ndarray, m: float) -> None:
         self._win.append((ok, r1, m))

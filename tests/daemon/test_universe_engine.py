@@ -93,6 +93,9 @@ def test_pipeline_predictions_equal_research_batch(trained, real_universe_1h, tm
     assert np.isnan(panel.close[:PRIME + 40, link]).all()  # listed during the live part
     for s in syms:  # priming: one symbol's whole history after the other's (as kernel.prime does)
         pipe.prime(s, [b for t, b in bars[s] if t < PRIME])
+    steps = es.steps
+    pipe.finish_priming()  # as kernel.prime does after the last symbol: the history is stepped at start-up
+    assert steps == 0 and es.steps == PRIME
     for t in range(PRIME, len(panel.open_ns)):
         for s in syms:
             for tt, b in bars[s]:
@@ -154,3 +157,25 @@ def test_corrupt_or_foreign_bundle_is_refused_naming_the_file(trained, tmp_path)
     (d / "lstm.pt").unlink()
     with pytest.raises(ModelLoadError, match="lstm.pt: missing"):
         load_bundle(d)
+
+
+def test_a_bar_for_a_boundary_already_stepped_is_refused_and_counted(trained):
+    """The rolling state cannot go back in time: a late boundary (or a primed bar older than the last step) gets
+    no predictions, and the refusal is counted with its reason in /metrics."""
+    from daemon.metrics import Metrics
+    metrics = Metrics()
+    syms = ("AUSDT", "BUSDT", "CUSDT")
+    es = load_universe_sets(ModelRegistry(trained), ("1h",), syms, metrics=metrics)["1h"]
+    h = 3600 * 10**9
+    t0 = 1_700_000_000 * 10**9 // h * h
+
+    def rows(k):
+        return [(s, Bar(s, "1h", t0 + k * h, 10.0 + j, 10.5 + j, 9.5 + j, 10.0 + j + 0.01 * k, 100.0), None)
+                for j, s in enumerate(syms)]
+    assert es.predict_boundary(rows(1), t0 + 2 * h) == [{}, {}, {}]  # not warm: no rows yet, nothing refused
+    assert es.counters == {}
+    assert es.predict_boundary(rows(0), t0 + h) == [{}, {}, {}]
+    es.observe_bar("AUSDT", rows(0)[0][1], None)
+    assert es.counters == {"late_bar": 4} and es.steps == 1
+    text = metrics.render().decode()
+    assert 'tradingd_universe_refusals_total{reason="late_bar",timeframe="1h"} 4.0' in text
