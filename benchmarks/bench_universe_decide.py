@@ -144,6 +144,7 @@ def run(reg_root: Path, tmp: Path, n_sym: int, hours: int, family: str = "per_sy
         t0 = time.perf_counter()
         for s in syms:
             pipe.prime(s, bars[s][:hist])
+        pipe.finish_priming()  # as kernel.prime does (the universe engine steps the aligned history here)
         prime_s = time.perf_counter() - t0
         per, hour = [], []
         clock = time.perf_counter_ns
