@@ -367,7 +367,8 @@ def record_model_versions(writer: StoreWriter, engine_sets: dict[str, EngineSet]
     for tf, es in engine_sets.items():
         for kind, info in es.info().items():
             writer.submit(lambda st, tf=tf, kind=kind, info=info, ts=time.time_ns(): st.record_model_version(
-                info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash, ts, active=True),
+                info["version"], f"{tf}/{kind}", info["path"], info.get("schema_hash", FEATURE_SCHEMA.hash), ts,
+                active=True),
                 kind="model_version")
 
 

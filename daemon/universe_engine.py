@@ -73,6 +73,7 @@ class UniverseEngineSet:
     def info(self) -> dict[str, dict]:
         i = self.bundle.info()
         return {UNIVERSE_KIND: {**i, "backend": "cpu", "reason": "pooled universe models (engines.pooled)",
+                                "schema_hash": UNIVERSE_SCHEMA_HASH,
                                 "fallback": False, "failed": [], "steps": self.steps,
                                 "inference_calls": dict(self.calls), "counters": dict(self.counters)}}
 
