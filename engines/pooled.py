@@ -79,7 +79,9 @@ def standardise_windows(S: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.nda
     return np.nan_to_num(S, nan=0.0).astype(np.float32)
 
 
-class _threads:
+class torch_threads:
+    """torch.set_num_threads for a block, restored after."""
+
     def __init__(self, n: int):
         self.n = n
 
@@ -110,7 +112,7 @@ def score(kind: str, obj: Any, X: np.ndarray, *, mu: np.ndarray | None = None, s
         return (((X - mu) / sd).astype(np.float64) * w).sum(axis=1) + ym
     if kind == "lstm":
         import torch
-        with torch.no_grad(), _threads(threads):
+        with torch.no_grad(), torch_threads(threads):
             return obj(torch.from_numpy(standardise_windows(X, mu, sd))).numpy().astype(np.float64)
     raise ValueError(f"unknown pooled model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from engines.pooled import _threads, lstm_net, score, standardise_windows
+from engines.pooled import lstm_net, score, standardise_windows
+from engines.pooled import torch_threads as _threads
 from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
 from research.device import choose_device
 
