@@ -12,6 +12,11 @@ the history the 1h features need, then ``--hours`` of live minutes fed symbol af
 the wall time of feeding every symbol's 1m bar of that minute (features, inference, decision, orders): the
 decision is complete when the last symbol's bar returns. Reported: p50/p99 over all minute boundaries, and the mean
 over the hour boundaries (where all 4 timeframes close).
+
+``--family universe``: the pooled universe models instead (``daemon/universe_engine.py``: rolling universe state,
+the 33 cross-sectional features, ONE call per model for xgboost + ridge + lstm), trained by ``tradingd train --data``
+on the first 2 days of this market's 1m bars (the bundle serves all 4 timeframes: the timing does not depend on
+what it learned). Batched only (the universe models rank symbols against each other: there is no per-symbol path).
 """
 from __future__ import annotations
 
@@ -74,7 +79,29 @@ def market(n_sym: int, n_min: int, seed: int = 1):
     return out
 
 
-def pipeline(reg_root: Path, tmp: Path, syms, batch: bool):
+def universe_sets(tmp: Path, bars, syms):
+    """One pooled bundle trained by `tradingd train --data` on 2 days of the market's 1m bars, for every timeframe."""
+    import gzip
+
+    from daemon.cli import main as cli
+    from daemon.universe_engine import UniverseEngineSet
+    from engines.pooled import load_bundle
+    folder = tmp / f"klines-{len(syms)}"
+    folder.mkdir(exist_ok=True)
+    for s in syms[:30]:
+        with gzip.open(folder / f"{s}-1m.csv.gz", "wt") as f:
+            f.write("open_time_ms,open,high,low,close,volume\n")
+            for b in bars[s][:2880]:
+                f.write(f"{b.open_ns // 1_000_000},{b.open!r},{b.high!r},{b.low!r},{b.close!r},{b.volume!r}\n")
+    out = tmp / f"ureg-{len(syms)}"
+    if cli(["train", "--data", str(folder), "--registry", str(out), "--timeframes", "1m", "--lstm-max-rows", "3000",
+            "--threads", "1"]):
+        raise SystemExit("training failed")
+    b = load_bundle(out / "universe" / "1m")
+    return {tf: UniverseEngineSet(tf, b, syms) for tf in TFS}
+
+
+def pipeline(reg_root: Path, tmp: Path, syms, batch: bool, family: str = "per_symbol", bars=None):
     import dataclasses
     from daemon.broker import PaperBroker
     from daemon.config import Config, replace
@@ -92,7 +119,8 @@ def pipeline(reg_root: Path, tmp: Path, syms, batch: bool):
     opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=cfg.broker.taker_fee,
                                 timeframes=TFS, starting_equity=cfg.broker.starting_cash)
     ecfg = dataclasses.replace(cfg.engines, warmup_iters=5)
-    es = {tf: EngineSet.load(ModelRegistry(reg_root), tf, ecfg) for tf in TFS}
+    es = universe_sets(tmp, bars, syms) if family == "universe" else \
+        {tf: EngineSet.load(ModelRegistry(reg_root), tf, ecfg) for tf in TFS}
     return TradingPipeline(cfg, syms, es, opt, RiskManager(cfg.risk, filters), broker, store=store,
                            bar_sink=lambda bars: None, batch=batch), es
 
@@ -101,18 +129,22 @@ def book(c: float):
     return [(c * 0.99995, 50.0)], [(c * 1.00005, 50.0)]
 
 
-def run(reg_root: Path, tmp: Path, n_sym: int, hours: int) -> None:
+def run(reg_root: Path, tmp: Path, n_sym: int, hours: int, family: str = "per_symbol") -> None:
     from daemon.pipeline import history_bars_needed
-    hist = history_bars_needed(TFS, 8)
+    from daemon.universe_engine import history_extra_bars
+    extra = history_extra_bars(16) if family == "universe" else 8  # the LSTM's window (16 / 8 bars)
+    hist = history_bars_needed(TFS, extra)
     hist += (-hist) % 60  # live minutes start at an hour
     bars = market(n_sym, hist + hours * 60)
     syms = list(bars)
     res = {}
-    for batch in (True, False):
-        pipe, es = pipeline(reg_root, tmp, syms, batch)
+    modes = (True,) if family == "universe" else (True, False)
+    for batch in modes:
+        pipe, es = pipeline(reg_root, tmp, syms, batch, family, bars)
         t0 = time.perf_counter()
         for s in syms:
             pipe.prime(s, bars[s][:hist])
+        pipe.finish_priming()  # as kernel.prime does (the universe engine steps the aligned history here)
         prime_s = time.perf_counter() - t0
         per, hour = [], []
         clock = time.perf_counter_ns
@@ -129,8 +161,9 @@ def run(reg_root: Path, tmp: Path, n_sym: int, hours: int) -> None:
         preds = sum(es[tf].predictions for tf in TFS)
         res[batch] = (np.percentile(per, 50), np.percentile(per, 99), float(np.mean(hour)) if hour else float("nan"),
                       n_dec, preds, prime_s, pipe.counters["orders"])
-    print(f"{n_sym} symbols x {len(TFS)} timeframes, {hours * 60} minute boundaries ({hours} hour boundaries):")
-    for batch in (True, False):
+    print(f"{n_sym} symbols x {len(TFS)} timeframes ({family}), {hours * 60} minute boundaries ({hours} hour "
+          f"boundaries):")
+    for batch in modes:
         p50, p99, hr, n_dec, preds, prime_s, orders = res[batch]
         print(f"  {'batched   ' if batch else 'sequential'}  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
               f"hour boundary (4 tf) mean {hr:7.2f} ms   decisions {n_dec}  rows predicted {preds}  "
@@ -141,6 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", type=int, nargs="+", default=[30, 100])
     ap.add_argument("--hours", type=int, default=2)
+    ap.add_argument("--family", choices=("per_symbol", "universe"), default="per_symbol")
     a = ap.parse_args()
     import logging
 
@@ -149,7 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = registry(Path(d) / "registry")
         for n in a.symbols:
-            run(root, Path(d), n, a.hours)
+            run(root, Path(d), n, a.hours, a.family)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,10 @@ class EnginesConfig:
     first_run_lstm_epochs: int = opt(2, "First-run training: LSTM epochs.", ge=1, le=1000)
     first_run_lstm_hidden: int = opt(16, "First-run training: LSTM hidden units.", ge=1, le=4096)
     first_run_threads: int = opt(0, "First-run training threads (0 = the libraries' default).", ge=0, le=256)
+    family: str = opt("per_symbol", "Model family: per_symbol = the 13-feature P(up) XGBoost+LSTM per timeframe "
+                      "(first run trains them); universe = the pooled cross-sectional models of `tradingd train "
+                      "--data DIR --registry <engines.registry>` (expected return per symbol, >= 3 symbols).",
+                      choices=("per_symbol", "universe"))
 
 
 @dataclass(frozen=True)
@@ -351,9 +355,18 @@ class Config:
     risk: RiskConfig = RiskConfig()
 
     def validate(self) -> None:
-        """Cross-section rules: a spot venue's account (testnet broker) cannot hold a negative quantity; a short
+        """Cross-section rules: the universe model family needs >= 3 symbols and no per-symbol retrainer; a spot
+        venue's account (testnet broker) cannot hold a negative quantity; a short
         there is a sale of coins held, and closing it with a buy leaves a base-commission remainder that cannot
         be sold (the wedge of issue #14)."""
+        if self.engines.family == "universe":
+            if len(self.general.symbols) < 3:
+                raise ValueError(f"engines.family = \"universe\" needs at least 3 symbols in general.symbols (its "
+                                 f"features rank symbols against each other), got {len(self.general.symbols)}")
+            if self.retrain.enabled:
+                raise ValueError("engines.family = \"universe\" needs retrain.enabled = false: the retrainer "
+                                 "trains the per-symbol models; retrain the universe bundle with `tradingd train "
+                                 "--data DIR --registry <engines.registry>`")
         if self.optimizer.allow_short and self.broker.kind != "paper":
             raise ValueError(f"optimizer.allow_short = true needs broker.kind = \"paper\": the "
                              f"{self.broker.kind!r} broker trades a spot account, which cannot be short")

@@ -18,6 +18,7 @@ assignment, keeping the feature history: the next ``predict`` uses the new model
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -118,6 +119,7 @@ class EngineSet:
         self._lat: dict[tuple[str, str], Any] = {}  # (kind, backend) -> the histogram's child (labels() is slow)
         self.predictions = 0
         self.errors = 0
+        self.row_errors: Counter[tuple[str, str]] = Counter()  # (kind, reason) -> rows refused after a batch failed
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -250,7 +252,10 @@ class EngineSet:
                 idx = range(len(symbols))
                 x = x2
             t0 = time.perf_counter_ns()
-            p = le.engine.predict(x)
+            try:
+                p = le.engine.predict(x)
+            except Exception as e:  # noqa: BLE001 - one bad row must not cost the boundary's other symbols
+                p = self._per_row(kind, le, x, [symbols[i] for i in idx], e)
             dt = time.perf_counter_ns() - t0
             if m is not None:
                 child = self._lat.get((kind, le.backend))
@@ -258,8 +263,30 @@ class EngineSet:
                     child = self._lat[(kind, le.backend)] = m.inference_latency.labels(kind, le.backend)
                 child.observe(dt / 1e9)
             for j, i in enumerate(idx):
-                out[i][kind] = float(p[j])
+                v = float(p[j])
+                if v == v:  # NaN: that row failed alone (counted in _per_row)
+                    out[i][kind] = v
         self.predictions += len(symbols)
+        return out
+
+    def _per_row(self, kind: str, le: LoadedEngine, x: np.ndarray, symbols: Sequence[str],
+                 batch_error: Exception) -> np.ndarray:
+        """The batch failed: each row alone, so only the bad rows lose this model's prediction (NaN); each failure
+        is counted (``row_errors``, ``tradingd_predict_row_errors_total{timeframe,kind,reason}``) and logged."""
+        out = np.full(len(x), np.nan)
+        failed = []
+        for j in range(len(x)):
+            try:
+                out[j] = float(le.engine.predict(x[j:j + 1])[0])
+            except Exception as e:  # noqa: BLE001 - counted below
+                failed.append(symbols[j])
+                reason = type(e).__name__
+                self.row_errors[(kind, reason)] += 1
+                c = getattr(self.metrics, "predict_row_errors", None) if self.metrics is not None else None
+                if c is not None:
+                    c.labels(self.timeframe, kind, reason).inc()
+        log.warning("predict_batch_failed_per_row", timeframe=self.timeframe, kind=kind, rows=len(x),
+                    failed=failed[:20], n_failed=len(failed), error=f"{type(batch_error).__name__}: {batch_error}")
         return out
 
     @property

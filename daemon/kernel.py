@@ -288,6 +288,13 @@ def load_engines(cfg: Any, registry: ModelRegistry, metrics: Metrics) -> dict[st
     """Every timeframe's engines, loaded (schema-checked), backends chosen and warmed (blocking: run it in a
     worker thread)."""
     from daemon.engineset import EngineSet, ModelLoadError
+    if cfg.engines.family == "universe":  # the pooled models of `tradingd train --data` (daemon/universe_engine.py)
+        from daemon.universe_engine import load_universe_sets
+        try:
+            return load_universe_sets(registry, cfg.general.timeframes, cfg.general.symbols, metrics=metrics)
+        except ModelLoadError as e:
+            raise StartupError(f"model refused: {e} (universe models come from `tradingd train --data DIR "
+                               f"--registry {registry.root}`)") from None
     out = {}
     for tf in cfg.general.timeframes:
         try:
@@ -373,7 +380,8 @@ def record_model_versions(writer: StoreWriter, engine_sets: dict[str, EngineSet]
     for tf, es in engine_sets.items():
         for kind, info in es.info().items():
             writer.submit(lambda st, tf=tf, kind=kind, info=info, ts=time.time_ns(): st.record_model_version(
-                info["version"], f"{tf}/{kind}", info["path"], FEATURE_SCHEMA.hash, ts, active=True),
+                info["version"], f"{tf}/{kind}", info["path"], info.get("schema_hash", FEATURE_SCHEMA.hash), ts,
+                active=True),
                 kind="model_version")
 
 
@@ -498,3 +506,4 @@ async def prime(cfg: Any, parts: Components) -> None:
         parts.writer.write_bars(bars)
         rows = parts.pipeline.prime(sym, bars[-need_min:])
         log.info("primed", symbol=sym, bars=min(len(bars), need_min), rows=rows)
+    parts.pipeline.finish_priming()

@@ -101,6 +101,12 @@ class Metrics:
                                        "Pipeline failures survived (predict, bar_store, plan_store)", ["kind"],
                                        registry=r)
         self.record_errors = Counter("tradingd_record_errors_total", "Recorder writes that failed", registry=r)
+        self.predict_row_errors = Counter("tradingd_predict_row_errors_total",
+                                          "Rows a model refused after its boundary batch failed (the other rows were "
+                                          "predicted one by one)", ["timeframe", "kind", "reason"], registry=r)
+        self.universe_refusals = Counter("tradingd_universe_refusals_total",
+                                         "Bars the universe engine could not use (late_bar: its boundary was already "
+                                         "stepped; unknown_symbol)", ["timeframe", "reason"], registry=r)
         self.store_dropped_bars = Counter("tradingd_store_dropped_bars_total",
                                           "Bar rows not stored (a gap in the retrainer's input)", ["reason"],
                                           registry=r)

@@ -27,7 +27,9 @@ closes, or on :meth:`TradingPipeline.flush` (end of a replay). The last decided 
 each bar as it closes with ``optimizer.on_bar_close``.
 
 Engine sets only need ``predict(row, symbol) -> dict[str, float]`` (and optionally ``observe(row, symbol)`` for
-history priming without inference); see :class:`daemon.engineset.EngineSet`.
+history priming without inference); see :class:`daemon.engineset.EngineSet`. An engine set with
+``predict_boundary(rows, close_ns)`` (the pooled universe models, :class:`daemon.universe_engine.UniverseEngineSet`)
+gets every row of a boundary, warm or not, and every primed bar through ``observe_bar(symbol, bar, row)``.
 """
 from __future__ import annotations
 
@@ -293,6 +295,9 @@ class TradingPipeline:
                 feats = st.features[bar.timeframe]
                 row = feats.update(bar)
                 es = self.engine_sets.get(bar.timeframe)
+                ob = getattr(es, "observe_bar", None)
+                if ob is not None:  # the universe engine: every bar, aligned by time across symbols
+                    ob(symbol, bar, row)
                 observe = getattr(self.optimizer, "observe_market", None)
                 if observe is not None and feats.atr is not None:  # timeframe selection warm from history
                     observe(symbol, bar.timeframe, bar, feats.atr)
@@ -303,6 +308,14 @@ class TradingPipeline:
                         obs(row, symbol)
         self.counters["primed_rows"] += n
         return n
+
+    def finish_priming(self) -> None:
+        """After every symbol's :meth:`prime`: engine sets that align history across symbols (the universe engine)
+        step it now, at start-up, not at the first live boundary."""
+        for es in self.engine_sets.values():
+            fin = getattr(es, "finish_priming", None)
+            if fin is not None:
+                fin()
 
     # ------------------------------------------------------------------------------------------ events
     def on_event(self, ev: Any, book: Any = None) -> list[Decision]:
@@ -489,16 +502,20 @@ class TradingPipeline:
                 log.error("bar_store_failed", error=str(e), symbol=bar.symbol, timeframe=tf)
             self._store_ns.append(time.perf_counter_ns() - t0)
 
-    def _predict_many(self, tf: str, rows: Sequence[_Row]) -> list[dict[str, float]]:
-        """Predictions for the rows (ONE call per model through ``predict_batch`` when the engine set has it)."""
+    def _predict_many(self, tf: str, rows: Sequence[_Row], close_ns: int = 0) -> list[dict[str, float]]:
+        """Predictions for the rows (ONE call per model through ``predict_batch`` when the engine set has it; the
+        universe engine's ``predict_boundary`` sees every row, warm or not: its rolling state steps on each bar)."""
         out: list[dict[str, float]] = [{} for _ in rows]
         es = self.engine_sets.get(tf)
-        idx = [i for i, r in enumerate(rows) if r.row is not None]
+        pbd = getattr(es, "predict_boundary", None)
+        idx = list(range(len(rows))) if pbd is not None else [i for i, r in enumerate(rows) if r.row is not None]
         if es is None or not idx:
             return out
         try:
             pb = getattr(es, "predict_batch", None)
-            if pb is not None:
+            if pbd is not None:
+                got = pbd([(r.bar.symbol, r.bar, r.row) for r in rows], close_ns)
+            elif pb is not None:
                 got = pb([rows[i].row for i in idx], [rows[i].bar.symbol for i in idx])
             else:
                 got = [es.predict(rows[i].row, rows[i].bar.symbol) for i in idx]
@@ -522,7 +539,7 @@ class TradingPipeline:
             return []
         tf = key[0]
         rows = [staged[s] for s in self.symbols if s in staged]
-        preds = self._predict_many(tf, rows)
+        preds = self._predict_many(tf, rows, key[1])
         acct = self.account()
         ds: dict[str, Decision] = {}
         sigs: list[SymbolSignal] = []

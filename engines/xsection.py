@@ -7,8 +7,10 @@ them (the symbol's first ``WARMUP`` bars are NaN), and ``beta``: the OLS beta of
 universe's equal-weight 1-bar return (the mean over the symbols *present* at t: every feature finite) over the
 last 96 universe bars where both exist (NaN with fewer than 48 such bars, a flat universe, or before 96 universe
 bars). The ranks, universe returns, relative strength and time of day are then a pure function of the N rows at t
-(research.dataset.cross_section). This module is that rolling part, incremental: O(N) per bar, no I/O, and the same
-numbers as the batch definitions (tests/engines/test_xsection.py recomputes them from real bars).
+(:func:`cross_section`). This module is that rolling part, incremental: O(N) per bar, no I/O, and the same
+numbers as the batch definitions (tests/engines/test_xsection.py recomputes them from real bars); and the one place
+for the cross-sectional definitions (names, :func:`cross_section`, :func:`cs_rank`, :func:`cs_zscore`) that the
+research panel (research/dataset.py) and the daemon's universe engine (engines/pooled.py) both use.
 """
 from __future__ import annotations
 
@@ -17,16 +19,82 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
+from scipy.stats import rankdata
 
 from engines.features import FEATURE_SCHEMA
 
-__all__ = ["EXTRA_RET", "DV_N", "BETA_N", "WARMUP", "XRow", "UniverseRolling"]
+__all__ = ["EXTRA_RET", "DV_N", "BETA_N", "WARMUP", "PS_NAMES", "RANKED", "CS_NAMES", "FEATURE_NAMES", "XRow",
+           "UniverseRolling", "cross_section", "cs_rank", "cs_zscore", "quiet"]
 
 EXTRA_RET = (24, 96)
 DV_N = 48
 BETA_N = 96
 WARMUP = max(FEATURE_SCHEMA.warmup, max(EXTRA_RET), DV_N - 1, BETA_N)
+PS_NAMES = (*FEATURE_SCHEMA.names, *(f"ret_{h}" for h in EXTRA_RET))  # per-symbol columns
+RANKED = ("ret_1", "ret_3", "ret_12", "ret_24", "ret_96", "rv_48", "vol_z_20")
+CS_NAMES = (*(f"cs_rank_{n}" for n in RANKED), "cs_rank_dollar_vol", "mkt_ret_1", "mkt_ret_12", "cs_disp_12",
+            "rel_ret_12", "rel_ret_96", "beta_96", "tod_sin", "tod_cos")
+FEATURE_NAMES = (*PS_NAMES, *CS_NAMES)  # the pooled universe models' input columns, in order
+
+
+class quiet:
+    """Silence numpy's all-NaN-slice RuntimeWarnings (absent symbols are NaN by design)."""
+
+    def __enter__(self):
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+
+    def __exit__(self, *a):
+        self._w.__exit__(*a)
+
+
+def cs_rank(x: np.ndarray) -> np.ndarray:
+    """Percentile rank along the last axis in (0, 1): (average rank - 0.5) / n_present; NaN stays NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    r = rankdata(x, axis=-1, nan_policy="omit")
+    n = np.isfinite(x).sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(x), (r - 0.5) / n, np.nan)
+
+
+def cs_zscore(x: np.ndarray) -> np.ndarray:
+    """Cross-sectional z-score along the last axis (the symbols), over the finite entries; 0 where they do not
+    vary, NaN stays NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    with quiet():
+        mu = np.nanmean(x, axis=-1, keepdims=True)
+        sd = np.nanstd(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, (x - mu) / sd, 0.0) + np.where(np.isfinite(x), 0.0, np.nan)
+
+
+def cross_section(ps: np.ndarray, dv: np.ndarray, beta: np.ndarray, close_ns: np.ndarray) -> np.ndarray:
+    """Cross-sectional columns (..., N, len(CS_NAMES)) from per-symbol rows ``ps`` (..., N, len(PS_NAMES)) at the
+    same bars: a pure function of the rows at each bar (works on one bar (N, F) or a whole panel (T, N, F))."""
+    idx = {n: i for i, n in enumerate(PS_NAMES)}
+    present = np.isfinite(ps).all(axis=-1)
+    ps = np.where(present[..., None], ps, np.nan)
+    cols = [cs_rank(ps[..., idx[n]]) for n in RANKED]
+    cols.append(cs_rank(np.where(present, dv, np.nan)))
+    with np.errstate(invalid="ignore"), quiet():
+        m1 = np.nanmean(ps[..., idx["ret_1"]], axis=-1, keepdims=True)
+        m12 = np.nanmean(ps[..., idx["ret_12"]], axis=-1, keepdims=True)
+        m96 = np.nanmean(ps[..., idx["ret_96"]], axis=-1, keepdims=True)
+        disp = np.nanstd(ps[..., idx["ret_12"]], axis=-1, keepdims=True)
+    shape = ps.shape[:-1]
+    cols += [np.broadcast_to(m1, shape), np.broadcast_to(m12, shape), np.broadcast_to(disp, shape),
+             ps[..., idx["ret_12"]] - m12, ps[..., idx["ret_96"]] - m96, np.where(present, beta, np.nan)]
+    day = 86_400e9
+    phase = 2 * np.pi * (np.asarray(close_ns, dtype=np.float64) % day) / day
+    tod = np.broadcast_to(np.asarray(phase)[..., None], shape)
+    cols += [np.sin(tod), np.cos(tod)]
+    out = np.stack(cols, axis=-1)
+    out[~present] = np.nan
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,9 +131,11 @@ class UniverseRolling:
         self._t = -1
         self._win: deque[tuple[np.ndarray, np.ndarray, float]] = deque()  # (ok mask, r1, m) per universe bar
 
-    def step(self, bars: Mapping[str, tuple[float, float]], live_valid: Mapping[str, bool] | None = None) -> XRow:
+    def step(self, bars: Mapping[str, tuple[float, float]], live_valid: Mapping[str, bool] | None = None, *,
+             beta: bool = True) -> XRow:
         """``bars``: symbol -> (close, volume) of this universe bar; ``live_valid``: whether its live features
-        (engines.features) are finite (default: yes)."""
+        (engines.features) are finite (default: yes). ``beta=False`` skips the O(96 N) beta of THIS bar (NaN; the
+        state still moves on): history priming needs the state, not every old bar's row."""
         self._t += 1
         t = self._t
         n = len(self.symbols)
@@ -99,8 +169,8 @@ class UniverseRolling:
         m = float(sel.mean()) if len(sel) else math.nan
         ok = np.isfinite(r1) & math.isfinite(m)
         self._push(ok, r1, m)
-        beta = self._beta(t)
-        return XRow(self.symbols, present, ret, dv, r1, m, beta)
+        b = self._beta(t) if beta else np.full(n, np.nan)
+        return XRow(self.symbols, present, ret, dv, r1, m, b)
 
     def _push(self, ok: np.ndarray, r1: np.ndarray, m: float) -> None:
         self._win.append((ok, r1, m))

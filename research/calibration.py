@@ -8,33 +8,12 @@ intercept (the universe's mean drift over the fitting rows) is recorded but not 
 forecast, and a long-only book must not buy the market because it rose during the holdout."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-from research.walkforward import cs_zscore
+from engines.pooled import Calibration  # one definition: the daemon applies what research fits
+from engines.xsection import cs_zscore
 
 __all__ = ["Calibration", "fit_calibration"]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    slope: float        # forward log return (over ``horizon`` bars) per unit of cross-sectional z-score
-    intercept: float    # mean forward return of the fitting rows (recorded, not used)
-    horizon: int        # bars
-    rows: int
-    method: str = "OLS of the horizon's forward log return on the score's cross-sectional z-score"
-
-    def expected_return(self, z: np.ndarray | float) -> np.ndarray | float:
-        return self.slope * z
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Calibration:
-        return cls(float(d["slope"]), float(d["intercept"]), int(d["horizon"]), int(d["rows"]),
-                   str(d.get("method", cls.method)))
 
 
 def fit_calibration(score: np.ndarray, fwd: np.ndarray, horizon: int) -> Calibration:

@@ -23,7 +23,9 @@ from research.models import fit_model, predict_panel, save_model
 from research.params import load_params, params_for
 from research.report import plain
 from research.universe import UniverseError, load_universe
-from research.walkforward import cs_zscore, ensemble_weights
+from research.walkforward import ensemble_weights
+from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, ensemble_score
+from research.calibration import fit_calibration
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +69,9 @@ def train_universe(args, uni=None) -> dict:
             hold[m] = signal_metrics(scores[m], fwd[cut:T - h], h)
         from research.metrics import ic_series
         wts = ensemble_weights({m: ic_series(s, fwd[cut:T - h])[1] for m, s in scores.items()})
-        ens = sum(w * np.nan_to_num(cs_zscore(scores[m]), nan=0.0) for m, w in wts.items())
-        hold["ensemble"] = signal_metrics(np.where(pf.valid[cut:T - h], ens, np.nan), fwd[cut:T - h], h)
+        ens = np.where(pf.valid[cut:T - h], ensemble_score(scores, wts), np.nan)
+        hold["ensemble"] = signal_metrics(ens, fwd[cut:T - h], h)
+        cal = fit_calibration(ens, fwd[cut:T - h], h)
         d = Path(args.registry) / "universe" / tf
         d.mkdir(parents=True, exist_ok=True)
         entries = []
@@ -79,13 +82,35 @@ def train_universe(args, uni=None) -> dict:
                     "symbols": list(pf.symbols), "params": prm.to_dict(), "params_file": args.params,
                     "hpo": hpo_stats.get(tf), "models": entries,
                     "ensemble": {"method": "holdout Rank ICIR, clipped at 0", "weights": wts},
+                    "calibration": cal.to_dict(),
                     "holdout": {"from_ns": int(pf.open_ns[cut]), "metrics": hold},
                     "trained_on": {"from_ns": int(pf.open_ns[fv]), "to_ns": int(pf.open_ns[T - 1]),
                                    "bars": int(T - fv)}}
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
+        ref = _publish(Path(args.registry), tf, d, [e["file"] for e in entries], plain(manifest))
+        manifest["registry_version"] = ref.version
         out[tf] = manifest
-        log.info("train.timeframe", tf=tf, weights=wts, dir=str(d))
+        log.info("train.timeframe", tf=tf, weights=wts, dir=str(d), version=ref.version, slope=cal.slope)
     return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info()}
+
+
+def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict):
+    """The bundle into the model registry (``root/<tf>/universe/<version>/``: checksummed, atomic, CURRENT) where
+    the daemon loads it (``[engines] family = "universe"``); the bundle's manifest travels as universe.json."""
+    import shutil
+
+    from engines.registry import ModelRegistry
+
+    def write(tmp: Path) -> None:
+        for f in files:
+            shutil.copy2(d / f, tmp / f)
+        (tmp / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    ens = manifest["holdout"]["metrics"].get("ensemble", {})
+    return ModelRegistry(root).publish(
+        UNIVERSE_KIND, tf, write, feature_names=list(FEATURE_NAMES), schema_hash=UNIVERSE_SCHEMA_HASH,
+        data_window=manifest["trained_on"], metrics={"holdout_ensemble": ens},
+        extra={"weights": manifest["ensemble"]["weights"], "calibration": manifest["calibration"],
+               "symbols": manifest["symbols"]}, make_current=True)
 
 
 def main(args, uni=None) -> int:

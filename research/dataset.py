@@ -4,7 +4,7 @@ Per symbol (scale-free, from its own bars <= t): ``engines.features.batch_featur
 columns) plus two longer returns (``ret_24``, ``ret_96``) and the 48-bar mean of log dollar volume (used only
 through its rank).
 
-Cross-sectional at bar t (:func:`cross_section`, a pure function of the universe's per-symbol rows at t plus the
+Cross-sectional at bar t (``engines.xsection.cross_section``, the one definition the daemon shares; a pure function of the universe's per-symbol rows at t plus the
 rolling beta state): percentile ranks in (0, 1) over the symbols present at t of ret_1/3/12/24/96, rv_48,
 vol_z_20 and dollar volume; the equal-weight universe return over 1 and 12 bars and the cross-sectional
 dispersion of ret_12; each symbol's relative strength (ret_h minus the universe's ret_h, h in 12, 96) and its
@@ -22,33 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from market.events import timeframe_ns
 from engines.features import FEATURE_SCHEMA, batch_features
+from engines.xsection import (BETA_N, CS_NAMES, DV_N, EXTRA_RET, FEATURE_NAMES, WARMUP, cross_section, cs_rank,
+                              quiet as _quiet)
+from engines.xsection import PS_NAMES as _PS, RANKED as _RANKED  # noqa: F401 - the old private names
 from research.universe import Panel
 
 __all__ = ["FEATURE_NAMES", "PanelFeatures", "panel_features", "cross_section", "forward_returns", "target",
-           "cs_rank", "pooled", "Pooled", "BETA_N"]
-
-EXTRA_RET = (24, 96)
-DV_N = 48
-BETA_N = 96
-_PS = (*FEATURE_SCHEMA.names, *(f"ret_{h}" for h in EXTRA_RET))
-_RANKED = ("ret_1", "ret_3", "ret_12", "ret_24", "ret_96", "rv_48", "vol_z_20")
-CS_NAMES = (*(f"cs_rank_{n}" for n in _RANKED), "cs_rank_dollar_vol", "mkt_ret_1", "mkt_ret_12", "cs_disp_12",
-            "rel_ret_12", "rel_ret_96", "beta_96", "tod_sin", "tod_cos")
-FEATURE_NAMES = (*_PS, *CS_NAMES)
-WARMUP = max(FEATURE_SCHEMA.warmup, max(EXTRA_RET), DV_N - 1, BETA_N)
-
-
-def cs_rank(x: np.ndarray) -> np.ndarray:
-    """Percentile rank along axis 1 in (0, 1): (average rank - 0.5) / n_present; NaN stays NaN."""
-    x = np.asarray(x, dtype=np.float64)
-    r = rankdata(x, axis=-1, nan_policy="omit")
-    n = np.isfinite(x).sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(np.isfinite(x), (r - 0.5) / n, np.nan)
+           "cs_rank", "pooled", "Pooled", "BETA_N", "CS_NAMES", "EXTRA_RET", "DV_N", "WARMUP"]
 
 
 def _per_symbol(panel: Panel) -> tuple[np.ndarray, np.ndarray]:
@@ -96,42 +79,6 @@ def _beta(r1: np.ndarray, m: np.ndarray, w: int = BETA_N) -> np.ndarray:
         b = cov / var
     b[~(n >= w / 2) | ~(var > 1e-14)] = np.nan
     return b
-
-
-def cross_section(ps: np.ndarray, dv: np.ndarray, beta: np.ndarray, close_ns: np.ndarray) -> np.ndarray:
-    """Cross-sectional columns (..., N, len(CS_NAMES)) from per-symbol rows ``ps`` (..., N, len(_PS)) at the same
-    bars: a pure function of the rows at each bar (works on one bar (N, F) or a whole panel (T, N, F))."""
-    idx = {n: i for i, n in enumerate(_PS)}
-    present = np.isfinite(ps).all(axis=-1)
-    ps = np.where(present[..., None], ps, np.nan)
-    cols = [cs_rank(ps[..., idx[n]]) for n in _RANKED]
-    cols.append(cs_rank(np.where(present, dv, np.nan)))
-    with np.errstate(invalid="ignore"), _quiet():
-        m1 = np.nanmean(ps[..., idx["ret_1"]], axis=-1, keepdims=True)
-        m12 = np.nanmean(ps[..., idx["ret_12"]], axis=-1, keepdims=True)
-        m96 = np.nanmean(ps[..., idx["ret_96"]], axis=-1, keepdims=True)
-        disp = np.nanstd(ps[..., idx["ret_12"]], axis=-1, keepdims=True)
-    shape = ps.shape[:-1]
-    cols += [np.broadcast_to(m1, shape), np.broadcast_to(m12, shape), np.broadcast_to(disp, shape),
-             ps[..., idx["ret_12"]] - m12, ps[..., idx["ret_96"]] - m96, np.where(present, beta, np.nan)]
-    day = 86_400e9
-    phase = 2 * np.pi * (np.asarray(close_ns, dtype=np.float64) % day) / day
-    tod = np.broadcast_to(np.asarray(phase)[..., None], shape)
-    cols += [np.sin(tod), np.cos(tod)]
-    out = np.stack(cols, axis=-1)
-    out[~present] = np.nan
-    return out
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-
-    def __exit__(self, *a):
-        self._w.__exit__(*a)
 
 
 @dataclass(frozen=True, eq=False)

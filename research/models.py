@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from engines.pooled import lstm_net, score, standardise_windows
+from engines.pooled import torch_threads as _threads
 from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
 from research.device import choose_device
 
@@ -145,27 +147,18 @@ def _fit_ridge(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
                                                                  "device_reason": "closed form"})
 
 
-def _sequences(pf: PanelFeatures, t: np.ndarray, j: np.ndarray, L: int, mu, sd) -> np.ndarray:
+def _raw_sequences(pf: PanelFeatures, t: np.ndarray, j: np.ndarray, L: int) -> np.ndarray:
+    """(rows, L, F) raw feature windows ending at each row's bar (indices before the panel's start clip to 0)."""
     idx = t[:, None] - np.arange(L - 1, -1, -1)[None, :]
     idx = np.maximum(idx, 0)
-    S = pf.X[idx, j[:, None]]                          # (rows, L, F)
-    S = (S - mu.astype(np.float32)) / sd.astype(np.float32)
-    return np.nan_to_num(S, nan=0.0).astype(np.float32)
+    return pf.X[idx, j[:, None]]
 
 
-def _lstm_net(n_feat: int, hidden: int):
-    import torch
+def _sequences(pf: PanelFeatures, t: np.ndarray, j: np.ndarray, L: int, mu, sd) -> np.ndarray:
+    return standardise_windows(_raw_sequences(pf, t, j, L), mu, sd)
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = torch.nn.LSTM(n_feat, hidden, batch_first=True)
-            self.head = torch.nn.Linear(hidden, 1)
 
-        def forward(self, x):
-            out, _ = self.lstm(x)
-            return self.head(out[:, -1]).squeeze(-1)
-    return Net()
+_lstm_net = lstm_net  # the one definition (engines.pooled): the daemon loads what research trains
 
 
 def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
@@ -197,21 +190,6 @@ def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> Fitt
                              "device_reason": why, "final_loss": float(loss.detach())})
 
 
-class _threads:
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-        self.old = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *a):
-        import torch
-        torch.set_num_threads(self.old)
-
-
 def fit_model(kind: str, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
               seed: int = 0) -> FittedModel:
     """Fit ``kind`` on rows t in [t_lo, t_hi) that have a label (the caller embargoes t_hi)."""
@@ -233,26 +211,18 @@ def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray
     """Scores of rows (t, j) — one batched call per model, whatever the number of symbols."""
     if len(t) == 0:
         return np.zeros(0)
-    X = pf.X[t, j]
-    if m.kind == "xgboost":
-        import xgboost as xgb
-        return m.obj.predict(xgb.DMatrix(X), iteration_range=(0, m.obj.best_iteration + 1))
-    if m.kind == "ridge":
-        w, ym = m.obj
-        # row-wise sums (not a BLAS GEMV): a row's score does not depend on the batch it is in
-        return (((X - m.mu) / m.sd).astype(np.float64) * w).sum(axis=1) + ym
-    if m.kind == "lstm":
-        import torch
+    if m.kind == "lstm":  # chunks of raw windows (memory); each chunk is one call of the shared scorer
         out = np.empty(len(t), dtype=np.float64)
-        with torch.no_grad(), _threads(m.params.threads):
-            for i in range(0, len(t), 8192):
-                S = torch.from_numpy(_sequences(pf, t[i:i + 8192], j[i:i + 8192], m.params.lstm_seq_len, m.mu,
-                                                m.sd))
-                out[i:i + 8192] = m.obj(S).numpy()
+        for i in range(0, len(t), 8192):
+            out[i:i + 8192] = score("lstm", m.obj, _raw_sequences(pf, t[i:i + 8192], j[i:i + 8192],
+                                                                  m.params.lstm_seq_len), mu=m.mu, sd=m.sd,
+                                    threads=m.params.threads)
         return out
     if m.kind in EXTRA_KINDS:
         return _predict_extra(m, pf, t, j)
-    raise ValueError(m.kind)
+    if m.kind not in ("xgboost", "ridge"):
+        raise ValueError(m.kind)
+    return score(m.kind, m.obj, pf.X[t, j], mu=m.mu, sd=m.sd, threads=m.params.threads)
 
 
 def predict_panel(m: FittedModel, pf: PanelFeatures, t_lo: int, t_hi: int) -> np.ndarray:
@@ -294,7 +264,8 @@ def save_model(m: FittedModel, path) -> dict:
         import torch
         f = path.with_suffix(".pt")
         buf = io.BytesIO()
-        torch.save({"state": m.obj.state_dict(), "mu": m.mu, "sd": m.sd, "hidden": m.params.lstm_hidden,
+        torch.save({"state": m.obj.state_dict(), "mu": torch.from_numpy(np.asarray(m.mu)),
+                    "sd": torch.from_numpy(np.asarray(m.sd)), "hidden": m.params.lstm_hidden,
                     "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES)}, buf)
         f.write_bytes(buf.getvalue())
     return {"kind": m.kind, "file": f.name, "seed": m.seed, "info": json.loads(json.dumps(m.info, default=str))}

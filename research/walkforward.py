@@ -20,6 +20,7 @@ import numpy as np
 import structlog
 
 from market.events import timeframe_ns
+from engines.xsection import cs_zscore  # noqa: F401 - re-exported (one definition)
 from research.dataset import PanelFeatures, forward_returns, target
 from research.executor import Executor, LocalExecutor
 from research.metrics import ic_series, signal_metrics
@@ -77,16 +78,6 @@ def check_embargo(ws: list[Window], h: int) -> None:
         if not (w.train_hi - 1 + h < w.test_lo):
             raise AssertionError(f"embargo violated: training row {w.train_hi - 1} has its label at "
                                  f"{w.train_hi - 1 + h} >= test start {w.test_lo}")
-
-
-def cs_zscore(x: np.ndarray) -> np.ndarray:
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mu = np.nanmean(x, axis=1, keepdims=True)
-        sd = np.nanstd(x, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sd > 0, (x - mu) / sd, 0.0) + np.where(np.isfinite(x), 0.0, np.nan)
 
 
 def ensemble_weights(ric_hist: dict[str, np.ndarray]) -> dict[str, float]:

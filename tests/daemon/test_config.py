@@ -84,11 +84,23 @@ def test_every_numeric_option_has_an_upper_bound():
     ({"risk": {"max_daily_loss": 1e300}}, "risk.max_daily_loss: must be <="),
     ({"optimizer": {"allow_short": True}, "broker": {"kind": "testnet"}}, "optimizer.allow_short = true needs "
                                                                           "broker.kind = \"paper\""),
+    ({"engines": {"family": "pooled"}}, "engines.family"),
+    ({"engines": {"family": "universe"}, "retrain": {"enabled": False},
+      "general": {"symbols": ["BTCUSDT", "ETHUSDT"]}}, "engines.family = \"universe\" needs at least 3 symbols"),
+    ({"engines": {"family": "universe"}, "general": {"symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"]}},
+     "needs retrain.enabled = false"),
 ])
 def test_out_of_bounds_and_cross_section_rules_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as ei:
         config_from_dict(raw, "my.toml")
     assert str(ei.value).startswith("my.toml: ") and needle in str(ei.value)
+
+
+def test_universe_family_is_a_typed_choice():
+    assert Config().engines.family == "per_symbol"
+    c = config_from_dict({"engines": {"family": "universe"}, "retrain": {"enabled": False},
+                          "general": {"symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"]}})
+    assert c.engines.family == "universe"
 
 
 def test_spot_is_long_only_by_default_and_paper_may_choose_shorts():

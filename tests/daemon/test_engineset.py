@@ -96,3 +96,39 @@ def test_batch_refuses_a_symbol_twice():
     es = EngineSet("1m", {"xgboost": le("xgboost", Capture())})
     with pytest.raises(ValueError, match="twice"):
         es.predict_batch([np.zeros(13, np.float32)] * 2, ["A", "A"])
+
+
+def test_a_bad_row_costs_only_its_symbol_not_the_boundary(tiny_registry):
+    """A row the engines refuse (inf) fails the batch call; the set retries row by row: every other symbol
+    gets exactly its per-symbol predictions, the bad one loses only that model's, and the refusal is counted in
+    /metrics with its reason."""
+    import dataclasses
+
+    from daemon.config import Config
+    from daemon.metrics import Metrics
+    from engines.features import FEATURE_SCHEMA
+    from engines.registry import ModelRegistry
+    cfg = dataclasses.replace(Config().engines, warmup_iters=2)
+    metrics = Metrics()
+    one = EngineSet.load(ModelRegistry(tiny_registry), "5m", cfg)
+    many = EngineSet.load(ModelRegistry(tiny_registry), "5m", cfg, metrics=metrics)
+    rng = np.random.default_rng(3)
+    syms = [f"S{i}USDT" for i in range(6)]
+    f = len(FEATURE_SCHEMA.names)
+    for step in range(10):
+        rows = [rng.standard_normal(f).astype(np.float32) for _ in syms]
+        bad = step == 9
+        if bad:
+            rows[2][0] = np.inf
+        got = many.predict_batch(rows, syms)
+        for k, (r, s) in enumerate(zip(rows, syms)):
+            if bad and k == 2:
+                with pytest.raises(ValueError, match="inf"):
+                    one.predict(r, s)
+                assert got[k] == {}  # both models refuse the inf row (each counted)
+                continue
+            assert got[k] == one.predict(r, s)
+    assert all(set(g) == {"xgboost", "lstm"} for i, g in enumerate(got) if i != 2)
+    assert many.row_errors == {("xgboost", "ValueError"): 1, ("lstm", "ValueError"): 1}
+    text = metrics.render().decode()
+    assert 'tradingd_predict_row_errors_total{kind="xgboost",reason="ValueError",timeframe="5m"} 1.0' in text

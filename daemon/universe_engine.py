@@ -1,0 +1,205 @@
+"""The pooled universe models of one timeframe inside the pipeline: research's batch panel, one bar boundary at a time.
+
+At each boundary (``predict_boundary``) the engine steps :class:`engines.xsection.UniverseRolling` with every
+symbol's closed bar (the universe's rolling state: long returns, dollar volume, beta), builds the ``(N, 15)``
+per-symbol rows from the pipeline's live 13 features plus those returns, the cross-sectional columns over the N rows
+(``engines.xsection.cross_section``), keeps the last ``seq_len`` universe rows for the LSTM, and scores all symbols
+with ONE call per model (``engines.pooled.UniverseBundle.predict``). Each symbol gets ``{"expected_return": r,
+"score": z, "u_<model>": raw score}`` (``u_`` because "xgboost"/"lstm" mean P(up) to the optimizer); a symbol
+without a complete row gets ``{}``.
+
+The rolling state must see every universe bar once, in order: history priming (``TradingPipeline.prime`` feeds one
+symbol's history after the other) hands bars to :meth:`observe_bar`, which keeps them by close time; they are
+stepped in time order before the next boundary is predicted. A bar of a boundary already stepped (a symbol whose bar
+arrived after its boundary was decided without it) cannot be inserted into the past: it is refused and counted
+(``counters["late_bar"]``, ``tradingd_universe_refusals_total{reason="late_bar"}``): the symbol's long returns are
+then over its bars without that one (the research panel would have it).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+
+from engines.base import ModelLoadError
+from engines.features import FEATURE_SCHEMA
+from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
+from engines.xsection import BETA_N, EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
+
+__all__ = ["UniverseEngineSet", "load_universe_sets", "history_extra_bars", "MIN_SYMBOLS"]
+
+log = structlog.get_logger(__name__)
+
+MIN_SYMBOLS = 3  # cross-sectional ranks and z-scores over fewer symbols carry no information
+
+
+class UniverseEngineSet:
+    """See the module docstring. ``symbols``: the pipeline's universe, in its order."""
+
+    def __init__(self, timeframe: str, bundle: UniverseBundle, symbols: Sequence[str], *, metrics: Any = None,
+                 threads: int = 1) -> None:
+        self.timeframe = timeframe
+        self.bundle = bundle
+        self.symbols = tuple(symbols)
+        self._j = {s: j for j, s in enumerate(self.symbols)}
+        self.metrics = metrics
+        self.threads = threads
+        self._roll = UniverseRolling(self.symbols)
+        self._hist: deque[np.ndarray] = deque(maxlen=max(bundle.seq_len, 1))
+        self._primed: dict[int, dict[str, tuple[float, float, np.ndarray | None]]] = {}
+        self.last_close = -1
+        self.steps = 0
+        self.calls: Counter[str] = Counter()  # inference calls per model
+        self.counters: Counter[str] = Counter()
+        self.predictions = 0
+
+    # -------------------------------------------------------------------------------------- pipeline hooks
+    @property
+    def seq_len(self) -> int:
+        """Extra bars of history (beyond the live features' warm-up) before the first complete universe row: each
+        symbol's own warm-up, then ``BETA_N / 2`` universe bars with a market return before beta exists, then the
+        LSTM's window (what ``kernel.prime`` fetches)."""
+        return history_extra_bars(self.bundle.seq_len)
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def info(self) -> dict[str, dict]:
+        i = self.bundle.info()
+        return {UNIVERSE_KIND: {**i, "backend": "cpu", "reason": "pooled universe models (engines.pooled)",
+                                "schema_hash": UNIVERSE_SCHEMA_HASH,
+                                "fallback": False, "failed": [], "steps": self.steps,
+                                "inference_calls": dict(self.calls), "counters": dict(self.counters)}}
+
+    def observe(self, row: np.ndarray, symbol: str = "") -> None:
+        """The per-symbol engine set's priming hook: the universe engine primes through :meth:`observe_bar`."""
+
+    def observe_bar(self, symbol: str, bar: Any, row: np.ndarray | None) -> None:
+        """A history bar (priming): kept until the boundaries before the next live one are stepped in order."""
+        if symbol not in self._j:
+            return
+        close_ns = bar.open_ns + _tf_ns(self.timeframe)
+        if close_ns <= self.last_close:
+            self._refuse("late_bar")
+            return
+        self._primed.setdefault(close_ns, {})[symbol] = (float(bar.close), float(bar.volume), row)
+
+    def predict_boundary(self, rows: Sequence[tuple[str, Any, np.ndarray | None]], close_ns: int
+                         ) -> list[dict[str, float]]:
+        """``rows``: (symbol, closed bar, live feature row or None) of the boundary closing at ``close_ns``."""
+        out: list[dict[str, float]] = [{} for _ in rows]
+        self.finish_priming(before=close_ns)
+        if close_ns <= self.last_close:
+            self._refuse("late_bar", len(rows))
+            return out
+        entries = self._primed.pop(close_ns, {})
+        for sym, bar, row in rows:
+            if sym in self._j:
+                entries[sym] = (float(bar.close), float(bar.volume), row)
+            else:
+                self._refuse("unknown_symbol")
+        X = self._step(entries, close_ns)
+        hist = np.stack(self._hist)
+        t0 = time.perf_counter_ns()
+        res = self.bundle.predict(hist, self.threads)
+        dt = time.perf_counter_ns() - t0
+        valid = np.isfinite(X).all(axis=-1)
+        if valid.any():
+            for k in self.bundle.models:
+                self.calls[k] += 1
+                if self.metrics is not None:
+                    self.metrics.inference_latency.labels(f"u_{k}", "cpu").observe(dt / 1e9 / len(self.bundle.models))
+        for i, (sym, _, _) in enumerate(rows):
+            j = self._j.get(sym)
+            if j is None or not valid[j]:
+                continue
+            er = float(res["expected_return"][j])
+            if not math.isfinite(er):
+                continue
+            p = {"expected_return": er, "score": float(res["z"][j])}
+            for k in self.bundle.models:
+                p[f"u_{k}"] = float(res[k][j])
+            out[i] = p
+            self.predictions += 1
+        return out
+
+    def finish_priming(self, before: int | None = None) -> int:
+        """Step the primed bars (closing before ``before``; all by default) in time order. ``kernel.prime`` calls it
+        after the last symbol's history, so the first live boundary does not pay for thousands of steps. Only the
+        last ``seq_len`` of them build feature rows (the LSTM's window); the older ones move the state only."""
+        keys = sorted(k for k in self._primed if before is None or k < before)
+        keep = self._hist.maxlen or 1
+        for i, c in enumerate(keys):
+            self._step(self._primed.pop(c), c, rows=i >= len(keys) - keep)
+        return len(keys)
+
+    # -------------------------------------------------------------------------------------- internals
+    def _step(self, entries: dict[str, tuple[float, float, np.ndarray | None]], close_ns: int, rows: bool = True
+              ) -> np.ndarray | None:
+        """One universe bar: the rolling state, then the (N, F) feature rows (NaN = no complete row); ``rows=False``
+        (an old primed bar) moves the state only and keeps an all-NaN row (it leaves the LSTM window anyway)."""
+        bars = {s: (c, v) for s, (c, v, _) in entries.items()}
+        live = {s: r is not None and bool(np.isfinite(r).all()) for s, (_, _, r) in entries.items()}
+        x = self._roll.step(bars, live, beta=rows)
+        if not rows:
+            self.last_close = close_ns
+            self.steps += 1
+            return None
+        N, nb = len(self.symbols), FEATURE_SCHEMA.n_features
+        ps = np.full((N, nb + len(EXTRA_RET)), np.nan)
+        for s, (_, _, r) in entries.items():
+            j = self._j[s]
+            if x.present[j]:
+                ps[j, :nb] = r
+                for i, h in enumerate(EXTRA_RET):
+                    ps[j, nb + i] = x.ret[h][j]
+        cs = cross_section(ps, x.dv, x.beta, np.asarray(close_ns))
+        X = np.concatenate([ps, cs], axis=-1).astype(np.float32)
+        self._hist.append(X)
+        self.last_close = close_ns
+        self.steps += 1
+        return X
+
+    def _refuse(self, reason: str, n: int = 1) -> None:
+        self.counters[reason] += n
+        m = self.metrics
+        c = getattr(m, "universe_refusals", None) if m is not None else None
+        if c is not None:
+            c.labels(self.timeframe, reason).inc(n)
+        log.warning("universe_bar_refused", timeframe=self.timeframe, reason=reason, n=n)
+
+
+def history_extra_bars(lstm_seq_len: int) -> int:
+    """Bars of history beyond the live features' warm-up before a symbol's first complete universe row."""
+    return WARMUP + BETA_N // 2 + lstm_seq_len + 2 - FEATURE_SCHEMA.warmup
+
+
+def _tf_ns(tf: str) -> int:
+    from market.events import timeframe_ns
+    return timeframe_ns(tf)
+
+
+def load_universe_sets(registry: Any, timeframes: Sequence[str], symbols: Sequence[str], *, metrics: Any = None,
+                       threads: int = 1) -> dict[str, UniverseEngineSet]:
+    """Every timeframe's CURRENT universe bundle from the registry (verified: checksums, schema), loaded; any problem
+    is a ModelLoadError naming the file (the daemon refuses to start)."""
+    if len(symbols) < MIN_SYMBOLS:
+        raise ModelLoadError(f"the universe models need at least {MIN_SYMBOLS} symbols, got {len(symbols)}")
+    out = {}
+    for tf in timeframes:
+        ref = registry.load(tf, UNIVERSE_KIND, schema_hash=UNIVERSE_SCHEMA_HASH)
+        b = load_bundle(ref.path, version=ref.version)
+        if b.timeframe != tf:
+            raise ModelLoadError(f"{ref.path}: bundle for timeframe {b.timeframe!r}, expected {tf!r}")
+        if list(ref.manifest["feature_schema"]["names"]) != list(FEATURE_NAMES):
+            raise ModelLoadError(f"{ref.path}: feature names differ from the daemon's universe features")
+        log.info("universe_engine_loaded", timeframe=tf, version=ref.version, models=sorted(b.models),
+                 weights=b.weights, slope=b.calibration.slope)
+        out[tf] = UniverseEngineSet(tf, b, symbols, metrics=metrics, threads=threads)
+    return out

@@ -1,0 +1,269 @@
+"""Inference of the pooled universe models (research/models.py trains them), in one place for research and daemon.
+
+A universe bundle is a folder: ``manifest.json`` (written by ``tradingd train --data``; inside a registry version it
+is ``universe.json`` next to the registry's own manifest) plus one file per model: XGBoost ``.ubj``, ridge ``.npz``
+(w, ym, mu, sd), LSTM ``.pt`` (state dict, mu, sd as tensors, hidden, seq_len, features). :func:`load_bundle`
+refuses with :class:`ModelLoadError` naming the file on a missing or corrupt file, or a feature list other than
+``engines.xsection.FEATURE_NAMES`` (the columns the daemon computes).
+
+Scores: :func:`score` takes the rows of ONE batch — ``(N, F)`` features for xgboost/ridge, ``(N, L, F)`` raw feature
+windows for the LSTM (standardised here with the model's mu/sd, NaN -> 0, exactly as in training) — and answers in
+one call per model. The ensemble is ``sum(weight * cs_zscore(score))`` over the symbols present (a model without a
+score for a symbol adds 0), and ``expected_return = calibration.slope * cs_zscore(ensemble)`` (research/calibration.py
+fits the slope on the training holdout)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import ModelLoadError
+from engines.features import FEATURE_SCHEMA
+from engines.xsection import FEATURE_NAMES, cs_zscore
+
+__all__ = ["MODEL_KINDS", "Calibration", "PooledModel", "UniverseBundle", "load_bundle", "score", "lstm_net",
+           "standardise_windows", "ensemble_score", "UNIVERSE_KIND", "UNIVERSE_SCHEMA_HASH", "BUNDLE_MANIFEST"]
+
+MODEL_KINDS = ("xgboost", "ridge", "lstm")
+UNIVERSE_KIND = "universe"  # the registry's kind for a bundle (<root>/<tf>/universe/<version>/)
+BUNDLE_MANIFEST = "universe.json"  # the bundle's manifest inside a registry version
+# the pooled models' feature schema: the live per-symbol features' hash plus the universe columns, in order
+UNIVERSE_SCHEMA_HASH = hashlib.sha256(f"{FEATURE_SCHEMA.hash}|{','.join(FEATURE_NAMES)}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    slope: float        # forward log return (over ``horizon`` bars) per unit of cross-sectional z-score
+    intercept: float    # mean forward return of the fitting rows (recorded, not used)
+    horizon: int        # bars
+    rows: int
+    method: str = "OLS of the horizon's forward log return on the score's cross-sectional z-score"
+
+    def expected_return(self, z: np.ndarray | float) -> np.ndarray | float:
+        return self.slope * z
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(float(d["slope"]), float(d["intercept"]), int(d["horizon"]), int(d["rows"]),
+                   str(d.get("method", cls.method)))
+
+
+def lstm_net(n_feat: int, hidden: int):
+    """The pooled LSTM: one layer, the last step's hidden state through a linear head."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(n_feat, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, 1)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.head(out[:, -1]).squeeze(-1)
+    return Net()
+
+
+def standardise_windows(S: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """(rows, L, F) raw feature windows -> the LSTM's input: (S - mu) / sd in float32, NaN (no row) -> 0."""
+    S = (np.asarray(S, dtype=np.float32) - np.asarray(mu).astype(np.float32)) / np.asarray(sd).astype(np.float32)
+    return np.nan_to_num(S, nan=0.0).astype(np.float32)
+
+
+class torch_threads:
+    """torch.set_num_threads for a block, restored after."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *a):
+        import torch
+        torch.set_num_threads(self.old)
+
+
+def score(kind: str, obj: Any, X: np.ndarray, *, mu: np.ndarray | None = None, sd: np.ndarray | None = None,
+          threads: int = 1, best_iteration: int | None = None) -> np.ndarray:
+    """Scores of one batch of rows in ONE call: ``X`` (N, F) for xgboost/ridge, (N, L, F) raw windows for lstm."""
+    if len(X) == 0:
+        return np.zeros(0)
+    if kind == "xgboost":
+        it = obj.best_iteration if best_iteration is None else best_iteration
+        # in place (no DMatrix: its construction cost ~80 ms per call on a busy 2-core box, the trees ~1 ms)
+        return np.asarray(obj.inplace_predict(np.ascontiguousarray(X, dtype=np.float32),
+                                              iteration_range=(0, int(it) + 1)), dtype=np.float64)
+    if kind == "ridge":
+        w, ym = obj
+        # row-wise sums (not a BLAS GEMV): a row's score does not depend on the batch it is in
+        return (((X - mu) / sd).astype(np.float64) * w).sum(axis=1) + ym
+    if kind == "lstm":
+        import torch
+        with torch.no_grad(), torch_threads(threads):
+            return obj(torch.from_numpy(standardise_windows(X, mu, sd))).numpy().astype(np.float64)
+    raise ValueError(f"unknown pooled model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+
+
+def ensemble_score(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """sum(weight * cross-sectional z-score) over the last axis (the symbols); a missing score adds 0; NaN where
+    no model scored the symbol."""
+    zs = {k: cs_zscore(np.asarray(s, dtype=np.float64)) for k, s in scores.items() if k in weights}
+    if not zs:
+        raise ValueError("no model of the ensemble has scores")
+    out = sum(float(weights[k]) * np.nan_to_num(z, nan=0.0) for k, z in zs.items())
+    any_ok = np.logical_or.reduce([np.isfinite(z) for z in zs.values()])
+    return np.where(any_ok, out, np.nan)
+
+
+@dataclass(frozen=True, eq=False)
+class PooledModel:
+    kind: str
+    obj: Any
+    file: str
+    mu: np.ndarray | None = None
+    sd: np.ndarray | None = None
+    seq_len: int = 0
+    best_iteration: int | None = None
+
+    def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        return score(self.kind, self.obj, X, mu=self.mu, sd=self.sd, threads=threads,
+                     best_iteration=self.best_iteration)
+
+
+@dataclass(frozen=True, eq=False)
+class UniverseBundle:
+    """A timeframe's pooled models, their ensemble weights and calibration (see the module docstring)."""
+
+    timeframe: str
+    path: str
+    models: dict[str, PooledModel]
+    weights: dict[str, float]
+    calibration: Calibration
+    manifest: dict = field(repr=False, default_factory=dict)
+    version: str = ""
+
+    @property
+    def seq_len(self) -> int:
+        return max((m.seq_len for m in self.models.values()), default=0)
+
+    def predict(self, hist: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
+        """``hist`` (L, N, F): the universe's last L feature rows, the newest last (NaN = no row). Returns per model
+        (N,) scores (NaN where the newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``."""
+        X = hist[-1]
+        valid = np.isfinite(X).all(axis=-1)
+        idx = np.flatnonzero(valid)
+        out: dict[str, np.ndarray] = {}
+        for kind, m in self.models.items():
+            s = np.full(X.shape[0], np.nan)
+            if len(idx):
+                if kind == "lstm":
+                    L = m.seq_len
+                    W = hist[-L:, idx].transpose(1, 0, 2)
+                    if W.shape[1] < L:  # fewer universe bars than the window: the first row repeats (training's rule)
+                        W = np.concatenate([np.repeat(W[:, :1], L - W.shape[1], axis=1), W], axis=1)
+                    s[idx] = m.predict(W, threads)
+                else:
+                    s[idx] = m.predict(X[idx], threads)
+            out[kind] = s
+        ens = ensemble_score({k: out[k] for k in self.models}, self.weights)
+        ens = np.where(valid, ens, np.nan)
+        z = cs_zscore(ens)
+        out["ensemble"] = ens
+        out["z"] = z
+        out["expected_return"] = self.calibration.slope * z
+        return out
+
+    def info(self) -> dict:
+        return {"version": self.version, "path": self.path, "models": sorted(self.models),
+                "weights": dict(self.weights), "calibration": self.calibration.to_dict()}
+
+
+def _refuse(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(f"universe bundle file {path}: {why}")
+
+
+def _check_features(path: Path, names: Any) -> None:
+    if list(names or ()) != list(FEATURE_NAMES):
+        raise _refuse(path, f"feature list {list(names or ())[:5]}... ({len(names or ())} columns) is not the "
+                            f"daemon's {len(FEATURE_NAMES)} universe features (engines.xsection.FEATURE_NAMES); "
+                            f"retrain with `tradingd train --data`")
+
+
+def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) -> PooledModel:
+    kind = entry.get("kind")
+    f = d / str(entry.get("file", ""))
+    if kind not in MODEL_KINDS:
+        raise _refuse(d / "manifest", f"unknown model kind {kind!r}")
+    if not f.is_file():
+        raise _refuse(f, "missing")
+    try:
+        if kind == "xgboost":
+            import xgboost as xgb
+            b = xgb.Booster()
+            b.load_model(str(f))
+            b.set_param({"nthread": 1})
+            bi = (entry.get("info") or {}).get("best_iteration")
+            n_feat = b.num_features()
+            if n_feat != len(FEATURE_NAMES):
+                raise _refuse(f, f"model has {n_feat} features, the universe rows {len(FEATURE_NAMES)}")
+            return PooledModel(kind, b, f.name, best_iteration=int(bi) if bi is not None else None)
+        if kind == "ridge":
+            with np.load(f) as z:
+                w, ym, mu, sd = (np.asarray(z[k]) for k in ("w", "ym", "mu", "sd"))
+            if not (w.shape == mu.shape == sd.shape == (len(FEATURE_NAMES),)):
+                raise _refuse(f, f"weights of shape {w.shape}, expected ({len(FEATURE_NAMES)},)")
+            return PooledModel(kind, (w, float(ym)), f.name, mu, sd)
+        import torch
+        ck = torch.load(io.BytesIO(f.read_bytes()), map_location="cpu", weights_only=True)
+        _check_features(f, ck.get("features"))
+        net = lstm_net(len(FEATURE_NAMES), int(ck["hidden"]))
+        net.load_state_dict(ck["state"])
+        net.eval()
+        mu, sd = (np.asarray(ck[k].numpy() if hasattr(ck[k], "numpy") else ck[k]) for k in ("mu", "sd"))
+        return PooledModel(kind, net, f.name, mu, sd, seq_len=int(ck["seq_len"]))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # a library's parse error is a corrupt file
+        raise _refuse(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def load_bundle(path: Path | str, *, version: str = "") -> UniverseBundle:
+    """Load a bundle folder (``universe.json`` or ``manifest.json``); ModelLoadError naming the file otherwise."""
+    d = Path(path)
+    mf = d / BUNDLE_MANIFEST if (d / BUNDLE_MANIFEST).is_file() else d / "manifest.json"
+    try:
+        m = json.loads(mf.read_text())
+    except FileNotFoundError:
+        raise _refuse(mf, "missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _refuse(mf, f"unreadable or corrupt: {e}") from None
+    if not isinstance(m, dict) or m.get("kind") != "pooled-universe":
+        raise _refuse(mf, "not a pooled-universe manifest")
+    _check_features(mf, m.get("features"))
+    if "calibration" not in m:
+        raise _refuse(mf, "no calibration (trained by an older `tradingd train`; retrain)")
+    try:
+        cal = Calibration.from_dict(m["calibration"])
+        weights = {str(k): float(v) for k, v in m["ensemble"]["weights"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise _refuse(mf, f"bad calibration or ensemble weights: {e}") from None
+    models = {}
+    for e in m.get("models", ()):
+        pm = _load_model(d, e, m)
+        models[pm.kind] = pm
+    if not models or set(weights) - set(models):
+        raise _refuse(mf, f"ensemble weights for {sorted(weights)} but models {sorted(models)}")
+    return UniverseBundle(str(m.get("timeframe", "")), str(d), models, weights, cal, m, version)
