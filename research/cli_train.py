@@ -18,6 +18,7 @@ import structlog
 
 from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, forward_returns, panel_features, target
+from research.executor import ClusterUnreachable, ExecutorError, make_executor
 from research.metrics import signal_metrics
 from research.models import fit_model, predict_panel, save_model
 from research.params import load_params, params_for
@@ -51,6 +52,7 @@ def train_universe(args, uni=None) -> dict:
         uni = load_universe(args.data, tuple(x for x in args.timeframes.split(",") if x) or None,
                             symbols=tuple(x for x in args.symbols.split(",") if x) or None, last_days=args.last_days)
     out = {}
+    executor = make_executor(args.executor, args.address, num_cpus_per_task=max(1, args.threads))
     for tf, panel in uni.panels.items():
         pf = panel_features(panel)
         prm = params_for(tf, loaded, horizon=args.horizon, lstm_max_rows=args.lstm_max_rows, threads=args.threads,
@@ -62,10 +64,11 @@ def train_universe(args, uni=None) -> dict:
         fv = int(np.flatnonzero(pf.valid.any(axis=1))[0])
         cut = T - h - int((T - h - fv) * args.holdout_frac)
         hold = {}
-        scores = {}
+        shared = {"pf": pf, "y": y, "prm": prm, "seed": args.seed}
+        got = executor.map(_holdout_job, [(m, fv, cut - h, cut, T - h) for m in opts.models], shared=shared,
+                           label=lambda j: f"{tf} {j[0]} holdout fit")
+        scores = dict(zip(opts.models, got))
         for m in opts.models:
-            fm = fit_model(m, pf, y, fv, cut - h, prm, seed=args.seed)
-            scores[m] = predict_panel(fm, pf, cut, T - h)
             hold[m] = signal_metrics(scores[m], fwd[cut:T - h], h)
         from research.metrics import ic_series
         wts = ensemble_weights({m: ic_series(s, fwd[cut:T - h])[1] for m, s in scores.items()})
@@ -74,10 +77,10 @@ def train_universe(args, uni=None) -> dict:
         cal = fit_calibration(ens, fwd[cut:T - h], h)
         d = Path(args.registry) / "universe" / tf
         d.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for m in opts.models:
-            fm = fit_model(m, pf, y, fv, T, prm, seed=args.seed)
-            entries.append(save_model(fm, d / m))
+        # the final fits write their files into d (a path every node shares); only _publish below makes them a
+        # registry version, so a failed job publishes nothing
+        entries = executor.map(_final_job, [(m, fv, T, str(d)) for m in opts.models], shared=shared,
+                               label=lambda j: f"{tf} {j[0]} final fit")
         manifest = {"timeframe": tf, "kind": "pooled-universe", "features": list(FEATURE_NAMES),
                     "symbols": list(pf.symbols), "params": prm.to_dict(), "params_file": args.params,
                     "hpo": hpo_stats.get(tf), "models": entries,
@@ -91,7 +94,19 @@ def train_universe(args, uni=None) -> dict:
         manifest["registry_version"] = ref.version
         out[tf] = manifest
         log.info("train.timeframe", tf=tf, weights=wts, dir=str(d), version=ref.version, slope=cal.slope)
-    return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info()}
+    executor.close()
+    return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info(),
+            "executor": executor.name}
+
+
+def _holdout_job(m: str, lo: int, hi: int, s_lo: int, s_hi: int, *, pf, y, prm, seed) -> np.ndarray:
+    """One job: ``m`` fitted on bars [lo, hi), scored on [s_lo, s_hi) (the holdout that learns the weights)."""
+    return predict_panel(fit_model(m, pf, y, lo, hi, prm, seed=seed), pf, s_lo, s_hi)
+
+
+def _final_job(m: str, lo: int, hi: int, out_dir: str, *, pf, y, prm, seed) -> dict:
+    """One job: ``m`` fitted on every labelled bar, its file written under ``out_dir``; its manifest entry."""
+    return save_model(fit_model(m, pf, y, lo, hi, prm, seed=seed), Path(out_dir) / m)
 
 
 def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict):
@@ -119,6 +134,12 @@ def main(args, uni=None) -> int:
     except (UniverseError, ValueError) as e:
         print(f"tradingd train: {e}", file=sys.stderr)
         return 2
+    except ClusterUnreachable as e:
+        print(f"tradingd train: {e}", file=sys.stderr)
+        return 3
+    except ExecutorError as e:
+        print(f"tradingd train: {e} (nothing was published)", file=sys.stderr)
+        return 1
     for tf, m in res["timeframes"].items():
         hm = m["holdout"]["metrics"]
         print(f"{tf}: " + ", ".join(f"{k} rank_ic {v['rank_ic']:+.4f}" for k, v in hm.items()) +

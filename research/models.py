@@ -139,10 +139,12 @@ def _fit_xgb(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
 
 def _fit_ridge(p: Pooled, prm: ModelParams, seed: int) -> FittedModel:
     mu, sd = _standardise(p.X)
-    Z = (p.X - mu) / sd
-    A = Z.T.astype(np.float64) @ Z + prm.ridge_alpha * len(Z) / 1000 * np.eye(Z.shape[1])
+    Z = ((p.X - mu) / sd).astype(np.float64)
+    # einsum's own loops, not a threaded BLAS GEMM: the same bits whatever the thread count (a Ray worker runs
+    # BLAS on 1 thread, this process on all cores), so both executors publish the same file
+    A = np.einsum("ij,ik->jk", Z, Z) + prm.ridge_alpha * len(Z) / 1000 * np.eye(Z.shape[1])
     ym = p.y.mean()
-    w = np.linalg.solve(A, Z.T.astype(np.float64) @ (p.y - ym))
+    w = np.linalg.solve(A, np.einsum("ij,i->j", Z, p.y - ym))
     return FittedModel("ridge", prm, seed, (w, ym), mu, sd, info={"rows": len(p.y), "device": "cpu",
                                                                  "device_reason": "closed form"})
 

@@ -61,6 +61,7 @@ def test_an_unreachable_or_missing_cluster_is_a_clear_error_naming_the_address()
 def test_cli_exits_3_naming_the_cluster_when_it_is_unreachable(small_1h_folder, tmp_path):
     port = _free_port()
     for cmd in (["backtest", "--data", str(small_1h_folder), "--report", str(tmp_path / "r")],
+                ["train", "--data", str(small_1h_folder), "--registry", str(tmp_path / "m")],
                 ["hpo", "--data", str(small_1h_folder), "--out", str(tmp_path / "h"), "--trials", "1"]):
         p = subprocess.run([sys.executable, "-m", "daemon.cli", *cmd, "--executor", "ray", "--address",
                             f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
@@ -199,6 +200,24 @@ def test_hpo_on_the_cluster_equals_the_local_run(ray_cluster, small_1h_folder, t
     assert outs["ray"]["timeframes"] == outs["local"]["timeframes"]
     for k in ("trials", "completed", "pruned", "best_value_sharpe", "best_rank_ic", "deflated_sharpe"):
         assert outs["ray"]["hpo"]["1h"][k] == outs["local"]["hpo"]["1h"][k], k
+
+
+@needs_cluster
+def test_universe_training_on_the_cluster_publishes_the_same_bundle_as_local(ray_cluster, small_1h_folder,
+                                                                             tmp_path):
+    """``tradingd train --data DIR`` (the pooled universe models, every timeframe and kind) on the cluster: the
+    published bundle's model files are byte-identical to the local run's."""
+    files = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", ray_cluster["address"]])):
+        reg = tmp_path / name
+        p = subprocess.run([sys.executable, "-m", "daemon.cli", "train", "--data", str(small_1h_folder),
+                            "--registry", str(reg), "--models", "xgboost,ridge,lstm", "--threads", "1", *extra],
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        files[name] = {f.relative_to(reg / "universe").as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                       for f in sorted((reg / "universe").rglob("*")) if f.is_file() and f.suffix != ".json"}
+    assert files["local"] and files["local"] == files["ray"]
+    assert {Path(k).suffix for k in files["local"]} == {".ubj", ".npz", ".pt"}
 
 
 def _klines_store(tmp: Path, days: int = 30) -> Path:
