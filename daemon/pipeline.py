@@ -368,6 +368,18 @@ class TradingPipeline:
         st.mark = bar_1m.close
         return out
 
+    def on_closed_bar(self, bar: Bar, book: Any = None, ts: int | None = None) -> list[Decision]:
+        """A closed bar of a traded timeframe from a source without 1m bars (the universe backtest replays 5m/1h
+        klines): marked, then staged and decided exactly like a bar the BarBuilder closed. ``ts`` defaults to the
+        bar's close time."""
+        st, book = self._state(bar.symbol, book)
+        if st is None:
+            return []
+        ts = bar.open_ns + timeframe_ns(bar.timeframe) if ts is None else ts
+        self.last_ts = max(self.last_ts, ts)
+        st.mark = bar.close
+        return self._close(bar, book, ts)
+
     def on_time(self, ts: int) -> list[Decision]:
         """Local clock tick (pass ``now - venue latency``): closes bars of quiet periods and decides on them."""
         out = []
