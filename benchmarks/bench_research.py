@@ -4,7 +4,9 @@
     python -m benchmarks.bench_research hpo [--data ../shared/data/universe/binance-spot-1h] [--trials 8]
 
 ``backtest``: wall time of ``tradingd backtest --data DIR`` over the whole folder (30 pairs x 8 months of 5m),
-training included, with the phase split from metrics.json ``info.timings_s``.
+training included, with the phase split from metrics.json ``info.timings_s``; the strategy and its baselines run
+through the live TradingPipeline (daemon/backtest/universe.py): ``pipeline_s`` is that phase (the strategy here,
+momentum and reversal in forked processes), ``pipeline_runs_s`` each run's own replay time.
 ``hpo``: trials per minute of ``tradingd hpo`` with J = 1 and J = 2 workers on the same data and trial count
 (one study per run, fresh journal), run one after the other in this process.
 """
@@ -41,9 +43,13 @@ def bench_backtest(a) -> dict:
         wall, out = _tradingd(args)
         m = json.loads((Path(d) / "metrics.json").read_text())
     info = m["info"]
+    pl = m.get("pipeline", {})
     return {"bench": "universe_backtest", "wall_s": round(wall, 1), "timings_s": info["timings_s"],
             "symbols": info["universe"]["n_symbols"], "bars": info["universe"]["bars"],
-            "strategy": m["strategy"], "cpu_count": os.cpu_count(), "args": args[4:]}
+            "pipeline_s": info["timings_s"].get("pipeline"), "pipeline_runs_s": pl.get("seconds"),
+            "pipeline_boundaries": pl.get("span_bars"), "strategy": m["strategy"],
+            "baselines": m["baselines"], "strategy_vectorised": m.get("strategy_vectorised"),
+            "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "args": args[4:]}
 
 
 def bench_hpo(a) -> dict:

@@ -111,6 +111,12 @@ class ReplayBook:
             self._top = ((b, 1e15), (a, 1e15))
             self._fill = (min(fb, b), max(fa, a))
 
+    def set_prices(self, mid: float, bid: float, ask: float, fill_bid: float, fill_ask: float) -> None:
+        """The same book from prices computed for every symbol at once (:func:`book_prices`)."""
+        self.mid_price = mid
+        self._top = ((bid, 1e15), (ask, 1e15))
+        self._fill = (fill_bid, fill_ask)
+
     def best_bid(self):
         return self._top[0] if self._top is not None else None
 
@@ -125,26 +131,85 @@ class ReplayBook:
         return [(fb, 1e15)], [(fa, 1e15)]
 
 
+def book_prices(mid: np.ndarray, tick: np.ndarray, half: float, slip: float) -> tuple[np.ndarray, ...]:
+    """:meth:`ReplayBook.set_mid`'s prices for many symbols at once: (bid, ask, fill bid, fill ask)."""
+    b = np.round(np.floor(mid * (1 - half) / tick + 1e-9) * tick, 12)
+    a = np.round(np.ceil(mid * (1 + half) / tick - 1e-9) * tick, 12)
+    fb = np.minimum(np.round(np.floor(mid * (1 - half - slip) / tick + 1e-9) * tick, 12), b)
+    fa = np.maximum(np.round(np.ceil(mid * (1 + half + slip) / tick - 1e-9) * tick, 12), a)
+    return b, a, fb, fa
+
+
+class _Cursor:
+    """The bar index being replayed (the replay loop sets ``t``; the engine set and the features read it)."""
+
+    t: int = -1
+
+
+class ReplayFeatures:
+    """The pipeline's per-symbol feature evaluator in the replay. The models' inputs are the research panel's
+    (pooled, cross-sectional, computed in batch) and the replay engine does not read the pipeline's row, so only
+    what the optimizer uses is kept: Wilder ATR(14) (``engines.features.atr``, the live evaluator's formula)
+    computed in batch over the symbol's whole span. ``update`` returns a (constant) row once the ATR is defined
+    and the live warm-up has passed, None before, like the live evaluator."""
+
+    _ROW = np.zeros(1)
+
+    def __init__(self, atr: np.ndarray, first: int, cursor: _Cursor) -> None:
+        from engines.features import FEATURE_SCHEMA
+        self._a = atr.tolist()
+        self._ready = first + FEATURE_SCHEMA.warmup
+        self._cur = cursor
+        self.atr: float | None = None
+
+    def update(self, bar: Bar) -> np.ndarray | None:
+        t = self._cur.t
+        a = self._a[t]
+        self.atr = a if a == a and a > 0 else None
+        return self._ROW if self.atr is not None and t >= self._ready else None
+
+
+def panel_atr(panel) -> tuple[np.ndarray, np.ndarray]:
+    """(T, N) Wilder ATR(14) of every symbol over its own span (NaN outside it) and each symbol's first bar."""
+    from engines.features import atr
+    out = np.full(panel.close.shape, np.nan)
+    first = np.zeros(panel.close.shape[1], np.int64)
+    for j in range(panel.close.shape[1]):
+        if not np.isfinite(panel.close[:, j]).any():
+            first[j] = len(out)
+            continue
+        a, k = panel.klines(j)
+        out[a:a + len(k), j] = atr(k)
+        first[j] = a
+    return out, first
+
+
 class ReplayPredictions:
     """The replay's engine set for one timeframe: ``predict_batch`` answers each symbol's precomputed
     ``{"expected_return": r}`` for the boundary being replayed (``t``, set by the replay loop); NaN -> no
     prediction. ``trace`` keeps every call's (t, symbols) for the tests."""
 
-    def __init__(self, er: np.ndarray, symbols: tuple[str, ...], trace: bool = False) -> None:
+    def __init__(self, er: np.ndarray, symbols: tuple[str, ...], trace: bool = False,
+                 cursor: _Cursor | None = None) -> None:
         self.er = er
         self.col = {s: j for j, s in enumerate(symbols)}
-        self.t = -1
+        self.cursor = cursor or _Cursor()
         self.calls = 0
         self.served = 0
         self.trace: list[tuple[int, tuple[str, ...]]] | None = [] if trace else None
 
+    @property
+    def t(self) -> int:
+        return self.cursor.t
+
     def predict_batch(self, rows, symbols) -> list[dict[str, float]]:
         self.calls += 1
+        t = self.cursor.t
         if self.trace is not None:
-            self.trace.append((self.t, tuple(symbols)))
-        if self.t < 0:
+            self.trace.append((t, tuple(symbols)))
+        if t < 0:
             return [{} for _ in symbols]
-        er = self.er[self.t]
+        er = self.er[t]
         col = self.col
         out = []
         for s in symbols:
@@ -236,8 +301,16 @@ def _ffill(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fresh(path: Path) -> Path:
+    """A run's scratch store must start empty: the paper broker would recover an earlier run's account from it."""
+    if path.exists():
+        raise ValueError(f"{path} exists: a replay needs a fresh store (the broker recovers its account from it)")
+    return path
+
+
 def replay(name: str, panel, er: np.ndarray, lo: int, hi: int, *, cfg, filters: dict[str, SymbolFilters],
-           costs: Costs, workdir: Path, warm: int = 100, trace: bool = False) -> PipelineRun:
+           costs: Costs, workdir: Path, warm: int = 100, trace: bool = False,
+           atr: tuple[np.ndarray, np.ndarray] | None = None) -> PipelineRun:
     """Replay bars ``[lo - warm, hi)`` of ``panel`` through one TradingPipeline whose engine set answers ``er``;
     the warm bars build features and the optimizer's metrics (no predictions before ``lo``); recorded from ``lo``.
     """
@@ -250,20 +323,25 @@ def replay(name: str, panel, er: np.ndarray, lo: int, hi: int, *, cfg, filters: 
     tf, syms = panel.timeframe, panel.symbols
     tf_ns = timeframe_ns(tf)
     cash = cfg.broker.starting_cash
-    store = SQLiteStore(workdir / f"{name}.sqlite", quote_asset=cfg.broker.quote_asset)
+    store = SQLiteStore(_fresh(workdir / f"{name}.sqlite"), quote_asset=cfg.broker.quote_asset)
     broker = PaperBroker(cfg.broker, store, symbols=syms, filters=filters)
     opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=cfg.broker.taker_fee,
                                 timeframes=(tf,), starting_equity=cash)
     risk = RiskManager(cfg.risk, filters)
     books = {s: ReplayBook(filters[s], costs.spread_bps, costs.slippage_bps) for s in syms}
     clock = _Clock()
+    cur = _Cursor()
     er_live = er.copy()
     er_live[:lo] = np.nan  # nothing is traded before the recorded span
-    eng = ReplayPredictions(er_live, syms, trace=trace)
-    pipe = TradingPipeline(cfg, syms, {tf: eng}, opt, risk, broker, store=None, clock=lambda: clock.now,
-                           books=books, bar_sink=None, keep=64, timeframes=(tf,))
-    sim = _Sim(name, pipe, None, TradeLedger())
+    eng = ReplayPredictions(er_live, syms, trace=trace, cursor=cur)
+    atr_tn, first = atr if atr is not None else panel_atr(panel)
     col = {s: j for j, s in enumerate(syms)}
+    pipe = TradingPipeline(cfg, syms, {tf: eng}, opt, risk, broker, store=None, clock=lambda: clock.now,
+                           books=books, bar_sink=None, keep=64, timeframes=(tf,),
+                           features=lambda s, _tf: ReplayFeatures(atr_tn[:, col[s]], int(first[col[s]]), cur))
+    sim = _Sim(name, pipe, None, TradeLedger())
+    ticks = np.array([filters[s].tick_size for s in syms])
+    book_list = [books[s] for s in syms]
     present = np.isfinite(panel.close) & np.isfinite(panel.high) & np.isfinite(panel.low)
     last = _ffill(panel.close)
     start = max(0, lo - warm)
@@ -277,18 +355,20 @@ def replay(name: str, panel, er: np.ndarray, lo: int, hi: int, *, cfg, filters: 
         for t in range(start, hi):
             close_ns = int(panel.open_ns[t]) + tf_ns
             clock.now = close_ns
-            eng.t = t
+            cur.t = t
             idx = np.flatnonzero(present[t])
             bars = _bars(panel, t, idx)
+            mids = panel.close[t, idx]
+            px = [x.tolist() for x in book_prices(mids, ticks[idx], books[syms[0]].half, books[syms[0]].slip)]
             if opt.positions:  # stops / take profits inside the bar, before its close is decided
                 by_sym = {b.symbol: b for b in bars}
                 for s in list(opt.positions):
                     b = by_sym.get(s)
                     if b is not None:
                         _intrabar(sim, b, clock, books[s])
-            for b in bars:
-                bk = books[b.symbol]
-                bk.set_mid(b.close)
+            for i, b in enumerate(bars):
+                bk = book_list[idx[i]]
+                bk.set_prices(b.close, px[0][i], px[1][i], px[2][i], px[3][i])
                 ds = pipe.on_closed_bar(b, bk, close_ns)
                 for d in ds:
                     if d.intents or d.fills:
@@ -339,7 +419,7 @@ def buy_and_hold(panel, lo: int, hi: int, *, cfg, filters: dict[str, SymbolFilte
     tf, syms = panel.timeframe, panel.symbols
     tf_ns = timeframe_ns(tf)
     cash = cfg.broker.starting_cash
-    store = SQLiteStore(workdir / "buy_and_hold.sqlite", quote_asset=cfg.broker.quote_asset)
+    store = SQLiteStore(_fresh(workdir / "buy_and_hold.sqlite"), quote_asset=cfg.broker.quote_asset)
     broker = PaperBroker(cfg.broker, store, symbols=syms, filters=filters)
     led = TradeLedger()
     books = {s: ReplayBook(filters[s], costs.spread_bps, costs.slippage_bps) for s in syms}
@@ -433,10 +513,11 @@ def pipeline_backtest(res, panel, model: str, *, cfg=None, costs: Costs = Costs(
     try:
         from daemon.backtest.training import _Job
         # the baselines in forked processes (when allowed) while the strategy runs here
-        jobs = {k: _Job(_replay_kw, (k, panel, er[k], lo, hi, rcfg, filters, costs, wd, trace), fork=parallel)
+        atr = panel_atr(panel)
+        jobs = {k: _Job(_replay_kw, (k, panel, er[k], lo, hi, rcfg, filters, costs, wd, trace, atr), fork=parallel)
                 for k in ("momentum", "reversal")}
         runs["strategy"] = replay("strategy", panel, er["strategy"], lo, hi, cfg=rcfg, filters=filters,
-                                  costs=costs, workdir=wd, trace=trace)
+                                  costs=costs, workdir=wd, trace=trace, atr=atr)
         runs["buy_and_hold"] = buy_and_hold(panel, lo, hi, cfg=rcfg, filters=filters, costs=costs, workdir=wd)
         for k, j in jobs.items():
             try:
@@ -466,8 +547,8 @@ def pipeline_backtest(res, panel, model: str, *, cfg=None, costs: Costs = Costs(
                             list(res.windows), rcfg, panel)
 
 
-def _replay_kw(name, panel, er, lo, hi, cfg, filters, costs, wd, trace):
-    return replay(name, panel, er, lo, hi, cfg=cfg, filters=filters, costs=costs, workdir=wd, trace=trace)
+def _replay_kw(name, panel, er, lo, hi, cfg, filters, costs, wd, trace, atr):
+    return replay(name, panel, er, lo, hi, cfg=cfg, filters=filters, costs=costs, workdir=wd, trace=trace, atr=atr)
 
 
 def _reasons(r: PipelineRun) -> dict[str, int]:

@@ -175,3 +175,40 @@ def test_exits_at_the_horizon(universe_run):
     for t in pb.runs["strategy"].trades:
         held_bars = (t.exit_ns - t.entry_ns) / 3_600_000_000_000
         assert held_bars <= h + 0.5, t
+
+
+def test_replay_features_match_the_live_evaluator(small_universe_1h):
+    """The replay's precomputed ATR and warm-up equal engines.features.IncrementalFeatures bar for bar (real bars)."""
+    from daemon.backtest.universe import ReplayFeatures, _Cursor, panel_atr
+    from engines.features import IncrementalFeatures
+    from market.events import Bar
+    from research.universe import load_universe
+    panel = load_universe(small_universe_1h).panels["1h"]
+    atr, first = panel_atr(panel)
+    for j in (0, 3):
+        live, cur = IncrementalFeatures("1h"), _Cursor()
+        rep = ReplayFeatures(atr[:, j], int(first[j]), cur)
+        for t in np.flatnonzero(np.isfinite(panel.close[:, j])).tolist():
+            b = Bar(panel.symbols[j], "1h", int(panel.open_ns[t]), *(float(x[t, j]) for x in (
+                panel.open, panel.high, panel.low, panel.close, panel.volume)))
+            cur.t = t
+            row_live, row_rep = live.update(b), rep.update(b)
+            assert (row_live is None) == (row_rep is None), t
+            if live.atr is None:
+                assert rep.atr is None
+            else:
+                assert rep.atr == pytest.approx(live.atr, rel=1e-9), t
+
+
+def test_vectorised_book_prices_equal_the_book():
+    from daemon.backtest.universe import ReplayBook, book_prices
+    from market.filters import SymbolFilters
+    rng = np.random.default_rng(3)
+    mids = np.exp(rng.uniform(-9, 11, 500))
+    ticks = np.array([10.0 ** (math.floor(math.log10(m)) - 5) for m in mids])
+    b, a, fb, fa = book_prices(mids, ticks, 1e-4, 1e-4)
+    for i, m in enumerate(mids):
+        bk = ReplayBook(SymbolFilters("X", ticks[i], 1.0, 1.0, 1e9, 5.0), 2.0, 1.0)
+        bk.set_mid(float(m))
+        assert (bk.best_bid()[0], bk.best_ask()[0]) == (b[i], a[i])
+        assert bk.depth(1) == ([(fb[i], 1e15)], [(fa[i], 1e15)])
