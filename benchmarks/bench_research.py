@@ -4,7 +4,10 @@
     python -m benchmarks.bench_research hpo [--data ../shared/data/universe/binance-spot-1h] [--trials 8]
 
 ``backtest``: wall time of ``tradingd backtest --data DIR`` over the whole folder (30 pairs x 8 months of 5m),
-training included, with the phase split from metrics.json ``info.timings_s``.
+training included, with the phase split from metrics.json ``info.timings_s``; the strategy and its baselines run
+through the live TradingPipeline (daemon/backtest/universe.py): ``pipeline_s`` is that phase (the strategy here,
+momentum and reversal in forked processes), ``pipeline_runs_s`` each run's own replay time; ``cpu_s`` the CPU seconds of the command and its forked children
+(on a shared box the wall time says more about the other tenants than about the code).
 ``hpo``: trials per minute of ``tradingd hpo`` with J = 1 and J = 2 workers on the same data and trial count
 (one study per run, fresh journal), run one after the other in this process.
 """
@@ -23,6 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 UNIVERSE = ROOT.parent / "shared" / "data" / "universe"
 
 
+def _cpu_children() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _tradingd(args: list[str]) -> tuple[float, str]:
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True)
@@ -38,12 +47,19 @@ def bench_backtest(a) -> dict:
         args = ["backtest", "--data", a.data, "--report", d, "--threads", str(a.threads), *a.extra]
         if a.timeframes:
             args += ["--timeframes", a.timeframes]
+        c0, l0 = _cpu_children(), os.getloadavg()
         wall, out = _tradingd(args)
+        cpu = _cpu_children() - c0  # the command and its forked children (waited for), user + system
         m = json.loads((Path(d) / "metrics.json").read_text())
     info = m["info"]
-    return {"bench": "universe_backtest", "wall_s": round(wall, 1), "timings_s": info["timings_s"],
+    pl = m.get("pipeline", {})
+    return {"bench": "universe_backtest", "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "loadavg_before": l0, "timings_s": info["timings_s"],
             "symbols": info["universe"]["n_symbols"], "bars": info["universe"]["bars"],
-            "strategy": m["strategy"], "cpu_count": os.cpu_count(), "args": args[4:]}
+            "pipeline_s": info["timings_s"].get("pipeline"), "pipeline_runs_s": pl.get("seconds"),
+            "pipeline_boundaries": pl.get("span_bars"), "strategy": m["strategy"],
+            "baselines": m["baselines"], "strategy_vectorised": m.get("strategy_vectorised"),
+            "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "args": args[4:]}
 
 
 def bench_hpo(a) -> dict:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hpo": ("research.hpo", "hyper-parameter search (Optuna) on a universe folder, inner walk-forward"),
 }
 # `train`/`backtest` with --data DIR (a folder of SYMBOL-TF.csv.gz) run the universe research loop instead
-UNIVERSE_COMMANDS = {"train": "research.cli_train", "backtest": "research.cli_backtest"}
+UNIVERSE_COMMANDS = {"train": "research.cli_train", "backtest": "daemon.backtest.universe"}
 
 
 def _universe_module(name: str, argv: list[str]) -> str | None:

@@ -161,11 +161,13 @@ class MinuteAggregator:
 class _SymState:
     __slots__ = ("builder", "agg", "features", "last_open", "mark")
 
-    def __init__(self, symbol: str, timeframes: Sequence[str], cfg: Any) -> None:
+    def __init__(self, symbol: str, timeframes: Sequence[str], cfg: Any,
+                 features: Callable[[str, str], Any] | None = None) -> None:
         from engines.features import IncrementalFeatures
         self.builder = BarBuilder(symbol, timeframes, cfg.bars)
         self.agg = MinuteAggregator(symbol, timeframes)
-        self.features = {tf: IncrementalFeatures(tf) for tf in timeframes}
+        self.features = {tf: features(symbol, tf) if features is not None else IncrementalFeatures(tf)
+                         for tf in timeframes}
         self.last_open: dict[str, int] = {}
         self.mark = math.nan
 
@@ -196,14 +198,17 @@ class TradingPipeline:
     """See the module docstring. ``keep``: decisions kept for /status (bounded by default: a daemon runs for
     months; None keeps all, for backtests). ``engine_sets``: {timeframe: EngineSetLike}; a timeframe without one gets no
     predictions (the optimizer then makes no entry on it). ``books``: the live books by symbol (the protocol's),
-    used when an event comes without one. ``bar_sink``: where closed bars go (default ``store.write_bars``)."""
+    used when an event comes without one. ``bar_sink``: where closed bars go (default ``store.write_bars``).
+    ``features(symbol, tf)``: the per-symbol feature evaluator (``update(bar) -> row | None`` and ``atr``; default
+    engines.features.IncrementalFeatures; the universe replay passes precomputed ones)."""
 
     def __init__(self, cfg: Any, symbols: Sequence[str], engine_sets: Mapping[str, EngineSetLike], optimizer: Any,
                  risk: Any, broker: Any, store: Any = None, metrics: Any = None,
                  clock: Callable[[], int] = time.time_ns, *, books: Mapping[str, Any] | None = None,
                  bar_sink: Callable[[list[Bar]], None] | None = None, keep: int | None = 2000,
                  timeframes: Sequence[str] | None = None,
-                 plan_sink: Callable[[str, dict | None], None] | None = None, batch: bool = True) -> None:
+                 plan_sink: Callable[[str, dict | None], None] | None = None, batch: bool = True,
+                 features: Callable[[str, str], Any] | None = None) -> None:
         self.cfg = cfg
         self.symbols = tuple(symbols)
         self.timeframes = tuple(timeframes or cfg.general.timeframes)
@@ -222,7 +227,7 @@ class TradingPipeline:
         self.plan_sink = plan_sink
         self._plans: dict[str, dict | None] = {}
         self.prefix = cfg.optimizer.client_id_prefix
-        self._sym = {s: _SymState(s, self.timeframes, cfg) for s in self.symbols}
+        self._sym = {s: _SymState(s, self.timeframes, cfg, features) for s in self.symbols}
         # decide at bar boundaries across symbols (module docstring); one symbol keeps the per-bar path
         self.batch = bool(batch) and len(self.symbols) > 1
         self._pending: dict[tuple[str, int], dict[str, _Row]] = {}  # (timeframe, close_ns) -> symbol -> row
@@ -399,6 +404,18 @@ class TradingPipeline:
             out.extend(self._close(bar, book, ts))
         st.mark = bar_1m.close
         return out
+
+    def on_closed_bar(self, bar: Bar, book: Any = None, ts: int | None = None) -> list[Decision]:
+        """A closed bar of a traded timeframe from a source without 1m bars (the universe backtest replays 5m/1h
+        klines): marked, then staged and decided exactly like a bar the BarBuilder closed. ``ts`` defaults to the
+        bar's close time."""
+        st, book = self._state(bar.symbol, book)
+        if st is None:
+            return []
+        ts = bar.open_ns + timeframe_ns(bar.timeframe) if ts is None else ts
+        self.last_ts = max(self.last_ts, ts)
+        st.mark = bar.close
+        return self._close(bar, book, ts)
 
     def on_time(self, ts: int) -> list[Decision]:
         """Local clock tick (pass ``now - venue latency``): closes bars of quiet periods and decides on them."""

@@ -85,6 +85,16 @@ def _window_kwargs(pw: dict, pf, tf: str, args, opts: WFOptions) -> dict:
 
 
 def run(args) -> dict:
+    """The research walk-forward and its report (metrics.json, index.html)."""
+    metrics, evals, results, _ = compute(args)
+    from research.report import write_report
+    write_report(Path(args.report), metrics, evals, results)
+    return metrics
+
+
+def compute(args) -> tuple[dict, dict, dict, dict]:
+    """(metrics, evals, results, panels) of the walk-forward: ``results[tf]`` (a TfResult) holds the out-of-sample
+    scores and ``panels[tf]`` the bars that ``daemon.backtest.universe`` replays through the live pipeline."""
     t0 = time.perf_counter()
     opts = options(args)
     loaded = load_params(args.params)
@@ -142,9 +152,7 @@ def run(args) -> dict:
                  "models": {tf: r.model_info for tf, r in results.items()},
                  "timings_s": {"load": t_load, **timings, "total": time.perf_counter() - t0}},
     }
-    from research.report import write_report
-    write_report(Path(args.report), metrics, evals, results)
-    return metrics
+    return metrics, evals, results, uni.panels
 
 
 def main(args) -> int:

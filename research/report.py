@@ -84,7 +84,8 @@ def _plots(out: Path, tf: str, ev: dict, open_ns: np.ndarray, fwd1: np.ndarray) 
     return files
 
 
-def write_report(out: Path, metrics: dict, evals: dict, results: dict) -> None:
+def write_report(out: Path, metrics: dict, evals: dict, results: dict, extra_html: str = "") -> None:
+    """``extra_html`` goes first in the body (the live pipeline's section, written by daemon.backtest.universe)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(plain(metrics), indent=1, sort_keys=False))
     pngs = []
@@ -109,7 +110,7 @@ def write_report(out: Path, metrics: dict, evals: dict, results: dict) -> None:
             "<th>hit</th><th>top-bottom/bar</th><th>top-q turnover</th><th>return %</th><th>Sharpe</th>"
             "<th>max DD %</th><th>trades</th></tr>")
     st = metrics["strategy"]
-    body = (f"<h1>tradingd universe backtest</h1><p>{html.escape(metrics['info'].get('note', ''))}</p>"
+    body = (f"<h1>tradingd universe backtest</h1><p>{html.escape(metrics['info'].get('note', ''))}</p>{extra_html}"
             f"<h2>Strategy ({st.get('timeframe')} {st.get('model')})</h2>"
             f"<pre>{html.escape(json.dumps(plain(st), indent=1))}"
             f"</pre><h2>Signal and strategies (out of sample, after costs)</h2><table border=1 cellspacing=0>"

@@ -168,8 +168,10 @@ def _record(sim: _Sim, decisions, mid: float) -> None:
                                           f.client_order_id))
 
 
-def _intrabar(sim: _Sim, bar: Bar, clock: _Clock) -> None:
-    """Stops / take-profits inside the 1m bar: the optimizer sees the bar's price path (adverse extreme first)."""
+def _intrabar(sim: _Sim, bar: Bar, clock: _Clock, book: Any = None) -> None:
+    """Stops / take-profits inside the bar: the optimizer sees the bar's price path (adverse extreme first).
+    ``book``: the symbol's book (default ``sim.book``; the universe replay has one per symbol)."""
+    book = sim.book if book is None else book
     from daemon.pipeline import Decision
     pipe = sim.pipeline
     opt = pipe.optimizer
@@ -192,9 +194,9 @@ def _intrabar(sim: _Sim, bar: Bar, clock: _Clock) -> None:
         level = stop if reason == "stop" else tp
         gapped = k == 0  # the bar opened beyond the level: the exit happens at the open
         fill_ref = price if gapped else level
-        sim.book.set_mid(fill_ref)
+        book.set_mid(fill_ref)
         d = Decision(bar.symbol, pos.timeframe, bar.open_ns, price, ts, {}, None, None, False)
-        pipe.execute(intents, acct, sim.book, ts, d)  # the pipeline's risk -> broker -> optimizer path
+        pipe.execute(intents, acct, book, ts, d)  # the pipeline's risk -> broker -> optimizer path
         pipe.decisions.append(d)
         _record(sim, [d], fill_ref)
         return

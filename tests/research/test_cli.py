@@ -13,7 +13,8 @@ FAST = ["--train-days", "30", "--test-days", "20", "--lstm-max-rows", "2000", "-
 
 
 def test_dispatch_folder_vs_file(small_1h_folder, btc_klines_path):
-    assert _universe_module("backtest", ["--data", str(small_1h_folder), "--report", "x"]) == "research.cli_backtest"
+    assert _universe_module("backtest", ["--data", str(small_1h_folder), "--report", "x"]) == \
+        "daemon.backtest.universe"  # the research walk-forward, then the strategy through the live pipeline
     assert _universe_module("train", [f"--data={small_1h_folder}"]) == "research.cli_train"
     assert _universe_module("backtest", ["--data", str(btc_klines_path), "--report", "x"]) is None  # single file
     assert _universe_module("run", ["--data", str(small_1h_folder)]) is None
