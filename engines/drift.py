@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["DEFAULT_BINS", "NULL_WINDOWS", "NULL_QUANTILE", "EPS", "quantile_edges", "bin_index", "psi", "binned_ks",
-           "build_reference", "Reference", "DriftParams", "DriftStream", "DriftStats", "PnLDetector"]
+           "build_reference", "with_predictions", "Reference", "DriftParams", "DriftStream", "DriftStats", "PnLDetector"]
 
 DEFAULT_BINS = 10
 NULL_WINDOWS = (50, 100, 200, 500, 1000)
@@ -139,34 +139,43 @@ def build_reference(X: np.ndarray, names: Sequence[str], pred: np.ndarray | None
     ref: dict[str, Any] = {"bins": bins, "rows": int(X.shape[0]), "names": list(names), "horizon": int(horizon),
                            "cost": float(cost), "edges": edges.tolist(), "props": props.tolist(),
                            "null_quantile": NULL_QUANTILE, "null": {"features": _feature_null(X, bins)}}
-    if pred is not None:
-        p = np.asarray(pred, np.float64)
-        keep = np.isfinite(p)
-        p = p[keep]
-        if p.size >= 2 * bins:
-            pe = quantile_edges(p, bins)
-            pi = bin_index(pe, p)
-            pp = _shares(np.bincount(pi, minlength=bins))
-            ref["pred"] = {"edges": pe.tolist(), "props": pp.tolist(), "rows": int(p.size), "mean": float(p.mean())}
-            ref["null"]["pred_psi"] = _null({w: psi(pp, _shares(_window_counts(pi, bins, w, max(w // 10, 1))))
-                                             for w in NULL_WINDOWS if p.size >= 5 * w})
-            if y is not None:
-                yy = np.asarray(y, np.float64)[keep]
-                lab = yy >= 0
-                if lab.sum() >= 2 * bins:
-                    pl, yl = p[lab], yy[lab]
-                    gap = float(pl.mean() - yl.mean())
-                    err = (pl - yl) ** 2
-                    ref["calib"] = {"gap": gap, "up_rate": float(yl.mean()), "rows": int(lab.sum()),
-                                    "brier": float(err.mean()), "brier_std": float(max(err.std(), 1e-9))}
-                    d = pl - yl
-                    cs = np.concatenate([[0.0], np.cumsum(d)])
-                    cal: dict[int, np.ndarray] = {}
-                    for w in NULL_WINDOWS:
-                        if d.size >= 5 * w:
-                            s = np.arange(0, d.size - w + 1, max(w // 10, 1))
-                            cal[w] = np.abs((cs[s + w] - cs[s]) / w - gap)
-                    ref["null"]["calibration"] = _null(cal)
+    return ref if pred is None else with_predictions(ref, pred, y)
+
+
+def with_predictions(ref: Mapping[str, Any], pred: np.ndarray, y: np.ndarray | None = None) -> dict[str, Any]:
+    """A copy of a feature reference with one model's held-out predictions (and labels) added: the feature
+    part is shared by the models of a timeframe, the prediction part is each model's own."""
+    bins = int(ref["bins"])
+    ref = dict(ref, null=dict(ref["null"]))
+    p = np.asarray(pred, np.float64)
+    keep = np.isfinite(p)
+    p = p[keep]
+    if p.size < 2 * bins:
+        return ref
+    pe = quantile_edges(p, bins)
+    pi = bin_index(pe, p)
+    pp = _shares(np.bincount(pi, minlength=bins))
+    ref["pred"] = {"edges": pe.tolist(), "props": pp.tolist(), "rows": int(p.size), "mean": float(p.mean())}
+    ref["null"]["pred_psi"] = _null({w: psi(pp, _shares(_window_counts(pi, bins, w, max(w // 10, 1))))
+                                     for w in NULL_WINDOWS if p.size >= 5 * w})
+    if y is None:
+        return ref
+    yy = np.asarray(y, np.float64)[keep]
+    lab = yy >= 0
+    if lab.sum() < 2 * bins:
+        return ref
+    pl, yl = p[lab], yy[lab]
+    gap = float(pl.mean() - yl.mean())
+    err = (pl - yl) ** 2
+    ref["calib"] = {"gap": gap, "up_rate": float(yl.mean()), "rows": int(lab.sum()), "brier": float(err.mean()),
+                    "brier_std": float(max(err.std(), 1e-9))}
+    cs = np.concatenate([[0.0], np.cumsum(pl - yl)])
+    cal: dict[int, np.ndarray] = {}
+    for w in NULL_WINDOWS:
+        if lab.sum() >= 5 * w:
+            st = np.arange(0, int(lab.sum()) - w + 1, max(w // 10, 1))
+            cal[w] = np.abs((cs[st + w] - cs[st]) / w - gap)
+    ref["null"]["calibration"] = _null(cal)
     return ref
 
 

@@ -98,6 +98,7 @@ class TrainOutcome:
     metrics: dict = field(default_factory=dict)
     data_window: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)  # kind -> engines.drift reference (goes into the manifest)
 
 
 def _rows(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -172,6 +173,7 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
     lstm.save(out_dir / "lstm")
     outcome.seconds["lstm"] = time.perf_counter() - t0
 
+    outcome.drift = drift_references(ds, tr, spec.h, spec.cost, {"xgboost": (p_x, ds.y[te]), "lstm": (p_l, ys_te)})
     base = naive_baseline(ds, te, spec)
     outcome.metrics = {"xgboost": m_x, "lstm": m_l, "baseline_momentum": base,
                        "test_up_fraction": float(ds.y[te].mean())}
@@ -179,6 +181,20 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
         f"dollar P&L xgb {m_x['dollar']['pnl_usd']:.0f} lstm {m_l['dollar']['pnl_usd']:.0f} "
         f"baseline {base['dollar']['pnl_usd']:.0f}")
     return outcome
+
+
+def drift_references(ds: Dataset, train_rows: np.ndarray, horizon: int, cost: float,
+                     held_out: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    """The drift reference of each model (engines.drift): feature bins of the training rows, the model's
+    predictions and labels on the held-out rows. A reference that cannot be built is left out (logged): the
+    daemon then reports that model's drift as unmonitored rather than the training failing."""
+    from engines.drift import build_reference, with_predictions
+    try:
+        base = build_reference(ds.X[train_rows], FEATURE_SCHEMA.names, horizon=horizon, cost=cost)
+        return {kind: with_predictions(base, p, y) for kind, (p, y) in held_out.items()}
+    except ValueError as e:
+        log.warning("drift_reference_skipped", error=str(e))
+        return {}
 
 
 def sequence_ends(X: np.ndarray, rows: np.ndarray, seq_len: int) -> np.ndarray:
@@ -294,8 +310,10 @@ def library_versions() -> dict[str, str]:
 
 
 def train_and_publish(k1m: Klines, spec: TrainSpec, registry, *, make_current: bool = True,
-                      progress: Callable[[str], None] | None = None) -> tuple[TrainOutcome, dict]:
-    """Train one timeframe and publish both models to the registry; returns the outcome and VersionRefs."""
+                      progress: Callable[[str], None] | None = None,
+                      extra: dict | None = None) -> tuple[TrainOutcome, dict]:
+    """Train one timeframe and publish both models to the registry; returns the outcome and VersionRefs.
+    The manifest's ``extra`` holds the drift reference and ``extra`` given here (e.g. the retrain trigger)."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix=f"tradingd-train-{spec.timeframe}-") as tmp:
         outcome = train_timeframe(k1m, spec, Path(tmp), progress)
@@ -306,7 +324,8 @@ def train_and_publish(k1m: Klines, spec: TrainSpec, registry, *, make_current: b
                 schema_hash=FEATURE_SCHEMA.hash, data_window=outcome.data_window,
                 metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
                          "train_seconds": outcome.seconds[kind]},
-                library_versions=library_versions(), make_current=make_current)
+                library_versions=library_versions(), make_current=make_current,
+                extra={**({"drift": outcome.drift[kind]} if kind in outcome.drift else {}), **(extra or {})})
     return outcome, refs
 
 
