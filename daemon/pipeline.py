@@ -213,6 +213,8 @@ class TradingPipeline:
         self.latencies_ns = SampleRing(100_000)  # preallocated: no per-sample allocation (soak)
         self.book_states: dict[str, str] = {}
         self.last_ts = 0
+        # model-drift hook (daemon.drift.DriftWatch): on_bar(tf, symbol, row, predictions, close) per closed bar
+        self.drift: Any = None
         self._store_ns = SampleRing(1000)
         # event type -> handler(ev, book): one dict lookup per event
         self._handlers: dict[type, Callable[[Any, Any], list[Decision]]] = {
@@ -533,6 +535,9 @@ class TradingPipeline:
                 self._sync_plan(d.symbol)
             self.decisions.append(d)
         self.counters["decisions"] += len(ds)
+        if self.drift is not None:  # after the orders went out: monitoring never delays a decision
+            for r, p in zip(rows, preds):
+                self.drift.on_bar(tf, r.bar.symbol, r.row, p, r.bar.close)
         ranking = getattr(self.optimizer, "ranking", {}).get(tf, ())
         self.boundaries[tf] = {
             "close_ns": key[1], "ts": ts, "reason": reason, "symbols": [r.bar.symbol for r in rows],
@@ -591,6 +596,8 @@ class TradingPipeline:
         self._sync_plan(bar.symbol)  # a position adopted at this bar (restart without a stored plan)
         self.decisions.append(d)
         self.counters["decisions"] += 1
+        if self.drift is not None:  # after the orders went out: monitoring never delays a decision
+            self.drift.on_bar(tf, bar.symbol, row, preds, bar.close)
         return d
 
     def execute(self, intents: Sequence[OrderIntent], acct: AccountState, book: Any, ts: int,

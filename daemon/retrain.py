@@ -57,8 +57,9 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
-                  min_bars: int = 20_000, min_improvement: float = 0.0) -> dict:
-    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe."""
+                  min_bars: int = 20_000, min_improvement: float = 0.0, trigger: dict | None = None) -> dict:
+    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe. ``trigger``
+    (what asked for it: reason and detail) is recorded in every published version's manifest."""
     from engines.data import Klines
     from engines.registry import ModelRegistry
     from daemon.train_cli import load_training_data
@@ -88,7 +89,8 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
             gate_error = f"{type(e).__name__}: {e}"[:500]
             log.error("retrain_gate_error", timeframe=tf, error=gate_error)
             current = None
-        outcome, refs = train_and_publish(k, spec, reg, make_current=False)
+        outcome, refs = train_and_publish(k, spec, reg, make_current=False,
+                                          extra={"trigger": trigger} if trigger else None)
         challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
         decision = {}
         for kind in ("xgboost", "lstm"):
@@ -137,6 +139,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default="{}", help="JSON TrainSpec overrides")
     p.add_argument("--min-bars", type=int, default=20_000)
     p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--trigger", default="", help="JSON: why this retrain runs (recorded in the manifests)")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -151,7 +154,7 @@ def child_main(argv: list[str] | None = None) -> int:
     spec.setdefault("threads", a.threads)
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
-                        min_improvement=a.min_improvement)
+                        min_improvement=a.min_improvement, trigger=orjson.loads(a.trigger) if a.trigger else None)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
@@ -186,7 +189,7 @@ class RetrainManager:
     runs: int = 0
     last: RetrainOutcome | None = None
 
-    def command(self) -> list[str]:
+    def command(self, trigger: dict | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "daemon.retrain", "--registry", self.registry, "--symbol", self.symbol,
                "--timeframes", ",".join(self.timeframes), "--threads", str(self.threads),
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
@@ -196,9 +199,11 @@ class RetrainManager:
             cmd += ["--store", self.store]
         if self.rest_url:
             cmd += ["--rest-url", self.rest_url]
+        if trigger:
+            cmd += ["--trigger", orjson.dumps(trigger).decode()]
         return cmd
 
-    async def run_once(self) -> RetrainOutcome:
+    async def run_once(self, trigger: dict | None = None) -> RetrainOutcome:
         if self.running:
             return RetrainOutcome(False, 0.0, error="a retrain is already running")
         self.running = True
@@ -210,7 +215,7 @@ class RetrainManager:
         proc = None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+                *self.command(trigger), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
             out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
             secs = time.monotonic() - t0
             if proc.returncode != 0:
