@@ -185,11 +185,12 @@ class RetrainManager:
     spec_overrides: dict = field(default_factory=dict)
     min_bars: int = 20_000
     min_improvement: float = 0.0
+    trigger: dict | None = None  # why the current run runs (recorded in the manifests it publishes)
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
 
-    def command(self, trigger: dict | None = None) -> list[str]:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "daemon.retrain", "--registry", self.registry, "--symbol", self.symbol,
                "--timeframes", ",".join(self.timeframes), "--threads", str(self.threads),
                "--history-days", str(self.history_days), "--spec", orjson.dumps(self.spec_overrides).decode(),
@@ -199,8 +200,8 @@ class RetrainManager:
             cmd += ["--store", self.store]
         if self.rest_url:
             cmd += ["--rest-url", self.rest_url]
-        if trigger:
-            cmd += ["--trigger", orjson.dumps(trigger).decode()]
+        if self.trigger:
+            cmd += ["--trigger", orjson.dumps(self.trigger).decode()]
         return cmd
 
     async def run_once(self, trigger: dict | None = None) -> RetrainOutcome:
@@ -208,6 +209,7 @@ class RetrainManager:
             return RetrainOutcome(False, 0.0, error="a retrain is already running")
         self.running = True
         self.runs += 1
+        self.trigger = trigger
         t0 = time.monotonic()
         env = dict(os.environ)
         for var in THREAD_VARS:
@@ -215,7 +217,7 @@ class RetrainManager:
         proc = None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(trigger), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+                *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
             out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
             secs = time.monotonic() - t0
             if proc.returncode != 0:

@@ -27,6 +27,7 @@ Live (:class:`DriftStream`, one per symbol x timeframe x model, fed once per bar
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -286,15 +287,21 @@ class DriftStream:
     def __init__(self, ref: Reference, params: DriftParams) -> None:
         self.ref, self.p = ref, params
         F, K, W = len(ref.names), ref.bins, params.window
-        self._F = np.arange(F)
-        self._ring = np.zeros((W, F), np.int16)
-        self._counts = np.zeros((F, K), np.int64)
-        self._pring = np.zeros(W, np.int16)
-        self._pcounts = np.zeros(K, np.int64)
+        self._base = np.arange(F) * K    # flat index of each feature's first bin
+        self._ring = np.zeros((W, F), np.int64)  # flat bin index of each kept row
+        self._counts = np.zeros(F * K, np.float64)
+        # the reference's side of PSI and KS, once: floored shares, their logs, cumulative shares
+        self._em = np.maximum(ref.props, EPS).ravel()
+        self._le = np.log(self._em)
+        self._ecum = np.cumsum(ref.props, axis=1)
+        self._inv_w = 1.0 / W
+        self._pedges = None if ref.pred_edges is None else ref.pred_edges.tolist()
+        self._pring = [0] * W
+        self._pcounts = [0] * K
+        self._pem = None if ref.pred_props is None else [max(e, EPS) for e in ref.pred_props.tolist()]
         self._n = 0          # finite rows seen
         self._pn = 0         # predictions seen
         self._pending: deque[tuple[float, float]] = deque()  # (p, close) awaiting the horizon
-        self._closes: deque[float] = deque(maxlen=ref.horizon + 1)
         self._cal = deque(maxlen=W)  # (p - y) of resolved predictions
         self._cal_sum = 0.0
         self._ph = _page_hinkley(params, "up")
@@ -328,19 +335,22 @@ class DriftStream:
             st.refused_rows += 1
             return st
         # features: the bin of each value, the window's counts moved by one row
-        b = (x[:, None] >= self.ref.edges).sum(axis=1)
+        b = (x[:, None] >= self.ref.edges).sum(axis=1) + self._base
         slot = self._n % W
         if self._n >= W:
-            self._counts[self._F, self._ring[slot]] -= 1
+            self._counts[self._ring[slot]] -= 1.0
         self._ring[slot] = b
-        self._counts[self._F, b] += 1
+        self._counts[b] += 1.0
         self._n += 1
         st.rows = min(self._n, W)
         st.full = self._n >= W
         reasons = []
         if st.full:
-            sh = self._counts / W
-            ps, ks = psi(self.ref.props, sh), binned_ks(self.ref.props, sh)
+            F, K = self.ref.edges.shape[0], self.ref.bins
+            a = self._counts * self._inv_w
+            am = np.maximum(a, EPS)
+            ps = ((am - self._em) * (np.log(am) - self._le)).reshape(F, K).sum(axis=1)
+            ks = np.abs(self._ecum - a.reshape(F, K).cumsum(axis=1)).max(axis=1)
             self.last_psi, self.last_ks = ps, ks
             i, j = int(ps.argmax()), int(ks.argmax())
             st.psi, st.psi_feature, st.ks, st.ks_feature = float(ps[i]), self.ref.names[i], float(ks[j]), \
@@ -350,16 +360,19 @@ class DriftStream:
             if (ks > self.thresholds["ks"]).any():
                 reasons.append("ks")
         # predictions: their distribution, then calibration and error once the horizon has passed
-        if pred is not None and math.isfinite(pred) and self.ref.pred_edges is not None:
-            pb = int(np.searchsorted(self.ref.pred_edges, pred, side="right"))
-            ps_ = self._pn % W
+        if pred is not None and math.isfinite(pred) and self._pedges is not None:
+            pb = bisect_right(self._pedges, pred)
+            pc = self._pcounts
+            k = self._pn % W
             if self._pn >= W:
-                self._pcounts[self._pring[ps_]] -= 1
-            self._pring[ps_] = pb
-            self._pcounts[pb] += 1
+                pc[self._pring[k]] -= 1
+            self._pring[k] = pb
+            pc[pb] += 1
             self._pn += 1
             if self._pn >= W:
-                st.prediction_psi = float(psi(self.ref.pred_props, self._pcounts / W))
+                iw = self._inv_w
+                st.prediction_psi = sum((max(c * iw, EPS) - e) * math.log(max(c * iw, EPS) / e)
+                                        for c, e in zip(pc, self._pem))
                 if st.prediction_psi > self.thresholds["prediction_psi"]:
                     reasons.append("prediction_psi")
         self._resolve(pred, close)
