@@ -256,7 +256,8 @@ class Daemon:
         if cfg.drift.enabled:  # live bars only (not the priming history)
             from daemon.drift import DriftWatch
             self.drift = parts.pipeline.drift = DriftWatch(cfg, self.metrics, parts.registry, parts.engine_sets,
-                                                           parts.optimizer, request_retrain=self._retrain_request)
+                                                           parts.optimizer, request_retrain=self._retrain_request,
+                                                           defer=asyncio.get_running_loop().call_soon)
         sup = self.supervisor
         sup.spawn("feed", parts.feed.run, restart=True)
         url = await self._start_http()

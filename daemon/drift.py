@@ -35,7 +35,8 @@ class DriftWatch:
 
     def __init__(self, cfg: Any, metrics: Any, registry: Any, engine_sets: Mapping[str, Any], optimizer: Any = None,
                  request_retrain: Callable[[str, dict], dict] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 defer: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self.cfg = cfg.drift
         self.params = cfg.drift.params()
         self.metrics = metrics
@@ -54,6 +55,10 @@ class DriftWatch:
         self._asked: dict[tuple[str, str, str], float] = {}
         self._trades_seen = getattr(getattr(optimizer, "performance", None), "n_trades", 0)
         self._gauges: dict[tuple[str, str, str], tuple] = {}
+        # the daemon defers the work to right after the current event (loop.call_soon): the bar's decision and
+        # its tick-to-decision figure do not include drift; None = at once (backtests, tests)
+        self.defer = defer
+        self._queue: list[tuple] = []
         import river.drift  # noqa: F401 - a 2-3 s import: at start-up, not on the loop at the first bar
 
     # ------------------------------------------------------------------------------------------ references
@@ -87,12 +92,24 @@ class DriftWatch:
     # ------------------------------------------------------------------------------------------ the hook
     def on_bar(self, tf: str, symbol: str, row: np.ndarray | None, preds: Mapping[str, float], close: float) -> None:
         """One closed bar's feature row and predictions (the pipeline calls this once per symbol and bar)."""
-        try:
-            self._on_bar(tf, symbol, row, preds, close)
-            self._on_trades()
-        except Exception as e:  # noqa: BLE001 - drift is monitoring: counted, never a trading failure
-            self.counters["errors"] += 1
-            log.error("drift_failed", timeframe=tf, symbol=symbol, error=f"{type(e).__name__}: {e}")
+        if row is None:
+            return
+        self._queue.append((tf, symbol, np.array(row, np.float64), dict(preds), float(close)))
+        if self.defer is None:
+            self.drain()
+        elif len(self._queue) == 1:
+            self.defer(self.drain)
+
+    def drain(self) -> None:
+        """Process the queued bars, in order."""
+        q, self._queue = self._queue, []
+        for tf, symbol, row, preds, close in q:
+            try:
+                self._on_bar(tf, symbol, row, preds, close)
+                self._on_trades()
+            except Exception as e:  # noqa: BLE001 - drift is monitoring: counted, never a trading failure
+                self.counters["errors"] += 1
+                log.error("drift_failed", timeframe=tf, symbol=symbol, error=f"{type(e).__name__}: {e}")
 
     def _on_bar(self, tf: str, symbol: str, row: np.ndarray | None, preds: Mapping[str, float], close: float) -> None:
         es = self.engine_sets.get(tf)
