@@ -76,11 +76,16 @@ def binned_ks(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.abs(np.cumsum(expected, axis=-1) - np.cumsum(actual, axis=-1)).max(axis=-1)
 
 
-def _window_counts(idx: np.ndarray, bins: int, w: int, stride: int) -> np.ndarray:
-    """(n_windows, bins) counts of each length-``w`` window of the bin indices ``idx`` (starts every ``stride``)."""
-    onehot = np.zeros((idx.size + 1, bins), np.int64)
+def _cum_counts(idx: np.ndarray, bins: int) -> np.ndarray:
+    """(n + 1, bins) running counts of the bin indices ``idx``: window counts are differences of two rows."""
+    onehot = np.zeros((idx.size + 1, bins), np.int32)
     onehot[np.arange(1, idx.size + 1), idx] = 1
-    cum = np.cumsum(onehot, axis=0)
+    return np.cumsum(onehot, axis=0, dtype=np.int32)
+
+
+def _window_counts(idx: np.ndarray, bins: int, w: int, stride: int, cum: np.ndarray | None = None) -> np.ndarray:
+    """(n_windows, bins) counts of each length-``w`` window of the bin indices ``idx`` (starts every ``stride``)."""
+    cum = _cum_counts(idx, bins) if cum is None else cum
     starts = np.arange(0, idx.size - w + 1, stride)
     return cum[starts + w] - cum[starts]
 
@@ -100,22 +105,23 @@ def _feature_null(X: np.ndarray, bins: int, blocks: int = 10) -> dict[str, dict]
     n, F = X.shape
     cut = np.linspace(0, n, blocks + 1).astype(int)
     parts = [np.concatenate([np.arange(cut[i], cut[i + 1]) for i in range(j, blocks, 2)]) for j in (0, 1)]
+    ws = [w for w in NULL_WINDOWS if min(parts[0].size, parts[1].size) >= 5 * w]  # enough independent windows
+    per: dict[int, list[list[np.ndarray]]] = {w: [] for w in ws}  # window -> per direction: [psi_f, ks_f, ...]
+    for fit, judge in ((parts[0], parts[1]), (parts[1], parts[0])):
+        cols: dict[int, list[np.ndarray]] = {w: [] for w in ws}
+        for f in range(F):  # one feature's running counts at a time (memory: judged rows x bins)
+            e = quantile_edges(X[fit, f], bins)
+            pr = _shares(np.bincount(bin_index(e, X[fit, f]), minlength=bins))
+            idx = bin_index(e, X[judge, f])
+            cum = _cum_counts(idx, bins)
+            for w in ws:
+                sh = _shares(_window_counts(idx, bins, w, max(w // 10, 1), cum))
+                cols[w] += [psi(pr, sh), binned_ks(pr, sh)]
+        for w in ws:
+            per[w].append(np.stack(cols[w], axis=1))
     out: dict[str, dict] = {}
-    for w in NULL_WINDOWS:
-        stats: list[np.ndarray] = []  # (windows, 2F) per direction
-        for fit, judge in ((parts[0], parts[1]), (parts[1], parts[0])):
-            if judge.size < 5 * w:
-                break
-            cols = []
-            for f in range(F):
-                e = quantile_edges(X[fit, f], bins)
-                pr = _shares(np.bincount(bin_index(e, X[fit, f]), minlength=bins))
-                sh = _shares(_window_counts(bin_index(e, X[judge, f]), bins, w, max(w // 10, 1)))
-                cols += [psi(pr, sh), binned_ks(pr, sh)]
-            stats.append(np.stack(cols, axis=1))
-        if len(stats) < 2:
-            continue
-        m = np.concatenate(stats)
+    for w in ws:
+        m = np.concatenate(per[w])
         if m.shape[0] < 20:
             continue
         scale = np.maximum(np.quantile(m, NULL_QUANTILE, axis=0), 1e-6)
