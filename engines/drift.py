@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["DEFAULT_BINS", "NULL_WINDOWS", "NULL_QUANTILE", "EPS", "quantile_edges", "bin_index", "psi", "binned_ks",
-           "build_reference", "with_predictions", "Reference", "DriftParams", "DriftStream", "DriftStats", "PnLDetector"]
+           "build_reference", "with_predictions", "Reference", "DriftParams", "DriftStream", "DriftStats",
+           "PnLDetector"]
 
 DEFAULT_BINS = 10
 NULL_WINDOWS = (50, 100, 200, 500, 1000)
