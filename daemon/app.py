@@ -146,12 +146,13 @@ class Daemon:
         self.collector = Collector(cfg, self.metrics, self.view, started_ns=self.started_ns, timings=self.timings)
         self.parts: Components | None = None  # set once, when start-up has built everything
         self.retrain = None  # daemon.hotswap.RetrainCycle when retrain.enabled
+        self.drift = None  # daemon.drift.DriftWatch when drift.enabled
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def view(self) -> View:
         p = self.parts
         return View(parts=p, writer=p.writer if p is not None else None, retrain=self.retrain, supervisor=self.supervisor,
-                    fatal=self.fatal, stopping=self.stop_event.is_set())
+                    fatal=self.fatal, stopping=self.stop_event.is_set(), drift=self.drift)
 
     def status(self) -> dict:
         return self.collector.status()
@@ -252,6 +253,11 @@ class Daemon:
                                    stopped=self.stop_event)
         self.parts = parts
         await kernel.prime(cfg, parts)
+        if cfg.drift.enabled:  # live bars only (not the priming history)
+            from daemon.drift import DriftWatch
+            self.drift = DriftWatch(cfg, self.metrics, parts.registry, parts.engine_sets, parts.optimizer,
+                                    request_retrain=self._retrain_request, defer=asyncio.get_running_loop().call_soon)
+            parts.pipeline.observers.append(self.drift.observe)
         sup = self.supervisor
         sup.spawn("feed", parts.feed.run, restart=True)
         url = await self._start_http()
@@ -308,6 +314,12 @@ class Daemon:
             raise StartupError(f"http.port: cannot listen on {cfg.http.host}:{cfg.http.port}: {e}") from None
         self.resources.push("http", http.stop)
         return f"http://{http.host}:{http.port}"
+
+    def _retrain_request(self, reason: str, detail: dict) -> dict:
+        """daemon.drift asks for a retrain (drift alarm, P&L decay); the retrainer rate-limits it."""
+        if self.retrain is None:
+            return {"ok": False, "error": "retraining is disabled (retrain.enabled = false)"}
+        return self.retrain.request(reason, detail)
 
     async def _control(self, action: str) -> dict:
         return control(action, self.parts, self.retrain, self.event_now_ns())

@@ -44,6 +44,7 @@ class View:
     supervisor: Supervisor | None = None
     fatal: str | None = None
     stopping: bool = False
+    drift: Any = None  # daemon.drift.DriftWatch when drift.enabled
 
 
 class Collector:
@@ -208,6 +209,7 @@ class Collector:
         out["models"] = {tf: es.info() for tf, es in p.engine_sets.items()} if p is not None else {}
         out["retrain"] = v.retrain.status() if v.retrain is not None else {
             "enabled": False, "running": False, "runs": 0, "last": None, "gate_errors": 0}
+        out["drift"] = v.drift.status() if v.drift is not None else {"enabled": False}
         if p is not None:
             out["feed"] = p.feed.counters()
             if p.recorder is not None:

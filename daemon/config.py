@@ -9,12 +9,16 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from market.bars import BarsConfig
 from market.cfgbase import ConfigError, build_section, load_toml, opt
 from market.events import TIMEFRAME_SECONDS
 from strategies.optimizer import OptimizerConfig
 from strategies.risk import RiskConfig
+
+if TYPE_CHECKING:
+    from engines.drift import DriftParams
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
 
@@ -327,6 +331,38 @@ class ShadowSection:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = opt(True, "Watch each model's drift at every bar close (engines.drift against the reference in "
+                        "its manifest) and export it (tradingd_drift_*; per feature in /status).")
+    window_bars: int = opt(200, "Rolling window of live bars (and of resolved predictions) the statistics cover.",
+                           choices=(50, 100, 200, 500, 1000))
+    calibrated: bool = opt(True, "Alarm levels also above the reference's 99 % null quantile for this window "
+                           "(windows of the training rows themselves): about 1 % false alarms on unchanged "
+                           "data. false: the floors below alone.")
+    psi_threshold: float = opt(0.1, "Per-feature PSI alarm floor.", gt=0, le=100)
+    ks_threshold: float = opt(0.1, "Per-feature (binned) KS alarm floor.", gt=0, le=1)
+    prediction_psi_threshold: float = opt(0.1, "PSI of the prediction distribution: alarm floor.", gt=0, le=100)
+    calibration_threshold: float = opt(0.05, "|mean predicted - realised up-rate| moved this far from its held-out "
+                                       "value: alarm floor.", gt=0, le=1)
+    ph_delta: float = opt(0.1, "Page-Hinkley tolerance (in standard deviations) of the error and P&L detectors.",
+                          ge=0, le=10)
+    ph_threshold: float = opt(50.0, "Page-Hinkley detection threshold (in standard deviations).", gt=0, le=1e6)
+    ph_min_instances: int = opt(30, "Resolved predictions / closed trades before a detector may fire.",
+                                ge=2, le=100_000)
+    retrain_on_alarm: bool = opt(True, "A drift alarm (or P&L decay) starts a retrain (reason recorded in the "
+                                 "new versions' manifests); the retrain.interval_minutes timer stays as a floor.")
+    retrain_min_interval_minutes: float = opt(60.0, "No drift-triggered retrain sooner than this after the last "
+                                              "retrain of any trigger (refusals counted).", gt=0, le=525_600)
+
+    def params(self) -> DriftParams:
+        from engines.drift import DriftParams
+        return DriftParams(window=self.window_bars, psi=self.psi_threshold, ks=self.ks_threshold,
+                           prediction_psi=self.prediction_psi_threshold, calibration=self.calibration_threshold,
+                           calibrated=self.calibrated, ph_delta=self.ph_delta, ph_threshold=self.ph_threshold,
+                           ph_min_instances=self.ph_min_instances)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
     format: str = opt("auto", "auto: human-readable console lines on a terminal, JSON lines under systemd "
@@ -350,6 +386,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
     retrain: RetrainConfig = RetrainConfig()
+    drift: DriftConfig = DriftConfig()
     logging: LoggingConfig = LoggingConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     risk: RiskConfig = RiskConfig()

@@ -37,6 +37,9 @@ class RetrainCycle:
         self.gate_errors = 0
         self.last: dict | None = None
         self._task: asyncio.Task | None = None
+        self.clock = time.monotonic  # paces drift-triggered retrains (injectable)
+        self.last_start: float | None = None  # clock() when the last cycle of any trigger started
+        self.by_reason: dict[str, int] = {}
         for tf in cfg.general.timeframes:  # exported at 0 from start, so an alert can use rate()
             metrics.retrain_gate_errors.labels(tf)
             metrics.retrain_promotions.labels(tf)
@@ -77,12 +80,23 @@ class RetrainCycle:
             await asyncio.sleep(period)
             await self.run_now("schedule")
 
-    def start(self, trigger: str) -> dict:
+    def start(self, trigger: str, detail: dict | None = None) -> dict:
         """On demand (``/control/retrain``): start a cycle in the background unless one is running."""
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() or self.manager.running:
+            self.metrics.retrain_triggers.labels(trigger, "busy").inc()
             return {"ok": False, "error": "a retrain is already running"}
-        self._task = asyncio.create_task(self.run_now(trigger), name="retrain-on-demand")
+        self._task = asyncio.create_task(self.run_now(trigger, detail), name="retrain-on-demand")
         return {"ok": True, "started": True}
+
+    def request(self, reason: str, detail: dict | None = None) -> dict:
+        """A drift alarm or P&L decay (daemon.drift) asks for a retrain: started unless one runs or the last one
+        of any trigger started less than ``drift.retrain_min_interval_minutes`` ago (refusals counted)."""
+        min_s = self.cfg.drift.retrain_min_interval_minutes * 60
+        if self.last_start is not None and self.clock() - self.last_start < min_s:
+            self.metrics.retrain_triggers.labels(reason, "rate_limited").inc()
+            return {"ok": False, "error": f"rate limited: last retrain started {self.clock() - self.last_start:.0f} s "
+                                          f"ago (< {min_s:.0f} s)"}
+        return self.start(reason, detail)
 
     def cancel(self) -> None:
         """Shutdown: an on-demand cycle stops (its child process goes with it)."""
@@ -91,14 +105,22 @@ class RetrainCycle:
 
     def status(self) -> dict:
         return {"enabled": True, "running": bool(self.manager.running), "runs": self.manager.runs,
-                "last": self.last, "gate_errors": self.gate_errors,
+                "last": self.last, "gate_errors": self.gate_errors, "by_reason": dict(self.by_reason),
                 "shadow": self.shadow.status() if self.shadow is not None else {"enabled": False}}
 
     # ------------------------------------------------------------------------------------------ the cycle
-    async def run_now(self, trigger: str) -> dict:
+    async def run_now(self, trigger: str, detail: dict | None = None) -> dict:
         """One cycle: child process trains and gates; then changed versions are loaded and warmed in a worker
-        thread and swapped in on the loop."""
-        outcome = await self.manager.run_once()
+        thread and swapped in on the loop. ``trigger`` (schedule, control, drift, pnl) and ``detail`` go into the
+        published versions' manifests and the log."""
+        if self.manager.running:
+            self.metrics.retrain_triggers.labels(trigger, "busy").inc()
+            return {"trigger": trigger, "ok": False, "error": "a retrain is already running"}
+        self.last_start = self.clock()
+        self.by_reason[trigger] = self.by_reason.get(trigger, 0) + 1
+        self.metrics.retrain_triggers.labels(trigger, "started").inc()
+        log.info("retrain_started", trigger=trigger, detail=detail)
+        outcome = await self.manager.run_once({"reason": trigger, "detail": detail or {}, "at_ns": time.time_ns()})
         m = self.metrics
         m.retrain_runs.labels("ok" if outcome.ok else "failed").inc()
         m.retrain_duration.observe(outcome.seconds)
@@ -107,7 +129,7 @@ class RetrainCycle:
                 self.gate_errors += 1
                 m.retrain_gate_errors.labels(tf).inc()
                 log.error("retrain_gate_error", timeframe=tf, error=res["gate_error"])
-        report: dict = {"trigger": trigger, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
+        report: dict = {"trigger": trigger, "detail": detail, "ok": outcome.ok, "seconds": round(outcome.seconds, 2),
                         "error": outcome.error[-500:] if outcome.error else None, "results": outcome.results,
                         "priority": outcome.priority, "swapped": {}, "finished_ns": None}
         if outcome.ok and self.shadow is not None:

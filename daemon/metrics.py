@@ -116,6 +116,25 @@ class Metrics:
         self.store_available = Gauge("tradingd_store_available", "1 while the store accepts commits; 0 while its "
                                      "server is lost (new orders refused, the writer retries)", registry=r)
         self.up = Gauge("tradingd_ready", "1 when books are synced and models warm", registry=r)
+        # model drift (daemon.drift over engines.drift); per-feature values are in /status only
+        dl = ["symbol", "timeframe", "model"]
+        self.drift_psi = Gauge("tradingd_drift_psi", "Largest per-feature PSI of the live window vs training", dl,
+                               registry=r)
+        self.drift_ks = Gauge("tradingd_drift_ks", "Largest per-feature binned KS of the live window vs training",
+                              dl, registry=r)
+        self.drift_prediction_psi = Gauge("tradingd_drift_prediction_psi", "PSI of the live predictions vs the "
+                                          "held-out ones", dl, registry=r)
+        self.drift_calibration = Gauge("tradingd_drift_calibration", "|mean predicted - realised up-rate| moved "
+                                       "from its held-out value", dl, registry=r)
+        self.drift_error_change = Gauge("tradingd_drift_error_change", "1 when Page-Hinkley saw the prediction "
+                                        "error rise", dl, registry=r)
+        self.drift_pnl_change = Gauge("tradingd_drift_pnl_change", "1 when Page-Hinkley saw per-trade P&L fall "
+                                      "(model = the trades' timeframe's models combined: 'trades')", dl, registry=r)
+        self.drift_alarm = Gauge("tradingd_drift_alarm", "1 while a drift statistic is beyond its threshold", dl,
+                                 registry=r)
+        self.retrain_triggers = Counter("tradingd_retrain_triggers_total", "Retrain requests by reason (schedule, "
+                                        "control, drift, pnl) and result (started, rate_limited, busy)",
+                                        ["reason", "result"], registry=r)
 
     def set_models(self, models: dict[str, dict[str, dict]]) -> None:
         """Export the model versions in use, ``{timeframe: {kind: {"version", "backend"}}}``; replaces the old

@@ -192,6 +192,7 @@ class Observed:
     atr: float | None
     spread: float
     signal: Any  # strategies.optimizer.Signal or None (no ATR yet)
+    predictions: Mapping[str, float]
 
 
 class TradingPipeline:
@@ -233,7 +234,8 @@ class TradingPipeline:
         self._pending: dict[tuple[str, int], dict[str, _Row]] = {}  # (timeframe, close_ns) -> symbol -> row
         self.boundaries: dict[str, dict[str, Any]] = {}  # timeframe -> the last decided boundary (for /status)
         self.decisions: deque[Decision] = deque(maxlen=keep)
-        # called after each decision batch with (timeframe, ts, [Observed]): the shadow A/B (daemon.shadow)
+        # called after each decision batch (its orders already sent) with (timeframe, ts, [Observed]): the shadow
+        # A/B (daemon.shadow) and the drift watch (daemon.drift); an observer's error is counted, never raised
         self.observers: list[Callable[[str, int, list[Observed]], None]] = []
         self.counters: Counter[str] = Counter()
         self.latencies_ns = SampleRing(100_000)  # preallocated: no per-sample allocation (soak)
@@ -573,9 +575,6 @@ class TradingPipeline:
                 self.counters["stale_book_bars"] += 1
             sigs.append(SymbolSignal(bar.symbol, bar, p, atr if atr is not None else math.nan, top, stale))
         intents = list(self.optimizer.decide_universe(tf, sigs, acct, ts))
-        if self.observers:
-            self._observe(tf, ts, [Observed(r.bar.symbol, r.row, r.bar.close, r.atr, _spread_of(r.book, self),
-                                            ds[r.bar.symbol].signal) for r in rows])
         self.counters[f"boundaries.{reason}"] += 1
         if math.isfinite(acct.equity):
             self.risk.update_account(acct, ts)  # daily-loss state moves on every boundary, not only on orders
@@ -598,6 +597,9 @@ class TradingPipeline:
                 self._sync_plan(d.symbol)
             self.decisions.append(d)
         self.counters["decisions"] += len(ds)
+        if self.observers:  # after the orders went out: observers never delay a decision
+            self._observe(tf, ts, [Observed(r.bar.symbol, r.row, r.bar.close, r.atr, _spread_of(r.book, self),
+                                            ds[r.bar.symbol].signal, p) for r, p in zip(rows, preds)])
         ranking = getattr(self.optimizer, "ranking", {}).get(tf, ())
         self.boundaries[tf] = {
             "close_ns": key[1], "ts": ts, "reason": reason, "symbols": [r.bar.symbol for r in rows],
@@ -645,8 +647,6 @@ class TradingPipeline:
             self.counters["stale_book_bars"] += 1
         intents = self.optimizer.on_bar_close(bar.symbol, tf, bar, preds, atr if atr is not None else math.nan,
                                               top, acct, ts, book_stale=stale)
-        if self.observers:
-            self._observe(tf, ts, [Observed(bar.symbol, row, bar.close, atr, _spread_of(book, self), sig)])
         if math.isfinite(acct.equity):
             self.risk.update_account(acct, ts)  # daily-loss state moves on every bar, not only on orders
         if self.risk.flatten_required and any(p.qty for p in acct.positions.values()):
@@ -658,6 +658,8 @@ class TradingPipeline:
         self._sync_plan(bar.symbol)  # a position adopted at this bar (restart without a stored plan)
         self.decisions.append(d)
         self.counters["decisions"] += 1
+        if self.observers:  # after the orders went out: observers never delay a decision
+            self._observe(tf, ts, [Observed(bar.symbol, row, bar.close, atr, _spread_of(book, self), sig, preds)])
         return d
 
     def execute(self, intents: Sequence[OrderIntent], acct: AccountState, book: Any, ts: int,

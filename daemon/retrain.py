@@ -59,8 +59,9 @@ def _current_pnl(ds, spec, registry, tf: str, test_rows: np.ndarray) -> dict | N
 def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timeframes: list[str], *,
                   rest_url: str | None = None, history_days: float = 30, spec_overrides: dict | None = None,
                   min_bars: int = 20_000, min_improvement: float = 0.0, executor: str = "local",
-                  address: str = "", shadow: bool = False) -> dict:
-    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe.
+                  address: str = "", shadow: bool = False, trigger: dict | None = None) -> dict:
+    """One retraining cycle (runs in the child process). Returns a JSON-able result per timeframe. ``trigger``
+    (what asked for it: reason and detail) is recorded in every published version's manifest.
 
     With ``executor = "ray"`` each timeframe's training (both kinds) is a Ray task writing its model files under
     the registry's ``.staging`` folder (a path every node shares); this process alone gates and publishes them,
@@ -101,11 +102,12 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
             gate_error = f"{type(e).__name__}: {e}"[:500]
             log.error("retrain_gate_error", timeframe=tf, error=gate_error)
             current = None
+        extra = {"trigger": trigger} if trigger else None
         if tf in trained:
             outcome, staging = trained[tf]
-            refs = publish_trained(outcome, staging, spec, reg, make_current=False)
+            refs = publish_trained(outcome, staging, spec, reg, make_current=False, extra=extra)
         else:
-            outcome, refs = train_and_publish(k, spec, reg, make_current=False)
+            outcome, refs = train_and_publish(k, spec, reg, make_current=False, extra=extra)
         challenger = {kind: outcome.metrics[kind]["dollar"]["pnl_usd"] for kind in ("xgboost", "lstm")}
         decision = {}
         for kind in ("xgboost", "lstm"):
@@ -192,6 +194,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--executor", default="local", choices=("local", "ray"))
     p.add_argument("--address", default="")
     p.add_argument("--shadow", action="store_true", help="a gate-passing challenger goes to the shadow A/B")
+    p.add_argument("--trigger", default="", help="JSON: why this retrain runs (recorded in the manifests)")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -207,7 +210,7 @@ def child_main(argv: list[str] | None = None) -> int:
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
                         min_improvement=a.min_improvement, executor=a.executor, address=a.address,
-                        shadow=a.shadow)
+                        shadow=a.shadow, trigger=orjson.loads(a.trigger) if a.trigger else None)
     sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
     return 0
 
@@ -241,6 +244,7 @@ class RetrainManager:
     executor: str = "local"
     address: str = ""
     shadow: bool = False
+    trigger: dict | None = None  # why the current run runs (recorded in the manifests it publishes)
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -259,13 +263,16 @@ class RetrainManager:
             cmd += ["--store", self.store]
         if self.rest_url:
             cmd += ["--rest-url", self.rest_url]
+        if self.trigger:
+            cmd += ["--trigger", orjson.dumps(self.trigger).decode()]
         return cmd
 
-    async def run_once(self) -> RetrainOutcome:
+    async def run_once(self, trigger: dict | None = None) -> RetrainOutcome:
         if self.running:
             return RetrainOutcome(False, 0.0, error="a retrain is already running")
         self.running = True
         self.runs += 1
+        self.trigger = trigger
         t0 = time.monotonic()
         env = dict(os.environ)
         for var in THREAD_VARS:

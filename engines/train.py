@@ -100,6 +100,7 @@ class TrainOutcome:
     metrics: dict = field(default_factory=dict)
     data_window: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)  # kind -> engines.drift reference (goes into the manifest)
 
 
 def _rows(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -175,6 +176,7 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
     add_int8(out_dir / "lstm", spec.lstm_int8, Xs_tr)  # calibration: training windows only
     outcome.seconds["lstm"] = time.perf_counter() - t0
 
+    outcome.drift = drift_references(ds, tr, spec.h, spec.cost, {"xgboost": (p_x, ds.y[te]), "lstm": (p_l, ys_te)})
     base = naive_baseline(ds, te, spec)
     outcome.metrics = {"xgboost": m_x, "lstm": m_l, "baseline_momentum": base,
                        "test_up_fraction": float(ds.y[te].mean())}
@@ -182,6 +184,20 @@ def train_timeframe(k1m: Klines, spec: TrainSpec, out_dir: Path,
         f"dollar P&L xgb {m_x['dollar']['pnl_usd']:.0f} lstm {m_l['dollar']['pnl_usd']:.0f} "
         f"baseline {base['dollar']['pnl_usd']:.0f}")
     return outcome
+
+
+def drift_references(ds: Dataset, train_rows: np.ndarray, horizon: int, cost: float,
+                     held_out: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    """The drift reference of each model (engines.drift): feature bins of the training rows, the model's
+    predictions and labels on the held-out rows. A reference that cannot be built is left out (logged): the
+    daemon then reports that model's drift as unmonitored rather than the training failing."""
+    from engines.drift import build_reference, with_predictions
+    try:
+        base = build_reference(ds.X[train_rows], FEATURE_SCHEMA.names, horizon=horizon, cost=cost)
+        return {kind: with_predictions(base, p, y) for kind, (p, y) in held_out.items()}
+    except ValueError as e:
+        log.warning("drift_reference_skipped", error=str(e))
+        return {}
 
 
 def sequence_ends(X: np.ndarray, rows: np.ndarray, seq_len: int) -> np.ndarray:
@@ -298,19 +314,22 @@ def library_versions() -> dict[str, str]:
 
 
 def train_and_publish(k1m: Klines, spec: TrainSpec, registry, *, make_current: bool = True,
-                      progress: Callable[[str], None] | None = None) -> tuple[TrainOutcome, dict]:
-    """Train one timeframe and publish both models to the registry; returns the outcome and VersionRefs."""
+                      progress: Callable[[str], None] | None = None,
+                      extra: dict | None = None) -> tuple[TrainOutcome, dict]:
+    """Train one timeframe and publish both models to the registry; returns the outcome and VersionRefs.
+    The manifest's ``extra`` holds the drift reference and ``extra`` given here (e.g. the retrain trigger)."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix=f"tradingd-train-{spec.timeframe}-") as tmp:
         outcome = train_timeframe(k1m, spec, Path(tmp), progress)
-        refs = publish_trained(outcome, Path(tmp), spec, registry, make_current=make_current)
+        refs = publish_trained(outcome, Path(tmp), spec, registry, make_current=make_current, extra=extra)
     return outcome, refs
 
 
 def publish_trained(outcome: TrainOutcome, staging: Path, spec: TrainSpec, registry, *,
-                    make_current: bool = True) -> dict:
+                    make_current: bool = True, extra: dict | None = None) -> dict:
     """Publish what :func:`train_timeframe` wrote under ``staging`` (both kinds; the registry's atomic publish
-    with checksums). The ONE publication path, whether the training ran here or on a cluster worker."""
+    with checksums; each manifest's ``extra`` holds the model's drift reference and ``extra``). The ONE
+    publication path, whether the training ran here or on a cluster worker."""
     refs = {}
     for kind in KINDS:
         refs[kind] = registry.publish(
@@ -319,7 +338,8 @@ def publish_trained(outcome: TrainOutcome, staging: Path, spec: TrainSpec, regis
             metrics={"test": outcome.metrics[kind], "baseline": outcome.metrics["baseline_momentum"],
                      "train_seconds": outcome.seconds[kind]},
             library_versions=library_versions(), make_current=make_current,
-            optional=(INT8_FILE,) if kind == "lstm" else ())
+            optional=(INT8_FILE,) if kind == "lstm" else (),
+            extra={**({"drift": outcome.drift[kind]} if kind in outcome.drift else {}), **(extra or {})})
     return refs
 
 

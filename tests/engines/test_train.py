@@ -41,10 +41,18 @@ def test_train_and_publish_then_engines_load(klines, tmp_path):
     outcome, refs = train_and_publish(klines[-40_000:], spec, reg, progress=msgs.append)
     assert missing_models(reg, ["15m"]) == []
     assert set(refs) == {"xgboost", "lstm"} and any("AUC" in m for m in msgs)
+    m_n = {k: outcome.metrics[k]["n"] for k in ("xgboost", "lstm")}
     for kind in ("xgboost", "lstm"):
         ref = reg.load("15m", kind, schema_hash=FEATURE_SCHEMA.hash)
         assert ref.manifest["data_window"]["timeframe"] == "15m"
         assert "auc" in ref.manifest["metrics"]["test"]
+        # the drift reference (engines.drift) travels in the manifest: training feature bins, held-out predictions
+        from engines.drift import Reference
+        dr = ref.manifest["extra"]["drift"]
+        parsed = Reference.from_dict(dr)
+        assert parsed.names == FEATURE_SCHEMA.names and parsed.pred_edges is not None
+        assert dr["rows"] == outcome.data_window["rows"]["train"] and dr["horizon"] == spec.h
+        assert dr["pred"]["rows"] == m_n[kind] and "calib" in dr
     m = outcome.metrics
     print("held-out 15m:", {k: (round(v["auc"], 3), round(v["dollar"]["pnl_usd"])) for k, v in m.items()
                             if isinstance(v, dict)})
