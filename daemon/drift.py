@@ -129,6 +129,8 @@ class DriftWatch:
             if s is None:
                 s = self.streams[key] = DriftStream(ref, self.params)
             p = preds.get(kind)
+            if p is not None and self.metrics is not None:
+                self.metrics.prediction_value.labels(tf, kind).observe(float(p))
             st = s.update(row, None if p is None else float(p), float(close))
             self._export(key, st)
             if st.alarm:

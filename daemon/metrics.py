@@ -41,6 +41,10 @@ class Metrics:
         self.bars = Counter("tradingd_bars_total", "Bars closed", ["symbol", "timeframe"], registry=r)
         self.predictions = Counter("tradingd_predictions_total", "Predictions made", ["timeframe", "engine"],
                                    registry=r)
+        self.prediction_value = Histogram("tradingd_prediction_value", "The models' predictions (P(up) in [0, 1]) at "
+                                          "bar closes: their distribution (observed by the drift watch, off the "
+                                          "decision path)", ["timeframe", "model"],
+                                          buckets=tuple(round(0.05 * i, 2) for i in range(1, 20)), registry=r)
         self.orders = Counter("tradingd_orders_total", "Orders submitted", ["symbol", "side", "reason"], registry=r)
         self.fills = Counter("tradingd_fills_total", "Fills", ["symbol", "side"], registry=r)
         # copied in by the collector from the pipeline's and optimizer's counters (the Grafana panel "decisions")

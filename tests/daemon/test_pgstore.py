@@ -269,18 +269,20 @@ if __name__ == "__main__":  # pragma: no cover
 SEED_QTY = 0.001
 
 
-def _seed_position(url: str, password: str, account: str) -> None:
-    """A filled 0.001 BTCUSDT buy at ~60000 committed by the real PaperBroker into the PostgreSQL account."""
+def _seed_position(url: str, password: str, account: str, symbol: str = "BTCUSDT", qty: float = SEED_QTY,
+                   price: float = 60_000.0) -> None:
+    """A filled ``qty`` ``symbol`` buy at ~``price`` committed by the real PaperBroker into the PostgreSQL
+    account."""
     from daemon.broker import PaperBroker
     from daemon.config import BrokerConfig
     from market.filters import SymbolFilters
     store = PostgresStore(url, password=password, account=account)
     try:
-        filters = {"BTCUSDT": SymbolFilters("BTCUSDT", 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
-        broker = PaperBroker(BrokerConfig(), store, symbols=("BTCUSDT",), filters=filters)
-        ex = broker.submit(OrderIntent("seed-buy-1", "BTCUSDT", Side.BUY, SEED_QTY),
-                           ([(59_999.0, 1.0)], [(60_001.0, 1.0)]), time.time_ns())
-        assert ex.fills and ex.fills[0].qty == SEED_QTY
+        filters = {symbol: SymbolFilters(symbol, 0.01, 0.00001, 0.00001, 9000.0, 5.0)}
+        broker = PaperBroker(BrokerConfig(), store, symbols=(symbol,), filters=filters)
+        ex = broker.submit(OrderIntent("seed-buy-1", symbol, Side.BUY, qty),
+                           ([(price - 1, 1.0)], [(price + 1, 1.0)]), time.time_ns())
+        assert ex.fills and ex.fills[0].qty == qty
     finally:
         store.close()
 
@@ -414,3 +416,90 @@ def test_a_second_writer_on_the_same_account_is_refused_exit_3(pg_cluster, tmp_p
     assert pg_cluster.password not in out.stderr + out.stdout
     first.close()
     PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, exclusive=True).close()
+
+
+@pytest.mark.timeout(300)
+def test_two_daemons_disjoint_symbols_one_database_visible_together_in_prometheus(pg_cluster, tmp_path,
+                                                                                   monkeypatch):
+    """Two real ``tradingd run`` processes, each with its own account (a schema), client-order-id prefix and
+    symbol set, write into ONE PostgreSQL; a real Prometheus scrapes both. Each daemon's /status shows only its
+    own account; the database holds both accounts' rows, disjoint; one Prometheus query sees both symbols."""
+    import orjson
+
+    from tests.daemon.harness import TOKEN, Daemon, Prometheus, http_get, http_post, prom_query, wait_until
+    monkeypatch.setenv("TRADINGD_DB_PASSWORD", pg_cluster.password)
+    desks = {"BTCUSDT": ("btcdesk", "ab", 0.001, 60_000.0), "ETHUSDT": ("ethdesk", "cd", 0.01, 3_000.0)}
+    daemons, urls, accounts = {}, {}, {}
+    try:
+        for sym, (name, prefix, qty, px) in desks.items():
+            accounts[sym] = account = pg_schema_name(name)
+            _seed_position(pg_cluster.url, pg_cluster.password, account, sym, qty, px)
+            port = free_port()
+            cfg = write_config(tmp_path / f"{name}.toml", tmp_path / name, port, symbols=(sym,), speed=20.0,
+                               extra=f"""
+[venue]
+mode = "simulate"
+
+[simulator]
+history_days = 1
+trades_per_s = 10.0
+
+[store]
+url = "{pg_cluster.url}"
+account = "{account}"
+
+[optimizer]
+client_id_prefix = "{prefix}"
+
+[engines]
+first_run_xgb_rounds = 30
+first_run_lstm_epochs = 1
+first_run_lstm_hidden = 4
+
+[retrain]
+enabled = false
+""")
+            (tmp_path / name).mkdir()
+            daemons[sym] = Daemon(cfg, tmp_path / name)
+        for sym, d in daemons.items():
+            urls[sym] = d.wait_line(r"ready: (http://\S+)", 200).group(1)
+        prom = Prometheus(tmp_path, "", config=f"""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: tradingd
+    static_configs:
+      - targets: [{", ".join(f'"{u.split("//")[1]}"' for u in urls.values())}]
+""")
+        try:
+            for sym, url in urls.items():
+                st = orjson.loads(http_get(url + "/status")[1])
+                assert set(st["account"]["positions"]) == {sym}  # its own account only
+                code, body = http_post(url + "/control/flatten", TOKEN)
+                assert code == 200 and body["fills"] >= 1, body
+                assert all(c.startswith(desks[sym][1]) for c in body["orders"]), body
+
+            def both_symbols() -> bool:
+                try:
+                    got = prom_query(prom.url, "sum by (symbol, instance) (tradingd_bars_total)")
+                except OSError:  # Prometheus still starting
+                    return False
+                return {r["metric"]["symbol"] for r in got} == set(desks) and len(got) == 2
+            wait_until(both_symbols, 60, "both daemons' symbols in one Prometheus query", daemons["BTCUSDT"])
+        finally:
+            prom.stop()
+        for d in daemons.values():
+            assert d.stop() == 0, d.stderr()[-3000:]
+    finally:
+        for d in daemons.values():
+            d.kill()
+    for sym, account in accounts.items():
+        with PostgresStore(pg_cluster.url, password=pg_cluster.password, account=account, readonly=True) as s:
+            fills = s.fills()
+            assert {f.symbol for f in fills} == {sym}  # disjoint: no other desk's row in this account
+            assert len({f.fill_id for f in fills}) == len(fills) >= 2
+            assert all(f.client_order_id == "seed-buy-1" or f.client_order_id.startswith(desks[sym][1])
+                       for f in fills)
+            assert {r[0] for r in s._rows("SELECT DISTINCT symbol FROM bars", ())} == {sym}
+            assert s.recover(0.0).portfolio.qty(sym) == pytest.approx(0.0, abs=1e-12)
