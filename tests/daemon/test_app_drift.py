@@ -36,6 +36,10 @@ lstm_hidden = 8
 # always promote, so the swapped-in models' fresh drift streams alarm again (the gate: tests/daemon/test_retrain.py)
 min_improvement_usd = -1e12
 
+[shadow]
+# promoted by the offline gate at once (the shadow A/B path: tests/daemon/test_app_retrain.py[shadow])
+enabled = false
+
 [drift]
 window_bars = 50
 calibrated = false
