@@ -90,6 +90,10 @@ first_run_lstm_hidden = 8
 
 [retrain]
 timeout_minutes = 0.05
+
+[drift]
+# the smallest window, so the drift statistics exist within ~25 s of live 1m bars at this speed
+window_bars = 50
 """)
     d = Daemon(cfg, tmp_path)
     p = None
@@ -113,6 +117,11 @@ timeout_minutes = 0.05
         for alert in ("TradingdKillSwitchEngaged", "TradingdRetrainFailed"):  # rules without "for": firing at once
             firing = wait_until(lambda: prom_query(p.url, f'ALERTS{{alertname="{alert}"}}'), 20, alert, d)
             assert firing[0]["metric"]["alertstate"] == "firing", firing
+        def drift_windows_full() -> bool:  # PSI/KS/calibration are NaN until a window of live bars is in
+            got = prom_query(p.url, "tradingd_drift_psi == tradingd_drift_psi and tradingd_drift_calibration "
+                                    "== tradingd_drift_calibration")
+            return bool(got)
+        wait_until(drift_windows_full, 90, "full drift windows", d)
         time.sleep(2 * SCRAPE_S + 1)  # the last events scraped (rate windows see them)
         t1 = time.time()
         empty = {}
