@@ -3,13 +3,12 @@ walk-forward (research/walkforward.py) with signal metrics, the learned ensemble
 against buy-and-hold and the momentum/reversal factors. A single klines file goes to daemon.backtest as before."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import structlog
 
-from research.executor import ClusterUnreachable, ExecutorError, add_executor_arguments, make_executor
+from research.executor import add_executor_arguments, make_executor, run_command
 from research.models import ALL_KINDS, MODEL_KINDS
 from research.params import load_params, params_for
 from research.portfolio import Costs
@@ -156,17 +155,9 @@ def compute(args) -> tuple[dict, dict, dict, dict]:
 
 
 def main(args) -> int:
-    try:
-        m = run(args)
-    except (UniverseError, ValueError) as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 2
-    except ClusterUnreachable as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 3
-    except ExecutorError as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 1
+    code, m = run_command("backtest", lambda: run(args), (UniverseError, ValueError))
+    if code:
+        return code
     s = m["strategy"]
     b = m["baselines"]
     print(f"strategy {s['timeframe']} {s['model']}: return {s['return_pct']:.2f}% sharpe {s['sharpe']:.2f} "

@@ -9,7 +9,6 @@ feature names, the symbols, the holdout metrics, the ensemble weights and each m
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import structlog
 
 from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, forward_returns, panel_features, target
-from research.executor import ClusterUnreachable, ExecutorError, make_executor
+from research.executor import make_executor, run_command
 from research.metrics import signal_metrics
 from research.models import fit_model, predict_panel, save_model
 from research.params import load_params, params_for
@@ -129,17 +128,9 @@ def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict):
 
 
 def main(args, uni=None) -> int:
-    try:
-        res = train_universe(args, uni)
-    except (UniverseError, ValueError) as e:
-        print(f"tradingd train: {e}", file=sys.stderr)
-        return 2
-    except ClusterUnreachable as e:
-        print(f"tradingd train: {e}", file=sys.stderr)
-        return 3
-    except ExecutorError as e:
-        print(f"tradingd train: {e} (nothing was published)", file=sys.stderr)
-        return 1
+    code, res = run_command("train", lambda: train_universe(args, uni), (UniverseError, ValueError))
+    if code:
+        return code
     for tf, m in res["timeframes"].items():
         hm = m["holdout"]["metrics"]
         print(f"{tf}: " + ", ".join(f"{k} rank_ic {v['rank_ic']:+.4f}" for k, v in hm.items()) +

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "ExecutorError", "ClusterUnreachable", "make_executor",
-           "add_executor_arguments", "EXECUTORS", "check_reachable", "redact"]
+           "add_executor_arguments", "EXECUTORS", "check_reachable", "redact", "run_command"]
 
 EXECUTORS = ("local", "ray")
 
@@ -154,6 +154,22 @@ def make_executor(kind: str = "local", address: str = "", **kw) -> Executor:
     if kind == "ray":
         return RayExecutor(address, **kw)
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+
+
+def run_command(command: str, fn: Callable[[], Any], bad_input: tuple[type[BaseException], ...]) -> tuple[int, Any]:
+    """``(0, fn())``, or the exit code after one line on stderr: 2 for ``bad_input`` (a human fixes the data or
+    flags), 3 for an unreachable cluster (start it / fix the address), 1 for a failed job (nothing published)."""
+    import sys
+    try:
+        return 0, fn()
+    except ClusterUnreachable as e:
+        code, msg = 3, str(e)
+    except ExecutorError as e:
+        code, msg = 1, f"{e} (nothing was published)"
+    except bad_input as e:
+        code, msg = 2, str(e)
+    print(f"tradingd {command}: {msg}", file=sys.stderr)
+    return code, None
 
 
 def add_executor_arguments(p) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from scipy.stats import kurtosis, skew
 
 from research.cli_backtest import add_common, options
 from research.dataset import FEATURE_NAMES, PanelFeatures, forward_returns, panel_features, target
-from research.executor import ClusterUnreachable, ExecutorError, make_executor
+from research.executor import make_executor, run_command
 from research.metrics import deflated_sharpe, ic_series
 from research.nested import first_valid, outer_windows
 from research.models import fit_model, predict_panel
@@ -253,17 +252,9 @@ def run_hpo(args) -> dict:
 
 
 def main(args) -> int:
-    try:
-        best = run_hpo(args)
-    except ClusterUnreachable as e:
-        print(f"tradingd hpo: {e}", file=sys.stderr)
-        return 3
-    except ExecutorError as e:
-        print(f"tradingd hpo: {e}", file=sys.stderr)
-        return 1
-    except (UniverseError, ValueError, RuntimeError) as e:
-        print(f"tradingd hpo: {e}", file=sys.stderr)
-        return 2
+    code, best = run_command("hpo", lambda: run_hpo(args), (UniverseError, ValueError, RuntimeError))
+    if code:
+        return code
     for tf, h in best["hpo"].items():
         if h.get("per_window"):
             print(f"{tf}: {h['windows']} outer windows x {h['trials_per_window']} trials = {h['trials']} trials "

@@ -42,7 +42,6 @@ import dataclasses
 import html
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -630,19 +629,12 @@ def run(args, *, trace: bool = False) -> tuple[dict, PipelineBacktest]:
 
 
 def main(args) -> int:
-    from research.executor import ClusterUnreachable, ExecutorError
+    from research.executor import run_command
     from research.universe import UniverseError
-    try:
-        m, _ = run(args)
-    except (UniverseError, ValueError) as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 2
-    except ClusterUnreachable as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 3
-    except ExecutorError as e:
-        print(f"tradingd backtest: {e}", file=sys.stderr)
-        return 1
+    code, got = run_command("backtest", lambda: run(args), (UniverseError, ValueError))
+    if code:
+        return code
+    m = got[0]
     s, b = m["strategy"], m["baselines"]
     print(f"pipeline {s['timeframe']} {s['model']}: return {s['return_pct']:.2f}% sharpe {s['sharpe']:.2f} "
           f"maxDD {s['max_drawdown_pct']:.1f}% trades {s['trades']} fees {s['fees']:.2f} "
