@@ -171,6 +171,23 @@ def _worker(cache: str, journal: str, study: str, data_end: int, n_trials: int, 
                 catch=(ValueError,))
 
 
+def _run_workers(what: str, worker_args: list[tuple]) -> None:
+    """One :func:`_worker` per argument tuple sharing the study: in this process for one, else spawned processes
+    (a failed worker is a RuntimeError naming ``what``)."""
+    if len(worker_args) == 1:
+        _worker(*worker_args[0])
+        return
+    ctx = mp.get_context("spawn")
+    ps = [ctx.Process(target=_worker, args=a) for a in worker_args]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    bad = [p.exitcode for p in ps if p.exitcode]
+    if bad:
+        raise RuntimeError(f"{what}: {len(bad)} HPO worker(s) failed (exit codes {bad})")
+
+
 def run_hpo(args) -> dict:
     import optuna
     t0 = time.perf_counter()
@@ -201,19 +218,9 @@ def run_hpo(args) -> dict:
         if executor.name != "local":  # J workers as J tasks on the cluster (cache and journal on a shared path)
             executor.map(_worker, [(str(cache), str(journal), name, data_end, args.trials, args.seed + i, cfg)
                                    for i in range(args.jobs)], label=lambda j: f"{tf} hpo worker seed {j[5]}")
-        elif args.jobs == 1:
-            _worker(str(cache), str(journal), name, data_end, args.trials, args.seed, cfg)
         else:
-            ctx = mp.get_context("spawn")
-            ps = [ctx.Process(target=_worker, args=(str(cache), str(journal), name, data_end, args.trials,
-                                                    args.seed + i, cfg)) for i in range(args.jobs)]
-            for p in ps:
-                p.start()
-            for p in ps:
-                p.join()
-            bad = [p.exitcode for p in ps if p.exitcode]
-            if bad:
-                raise RuntimeError(f"{tf}: {len(bad)} HPO worker(s) failed (exit codes {bad})")
+            _run_workers(tf, [(str(cache), str(journal), name, data_end, args.trials, args.seed + i, cfg)
+                              for i in range(args.jobs)])
         search_s = time.perf_counter() - t1
         cache.unlink()
         st = optuna.load_study(study_name=name, storage=_storage(journal))
@@ -268,8 +275,6 @@ def main(args) -> int:
     return 0
 
 
-
-
 # ------------------------------------------------------------------------------- nested: every outer window
 def search_span(pf: PanelFeatures, lo: int, hi: int, out: Path, name: str, trials: int, jobs: int, seed: int,
                 cfg: dict) -> tuple[dict, list]:
@@ -283,19 +288,7 @@ def search_span(pf: PanelFeatures, lo: int, hi: int, out: Path, name: str, trial
     optuna.create_study(study_name=name, storage=_storage(journal), direction="maximize", load_if_exists=True)
     t1 = time.perf_counter()
     try:
-        if jobs == 1:
-            _worker(str(cache), str(journal), name, hi, trials, seed, cfg, lo)
-        else:
-            ctx = mp.get_context("spawn")
-            ps = [ctx.Process(target=_worker, args=(str(cache), str(journal), name, hi, trials, seed + i, cfg, lo))
-                  for i in range(jobs)]
-            for p in ps:
-                p.start()
-            for p in ps:
-                p.join()
-            bad = [p.exitcode for p in ps if p.exitcode]
-            if bad:
-                raise RuntimeError(f"{name}: {len(bad)} HPO worker(s) failed (exit codes {bad})")
+        _run_workers(name, [(str(cache), str(journal), name, hi, trials, seed + i, cfg, lo) for i in range(jobs)])
     finally:
         cache.unlink(missing_ok=True)
     search_s = time.perf_counter() - t1

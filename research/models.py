@@ -173,23 +173,30 @@ def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> Fitt
     mu, sd = _standardise(p.X)
     S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
     y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
-    ys = float(y.std()) or 1.0
     net = _lstm_net(S.shape[-1], prm.lstm_hidden).to(device)
+    loss = _train_mse(net, (S,), y, prm, device)
+    return FittedModel("lstm", prm, seed, net.cpu(), mu, sd,
+                       info={"rows": int(len(take)), "rows_available": int(n), "device": device,
+                             "device_reason": why, "final_loss": loss})
+
+
+def _train_mse(net, xs: tuple, y, prm: ModelParams, device: str) -> float:
+    """The pooled LSTMs' one training loop: Adam on the mean squared error of ``net(*xs)`` against the target in
+    units of its std, mini-batches of 512 in a fresh random order per epoch. Returns the last batch's loss."""
+    import torch
+    ys = float(y.std()) or 1.0
     opt = torch.optim.Adam(net.parameters(), lr=prm.lstm_lr)
-    bs = 512
     with _threads(prm.threads):
         for _ in range(prm.lstm_epochs):
             perm = torch.randperm(len(y), device=device)
-            for i in range(0, len(y), bs):
-                b = perm[i:i + bs]
+            for i in range(0, len(y), 512):
+                b = perm[i:i + 512]
                 opt.zero_grad()
-                loss = torch.mean((net(S[b]) - y[b] / ys) ** 2)
+                loss = torch.mean((net(*(x[b] for x in xs)) - y[b] / ys) ** 2)
                 loss.backward()
                 opt.step()
     net.eval()
-    return FittedModel("lstm", prm, seed, net.cpu(), mu, sd,
-                       info={"rows": int(len(take)), "rows_available": int(n), "device": device,
-                             "device_reason": why, "final_loss": float(loss.detach())})
+    return float(loss.detach())
 
 
 def fit_model(kind: str, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
@@ -371,23 +378,11 @@ def _fit_lstm_emb(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> 
     sid[rng.random(len(sid)) < prm.emb_unknown_p] = 0        # trains the shared "unknown" id
     sid = torch.from_numpy(sid).to(device)
     y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
-    ys = float(y.std()) or 1.0
     net = _lstm_emb_net(S.shape[-1], prm.lstm_hidden, len(vocab), prm.emb_dim).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=prm.lstm_lr)
-    bs = 512
-    with _threads(prm.threads):
-        for _ in range(prm.lstm_epochs):
-            perm = torch.randperm(len(y), device=device)
-            for i in range(0, len(y), bs):
-                b = perm[i:i + bs]
-                opt.zero_grad()
-                loss = torch.mean((net(S[b], sid[b]) - y[b] / ys) ** 2)
-                loss.backward()
-                opt.step()
-    net.eval()
+    loss = _train_mse(net, (S, sid), y, prm, device)
     return FittedModel("lstm_emb", prm, seed, (net.cpu(), vocab), mu, sd,
                        info={"rows": int(len(take)), "rows_available": int(n), "device": device,
-                             "device_reason": why, "final_loss": float(loss.detach()), "symbols": len(vocab)})
+                             "device_reason": why, "final_loss": loss, "symbols": len(vocab)})
 
 
 def _fit_extra(kind: str, p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: int, prm: ModelParams,
