@@ -212,7 +212,8 @@ class EnginesConfig:
     first_run_threads: int = opt(0, "First-run training threads (0 = the libraries' default).", ge=0, le=256)
     family: str = opt("per_symbol", "Model family: per_symbol = the 13-feature P(up) XGBoost+LSTM per timeframe "
                       "(first run trains them); universe = the pooled cross-sectional models of `tradingd train "
-                      "--data DIR --registry <engines.registry>` (expected return per symbol, >= 3 symbols).",
+                      "--data DIR` (expected return per symbol, >= 3 symbols; the first run and the retrainer train "
+                      "them on every symbol).",
                       choices=("per_symbol", "universe"))
 
 
@@ -392,7 +393,7 @@ class Config:
     risk: RiskConfig = RiskConfig()
 
     def validate(self) -> None:
-        """Cross-section rules: the universe model family needs >= 3 symbols and no per-symbol retrainer; a spot
+        """Cross-section rules: the universe model family needs >= 3 symbols; a spot
         venue's account (testnet broker) cannot hold a negative quantity; a short
         there is a sale of coins held, and closing it with a buy leaves a base-commission remainder that cannot
         be sold (the wedge of issue #14)."""
@@ -400,10 +401,6 @@ class Config:
             if len(self.general.symbols) < 3:
                 raise ValueError(f"engines.family = \"universe\" needs at least 3 symbols in general.symbols (its "
                                  f"features rank symbols against each other), got {len(self.general.symbols)}")
-            if self.retrain.enabled:
-                raise ValueError("engines.family = \"universe\" needs retrain.enabled = false: the retrainer "
-                                 "trains the per-symbol models; retrain the universe bundle with `tradingd train "
-                                 "--data DIR --registry <engines.registry>`")
         if self.optimizer.allow_short and self.broker.kind != "paper":
             raise ValueError(f"optimizer.allow_short = true needs broker.kind = \"paper\": the "
                              f"{self.broker.kind!r} broker trades a spot account, which cannot be short")

@@ -53,7 +53,9 @@ class RetrainCycle:
         from daemon.stores import store_spec
         r = cfg.retrain
         shadow = None
-        if cfg.shadow.enabled and pipeline is not None:
+        universe = cfg.engines.family == "universe"
+        # universe mode: the offline gate alone decides (the live A/B runs per-symbol engine sets only)
+        if cfg.shadow.enabled and pipeline is not None and not universe:
             from daemon.shadow import ShadowRunner
             from strategies.shadow import ShadowConfig
             sc = cfg.shadow
@@ -68,7 +70,9 @@ class RetrainCycle:
             store=store_spec(cfg), rest_url=rest_url, history_days=r.history_days, nice=r.nice,
             threads=r.threads, timeout_s=r.timeout_minutes * 60, min_bars=r.min_store_bars,
             min_improvement=r.min_improvement_usd, executor=cfg.cluster.executor, address=cfg.cluster.address,
-            shadow=shadow is not None,
+            shadow=shadow is not None, universe=tuple(cfg.general.symbols) if universe else (),
+            costs={"fee": cfg.broker.taker_fee, "spread_bps": cfg.optimizer.assumed_spread_bps,
+                   "slippage_bps": cfg.optimizer.slippage_bps},
             spec_overrides={"xgb_rounds": r.xgb_rounds, "lstm_epochs": r.lstm_epochs, "lstm_hidden": r.lstm_hidden,
                             "cost": 2 * cfg.broker.taker_fee + 0.0001})
         return cls(cfg, metrics, manager, registry, engine_sets, shadow)
@@ -106,7 +110,10 @@ class RetrainCycle:
     def status(self) -> dict:
         return {"enabled": True, "running": bool(self.manager.running), "runs": self.manager.runs,
                 "last": self.last, "gate_errors": self.gate_errors, "by_reason": dict(self.by_reason),
-                "shadow": self.shadow.status() if self.shadow is not None else {"enabled": False}}
+                "mode": "universe" if self.manager.universe else "per_symbol",
+                "shadow": self.shadow.status() if self.shadow is not None else {
+                    "enabled": False, **({"reason": "universe mode: the offline gate alone decides (no live A/B "
+                                                    "of universe bundles)"} if self.manager.universe else {})}}
 
     # ------------------------------------------------------------------------------------------ the cycle
     async def run_now(self, trigger: str, detail: dict | None = None) -> dict:
@@ -172,10 +179,18 @@ class RetrainCycle:
             started[tf] = self.shadow.start(tf, es, versions, time.time_ns())
         return started
 
+    def _load_current(self, tf: str) -> Any:
+        """The registry's current models of ``tf`` loaded and warmed (worker thread): an EngineSet, or in universe
+        mode the pooled bundle that ``UniverseEngineSet.swap`` takes (its rolling universe state stays)."""
+        from daemon.engineset import EngineSet
+        from daemon.universe_engine import UniverseEngineSet, load_current_bundle
+        if isinstance(self.engine_sets[tf], UniverseEngineSet):
+            return load_current_bundle(self.registry, tf)
+        return EngineSet.load(self.registry, tf, self.cfg.engines, metrics=self.metrics)
+
     async def swap_changed_engines(self) -> tuple[dict, float]:
         """Load the registry's current versions that differ from the running ones (worker thread) and swap them in
         on the loop; returns ``({tf: {kind: version}}, max loop lag in ms during it)``."""
-        from daemon.engineset import EngineSet
         changed: dict[str, list[str]] = {}
         for tf, es in self.engine_sets.items():
             for kind, i in es.info().items():
@@ -198,8 +213,7 @@ class RetrainCycle:
         swapped = {}
         try:
             for tf in changed:
-                new = await loop.run_in_executor(None, lambda tf=tf: EngineSet.load(
-                    self.registry, tf, self.cfg.engines, metrics=self.metrics))
+                new = await loop.run_in_executor(None, lambda tf=tf: self._load_current(tf))
                 self.engine_sets[tf].swap(new)  # on the loop: a reference swap between two events
                 swapped[tf] = {k: v["version"] for k, v in self.engine_sets[tf].info().items()}
         finally:

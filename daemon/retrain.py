@@ -195,6 +195,9 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default="")
     p.add_argument("--shadow", action="store_true", help="a gate-passing challenger goes to the shadow A/B")
     p.add_argument("--trigger", default="", help="JSON: why this retrain runs (recorded in the manifests)")
+    p.add_argument("--universe", default="", help="comma list of symbols: retrain the pooled universe bundles "
+                   "on all of them (daemon.retrain_universe) instead of --symbol's per-symbol models")
+    p.add_argument("--costs", default="{}", help="JSON research.portfolio.Costs for the universe gate")
     a = p.parse_args(argv)
     from daemon.logs import configure
     configure("info", json=True)
@@ -207,6 +210,15 @@ def child_main(argv: list[str] | None = None) -> int:
         pass
     spec = orjson.loads(a.spec)
     spec.setdefault("threads", a.threads)
+    if a.universe:
+        from daemon.retrain_universe import universe_retrain_cycle
+        res = universe_retrain_cycle(a.store, a.registry, a.universe.split(","), a.timeframes.split(","),
+                                     rest_url=a.rest_url, history_days=a.history_days, min_bars=a.min_bars,
+                                     min_improvement=a.min_improvement, threads=a.threads,
+                                     costs=orjson.loads(a.costs), executor=a.executor, address=a.address,
+                                     trigger=orjson.loads(a.trigger) if a.trigger else None)
+        sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
+        return 0
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,
                         history_days=a.history_days, spec_overrides=spec, min_bars=a.min_bars,
                         min_improvement=a.min_improvement, executor=a.executor, address=a.address,
@@ -245,6 +257,8 @@ class RetrainManager:
     address: str = ""
     shadow: bool = False
     trigger: dict | None = None  # why the current run runs (recorded in the manifests it publishes)
+    universe: tuple[str, ...] = ()  # universe mode: every traded symbol (the pooled bundles are retrained)
+    costs: dict = field(default_factory=dict)  # universe mode: the gate's per-side costs (research.portfolio.Costs)
     running: bool = False
     runs: int = 0
     last: RetrainOutcome | None = None
@@ -259,6 +273,8 @@ class RetrainManager:
             cmd += ["--executor", self.executor, "--address", self.address]
         if self.shadow:
             cmd += ["--shadow"]
+        if self.universe:
+            cmd += ["--universe", ",".join(self.universe), "--costs", orjson.dumps(self.costs).decode()]
         if self.store:
             cmd += ["--store", self.store]
         if self.rest_url:

@@ -31,7 +31,7 @@ from engines.features import FEATURE_SCHEMA
 from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
 from engines.xsection import BETA_N, EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
 
-__all__ = ["UniverseEngineSet", "load_universe_sets", "history_extra_bars", "MIN_SYMBOLS"]
+__all__ = ["UniverseEngineSet", "load_universe_sets", "load_current_bundle", "history_extra_bars", "MIN_SYMBOLS"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,19 @@ class UniverseEngineSet:
                                 "schema_hash": UNIVERSE_SCHEMA_HASH,
                                 "fallback": False, "failed": [], "steps": self.steps,
                                 "inference_calls": dict(self.calls), "counters": dict(self.counters)}}
+
+    def swap(self, bundle: UniverseBundle) -> None:
+        """Hot swap (daemon.hotswap, on the loop between two events): the retrained bundle scores from the next
+        boundary on; the rolling universe state and the row history stay (they do not depend on the models). A
+        longer LSTM window than the history holds is filled by the first-row rule until enough boundaries pass."""
+        if bundle.timeframe and bundle.timeframe != self.timeframe:
+            raise ModelLoadError(f"{bundle.path}: bundle for timeframe {bundle.timeframe!r}, expected "
+                                 f"{self.timeframe!r}")
+        if bundle.seq_len > (self._hist.maxlen or 1):
+            self._hist = deque(self._hist, maxlen=bundle.seq_len)
+        self.bundle = bundle
+        log.info("universe_engine_swapped", timeframe=self.timeframe, version=bundle.version,
+                 weights=bundle.weights, slope=bundle.calibration.slope)
 
     def observe(self, row: np.ndarray, symbol: str = "") -> None:
         """The per-symbol engine set's priming hook: the universe engine primes through :meth:`observe_bar`."""
@@ -185,6 +198,18 @@ def _tf_ns(tf: str) -> int:
     return timeframe_ns(tf)
 
 
+def load_current_bundle(registry: Any, tf: str) -> UniverseBundle:
+    """The registry's CURRENT bundle of ``tf``, verified (checksums, schema, timeframe, feature names) and loaded;
+    a ModelLoadError naming the file otherwise."""
+    ref = registry.load(tf, UNIVERSE_KIND, schema_hash=UNIVERSE_SCHEMA_HASH)
+    b = load_bundle(ref.path, version=ref.version)
+    if b.timeframe != tf:
+        raise ModelLoadError(f"{ref.path}: bundle for timeframe {b.timeframe!r}, expected {tf!r}")
+    if list(ref.manifest["feature_schema"]["names"]) != list(FEATURE_NAMES):
+        raise ModelLoadError(f"{ref.path}: feature names differ from the daemon's universe features")
+    return b
+
+
 def load_universe_sets(registry: Any, timeframes: Sequence[str], symbols: Sequence[str], *, metrics: Any = None,
                        threads: int = 1) -> dict[str, UniverseEngineSet]:
     """Every timeframe's CURRENT universe bundle from the registry (verified: checksums, schema), loaded; any problem
@@ -193,13 +218,8 @@ def load_universe_sets(registry: Any, timeframes: Sequence[str], symbols: Sequen
         raise ModelLoadError(f"the universe models need at least {MIN_SYMBOLS} symbols, got {len(symbols)}")
     out = {}
     for tf in timeframes:
-        ref = registry.load(tf, UNIVERSE_KIND, schema_hash=UNIVERSE_SCHEMA_HASH)
-        b = load_bundle(ref.path, version=ref.version)
-        if b.timeframe != tf:
-            raise ModelLoadError(f"{ref.path}: bundle for timeframe {b.timeframe!r}, expected {tf!r}")
-        if list(ref.manifest["feature_schema"]["names"]) != list(FEATURE_NAMES):
-            raise ModelLoadError(f"{ref.path}: feature names differ from the daemon's universe features")
-        log.info("universe_engine_loaded", timeframe=tf, version=ref.version, models=sorted(b.models),
+        b = load_current_bundle(registry, tf)
+        log.info("universe_engine_loaded", timeframe=tf, version=b.version, models=sorted(b.models),
                  weights=b.weights, slope=b.calibration.slope)
         out[tf] = UniverseEngineSet(tf, b, symbols, metrics=metrics, threads=threads)
     return out

@@ -39,8 +39,14 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def train_universe(args, uni=None) -> dict:
-    """``uni``: a universe read elsewhere (``tradingd train --store``: daemon/store_universe.py); else ``--data``."""
+def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> dict:
+    """``uni``: a universe read elsewhere (``tradingd train --store``: daemon/store_universe.py); else ``--data``.
+
+    ``judge`` (the daemon's retrainer, daemon/retrain_universe.py): called per timeframe as ``judge(tf, pf, lo,
+    hi, ensemble, params)`` with the challenger's out-of-sample holdout ensemble scores over bars [lo, hi); its
+    answer (a dict with ``promote``) is recorded as ``manifest["gate"]`` and decides whether the published version
+    becomes CURRENT. Without a judge every version is made current (``tradingd train``). ``extra`` goes into every
+    published version's registry manifest (e.g. the retrain's trigger)."""
     t0 = time.perf_counter()
     opts = options(args)
     loaded = load_params(args.params)
@@ -74,6 +80,7 @@ def train_universe(args, uni=None) -> dict:
         ens = np.where(pf.valid[cut:T - h], ensemble_score(scores, wts), np.nan)
         hold["ensemble"] = signal_metrics(ens, fwd[cut:T - h], h)
         cal = fit_calibration(ens, fwd[cut:T - h], h)
+        gate = judge(tf, pf, cut, T - h, ens, prm) if judge is not None else None
         d = Path(args.registry) / "universe" / tf
         d.mkdir(parents=True, exist_ok=True)
         # the final fits write their files into d (a path every node shares); only _publish below makes them a
@@ -88,8 +95,11 @@ def train_universe(args, uni=None) -> dict:
                     "holdout": {"from_ns": int(pf.open_ns[cut]), "metrics": hold},
                     "trained_on": {"from_ns": int(pf.open_ns[fv]), "to_ns": int(pf.open_ns[T - 1]),
                                    "bars": int(T - fv)}}
+        if gate is not None:
+            manifest["gate"] = gate
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
-        ref = _publish(Path(args.registry), tf, d, [e["file"] for e in entries], plain(manifest))
+        ref = _publish(Path(args.registry), tf, d, [e["file"] for e in entries], plain(manifest),
+                       make_current=gate is None or bool(gate.get("promote")), extra=extra)
         manifest["registry_version"] = ref.version
         out[tf] = manifest
         log.info("train.timeframe", tf=tf, weights=wts, dir=str(d), version=ref.version, slope=cal.slope)
@@ -108,7 +118,8 @@ def _final_job(m: str, lo: int, hi: int, out_dir: str, *, pf, y, prm, seed) -> d
     return save_model(fit_model(m, pf, y, lo, hi, prm, seed=seed), Path(out_dir) / m)
 
 
-def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict):
+def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict, *, make_current: bool = True,
+             extra: dict | None = None):
     """The bundle into the model registry (``root/<tf>/universe/<version>/``: checksummed, atomic, CURRENT) where
     the daemon loads it (``[engines] family = "universe"``); the bundle's manifest travels as universe.json."""
     import shutil
@@ -124,7 +135,7 @@ def _publish(root: Path, tf: str, d: Path, files: list[str], manifest: dict):
         UNIVERSE_KIND, tf, write, feature_names=list(FEATURE_NAMES), schema_hash=UNIVERSE_SCHEMA_HASH,
         data_window=manifest["trained_on"], metrics={"holdout_ensemble": ens},
         extra={"weights": manifest["ensemble"]["weights"], "calibration": manifest["calibration"],
-               "symbols": manifest["symbols"]}, make_current=True)
+               "symbols": manifest["symbols"], **(extra or {})}, make_current=make_current)
 
 
 def main(args, uni=None) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from daemon.config import SimulatorConfig
 from daemon.venue.simulator import MarketSimulator
-from tests.daemon.harness import Daemon, free_port, http_get, metric, wait_until, write_config
+from tests.daemon.harness import TOKEN, Daemon, free_port, http_get, http_post, metric, wait_until, write_config
 
 SYMBOLS = ("BTCUSDT",) + tuple(e.split("=")[0] for e in SimulatorConfig().universe[:7])
 
@@ -34,7 +34,12 @@ def write_sim_klines(folder: Path, days: int) -> Path:
     return folder
 
 
-def universe_config(path: Path, data: Path, port: int, registry: Path, first_run: bool = False) -> Path:
+def universe_config(path: Path, data: Path, port: int, registry: Path, first_run: bool = False,
+                    retrain: bool = False) -> Path:
+    # retrain: always promote (min_improvement_usd), so the test sees a swap; the gate itself is tested in
+    # tests/daemon/test_retrain_universe.py
+    retrain_toml = ("enabled = true\ninterval_minutes = 600.0\nmin_store_bars = 100\nmin_improvement_usd = -1e12\n"
+                    "[shadow]\nenabled = true\n") if retrain else "enabled = false\n"
     return write_config(path, data, port, symbols=SYMBOLS, speed=20.0, extra=f"""
 [venue]
 mode = "simulate"
@@ -49,8 +54,7 @@ registry = "{registry}"
 train_on_first_run = {str(first_run).lower()}
 
 [retrain]
-enabled = false
-""")
+""" + retrain_toml)
 
 
 @pytest.mark.slow
@@ -66,7 +70,8 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
                    "--timeframes", "1m", "--lstm-max-rows", "1500", "--threads", "1"])
         assert rc == 0
     port = free_port()
-    d = Daemon(universe_config(tmp_path / "config.toml", tmp_path / "var", port, reg, first_run), tmp_path)
+    d = Daemon(universe_config(tmp_path / "config.toml", tmp_path / "var", port, reg, first_run, retrain=first_run),
+               tmp_path)
     try:
         m = d.wait_line(r"ready: (http://\S+) \(venue simulate \S+, symbols ([A-Z,]+),", 150)
         url = m.group(1)
@@ -99,6 +104,27 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
             (u, st["pipeline"]["counters"])
         text = http_get(url + "/metrics")[1].decode()
         assert metric(text, "tradingd_predictions_total", timeframe="1m", engine="expected_return") >= 8
+        if first_run:  # the retrainer retrains the bundle on every symbol, gates it, and the daemon swaps it in
+            assert st["retrain"]["mode"] == "universe" and st["retrain"]["shadow"]["enabled"] is False
+            assert http_post(url + "/control/retrain", TOKEN)[1] == {"ok": True, "started": True}
+            rep = wait_until(lambda: orjson.loads(http_get(url + "/status")[1])["retrain"]["last"], 150,
+                             "universe retrain report", d)
+            assert rep["ok"], rep
+            dec = rep["results"]["1m"]["decision"]["universe"]
+            assert dec["promoted"] and dec["current_pnl"] is not None and dec["version"] != u["version"], rep
+            assert rep["swapped"] == {"1m": {"universe": dec["version"]}}, rep
+            calls = sum(v for k, v in st["pipeline"]["counters"].items() if k.startswith("boundaries."))
+
+            def swapped_and_deciding():
+                s2 = orjson.loads(http_get(url + "/status")[1])
+                u2 = s2["models"]["1m"]["universe"]
+                n2 = sum(v for k, v in s2["pipeline"]["counters"].items() if k.startswith("boundaries."))
+                b2 = s2["pipeline"]["boundaries"].get("1m")
+                return s2 if u2["version"] == dec["version"] and n2 > calls and b2["predicted"] == list(SYMBOLS) \
+                    else None
+            wait_until(swapped_and_deciding, 60, "a boundary decided by the swapped bundle", d)
+            text = http_get(url + "/metrics")[1].decode()
+            assert metric(text, "tradingd_retrain_promotions_total", timeframe="1m") == 1
         assert d.stop() == 0, d.stderr()[-3000:]
     finally:
         d.kill()

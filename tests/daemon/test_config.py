@@ -87,8 +87,6 @@ def test_every_numeric_option_has_an_upper_bound():
     ({"engines": {"family": "pooled"}}, "engines.family"),
     ({"engines": {"family": "universe"}, "retrain": {"enabled": False},
       "general": {"symbols": ["BTCUSDT", "ETHUSDT"]}}, "engines.family = \"universe\" needs at least 3 symbols"),
-    ({"engines": {"family": "universe"}, "general": {"symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"]}},
-     "needs retrain.enabled = false"),
 ])
 def test_out_of_bounds_and_cross_section_rules_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as ei:
@@ -98,9 +96,9 @@ def test_out_of_bounds_and_cross_section_rules_name_the_key(raw, needle):
 
 def test_universe_family_is_a_typed_choice():
     assert Config().engines.family == "per_symbol"
-    c = config_from_dict({"engines": {"family": "universe"}, "retrain": {"enabled": False},
+    c = config_from_dict({"engines": {"family": "universe"},
                           "general": {"symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"]}})
-    assert c.engines.family == "universe"
+    assert c.engines.family == "universe" and c.retrain.enabled  # the retrainer retrains the universe bundles
 
 
 def test_spot_is_long_only_by_default_and_paper_may_choose_shorts():
