@@ -273,7 +273,8 @@ class Daemon:
         self.notifier.ready(f"serving {url}")
         self.timings["startup_s"] = (time.time_ns() - self.started_ns) / 1e9
         say(f"ready: {url} (venue {cfg.venue.mode} {parts.link.ws_url}, symbols {','.join(cfg.general.symbols)}, "
-            f"timeframes {','.join(cfg.general.timeframes)}, start-up {self.timings['startup_s']:.1f} s)")
+            f"timeframes {','.join(cfg.general.timeframes)}, models {cfg.model_family}, "
+            f"start-up {self.timings['startup_s']:.1f} s)")
         log.info("ready", url=url, **{k: round(v, 3) for k, v in self.timings.items()})
 
     def _status(self, text: str) -> None:

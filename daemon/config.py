@@ -17,6 +17,8 @@ from market.events import TIMEFRAME_SECONDS
 from strategies.optimizer import OptimizerConfig
 from strategies.risk import RiskConfig
 
+MIN_UNIVERSE = 3  # cross-sectional ranks and z-scores over fewer symbols carry no information
+
 if TYPE_CHECKING:
     from engines.drift import DriftParams
 
@@ -25,7 +27,9 @@ __all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
 
 @dataclass(frozen=True)
 class GeneralConfig:
-    symbols: tuple[str, ...] = opt(("BTCUSDT",), "Symbols to trade, venue spelling (upper case).")
+    symbols: tuple[str, ...] = opt(("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"),
+                                   "Symbols to trade, venue spelling (upper case). The embedded default is a small "
+                                   "universe of the simulated market (engines.family auto: pooled universe models).")
     timeframes: tuple[str, ...] = opt(("1m", "5m", "15m", "1h"), "Bar timeframes built and traded.",
                                       choices=tuple(TIMEFRAME_SECONDS))
     data_dir: str = opt("var", "Root for the store, recordings and models when their paths are relative.")
@@ -210,11 +214,12 @@ class EnginesConfig:
     first_run_lstm_epochs: int = opt(2, "First-run training: LSTM epochs.", ge=1, le=1000)
     first_run_lstm_hidden: int = opt(16, "First-run training: LSTM hidden units.", ge=1, le=4096)
     first_run_threads: int = opt(0, "First-run training threads (0 = the libraries' default).", ge=0, le=256)
-    family: str = opt("per_symbol", "Model family: per_symbol = the 13-feature P(up) XGBoost+LSTM per timeframe "
-                      "(first run trains them); universe = the pooled cross-sectional models of `tradingd train "
-                      "--data DIR` (expected return per symbol, >= 3 symbols; the first run and the retrainer train "
-                      "them on every symbol).",
-                      choices=("per_symbol", "universe"))
+    family: str = opt("auto", "Model family: per_symbol = the 13-feature P(up) XGBoost+LSTM per timeframe, trained on "
+                      "general.symbols[0]; universe = the pooled cross-sectional models of `tradingd train --data "
+                      "DIR` (expected return per symbol, >= 3 symbols), trained on every symbol; the first run and "
+                      "the retrainer train either. auto = universe with >= 3 symbols (cross-sectional ranks need a "
+                      "universe), else per_symbol.",
+                      choices=("auto", "per_symbol", "universe"))
 
 
 @dataclass(frozen=True)
@@ -392,13 +397,21 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     risk: RiskConfig = RiskConfig()
 
+    @property
+    def model_family(self) -> str:
+        """``engines.family`` resolved: ``auto`` is universe with >= MIN_UNIVERSE symbols, else per_symbol."""
+        f = self.engines.family
+        if f == "auto":
+            return "universe" if len(self.general.symbols) >= MIN_UNIVERSE else "per_symbol"
+        return f
+
     def validate(self) -> None:
         """Cross-section rules: the universe model family needs >= 3 symbols; a spot
         venue's account (testnet broker) cannot hold a negative quantity; a short
         there is a sale of coins held, and closing it with a buy leaves a base-commission remainder that cannot
         be sold (the wedge of issue #14)."""
         if self.engines.family == "universe":
-            if len(self.general.symbols) < 3:
+            if len(self.general.symbols) < MIN_UNIVERSE:
                 raise ValueError(f"engines.family = \"universe\" needs at least 3 symbols in general.symbols (its "
                                  f"features rank symbols against each other), got {len(self.general.symbols)}")
         if self.optimizer.allow_short and self.broker.kind != "paper":

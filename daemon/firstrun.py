@@ -30,7 +30,7 @@ async def ensure_models(cfg: Any, registry: Any, rest_url: str, timings: dict[st
     from daemon.binance.rest import fetch_klines_rest
     from engines.base import ModelLoadError
     from engines.train import missing_models
-    if cfg.engines.family == "universe":
+    if cfg.model_family == "universe":
         return await ensure_universe_models(cfg, registry, rest_url, timings, status)
     try:
         missing = missing_models(registry, cfg.general.timeframes)

@@ -53,7 +53,7 @@ class RetrainCycle:
         from daemon.stores import store_spec
         r = cfg.retrain
         shadow = None
-        universe = cfg.engines.family == "universe"
+        universe = cfg.model_family == "universe"
         # universe mode: the offline gate alone decides (the live A/B runs per-symbol engine sets only)
         if cfg.shadow.enabled and pipeline is not None and not universe:
             from daemon.shadow import ShadowRunner

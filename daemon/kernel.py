@@ -288,7 +288,7 @@ def load_engines(cfg: Any, registry: ModelRegistry, metrics: Metrics) -> dict[st
     """Every timeframe's engines, loaded (schema-checked), backends chosen and warmed (blocking: run it in a
     worker thread)."""
     from daemon.engineset import EngineSet, ModelLoadError
-    if cfg.engines.family == "universe":  # the pooled models of `tradingd train --data` (daemon/universe_engine.py)
+    if cfg.model_family == "universe":  # the pooled models of `tradingd train --data` (daemon/universe_engine.py)
         from daemon.universe_engine import load_universe_sets
         try:
             return load_universe_sets(registry, cfg.general.timeframes, cfg.general.symbols, metrics=metrics)

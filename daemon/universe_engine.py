@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from daemon.config import MIN_UNIVERSE
 from engines.base import ModelLoadError
 from engines.features import FEATURE_SCHEMA
 from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
@@ -35,7 +36,7 @@ __all__ = ["UniverseEngineSet", "load_universe_sets", "load_current_bundle", "hi
 
 log = structlog.get_logger(__name__)
 
-MIN_SYMBOLS = 3  # cross-sectional ranks and z-scores over fewer symbols carry no information
+MIN_SYMBOLS = MIN_UNIVERSE
 
 
 class UniverseEngineSet:

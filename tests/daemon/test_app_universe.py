@@ -34,6 +34,7 @@ taker_fee = 0.0
 maker_fee = 0.0
 
 [engines]
+family = "per_symbol"  # the per-symbol models, batched (universe mode: test_app_universe_models.py)
 first_run_xgb_rounds = 20
 first_run_lstm_epochs = 1
 first_run_lstm_hidden = 8

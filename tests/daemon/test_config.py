@@ -95,7 +95,11 @@ def test_out_of_bounds_and_cross_section_rules_name_the_key(raw, needle):
 
 
 def test_universe_family_is_a_typed_choice():
-    assert Config().engines.family == "per_symbol"
+    # the embedded default trades a small universe of the simulated market with the pooled models
+    assert Config().engines.family == "auto" and len(Config().general.symbols) >= 3
+    assert Config().model_family == "universe"
+    assert config_from_dict({"general": {"symbols": ["BTCUSDT", "ETHUSDT"]}}).model_family == "per_symbol"
+    assert config_from_dict({"engines": {"family": "per_symbol"}}).model_family == "per_symbol"
     c = config_from_dict({"engines": {"family": "universe"},
                           "general": {"symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"]}})
     assert c.engines.family == "universe" and c.retrain.enabled  # the retrainer retrains the universe bundles
