@@ -89,7 +89,8 @@ def train_universe(args, uni=None) -> dict:
                     "trained_on": {"from_ns": int(pf.open_ns[fv]), "to_ns": int(pf.open_ns[T - 1]),
                                    "bars": int(T - fv)}}
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
-        ref = _publish(Path(args.registry), tf, d, [e["file"] for e in entries], plain(manifest))
+        files = [f for e in entries for f in (e["file"], *e.get("symbol_files", {}).values())]  # xgboost_ft's too
+        ref = _publish(Path(args.registry), tf, d, files, plain(manifest))
         manifest["registry_version"] = ref.version
         out[tf] = manifest
         log.info("train.timeframe", tf=tf, weights=wts, dir=str(d), version=ref.version, slope=cal.slope)
