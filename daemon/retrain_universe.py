@@ -38,8 +38,9 @@ def bundle_scores(bundle: Any, pf: Any, lo: int, hi: int, threads: int = 1) -> n
     time through ``UniverseBundle.predict`` (the daemon's live path: its last ``seq_len`` rows as the window)."""
     L = max(bundle.seq_len, 1)
     out = np.full((hi - lo, pf.X.shape[1]), np.nan)
+    syms = tuple(pf.symbols)  # xgboost_ft / lstm_emb score by symbol
     for i, t in enumerate(range(lo, hi)):
-        out[i] = bundle.predict(pf.X[max(0, t - L + 1):t + 1], threads)["ensemble"]
+        out[i] = bundle.predict(pf.X[max(0, t - L + 1):t + 1], threads, syms)["ensemble"]
     return out
 
 
@@ -94,10 +95,12 @@ def _load_symbol(store_path: str | None, sym: str, rest_url: str | None, history
     return k
 
 
-def _current_params(registry: Any, timeframes: list[str]) -> dict[str, dict]:
-    """The current bundles' recorded parameters per timeframe (minus run-time choices), for retraining alike."""
-    from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND
+def _current_params(registry: Any, timeframes: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """The current bundles' recorded parameters per timeframe (minus run-time choices) and their model kinds (all
+    timeframes'), for retraining alike: a bundle with ``xgboost_ft`` is retrained with it."""
+    from engines.pooled import BUNDLE_MANIFEST, MODEL_KINDS, UNIVERSE_KIND
     out = {}
+    kinds: set[str] = set()
     for tf in timeframes:
         try:
             v = registry.current_version(tf, UNIVERSE_KIND)
@@ -106,9 +109,10 @@ def _current_params(registry: Any, timeframes: list[str]) -> dict[str, dict]:
             m = json.loads((registry.version_dir(tf, UNIVERSE_KIND, v) / BUNDLE_MANIFEST).read_text())
             prm = {k: val for k, val in (m.get("params") or {}).items() if k not in ("threads", "device")}
             out[tf] = prm
+            kinds |= {e["kind"] for e in m.get("models", ()) if e.get("kind") in MODEL_KINDS}
         except Exception as e:  # noqa: BLE001 - the defaults then; the gate reports a broken champion
             log.warning("retrain_params_unreadable", timeframe=tf, error=str(e))
-    return out
+    return out, [k for k in MODEL_KINDS if k in kinds]
 
 
 def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: list[str], timeframes: list[str], *,
@@ -130,11 +134,13 @@ def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: 
     judge = make_judge(reg, costs=Costs(**(costs or {})), min_improvement=min_improvement, threads=threads)
     with tempfile.TemporaryDirectory(prefix="tradingd-universe-retrain-") as tmp:
         params = Path(tmp) / "params.json"
-        params.write_text(json.dumps({"timeframes": _current_params(reg, timeframes)}))
+        prm, kinds = _current_params(reg, timeframes)
+        params.write_text(json.dumps({"timeframes": prm}))
         p = argparse.ArgumentParser()
         cli_train.add_arguments(p)
         args = p.parse_args(["--data", tmp, "--registry", registry_root, "--timeframes", ",".join(timeframes),
                              "--threads", str(threads), "--params", str(params), "--executor", executor,
+                             *(["--models", ",".join(kinds)] if kinds else []),
                              *(["--address", address] if address else [])])
         res = cli_train.train_universe(args, uni, judge=judge, extra={"trigger": trigger} if trigger else None)
     results = {}

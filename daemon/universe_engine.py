@@ -121,12 +121,12 @@ class UniverseEngineSet:
         X = self._step(entries, close_ns)
         hist = np.stack(self._hist)
         t0 = time.perf_counter_ns()
-        res = self.bundle.predict(hist, self.threads)
+        res = self.bundle.predict(hist, self.threads, self.symbols)
         dt = time.perf_counter_ns() - t0
         valid = np.isfinite(X).all(axis=-1)
         if valid.any():
-            for k in self.bundle.models:
-                self.calls[k] += 1
+            for k, n in self.bundle.calls([s for s, ok in zip(self.symbols, valid) if ok]).items():
+                self.calls[k] += n  # 1; xgboost_ft: 1 per fine-tuned symbol present + 1 (engines.pooled.extra_calls)
                 if self.metrics is not None:
                     self.metrics.inference_latency.labels(f"u_{k}", "cpu").observe(dt / 1e9 / len(self.bundle.models))
         for i, (sym, _, _) in enumerate(rows):

@@ -10,13 +10,17 @@ Scores: :func:`score` takes the rows of ONE batch — ``(N, F)`` features for xg
 windows for the LSTM (standardised here with the model's mu/sd, NaN -> 0, exactly as in training) — and answers in
 one call per model. The ensemble is ``sum(weight * cs_zscore(score))`` over the symbols present (a model without a
 score for a symbol adds 0), and ``expected_return = calibration.slope * cs_zscore(ensemble)`` (research/calibration.py
-fits the slope on the training holdout)."""
+fits the slope on the training holdout).
+
+The extra kinds ``xgboost_ft`` (per-symbol fine-tuned boosters) and ``lstm_emb`` (symbol embedding) need each row's
+symbol: ``score(..., symbols=)`` and ``UniverseBundle.predict(hist, threads, symbols)``; their files and scoring are
+at the end of this module."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +32,11 @@ from engines.features import FEATURE_SCHEMA
 from engines.xsection import FEATURE_NAMES, cs_zscore
 
 __all__ = ["MODEL_KINDS", "Calibration", "PooledModel", "UniverseBundle", "load_bundle", "score", "lstm_net",
-           "standardise_windows", "ensemble_score", "UNIVERSE_KIND", "UNIVERSE_SCHEMA_HASH", "BUNDLE_MANIFEST"]
+           "standardise_windows", "ensemble_score", "UNIVERSE_KIND", "UNIVERSE_SCHEMA_HASH", "BUNDLE_MANIFEST",
+           "EXTRA_KINDS", "lstm_emb_net", "sym_ids", "extra_calls", "score_extra", "load_extra", "refuse_file"]
 
-MODEL_KINDS = ("xgboost", "ridge", "lstm")
+EXTRA_KINDS = ("xgboost_ft", "lstm_emb")  # need each row's symbol (the section at the end)
+MODEL_KINDS = ("xgboost", "ridge", "lstm") + EXTRA_KINDS
 UNIVERSE_KIND = "universe"  # the registry's kind for a bundle (<root>/<tf>/universe/<version>/)
 BUNDLE_MANIFEST = "universe.json"  # the bundle's manifest inside a registry version
 # the pooled models' feature schema: the live per-symbol features' hash plus the universe columns, in order
@@ -97,10 +103,14 @@ class torch_threads:
 
 
 def score(kind: str, obj: Any, X: np.ndarray, *, mu: np.ndarray | None = None, sd: np.ndarray | None = None,
-          threads: int = 1, best_iteration: int | None = None) -> np.ndarray:
-    """Scores of one batch of rows in ONE call: ``X`` (N, F) for xgboost/ridge, (N, L, F) raw windows for lstm."""
+          threads: int = 1, best_iteration: int | None = None, symbols=None) -> np.ndarray:
+    """Scores of one batch of rows in ONE call: ``X`` (N, F) for xgboost/ridge, (N, L, F) raw windows for lstm.
+    ``symbols``: the rows' symbol names, needed by xgboost_ft (one call per fine-tuned symbol present + one) and
+    lstm_emb (one call), see the extra kinds' section."""
     if len(X) == 0:
         return np.zeros(0)
+    if kind in EXTRA_KINDS:
+        return score_extra(kind, obj, X, symbols, mu=mu, sd=sd, threads=threads)
     if kind == "xgboost":
         it = obj.best_iteration if best_iteration is None else best_iteration
         # in place (no DMatrix: its construction cost ~80 ms per call on a busy 2-core box, the trees ~1 ms)
@@ -138,9 +148,15 @@ class PooledModel:
     seq_len: int = 0
     best_iteration: int | None = None
 
-    def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+    def predict(self, X: np.ndarray, threads: int = 1, symbols=None) -> np.ndarray:
         return score(self.kind, self.obj, X, mu=self.mu, sd=self.sd, threads=threads,
-                     best_iteration=self.best_iteration)
+                     best_iteration=self.best_iteration, symbols=symbols)
+
+    def calls(self, symbols) -> int:
+        """Library calls :meth:`predict` makes for rows of these symbols (1, or for xgboost_ft :func:`extra_calls`)."""
+        if self.kind in EXTRA_KINDS:
+            return extra_calls(self.kind, self.obj, symbols)
+        return int(len(symbols) > 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,24 +175,26 @@ class UniverseBundle:
     def seq_len(self) -> int:
         return max((m.seq_len for m in self.models.values()), default=0)
 
-    def predict(self, hist: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
-        """``hist`` (L, N, F): the universe's last L feature rows, the newest last (NaN = no row). Returns per model
-        (N,) scores (NaN where the newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``."""
+    def predict(self, hist: np.ndarray, threads: int = 1, symbols=None) -> dict[str, np.ndarray]:
+        """``hist`` (L, N, F): the universe's last L feature rows, the newest last (NaN = no row); ``symbols``: the
+        N columns' symbol names (xgboost_ft / lstm_emb need them). Returns per model (N,) scores (NaN where the
+        newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``."""
         X = hist[-1]
         valid = np.isfinite(X).all(axis=-1)
         idx = np.flatnonzero(valid)
+        names = None if symbols is None else np.asarray(symbols, dtype=object)[idx]
         out: dict[str, np.ndarray] = {}
         for kind, m in self.models.items():
             s = np.full(X.shape[0], np.nan)
             if len(idx):
-                if kind == "lstm":
+                if m.seq_len:  # lstm, lstm_emb
                     L = m.seq_len
                     W = hist[-L:, idx].transpose(1, 0, 2)
                     if W.shape[1] < L:  # fewer universe bars than the window: the first row repeats (training's rule)
                         W = np.concatenate([np.repeat(W[:, :1], L - W.shape[1], axis=1), W], axis=1)
-                    s[idx] = m.predict(W, threads)
+                    s[idx] = m.predict(W, threads, names)
                 else:
-                    s[idx] = m.predict(X[idx], threads)
+                    s[idx] = m.predict(X[idx], threads, names)
             out[kind] = s
         ens = ensemble_score({k: out[k] for k in self.models}, self.weights)
         ens = np.where(valid, ens, np.nan)
@@ -186,18 +204,26 @@ class UniverseBundle:
         out["expected_return"] = self.calibration.slope * z
         return out
 
+    def calls(self, symbols) -> dict[str, int]:
+        """Library calls per model of :meth:`predict` when these symbols have complete rows."""
+        return {k: m.calls(symbols) for k, m in self.models.items()}
+
     def info(self) -> dict:
-        return {"version": self.version, "path": self.path, "models": sorted(self.models),
-                "weights": dict(self.weights), "calibration": self.calibration.to_dict()}
+        i = {"version": self.version, "path": self.path, "models": sorted(self.models),
+             "weights": dict(self.weights), "calibration": self.calibration.to_dict()}
+        if "xgboost_ft" in self.models:  # one inference call per fine-tuned symbol present, plus one
+            i["fine_tuned_symbols"] = sorted(self.models["xgboost_ft"].obj[1])
+        return i
 
 
-def _refuse(path: Path, why: str) -> ModelLoadError:
+def refuse_file(path: Path, why: str) -> ModelLoadError:
+    """The one refusal of a bundle file (the extra kinds' loaders raise it too): the file named, then why."""
     return ModelLoadError(f"universe bundle file {path}: {why}")
 
 
 def _check_features(path: Path, names: Any) -> None:
     if list(names or ()) != list(FEATURE_NAMES):
-        raise _refuse(path, f"feature list {list(names or ())[:5]}... ({len(names or ())} columns) is not the "
+        raise refuse_file(path, f"feature list {list(names or ())[:5]}... ({len(names or ())} columns) is not the "
                             f"daemon's {len(FEATURE_NAMES)} universe features (engines.xsection.FEATURE_NAMES); "
                             f"retrain with `tradingd train --data`")
 
@@ -206,25 +232,21 @@ def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) 
     kind = entry.get("kind")
     f = d / str(entry.get("file", ""))
     if kind not in MODEL_KINDS:
-        raise _refuse(d / "manifest", f"unknown model kind {kind!r}")
+        raise refuse_file(d / "manifest", f"unknown model kind {kind!r}")
     if not f.is_file():
-        raise _refuse(f, "missing")
+        raise refuse_file(f, "missing")
+    if kind in EXTRA_KINDS:
+        return PooledModel(kind, **load_extra(kind, d, entry))
     try:
         if kind == "xgboost":
-            import xgboost as xgb
-            b = xgb.Booster()
-            b.load_model(str(f))
-            b.set_param({"nthread": 1})
+            b = _booster(f)
             bi = (entry.get("info") or {}).get("best_iteration")
-            n_feat = b.num_features()
-            if n_feat != len(FEATURE_NAMES):
-                raise _refuse(f, f"model has {n_feat} features, the universe rows {len(FEATURE_NAMES)}")
             return PooledModel(kind, b, f.name, best_iteration=int(bi) if bi is not None else None)
         if kind == "ridge":
             with np.load(f) as z:
                 w, ym, mu, sd = (np.asarray(z[k]) for k in ("w", "ym", "mu", "sd"))
             if not (w.shape == mu.shape == sd.shape == (len(FEATURE_NAMES),)):
-                raise _refuse(f, f"weights of shape {w.shape}, expected ({len(FEATURE_NAMES)},)")
+                raise refuse_file(f, f"weights of shape {w.shape}, expected ({len(FEATURE_NAMES)},)")
             return PooledModel(kind, (w, float(ym)), f.name, mu, sd)
         import torch
         ck = torch.load(io.BytesIO(f.read_bytes()), map_location="cpu", weights_only=True)
@@ -237,7 +259,7 @@ def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) 
     except ModelLoadError:
         raise
     except Exception as e:  # a library's parse error is a corrupt file
-        raise _refuse(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+        raise refuse_file(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def load_bundle(path: Path | str, *, version: str = "") -> UniverseBundle:
@@ -247,23 +269,175 @@ def load_bundle(path: Path | str, *, version: str = "") -> UniverseBundle:
     try:
         m = json.loads(mf.read_text())
     except FileNotFoundError:
-        raise _refuse(mf, "missing") from None
+        raise refuse_file(mf, "missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _refuse(mf, f"unreadable or corrupt: {e}") from None
+        raise refuse_file(mf, f"unreadable or corrupt: {e}") from None
     if not isinstance(m, dict) or m.get("kind") != "pooled-universe":
-        raise _refuse(mf, "not a pooled-universe manifest")
+        raise refuse_file(mf, "not a pooled-universe manifest")
     _check_features(mf, m.get("features"))
     if "calibration" not in m:
-        raise _refuse(mf, "no calibration (trained by an older `tradingd train`; retrain)")
+        raise refuse_file(mf, "no calibration (trained by an older `tradingd train`; retrain)")
     try:
         cal = Calibration.from_dict(m["calibration"])
         weights = {str(k): float(v) for k, v in m["ensemble"]["weights"].items()}
     except (KeyError, TypeError, ValueError) as e:
-        raise _refuse(mf, f"bad calibration or ensemble weights: {e}") from None
+        raise refuse_file(mf, f"bad calibration or ensemble weights: {e}") from None
     models = {}
     for e in m.get("models", ()):
         pm = _load_model(d, e, m)
         models[pm.kind] = pm
     if not models or set(weights) - set(models):
-        raise _refuse(mf, f"ensemble weights for {sorted(weights)} but models {sorted(models)}")
+        raise refuse_file(mf, f"ensemble weights for {sorted(weights)} but models {sorted(models)}")
     return UniverseBundle(str(m.get("timeframe", "")), str(d), models, weights, cal, m, version)
+
+
+# ---------------------------------------------------------------------------------------------------- extra kinds
+# The extra pooled kinds ``xgboost_ft`` and ``lstm_emb``: their files read and their rows scored, in one place for
+# research (research/models.py trains and saves them) and the daemon (score / _load_model dispatch here).
+#
+# Both need the symbol of each row, matched by NAME (a model scores any universe):
+#
+# * ``xgboost_ft`` = ``(pooled booster, {symbol: fine-tuned booster})``. A fine-tuned booster is the pooled trees
+#   followed by that symbol's extra rounds, saved whole; a row whose symbol has none (not fine-tuned, or never seen
+#   in training) is scored by the pooled booster. Cost: ONE library call for the rows of every fine-tuned symbol
+#   present plus one for all other rows (:func:`extra_calls`): XGBoost scores a batch with one model, and splitting a
+#   fine-tuned booster into "pooled + extra trees" in one pooled call would change the float sums (not exact). At a
+#   daemon boundary (one row per symbol) that is 1 + the number of fine-tuned symbols present.
+# * ``lstm_emb`` = ``(net, {symbol: id})``: the pooled LSTM with a learned symbol embedding (ids 1..n by training
+#   symbol) concatenated to every step's inputs; id 0 is the shared "unknown" symbol, used for any symbol not in the
+#   vocabulary. One batch, ONE call.
+#
+# Files (a bundle manifest entry): ``xgboost_ft`` = ``file`` (the pooled booster) + ``symbol_files`` ``{symbol:
+# file}`` in the same folder; ``lstm_emb`` = one ``.pt`` (state dict, mu, sd as tensors, hidden, seq_len, features,
+# vocab, emb_dim), read with ``weights_only=True``. Every file is checked; a problem is a ModelLoadError naming it.
+
+
+def lstm_emb_net(n_feat: int, hidden: int, n_sym: int, dim: int):
+    """The pooled LSTM with an ``n_sym + 1``-row symbol embedding (row 0 = unknown) on every step's inputs."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(n_sym + 1, dim)
+            self.lstm = torch.nn.LSTM(n_feat + dim, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, 1)
+
+        def forward(self, x, sid):
+            e = self.emb(sid)[:, None, :].expand(-1, x.shape[1], -1)
+            out, _ = self.lstm(torch.cat([x, e], dim=-1))
+            return self.head(out[:, -1]).squeeze(-1)
+    return Net()
+
+
+def sym_ids(vocab: Mapping[str, int], symbols: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Each row's embedding id: the vocabulary's, 0 for a symbol the model never saw."""
+    return np.fromiter((vocab.get(s, 0) for s in symbols), dtype=np.int64, count=len(symbols))
+
+
+def _ft_groups(per: Mapping[str, Any], symbols: Sequence[str] | np.ndarray) -> list[tuple[str | None, np.ndarray]]:
+    """(fine-tuned symbol or None = pooled, row indices) for every booster call a batch of rows needs."""
+    names = np.asarray(symbols, dtype=object)
+    out: list[tuple[str | None, np.ndarray]] = []
+    rest = np.ones(len(names), dtype=bool)
+    for s in dict.fromkeys(names.tolist()):
+        if s in per:
+            k = names == s
+            out.append((s, np.flatnonzero(k)))
+            rest &= ~k
+    if rest.any():
+        out.append((None, np.flatnonzero(rest)))
+    return out
+
+
+def extra_calls(kind: str, obj: Any, symbols: Sequence[str] | np.ndarray) -> int:
+    """Library calls :func:`score_extra` makes for rows of these symbols (see the section comment)."""
+    if len(symbols) == 0:
+        return 0
+    return len(_ft_groups(obj[1], symbols)) if kind == "xgboost_ft" else 1
+
+
+def score_extra(kind: str, obj: Any, X: np.ndarray, symbols: Sequence[str] | np.ndarray | None, *,
+                mu: np.ndarray | None = None, sd: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """Scores of one batch: ``X`` (N, F) for xgboost_ft, (N, L, F) raw windows for lstm_emb (standardised with the
+    model's mu/sd, NaN -> 0, as the pooled LSTM); ``symbols`` (N,) the rows' symbol names."""
+    if symbols is None or len(symbols) != len(X):
+        raise ValueError(f"{kind} scores need the symbol of each of the {len(X)} rows, got "
+                         f"{'none' if symbols is None else len(symbols)}")
+    if kind == "xgboost_ft":
+        base, per = obj
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        out = np.empty(len(X), dtype=np.float64)
+        for s, rows in _ft_groups(per, symbols):
+            b = base if s is None else per[s]
+            # every tree of the (sliced) booster: the pooled one is cut at its best iteration, a fine-tuned one at
+            # its own; in place, as engines.pooled.score does for "xgboost"
+            out[rows] = b.inplace_predict(X[rows] if len(rows) < len(X) else X)
+        return out
+    if kind == "lstm_emb":
+        import torch
+        net, vocab = obj
+        with torch.no_grad(), torch_threads(threads):
+            sid = torch.from_numpy(sym_ids(vocab, symbols))
+            return net(torch.from_numpy(standardise_windows(X, mu, sd)), sid).numpy().astype(np.float64)
+    raise ValueError(f"not an extra pooled kind {kind!r}; known: {', '.join(EXTRA_KINDS)}")
+
+
+def _file(d: Path, name: Any) -> Path:
+    f = d / str(name)
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise refuse_file(f, f"bad file name {name!r} in the manifest (a file of the bundle's folder)")
+    if not f.is_file():
+        raise refuse_file(f, "missing")
+    return f
+
+
+def load_extra(kind: str, d: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An extra kind's files back (``obj``, ``file``, and ``mu``, ``sd``, ``seq_len`` for lstm_emb); ModelLoadError
+    naming the file that is missing, corrupt or of another shape."""
+    f = _file(d, entry.get("file"))
+    if kind == "xgboost_ft":
+        sf = entry.get("symbol_files", {})
+        if not isinstance(sf, Mapping):
+            raise refuse_file(f, f"symbol_files of the manifest entry is not a mapping: {type(sf).__name__}")
+        base = _booster(f)
+        per = {str(s): _booster(_file(d, name)) for s, name in sf.items()}
+        return {"obj": (base, per), "file": f.name}
+    if kind != "lstm_emb":
+        raise ValueError(f"not an extra pooled kind {kind!r}")
+    import torch
+    n_features = len(FEATURE_NAMES)
+    try:
+        ck = torch.load(io.BytesIO(f.read_bytes()), map_location="cpu", weights_only=True)
+        if list(ck.get("features") or ()) != list(FEATURE_NAMES):
+            raise refuse_file(f, f"trained on {len(ck.get('features') or ())} other features, not the daemon's "
+                                 f"{len(FEATURE_NAMES)} universe features; retrain with `tradingd train --data`")
+        vocab = {str(s): int(i) for s, i in dict(ck["vocab"]).items()}
+        if sorted(vocab.values()) != list(range(1, len(vocab) + 1)):
+            raise refuse_file(f, "symbol vocabulary ids are not 1..n (0 is the unknown symbol)")
+        net = lstm_emb_net(n_features, int(ck["hidden"]), len(vocab), int(ck["emb_dim"]))
+        net.load_state_dict(ck["state"])
+        net.eval()
+        mu, sd = (np.asarray(ck[k].numpy() if hasattr(ck[k], "numpy") else ck[k]) for k in ("mu", "sd"))
+        if not (mu.shape == sd.shape == (n_features,)):
+            raise refuse_file(f, f"mu/sd of shape {mu.shape}/{sd.shape}, expected ({n_features},)")
+        return {"obj": (net, vocab), "file": f.name, "mu": mu, "sd": sd, "seq_len": int(ck["seq_len"])}
+    except ModelLoadError:
+        raise
+    except Exception as e:  # a library's parse error is a corrupt file
+        raise refuse_file(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _booster(f: Path):
+    import xgboost as xgb
+    n_features = len(FEATURE_NAMES)
+    try:
+        b = xgb.Booster()
+        b.load_model(str(f))
+        b.set_param({"nthread": 1})
+        n = b.num_features()
+    except Exception as e:  # a library's parse error is a corrupt file
+        raise refuse_file(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+    if n != n_features:
+        raise refuse_file(f, f"model has {n} features, the universe rows {n_features}")
+    return b

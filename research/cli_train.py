@@ -98,7 +98,8 @@ def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> 
         if gate is not None:
             manifest["gate"] = gate
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
-        ref = _publish(Path(args.registry), tf, d, [e["file"] for e in entries], plain(manifest),
+        files = [f for e in entries for f in (e["file"], *e.get("symbol_files", {}).values())]  # xgboost_ft's too
+        ref = _publish(Path(args.registry), tf, d, files, plain(manifest),
                        make_current=gate is None or bool(gate.get("promote")), extra=extra)
         manifest["registry_version"] = ref.version
         out[tf] = manifest

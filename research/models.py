@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from engines.pooled import lstm_net, score, standardise_windows
+from engines.pooled import EXTRA_KINDS, load_extra, lstm_emb_net, lstm_net, score, standardise_windows, sym_ids
 from engines.pooled import torch_threads as _threads
 from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
 from research.device import choose_device
@@ -18,8 +18,7 @@ __all__ = ["ModelParams", "fit_model", "predict_panel", "factor_scores", "MODEL_
            "ALL_KINDS", "load_extra_model"]
 
 MODEL_KINDS = ("xgboost", "ridge", "lstm")
-# selectable with --models, not in the default set (see README "Universe research": no gain on training windows)
-EXTRA_KINDS = ("xgboost_ft", "lstm_emb")
+# EXTRA_KINDS (engines.pooled): selectable with --models, not in the default set (see README "Universe research")
 ALL_KINDS = MODEL_KINDS + EXTRA_KINDS
 FACTORS = ("reversal", "momentum")
 
@@ -220,18 +219,17 @@ def predict_rows(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray
     """Scores of rows (t, j) — one batched call per model, whatever the number of symbols."""
     if len(t) == 0:
         return np.zeros(0)
-    if m.kind == "lstm":  # chunks of raw windows (memory); each chunk is one call of the shared scorer
+    names = np.asarray(pf.symbols, dtype=object)[j]  # xgboost_ft / lstm_emb match symbols by name
+    if m.kind in ("lstm", "lstm_emb"):  # chunks of raw windows (memory); each chunk is one call of the shared scorer
         out = np.empty(len(t), dtype=np.float64)
         for i in range(0, len(t), 8192):
-            out[i:i + 8192] = score("lstm", m.obj, _raw_sequences(pf, t[i:i + 8192], j[i:i + 8192],
+            out[i:i + 8192] = score(m.kind, m.obj, _raw_sequences(pf, t[i:i + 8192], j[i:i + 8192],
                                                                   m.params.lstm_seq_len), mu=m.mu, sd=m.sd,
-                                    threads=m.params.threads)
+                                    threads=m.params.threads, symbols=names[i:i + 8192])
         return out
-    if m.kind in EXTRA_KINDS:
-        return _predict_extra(m, pf, t, j)
-    if m.kind not in ("xgboost", "ridge"):
+    if m.kind not in ("xgboost", "ridge", "xgboost_ft"):
         raise ValueError(m.kind)
-    return score(m.kind, m.obj, pf.X[t, j], mu=m.mu, sd=m.sd, threads=m.params.threads)
+    return score(m.kind, m.obj, pf.X[t, j], mu=m.mu, sd=m.sd, threads=m.params.threads, symbols=names)
 
 
 def predict_panel(m: FittedModel, pf: PanelFeatures, t_lo: int, t_hi: int) -> np.ndarray:
@@ -342,28 +340,6 @@ def _fit_xgb_ft(p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: in
     return FittedModel("xgboost_ft", prm, seed, (base, per), info=info)
 
 
-def _lstm_emb_net(n_feat: int, hidden: int, n_sym: int, dim: int):
-    import torch
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(n_sym + 1, dim)
-            self.lstm = torch.nn.LSTM(n_feat + dim, hidden, batch_first=True)
-            self.head = torch.nn.Linear(hidden, 1)
-
-        def forward(self, x, sid):
-            e = self.emb(sid)[:, None, :].expand(-1, x.shape[1], -1)
-            out, _ = self.lstm(torch.cat([x, e], dim=-1))
-            return self.head(out[:, -1]).squeeze(-1)
-    return Net()
-
-
-def _sym_ids(vocab: dict[str, int], pf: PanelFeatures, j: np.ndarray) -> np.ndarray:
-    ids = np.array([vocab.get(s, 0) for s in pf.symbols], dtype=np.int64)
-    return ids[j]
-
-
 def _fit_lstm_emb(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
     import torch
     torch.manual_seed(seed)
@@ -374,11 +350,11 @@ def _fit_lstm_emb(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> 
     mu, sd = _standardise(p.X)
     vocab = {pf.symbols[j]: i + 1 for i, j in enumerate(np.unique(p.j))}
     S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
-    sid = _sym_ids(vocab, pf, p.j[take])
+    sid = sym_ids(vocab, np.asarray(pf.symbols, dtype=object)[p.j[take]])
     sid[rng.random(len(sid)) < prm.emb_unknown_p] = 0        # trains the shared "unknown" id
     sid = torch.from_numpy(sid).to(device)
     y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
-    net = _lstm_emb_net(S.shape[-1], prm.lstm_hidden, len(vocab), prm.emb_dim).to(device)
+    net = lstm_emb_net(S.shape[-1], prm.lstm_hidden, len(vocab), prm.emb_dim).to(device)
     loss = _train_mse(net, (S, sid), y, prm, device)
     return FittedModel("lstm_emb", prm, seed, (net.cpu(), vocab), mu, sd,
                        info={"rows": int(len(take)), "rows_available": int(n), "device": device,
@@ -390,34 +366,6 @@ def _fit_extra(kind: str, p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int
     if kind == "xgboost_ft":
         return _fit_xgb_ft(p, pf, y, t_lo, t_hi, prm, seed)
     return _fit_lstm_emb(p, prm, seed, pf)
-
-
-def _predict_extra(m: FittedModel, pf: PanelFeatures, t: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """One call per fine-tuned symbol plus one for every other row (xgboost_ft); one batch (lstm_emb)."""
-    X = pf.X[t, j]
-    if m.kind == "xgboost_ft":
-        import xgboost as xgb
-        base, per = m.obj
-        names = np.array(pf.symbols, dtype=object)[j]
-        out = np.empty(len(t), dtype=np.float64)
-        rest = np.ones(len(t), dtype=bool)
-        for s, b in per.items():
-            k = names == s
-            if k.any():
-                out[k] = b.predict(xgb.DMatrix(X[k]))
-                rest &= ~k
-        if rest.any():
-            out[rest] = base.predict(xgb.DMatrix(X[rest]))
-        return out
-    import torch
-    net, vocab = m.obj
-    sid = _sym_ids(vocab, pf, j)
-    out = np.empty(len(t), dtype=np.float64)
-    with torch.no_grad(), _threads(m.params.threads):
-        for i in range(0, len(t), 8192):
-            S = torch.from_numpy(_sequences(pf, t[i:i + 8192], j[i:i + 8192], m.params.lstm_seq_len, m.mu, m.sd))
-            out[i:i + 8192] = net(S, torch.from_numpy(sid[i:i + 8192])).numpy()
-    return out
 
 
 def _save_extra(m: FittedModel, path) -> dict:
@@ -436,7 +384,9 @@ def _save_extra(m: FittedModel, path) -> dict:
     net, vocab = m.obj
     f = path.with_suffix(".pt")
     buf = io.BytesIO()
-    torch.save({"state": net.state_dict(), "mu": m.mu, "sd": m.sd, "hidden": m.params.lstm_hidden,
+    # tensors, not numpy arrays: the daemon reads it with weights_only=True (engines.pooled.load_extra)
+    torch.save({"state": net.state_dict(), "mu": torch.from_numpy(np.asarray(m.mu)),
+                "sd": torch.from_numpy(np.asarray(m.sd)), "hidden": m.params.lstm_hidden,
                 "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES), "vocab": vocab,
                 "emb_dim": m.params.emb_dim}, buf)
     f.write_bytes(buf.getvalue())
@@ -444,27 +394,15 @@ def _save_extra(m: FittedModel, path) -> dict:
 
 
 def _load_extra(entry: dict, folder, params: ModelParams) -> FittedModel:
+    """The daemon's reader (engines.pooled.load_extra: ModelLoadError naming a bad file) into a FittedModel."""
     from pathlib import Path
-    folder = Path(folder)
     kind = entry["kind"]
-    if kind == "xgboost_ft":
-        import xgboost as xgb
-
-        def one(name: str):
-            b = xgb.Booster()
-            b.load_model(str(folder / name))
-            return b
-        per = {s: one(f) for s, f in entry.get("symbol_files", {}).items()}
-        return FittedModel(kind, params, entry["seed"], (one(entry["file"]), per), info=entry.get("info", {}))
+    if kind not in EXTRA_KINDS:
+        raise ValueError(f"load_extra_model: not an extra kind {kind!r} ({', '.join(EXTRA_KINDS)})")
+    got = load_extra(kind, Path(folder), entry)
     if kind == "lstm_emb":
-        import torch
-        d = torch.load(io.BytesIO((folder / entry["file"]).read_bytes()), weights_only=False)
-        if list(d["features"]) != list(FEATURE_NAMES):
-            raise ValueError(f"{folder / entry['file']}: trained on other features than this build's")
-        params = params.with_(lstm_hidden=d["hidden"], lstm_seq_len=d["seq_len"], emb_dim=d["emb_dim"])
-        net = _lstm_emb_net(len(FEATURE_NAMES), d["hidden"], len(d["vocab"]), d["emb_dim"])
-        net.load_state_dict(d["state"])
-        net.eval()
-        return FittedModel(kind, params, entry["seed"], (net, dict(d["vocab"])), d["mu"], d["sd"],
-                           info=entry.get("info", {}))
-    raise ValueError(f"load_extra_model: not an extra kind {kind!r} ({', '.join(EXTRA_KINDS)})")
+        net = got["obj"][0]
+        params = params.with_(lstm_hidden=net.lstm.hidden_size, lstm_seq_len=got["seq_len"],
+                              emb_dim=net.emb.embedding_dim)
+    return FittedModel(kind, params, entry["seed"], got["obj"], got.get("mu"), got.get("sd"),
+                       info=entry.get("info", {}))

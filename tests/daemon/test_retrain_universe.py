@@ -116,3 +116,20 @@ def test_retrain_keeps_the_champions_parameters(uni_store, tmp_path):
     d = decision(cycle(uni_store, reg.root, min_improvement=-1e12))
     got = json.loads((reg.version_dir(TF, UNIVERSE_KIND, d["version"]) / BUNDLE_MANIFEST).read_text())["params"]
     assert got["ridge_alpha"] == 7.5 and got["horizon"] == 30
+
+
+def test_a_champion_with_the_extra_kinds_is_retrained_and_judged_with_them(uni_store, tmp_path):
+    """`tradingd train --store ... --models ...,xgboost_ft,lstm_emb` made the champion: the retrain trains the same
+    kinds, and the gate scores the champion's per-symbol boosters and embedding by symbol (no gate error)."""
+    from daemon.cli import main
+    reg = ModelRegistry(tmp_path / "models")
+    kinds = "xgboost,ridge,lstm,xgboost_ft,lstm_emb"
+    assert main(["train", "--store", str(uni_store), "--registry", str(reg.root), "--timeframes", TF,
+                 "--models", kinds, "--threads", "1", "--lstm-max-rows", "2000"]) == 0
+    champ = reg.current_version(TF, UNIVERSE_KIND)
+    res = cycle(uni_store, reg.root, min_improvement=1e12)
+    d = decision(res)
+    assert res[TF]["gate_error"] is None and res[TF]["gate"]["current_version"] == champ
+    assert np.isfinite(d["current_pnl"]) and not d["promoted"]
+    m = json.loads((reg.version_dir(TF, UNIVERSE_KIND, d["version"]) / BUNDLE_MANIFEST).read_text())
+    assert [e["kind"] for e in m["models"]] == kinds.split(",")

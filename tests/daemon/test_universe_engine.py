@@ -2,10 +2,13 @@
 models trained by `tradingd train --data` into a real registry, loaded the daemon's way, and the REAL
 TradingPipeline (priming symbol after symbol, then live bars interleaved) predicting each boundary incrementally.
 Reference: research.models.predict_panel of the same model files over the batch panel, the ensemble of
-cross-sectional z-scores with the manifest's weights, times the calibration's slope."""
+cross-sectional z-scores with the manifest's weights, times the calibration's slope. Two model sets: the default
+(xgboost, ridge, lstm) and every kind (+ xgboost_ft, lstm_emb, which need each row's symbol; the daemon then runs a
+universe where one fine-tuned symbol's bars come under a name the models never saw)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace as dc_replace
 
 import numpy as np
 import pytest
@@ -39,6 +42,20 @@ def trained(real_universe_1h, tmp_path_factory):
     return reg
 
 
+@pytest.fixture(scope="module")
+def trained_extra(real_universe_1h, tmp_path_factory):
+    """Every kind, the extra ones included (`--models` as research's backtest names them)."""
+    from daemon.cli import main
+    reg = tmp_path_factory.mktemp("ureg_extra")
+    rc = main(["train", "--data", str(real_universe_1h), "--registry", str(reg), "--lstm-max-rows", "1500",
+               "--threads", "1", "--horizon", "6", "--models", "xgboost,ridge,lstm,xgboost_ft,lstm_emb"])
+    assert rc == 0
+    return reg
+
+
+UNSEEN = "NEWUSDT"
+
+
 def minute_bars(panel, j):
     """The symbol's 1h bars as the pipeline's 1m input: one 1m bar in the hour's last minute carrying the hour's
     OHLCV, which MinuteAggregator turns back into exactly that 1h bar."""
@@ -55,14 +72,18 @@ def book(c):
 
 
 def reference(reg, panel, es: UniverseEngineSet):
-    """Research's batch path over the same model files."""
+    """Research's batch path over the same model files (the extra kinds read by research's own loader)."""
     from research.dataset import panel_features
-    from research.models import FittedModel, ModelParams, predict_panel
+    from research.models import EXTRA_KINDS, FittedModel, ModelParams, load_extra_model, predict_panel
     pf = panel_features(panel)
     b = es.bundle
     scores = {}
     for k, m in b.models.items():
         fm = FittedModel(k, ModelParams(lstm_seq_len=max(m.seq_len, 1), threads=1), 0, m.obj, m.mu, m.sd)
+        if k in EXTRA_KINDS:
+            entry = next(e for e in b.manifest["models"] if e["kind"] == k)
+            fm = load_extra_model(entry, b.path, ModelParams(threads=1))
+            assert fm.obj is not m.obj
         if k == "xgboost":
             assert m.best_iteration == m.obj.best_iteration  # the manifest's and the file's agree
         scores[k] = predict_panel(fm, pf, 0, pf.X.shape[0])
@@ -71,14 +92,24 @@ def reference(reg, panel, es: UniverseEngineSet):
     return scores, b.calibration.slope * cs_zscore(ens)
 
 
-def test_pipeline_predictions_equal_research_batch(trained, real_universe_1h, tmp_path):
+@pytest.mark.parametrize("model_set", ["default", "extra"])
+def test_pipeline_predictions_equal_research_batch(model_set, request, real_universe_1h, tmp_path):
     from research.universe import load_universe
+    reg = request.getfixturevalue("trained" if model_set == "default" else "trained_extra")
     panel = load_universe(real_universe_1h).panels["1h"]
+    renamed = ""
+    if model_set == "extra":  # a fine-tuned symbol's bars under a name the models never saw
+        ft = ModelRegistry(reg)
+        from engines.pooled import load_bundle
+        tuned = load_bundle(ft.current("1h", "universe")).info()["fine_tuned_symbols"]
+        renamed = next(s for s in tuned if s != "LINKUSDT")
+        panel = dc_replace(panel, symbols=tuple(UNSEEN if s == renamed else s for s in panel.symbols))
     syms = panel.symbols
-    sets = load_universe_sets(ModelRegistry(trained), ("1h",), syms)
+    sets = load_universe_sets(ModelRegistry(reg), ("1h",), syms)
     es = sets["1h"]
-    assert set(es.bundle.models) == {"xgboost", "ridge", "lstm"} and es.bundle.calibration.rows > 30
-    scores, er = reference(trained, panel, es)
+    kinds = {"xgboost", "ridge", "lstm"} | ({"xgboost_ft", "lstm_emb"} if model_set == "extra" else set())
+    assert set(es.bundle.models) == kinds and es.bundle.calibration.rows > 30
+    scores, er = reference(reg, panel, es)
 
     cfg = replace(Config(), general={"timeframes": ("1h",), "data_dir": str(tmp_path), "symbols": syms})
     filters = {s: SymbolFilters(s, 1e-8, 1e-8, 1e-8, 1e12, 5.0) for s in syms}
@@ -123,9 +154,50 @@ def test_pipeline_predictions_equal_research_batch(trained, real_universe_1h, tm
                 assert p == {}, (s, t, p)
     assert checked > 1500 and listed_checked > 100
     n_boundaries = len(panel.open_ns) - PRIME
-    for k in es.bundle.models:  # ONE inference call per model per boundary, all symbols together
+    for k in es.bundle.models.keys() - {"xgboost_ft"}:  # ONE inference call per model per boundary, all symbols
         assert es.calls[k] == n_boundaries
+    if model_set == "extra":
+        # xgboost_ft: one call per fine-tuned symbol present, plus one for the others (the pooled booster)
+        per = es.bundle.models["xgboost_ft"].obj[1]
+        valid = np.isfinite(er[PRIME:])
+        tuned_cols = np.array([s in per for s in syms])
+        want = int((valid & tuned_cols).sum() + (valid & ~tuned_cols).any(axis=1).sum())
+        assert es.calls["xgboost_ft"] == want > n_boundaries
+        assert es.info()["universe"]["inference_calls"]["xgboost_ft"] == want
+        check_unseen(es, panel, syms.index(UNSEEN), renamed, scores, got)
     assert es.steps == len(panel.open_ns) and es.counters.get("late_bar", 0) == 0
+
+
+def check_unseen(es, panel, j, renamed, scores, got):
+    """The unseen symbol's daemon scores (equal to research's, checked above) are the pooled booster's and the
+    embedding's id 0, computed here without engines' dispatch; under its real name research scores it otherwise."""
+    import torch
+    import xgboost as xgb
+
+    from engines.pooled import standardise_windows
+    from research.dataset import panel_features
+    from research.models import FittedModel, ModelParams, predict_panel
+    pf = panel_features(panel)
+    t = np.array([t for t in range(PRIME, pf.X.shape[0]) if got.get((UNSEEN, t))])
+    assert len(t) > 100
+    daemon = {k: np.array([got[(UNSEEN, tt)][f"u_{k}"] for tt in t]) for k in ("xgboost_ft", "lstm_emb")}
+    base, per = es.bundle.models["xgboost_ft"].obj
+    assert UNSEEN not in per and renamed in per
+    np.testing.assert_allclose(daemon["xgboost_ft"], base.predict(xgb.DMatrix(pf.X[t, j])), rtol=1e-6, atol=1e-7)
+    m = es.bundle.models["lstm_emb"]
+    net, vocab = m.obj
+    assert UNSEEN not in vocab and renamed in vocab
+    W = pf.X[np.maximum(t[:, None] - np.arange(m.seq_len - 1, -1, -1)[None, :], 0), j]
+    with torch.no_grad():
+        id0 = net(torch.from_numpy(standardise_windows(W, m.mu, m.sd)), torch.zeros(len(t), dtype=torch.long))
+    np.testing.assert_allclose(daemon["lstm_emb"], id0.numpy(), rtol=1e-5, atol=1e-6)
+    # the same rows under the symbol's real name: its own booster and embedding, other numbers
+    known = dc_replace(pf, symbols=tuple(renamed if s == UNSEEN else s for s in pf.symbols))
+    for k in ("xgboost_ft", "lstm_emb"):
+        mk = es.bundle.models[k]
+        fm = FittedModel(k, ModelParams(lstm_seq_len=max(mk.seq_len, 1), threads=1), 0, mk.obj, mk.mu, mk.sd)
+        own = predict_panel(fm, known, 0, pf.X.shape[0])[t, j]
+        assert np.isfinite(own).all() and not np.allclose(own, daemon[k]), k
 
 
 def test_corrupt_or_foreign_bundle_is_refused_naming_the_file(trained, tmp_path):
@@ -179,3 +251,53 @@ def test_a_bar_for_a_boundary_already_stepped_is_refused_and_counted(trained):
     assert es.counters == {"late_bar": 4} and es.steps == 1
     text = metrics.render().decode()
     assert 'tradingd_universe_refusals_total{reason="late_bar",timeframe="1h"} 4.0' in text
+
+
+def test_corrupt_or_missing_extra_model_files_are_refused_naming_the_file(trained_extra, tmp_path):
+    """xgboost_ft's per-symbol boosters and lstm_emb's checkpoint: every file checked, the bad one named."""
+    import json
+    import shutil
+
+    from engines.pooled import load_bundle
+    src = trained_extra / "universe" / "1h"
+    entries = {e["kind"]: e for e in json.loads((src / "manifest.json").read_text())["models"]}
+    sym, name = next(iter(entries["xgboost_ft"]["symbol_files"].items()))
+    assert name == f"xgboost_ft.{sym}.ubj"
+
+    def fresh() -> object:
+        d = tmp_path / "b"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(src, d)
+        return d
+    assert set(load_bundle(fresh()).models) == set(entries)
+    d = fresh()
+    (d / name).write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match=f"{name}: unreadable or corrupt"):
+        load_bundle(d)
+    (d / name).unlink()
+    with pytest.raises(ModelLoadError, match=f"{name}: missing"):
+        load_bundle(d)
+    d = fresh()
+    (d / "lstm_emb.pt").write_bytes((d / "lstm_emb.pt").read_bytes()[:200])  # truncated
+    with pytest.raises(ModelLoadError, match="lstm_emb.pt: unreadable or corrupt"):
+        load_bundle(d)
+    (d / "lstm_emb.pt").write_bytes((d / "lstm.pt").read_bytes())  # the plain LSTM's file: no vocabulary
+    with pytest.raises(ModelLoadError, match="lstm_emb.pt: unreadable or corrupt"):
+        load_bundle(d)
+    d = fresh()
+    m = json.loads((d / "manifest.json").read_text())
+    for e in m["models"]:
+        if e["kind"] == "xgboost_ft":
+            e["symbol_files"][sym] = "../" + name
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError, match="bad file name"):
+        load_bundle(d)
+    # in the registry (what the daemon loads): the published per-symbol file is checksummed too
+    root = tmp_path / "reg"
+    shutil.copytree(trained_extra, root)
+    reg = ModelRegistry(root)
+    vdir = reg.current("1h", "universe")
+    assert (vdir / name).is_file()
+    (vdir / name).write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match=name):
+        load_universe_sets(reg, ("1h",), ("AUSDT", "BUSDT", "CUSDT"))
