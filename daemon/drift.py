@@ -26,6 +26,7 @@ from engines.drift import DriftStream, PnLDetector, Reference
 
 log = structlog.get_logger(__name__)
 
+PRED_KEY = {"universe": "expected_return"}  # a universe bundle's prediction (engines.pooled.UNIVERSE_KIND)
 TRADES = "trades"  # the model label of per-trade P&L detection (a trade comes from the timeframe's models combined)
 
 
@@ -128,7 +129,7 @@ class DriftWatch:
             s = self.streams.get(key)
             if s is None:
                 s = self.streams[key] = DriftStream(ref, self.params)
-            p = preds.get(kind)
+            p = preds.get(PRED_KEY.get(kind, kind))
             if p is not None and self.metrics is not None:
                 self.metrics.prediction_value.labels(tf, kind).observe(float(p))
             st = s.update(row, None if p is None else float(p), float(close))

@@ -25,6 +25,7 @@ from research.report import plain
 from research.universe import UniverseError, load_universe
 from research.walkforward import ensemble_weights
 from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, ensemble_score
+from engines.xsection import cs_zscore
 from research.calibration import fit_calibration
 
 log = structlog.get_logger(__name__)
@@ -99,14 +100,36 @@ def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> 
             manifest["gate"] = gate
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
         files = [f for e in entries for f in (e["file"], *e.get("symbol_files", {}).values())]  # xgboost_ft's too
+        drift = _drift_reference(pf, fv, cut - h, h, cal.slope * cs_zscore(ens))
         ref = _publish(Path(args.registry), tf, d, files, plain(manifest),
-                       make_current=gate is None or bool(gate.get("promote")), extra=extra)
+                       make_current=gate is None or bool(gate.get("promote")),
+                       extra={**(extra or {}), **({"drift": drift} if drift else {})})
         manifest["registry_version"] = ref.version
         out[tf] = manifest
         log.info("train.timeframe", tf=tf, weights=wts, dir=str(d), version=ref.version, slope=cal.slope)
     executor.close()
     return {"timeframes": out, "seconds": time.perf_counter() - t0, "universe": uni.info(),
             "executor": executor.name}
+
+
+DRIFT_ROWS = 100_000  # the most recent pooled training rows in the drift reference (bins; enough for quantiles)
+
+
+def _drift_reference(pf, lo: int, hi: int, h: int, expected: np.ndarray) -> dict | None:
+    """The bundle's drift reference (engines.drift, as the per-symbol models'): bins of the live 13 per-symbol
+    features over the pooled training rows [lo, hi) (the most recent DRIFT_ROWS), plus the holdout's
+    out-of-sample expected returns (the daemon watches ``expected_return``). Labels are not P(up): no
+    calibration part. None (logged) when it cannot be built: the daemon then reports the bundle unmonitored."""
+    from engines.drift import build_reference, with_predictions
+    from engines.features import FEATURE_SCHEMA
+    nb = FEATURE_SCHEMA.n_features
+    X = pf.X[lo:hi, :, :nb].reshape(-1, nb)
+    X = X[np.isfinite(X).all(axis=1)][-DRIFT_ROWS:]
+    try:
+        return with_predictions(build_reference(X, FEATURE_SCHEMA.names, horizon=h), np.ravel(expected))
+    except ValueError as e:
+        log.warning("drift_reference_skipped", error=str(e))
+        return None
 
 
 def _holdout_job(m: str, lo: int, hi: int, s_lo: int, s_hi: int, *, pf, y, prm, seed) -> np.ndarray:

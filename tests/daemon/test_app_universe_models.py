@@ -104,6 +104,9 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
             (u, st["pipeline"]["counters"])
         text = http_get(url + "/metrics")[1].decode()
         assert metric(text, "tradingd_predictions_total", timeframe="1m", engine="expected_return") >= 8
+        # drift: every symbol's live features and expected return against the bundle's reference
+        assert "1m/universe" not in st["drift"]["unmonitored"], st["drift"]["unmonitored"]
+        assert {f"{s}/1m/universe" for s in SYMBOLS} <= set(st["drift"]["streams"]), list(st["drift"]["streams"])
         if first_run:  # the retrainer retrains the bundle on every symbol, gates it, and the daemon swaps it in
             assert st["retrain"]["mode"] == "universe" and st["retrain"]["shadow"]["enabled"] is False
             assert http_post(url + "/control/retrain", TOKEN)[1] == {"ok": True, "started": True}

@@ -57,7 +57,13 @@ def test_first_cycle_promotes_and_records_the_gate_and_trigger(uni_store, tmp_pa
     vdir = reg.version_dir(TF, UNIVERSE_KIND, d["version"])
     m = json.loads((vdir / BUNDLE_MANIFEST).read_text())
     assert m["gate"]["promote"] is True and m["gate"]["bars"] > 100
-    assert json.loads((vdir / "manifest.json").read_text())["extra"]["trigger"]["reason"] == "control"
+    extra = json.loads((vdir / "manifest.json").read_text())["extra"]
+    assert extra["trigger"]["reason"] == "control"
+    # the drift reference: the live per-symbol features' bins and the holdout's expected returns
+    from engines.drift import Reference
+    from engines.features import FEATURE_SCHEMA
+    ref = Reference.from_dict(extra["drift"])
+    assert ref.names == tuple(FEATURE_SCHEMA.names) and ref.pred_edges is not None and ref.calib_gap is None
     load_bundle(vdir, version=d["version"])  # what the daemon will load
 
 
