@@ -54,8 +54,7 @@ class RetrainCycle:
         r = cfg.retrain
         shadow = None
         universe = cfg.model_family == "universe"
-        # universe mode: the offline gate alone decides (the live A/B runs per-symbol engine sets only)
-        if cfg.shadow.enabled and pipeline is not None and not universe:
+        if cfg.shadow.enabled and pipeline is not None:
             from daemon.shadow import ShadowRunner
             from strategies.shadow import ShadowConfig
             sc = cfg.shadow
@@ -111,9 +110,7 @@ class RetrainCycle:
         return {"enabled": True, "running": bool(self.manager.running), "runs": self.manager.runs,
                 "last": self.last, "gate_errors": self.gate_errors, "by_reason": dict(self.by_reason),
                 "mode": "universe" if self.manager.universe else "per_symbol",
-                "shadow": self.shadow.status() if self.shadow is not None else {
-                    "enabled": False, **({"reason": "universe mode: the offline gate alone decides (no live A/B "
-                                                    "of universe bundles)"} if self.manager.universe else {})}}
+                "shadow": self.shadow.status() if self.shadow is not None else {"enabled": False}}
 
     # ------------------------------------------------------------------------------------------ the cycle
     async def run_now(self, trigger: str, detail: dict | None = None) -> dict:
@@ -165,6 +162,8 @@ class RetrainCycle:
         """Every timeframe whose challenger passed the offline gate (not promoted: ``shadow`` in its decision)
         starts a shadow trial with the challenger's versions (the current ones for kinds that did not pass)."""
         from daemon.engineset import EngineSet
+        from daemon.universe_engine import UniverseChallenger, UniverseEngineSet, load_current_bundle
+        from engines.pooled import UNIVERSE_KIND
         loop = asyncio.get_running_loop()
         started = {}
         for tf, res in results.items():
@@ -172,10 +171,16 @@ class RetrainCycle:
             versions = {k: d["version"] for k, d in dec.items() if d.get("shadow")}
             if not versions or tf not in self.engine_sets:
                 continue
-            for kind in self.engine_sets[tf].info():
+            champ = self.engine_sets[tf]
+            for kind in champ.info():
                 versions.setdefault(kind, self.registry.current_version(tf, kind))
-            es = await loop.run_in_executor(None, lambda tf=tf, v=versions: EngineSet.load(
-                self.registry, tf, self.cfg.engines, metrics=self.metrics, versions=v, kinds=tuple(v)))
+            if isinstance(champ, UniverseEngineSet):  # scored on the champion's universe rows
+                b = await loop.run_in_executor(None, lambda tf=tf, v=versions: load_current_bundle(
+                    self.registry, tf, v[UNIVERSE_KIND]))
+                es = UniverseChallenger(champ, b)
+            else:
+                es = await loop.run_in_executor(None, lambda tf=tf, v=versions: EngineSet.load(
+                    self.registry, tf, self.cfg.engines, metrics=self.metrics, versions=v, kinds=tuple(v)))
             started[tf] = self.shadow.start(tf, es, versions, time.time_ns())
         return started
 

@@ -216,7 +216,7 @@ def child_main(argv: list[str] | None = None) -> int:
                                      rest_url=a.rest_url, history_days=a.history_days, min_bars=a.min_bars,
                                      min_improvement=a.min_improvement, threads=a.threads,
                                      costs=orjson.loads(a.costs), executor=a.executor, address=a.address,
-                                     trigger=orjson.loads(a.trigger) if a.trigger else None)
+                                     trigger=orjson.loads(a.trigger) if a.trigger else None, shadow=a.shadow)
         sys.stdout.write(orjson.dumps({"ok": True, "results": res, "priority": priority}).decode() + "\n")
         return 0
     res = retrain_cycle(a.store, a.registry, a.symbol, a.timeframes.split(","), rest_url=a.rest_url,

@@ -44,8 +44,11 @@ def bundle_scores(bundle: Any, pf: Any, lo: int, hi: int, threads: int = 1) -> n
     return out
 
 
-def make_judge(registry: Any, *, costs: Any, min_improvement: float, threads: int = 1, cash: float = 10_000.0):
-    """The gate of the module docstring, as ``research.cli_train.train_universe``'s ``judge``."""
+def make_judge(registry: Any, *, costs: Any, min_improvement: float, threads: int = 1, cash: float = 10_000.0,
+               shadow: bool = False):
+    """The gate of the module docstring, as ``research.cli_train.train_universe``'s ``judge``. With ``shadow`` a
+    challenger that passes over an existing champion is published but not made current (``"shadow": True``): the
+    daemon runs it beside the champion first (daemon.shadow)."""
     from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, load_bundle
     from research.portfolio import simulate
 
@@ -72,7 +75,8 @@ def make_judge(registry: Any, *, costs: Any, min_improvement: float, threads: in
             out["gate_error"] = f"{type(e).__name__}: {e}"[:500]
             log.error("retrain_gate_error", timeframe=tf, error=out["gate_error"])
             return out | {"promote": False}
-        return out | {"promote": out["challenger_pnl"] > out["current_pnl"] + min_improvement}
+        better = out["challenger_pnl"] > out["current_pnl"] + min_improvement
+        return out | {"promote": better, "shadow": better and shadow}
     return judge
 
 
@@ -118,7 +122,8 @@ def _current_params(registry: Any, timeframes: list[str]) -> tuple[dict[str, dic
 def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: list[str], timeframes: list[str], *,
                            rest_url: str | None = None, history_days: float = 30, min_bars: int = 20_000,
                            min_improvement: float = 0.0, threads: int = 1, costs: dict | None = None,
-                           trigger: dict | None = None, executor: str = "local", address: str = "") -> dict:
+                           trigger: dict | None = None, executor: str = "local", address: str = "",
+                           shadow: bool = False) -> dict:
     """One universe retraining cycle; the result per timeframe has the per-symbol cycle's shape (``decision``
     keyed by kind, ``seconds``, ``window``, ``gate_error``) plus the gate's figures."""
     from engines.pooled import UNIVERSE_KIND
@@ -131,7 +136,8 @@ def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: 
     loaded = [(_load_symbol(store_path, s, rest_url, history_days, min_bars), f"retrain#{s}") for s in symbols]
     uni = universe_from_klines(loaded, "1m", tuple(timeframes), where="retrain")
     seconds_data = time.perf_counter() - t0
-    judge = make_judge(reg, costs=Costs(**(costs or {})), min_improvement=min_improvement, threads=threads)
+    judge = make_judge(reg, costs=Costs(**(costs or {})), min_improvement=min_improvement, threads=threads,
+                       shadow=shadow)
     with tempfile.TemporaryDirectory(prefix="tradingd-universe-retrain-") as tmp:
         params = Path(tmp) / "params.json"
         prm, kinds = _current_params(reg, timeframes)
@@ -148,7 +154,8 @@ def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: 
         g = m.get("gate") or {}
         results[tf] = {"decision": {UNIVERSE_KIND: {"challenger_pnl": g.get("challenger_pnl"),
                                                     "current_pnl": g.get("current_pnl"),
-                                                    "promoted": bool(g.get("promote")), "shadow": False,
+                                                    "promoted": bool(g.get("promote")) and not g.get("shadow"),
+                                                    "shadow": bool(g.get("shadow")),
                                                     "version": m["registry_version"]}},
                        "gate": g, "gate_error": g.get("gate_error"), "window": m["trained_on"],
                        "symbols": m["symbols"], "executor": res.get("executor", executor)}

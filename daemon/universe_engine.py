@@ -32,7 +32,7 @@ from engines.features import FEATURE_SCHEMA
 from engines.pooled import UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, UniverseBundle, load_bundle
 from engines.xsection import BETA_N, EXTRA_RET, FEATURE_NAMES, WARMUP, UniverseRolling, cross_section
 
-__all__ = ["UniverseEngineSet", "load_universe_sets", "load_current_bundle", "history_extra_bars", "MIN_SYMBOLS"]
+__all__ = ["UniverseEngineSet", "UniverseChallenger", "load_universe_sets", "load_current_bundle", "history_extra_bars", "MIN_SYMBOLS"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,10 +78,12 @@ class UniverseEngineSet:
                                 "fallback": False, "failed": [], "steps": self.steps,
                                 "inference_calls": dict(self.calls), "counters": dict(self.counters)}}
 
-    def swap(self, bundle: UniverseBundle) -> None:
-        """Hot swap (daemon.hotswap, on the loop between two events): the retrained bundle scores from the next
-        boundary on; the rolling universe state and the row history stay (they do not depend on the models). A
-        longer LSTM window than the history holds is filled by the first-row rule until enough boundaries pass."""
+    def swap(self, bundle: UniverseBundle | UniverseChallenger) -> None:
+        """Hot swap (daemon.hotswap, on the loop between two events; or a shadow trial's promotion, which hands its
+        :class:`UniverseChallenger`): the retrained bundle scores from the next boundary on; the rolling universe
+        state and the row history stay (they do not depend on the models). A longer LSTM window than the history
+        holds is filled by the first-row rule until enough boundaries pass."""
+        bundle = getattr(bundle, "bundle", bundle) if isinstance(bundle, UniverseChallenger) else bundle
         if bundle.timeframe and bundle.timeframe != self.timeframe:
             raise ModelLoadError(f"{bundle.path}: bundle for timeframe {bundle.timeframe!r}, expected "
                                  f"{self.timeframe!r}")
@@ -90,6 +92,10 @@ class UniverseEngineSet:
         self.bundle = bundle
         log.info("universe_engine_swapped", timeframe=self.timeframe, version=bundle.version,
                  weights=bundle.weights, slope=bundle.calibration.slope)
+
+    def window(self) -> np.ndarray:
+        """(L, N, F) the universe's last feature rows, the newest last (what the bundle scores at a boundary)."""
+        return np.stack(self._hist)
 
     def observe(self, row: np.ndarray, symbol: str = "") -> None:
         """The per-symbol engine set's priming hook: the universe engine primes through :meth:`observe_bar`."""
@@ -119,7 +125,7 @@ class UniverseEngineSet:
             else:
                 self._refuse("unknown_symbol")
         X = self._step(entries, close_ns)
-        hist = np.stack(self._hist)
+        hist = self.window()
         t0 = time.perf_counter_ns()
         res = self.bundle.predict(hist, self.threads, self.symbols)
         dt = time.perf_counter_ns() - t0
@@ -189,6 +195,32 @@ class UniverseEngineSet:
         log.warning("universe_bar_refused", timeframe=self.timeframe, reason=reason, n=n)
 
 
+class UniverseChallenger:
+    """A shadow trial's challenger bundle (daemon.shadow) scored on the champion's universe rows: the rolling state
+    and the cross-section do not depend on the models, so the challenger reads the champion's window and makes ONE
+    call per model per boundary (cached by the boundary's close), then answers per symbol like the champion's
+    ``predict_boundary`` does."""
+
+    def __init__(self, champion: UniverseEngineSet, bundle: UniverseBundle) -> None:
+        self.champion = champion
+        self.bundle = bundle
+        self._at = -1
+        self._res: dict[str, np.ndarray] = {}
+
+    def info(self) -> dict[str, dict]:
+        return {UNIVERSE_KIND: self.bundle.info()}
+
+    def predict(self, row: np.ndarray | None, symbol: str) -> dict[str, float]:
+        es = self.champion
+        if self._at != es.last_close:
+            self._res = self.bundle.predict(es.window(), es.threads, es.symbols)
+            self._at = es.last_close
+        j = es._j.get(symbol)
+        if j is None or not math.isfinite(float(self._res["expected_return"][j])):
+            return {}
+        return {"expected_return": float(self._res["expected_return"][j]), "score": float(self._res["z"][j])}
+
+
 def history_extra_bars(lstm_seq_len: int) -> int:
     """Bars of history beyond the live features' warm-up before a symbol's first complete universe row."""
     return WARMUP + BETA_N // 2 + lstm_seq_len + 2 - FEATURE_SCHEMA.warmup
@@ -199,10 +231,11 @@ def _tf_ns(tf: str) -> int:
     return timeframe_ns(tf)
 
 
-def load_current_bundle(registry: Any, tf: str) -> UniverseBundle:
-    """The registry's CURRENT bundle of ``tf``, verified (checksums, schema, timeframe, feature names) and loaded;
-    a ModelLoadError naming the file otherwise."""
-    ref = registry.load(tf, UNIVERSE_KIND, schema_hash=UNIVERSE_SCHEMA_HASH)
+def load_current_bundle(registry: Any, tf: str, version: str | None = None) -> UniverseBundle:
+    """The registry's CURRENT bundle of ``tf`` (or ``version``), verified (checksums, schema, timeframe, feature
+    names) and loaded; a ModelLoadError naming the file otherwise."""
+    ref = registry.load(tf, UNIVERSE_KIND, schema_hash=UNIVERSE_SCHEMA_HASH) if version is None else \
+        registry.verify(tf, UNIVERSE_KIND, version, schema_hash=UNIVERSE_SCHEMA_HASH)
     b = load_bundle(ref.path, version=ref.version)
     if b.timeframe != tf:
         raise ModelLoadError(f"{ref.path}: bundle for timeframe {b.timeframe!r}, expected {tf!r}")

@@ -45,8 +45,8 @@ def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> 
 
     ``judge`` (the daemon's retrainer, daemon/retrain_universe.py): called per timeframe as ``judge(tf, pf, lo,
     hi, ensemble, params)`` with the challenger's out-of-sample holdout ensemble scores over bars [lo, hi); its
-    answer (a dict with ``promote``) is recorded as ``manifest["gate"]`` and decides whether the published version
-    becomes CURRENT. Without a judge every version is made current (``tradingd train``). ``extra`` goes into every
+    answer (a dict with ``promote``, and ``shadow`` when a passing challenger must first run beside the champion)
+    is recorded as ``manifest["gate"]`` and decides whether the published version becomes CURRENT. Without a judge every version is made current (``tradingd train``). ``extra`` goes into every
     published version's registry manifest (e.g. the retrain's trigger)."""
     t0 = time.perf_counter()
     opts = options(args)
@@ -102,7 +102,7 @@ def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> 
         files = [f for e in entries for f in (e["file"], *e.get("symbol_files", {}).values())]  # xgboost_ft's too
         drift = _drift_reference(pf, fv, cut - h, h, cal.slope * cs_zscore(ens))
         ref = _publish(Path(args.registry), tf, d, files, plain(manifest),
-                       make_current=gate is None or bool(gate.get("promote")),
+                       make_current=gate is None or (bool(gate.get("promote")) and not gate.get("shadow")),
                        extra={**(extra or {}), **({"drift": drift} if drift else {})})
         manifest["registry_version"] = ref.version
         out[tf] = manifest

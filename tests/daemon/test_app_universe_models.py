@@ -108,15 +108,29 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
         assert "1m/universe" not in st["drift"]["unmonitored"], st["drift"]["unmonitored"]
         assert {f"{s}/1m/universe" for s in SYMBOLS} <= set(st["drift"]["streams"]), list(st["drift"]["streams"])
         if first_run:  # the retrainer retrains the bundle on every symbol, gates it, and the daemon swaps it in
-            assert st["retrain"]["mode"] == "universe" and st["retrain"]["shadow"]["enabled"] is False
+            # the challenger passes the offline gate, then decides in shadow beside the champion (daemon.shadow)
+            # until the operator pins it
+            assert st["retrain"]["mode"] == "universe"
             assert http_post(url + "/control/retrain", TOKEN)[1] == {"ok": True, "started": True}
             rep = wait_until(lambda: orjson.loads(http_get(url + "/status")[1])["retrain"]["last"], 150,
                              "universe retrain report", d)
             assert rep["ok"], rep
             dec = rep["results"]["1m"]["decision"]["universe"]
-            assert dec["promoted"] and dec["current_pnl"] is not None and dec["version"] != u["version"], rep
-            assert rep["swapped"] == {"1m": {"universe": dec["version"]}}, rep
-            calls = sum(v for k, v in st["pipeline"]["counters"].items() if k.startswith("boundaries."))
+            assert dec["shadow"] and not dec["promoted"] and dec["current_pnl"] is not None, rep
+            assert dec["version"] != u["version"] and rep["swapped"] == {}, rep
+            assert rep["shadow"]["1m"]["challenger_version"] == f"universe={dec['version']}", rep["shadow"]
+
+            def shadow_bars():
+                sh = orjson.loads(http_get(url + "/status")[1])["retrain"]["shadow"]
+                run = sh["running"].get("1m")
+                return sh if run and run["bars"] >= 2 else None
+            sh = wait_until(shadow_bars, 60, "the universe challenger deciding in shadow", d)
+            assert sh["errors"] == 0, sh
+            assert orjson.loads(http_get(url + "/status")[1])["models"]["1m"]["universe"]["version"] == u["version"]
+            code, body = http_post(url + "/control/pin-challenger", TOKEN)
+            assert code == 200 and body["ended"]["1m"]["outcome"] == "promote", body
+            s1 = orjson.loads(http_get(url + "/status")[1])  # right after the promotion
+            calls = sum(v for k, v in s1["pipeline"]["counters"].items() if k.startswith("boundaries."))
 
             def swapped_and_deciding():
                 s2 = orjson.loads(http_get(url + "/status")[1])
@@ -128,6 +142,7 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
             wait_until(swapped_and_deciding, 60, "a boundary decided by the swapped bundle", d)
             text = http_get(url + "/metrics")[1].decode()
             assert metric(text, "tradingd_retrain_promotions_total", timeframe="1m") == 1
+            assert metric(text, "tradingd_shadow_outcomes_total", timeframe="1m", outcome="promote") == 1
         assert d.stop() == 0, d.stderr()[-3000:]
     finally:
         d.kill()

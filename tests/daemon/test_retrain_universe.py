@@ -139,3 +139,14 @@ def test_a_champion_with_the_extra_kinds_is_retrained_and_judged_with_them(uni_s
     assert np.isfinite(d["current_pnl"]) and not d["promoted"]
     m = json.loads((reg.version_dir(TF, UNIVERSE_KIND, d["version"]) / BUNDLE_MANIFEST).read_text())
     assert [e["kind"] for e in m["models"]] == kinds.split(",")
+
+
+def test_with_the_shadow_a_passing_challenger_is_published_not_current(uni_store, tmp_path):
+    reg = ModelRegistry(tmp_path / "models")
+    first = cycle(uni_store, reg.root, shadow=True)  # no champion: promoted at once, shadow or not
+    assert decision(first)["promoted"] and not decision(first)["shadow"]
+    d = decision(cycle(uni_store, reg.root, shadow=True, min_improvement=-1e12))
+    assert d["shadow"] and not d["promoted"]
+    assert reg.current_version(TF, UNIVERSE_KIND) == decision(first)["version"] != d["version"]
+    d = decision(cycle(uni_store, reg.root, shadow=True, min_improvement=1e12))  # failed the gate: no shadow
+    assert not d["shadow"] and not d["promoted"]

@@ -120,6 +120,18 @@ def test_pipeline_predictions_equal_research_batch(model_set, request, real_univ
                            PaperBroker(cfg.broker, store, symbols=syms, filters=filters), store=store,
                            timeframes=("1h",), keep=None, bar_sink=lambda bars: None)
     bars = {s: minute_bars(panel, j) for j, s in enumerate(syms)}
+    shadow_got: dict = {}
+    if model_set == "default":  # a shadow challenger (another bundle) scored on this engine set's universe rows
+        from daemon.universe_engine import UniverseChallenger
+        other = load_universe_sets(ModelRegistry(request.getfixturevalue("trained_extra")), ("1h",), syms)["1h"]
+        challenger = UniverseChallenger(es, other.bundle)
+        _, er_other = reference(request.getfixturevalue("trained_extra"), panel, other)
+
+        def shadow_observer(tf, ts, rows):
+            for r in rows:
+                t = (es.last_close - int(panel.open_ns[0])) // (3600 * 10**9) - 1  # the bar closing there
+                shadow_got[(r.symbol, t)] = challenger.predict(r.row, r.symbol)
+        pipe.observers.append(shadow_observer)
     link = syms.index("LINKUSDT")
     assert np.isnan(panel.close[:PRIME + 40, link]).all()  # listed during the live part
     for s in syms:  # priming: one symbol's whole history after the other's (as kernel.prime does)
@@ -153,6 +165,14 @@ def test_pipeline_predictions_equal_research_batch(model_set, request, real_univ
             else:
                 assert p == {}, (s, t, p)
     assert checked > 1500 and listed_checked > 100
+    if model_set == "default":  # the challenger equals research's batch path of ITS bundle, boundary by boundary
+        n = 0
+        for (s, t), p in shadow_got.items():
+            j = syms.index(s)
+            if math.isfinite(er_other[t, j]):
+                assert p["expected_return"] == pytest.approx(er_other[t, j], rel=1e-5, abs=1e-9), (s, t)
+                n += 1
+        assert n > 1500
     n_boundaries = len(panel.open_ns) - PRIME
     for k in es.bundle.models.keys() - {"xgboost_ft"}:  # ONE inference call per model per boundary, all symbols
         assert es.calls[k] == n_boundaries
