@@ -93,6 +93,10 @@ class UniverseEngineSet:
         log.info("universe_engine_swapped", timeframe=self.timeframe, version=bundle.version,
                  weights=bundle.weights, slope=bundle.calibration.slope)
 
+    def column(self, symbol: str) -> int | None:
+        """The symbol's column in the universe rows (None: not in this universe)."""
+        return self._j.get(symbol)
+
     def window(self) -> np.ndarray:
         """(L, N, F) the universe's last feature rows, the newest last (what the bundle scores at a boundary)."""
         return np.stack(self._hist)
@@ -215,7 +219,7 @@ class UniverseChallenger:
         if self._at != es.last_close:
             self._res = self.bundle.predict(es.window(), es.threads, es.symbols)
             self._at = es.last_close
-        j = es._j.get(symbol)
+        j = es.column(symbol)
         if j is None or not math.isfinite(float(self._res["expected_return"][j])):
             return {}
         return {"expected_return": float(self._res["expected_return"][j]), "score": float(self._res["z"][j])}
