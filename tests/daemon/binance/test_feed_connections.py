@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from daemon.config import FaultConfig, FeedConfig, SimulatorConfig
 from daemon.venue.server import LocalVenue, SimulatorSource
 from market.cfgbase import ConfigError, build_section
 from market.events import DepthSnapshot, Trade
+from tests.daemon.harness import PY, ROOT, free_port
 from tests.daemon.harness import until as _until
 
 SIM = dataclasses.replace(SimulatorConfig(), history_days=1, trades_per_s=30.0, speed=1.0)
@@ -164,3 +166,29 @@ def test_faults_that_close_every_connection_resync_each_group_on_its_own():
         assert all(feed.books[s].stats.resyncs >= 1 for s in syms)
 
     asyncio.run(asyncio.wait_for(main(), 40))
+
+
+def test_tradingd_venue_max_streams_flag_limits_the_served_connections(tmp_path):
+    """``tradingd venue --simulate --max-streams 4`` (a real subprocess): a URL naming 4 streams is served, 5 are
+    refused with HTTP 400."""
+    port = free_port()
+    p = subprocess.Popen([PY, "-m", "daemon.cli", "venue", "--simulate", "--symbols", "BTCUSDT,ETHUSDT",
+                          "--port", str(port), "--max-streams", "4"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = p.stdout.readline()  # printed once the server listens
+        assert line.startswith("venue: websocket"), line
+        names = [f"{s}@{k}" for s in ("btcusdt", "ethusdt") for k in ("trade", "depth@100ms", "bookTicker")]
+
+        async def main():
+            async with connect(f"ws://127.0.0.1:{port}/stream?streams={'/'.join(names[:4])}") as ws:
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["stream"] in names[:4]
+            with pytest.raises(websockets.exceptions.InvalidStatus) as e:
+                async with connect(f"ws://127.0.0.1:{port}/stream?streams={'/'.join(names[:5])}"):
+                    pass
+            assert e.value.response.status_code == 400 and b"at most 4 streams" in e.value.response.body
+
+        asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        p.terminate()
+        p.wait(10)
