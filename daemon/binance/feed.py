@@ -144,8 +144,7 @@ class BinanceFeed:
 
     @staticmethod
     async def _close_all(sockets: list[Any]) -> None:
-        for ws in sockets:
-            await ws.close()
+        await asyncio.gather(*(ws.close() for ws in sockets))  # together: each may wait its close_timeout
 
     async def run(self) -> None:
         """Connect, stream, reconnect until stop(), one loop per connection. Only cancellation or stop() ends it."""
