@@ -84,6 +84,13 @@ class Collector:
             for reason, n in st.decode_errors.items():
                 self._inc_to(m.decode_errors.labels(venue, reason), ("decode", reason), n)
             self._inc_to(m.reconnects.labels(venue), ("reconnects",), st.reconnects)
+            for c in feed.connections:
+                i = str(c.index)
+                m.feed_connection_up.labels(i).set(1 if c.connected else 0)
+                m.feed_connection_streams.labels(i).set(len(c.streams))
+                self._inc_to(m.feed_connection_connects.labels(i), ("conn_connects", i), c.connects)
+                for reason, n in c.errors.items():
+                    self._inc_to(m.feed_connection_errors.labels(i, reason), ("conn_errors", i, reason), n)
             m.queue_depth.labels("feed").set(feed.queue.qsize())
             m.queue_depth.labels("store").set(p.writer.pending)
             for sym, book in feed.books.items():

@@ -61,6 +61,9 @@ class VenueConfig:
                        "where it starts, scaled to its first trade price), so features and models are warm at the "
                        "first replayed bar. 'simulated': the simulator's history_days instead (synthetic). Empty: "
                        "only the recording's own bars (predictions start after warm-up).")
+    max_streams: int = opt(1024, "Local venue (simulate/replay): most streams one websocket connection may carry "
+                           "(Binance: 1024), by SUBSCRIBE or in the URL; a /stream?streams= or /ws/... URL naming "
+                           "more is refused with HTTP 400 before the handshake.", ge=1, le=1_000_000)
     start_on: str = opt("snapshot", "When the replay starts: immediately, at the first subscriber, or when the "
                         "first subscriber has also fetched its depth snapshot (replays the whole recording to a "
                         "synced book). The replay pauses while no client is subscribed.",
@@ -176,6 +179,16 @@ class FeedConfig:
                                   ge=16, le=10_000_000)
     book_oracle: bool = opt(True, "Subscribe to bookTicker and check the book's best levels against it whenever "
                             "the update ids coincide; a mismatch marks the book stale and resyncs.")
+    max_streams_per_connection: int = opt(1024, "Most streams one websocket connection carries (Binance spot and "
+                                          "USD-M: 1024; options: 200). The symbols are split across as many "
+                                          "connections as needed, all streams of a symbol on one (a lost "
+                                          "connection resyncs only its symbols' books).", ge=1, le=1024)
+
+    def validate(self) -> None:
+        per_symbol = 3 if self.book_oracle else 2  # trade + depth (+ bookTicker)
+        if self.max_streams_per_connection < per_symbol:
+            raise ValueError(f"max_streams_per_connection: {self.max_streams_per_connection} is fewer than the "
+                             f"{per_symbol} streams of one symbol (a symbol's streams share one connection)")
 
 
 @dataclass(frozen=True)

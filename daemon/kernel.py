@@ -192,7 +192,8 @@ async def start_venue(cfg: Any, resources: Resources) -> VenueLink:
         if missing:
             raise StartupError(f"general.symbols: {missing} not in the recording (it has {source.symbols})")
         start_on = cfg.venue.start_on
-    venue = LocalVenue(source, cfg.faults, cfg.venue.host, cfg.venue.port, start_on=start_on)
+    venue = LocalVenue(source, cfg.faults, cfg.venue.host, cfg.venue.port, start_on=start_on,
+                       max_streams=cfg.venue.max_streams)
     resources.push("venue", venue.stop)
     await venue.start()
     return VenueLink(venue, venue.ws_url, venue.rest_url)

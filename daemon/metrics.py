@@ -100,6 +100,17 @@ class Metrics:
                                    registry=r)
         self.book_oracle = Counter("tradingd_book_oracle_total", "bookTicker checks of the live book, by result",
                                    ["result"], registry=r)
+        # the feed's websocket connections (feed.max_streams_per_connection splits the symbols), by index
+        self.feed_connection_up = Gauge("tradingd_feed_connection_up", "1 while this feed connection is open",
+                                        ["connection"], registry=r)
+        self.feed_connection_streams = Gauge("tradingd_feed_connection_streams", "Streams this feed connection "
+                                             "carries", ["connection"], registry=r)
+        self.feed_connection_connects = Counter("tradingd_feed_connection_connects_total", "Websocket connects of "
+                                                "this feed connection (1 + its reconnects that succeeded)",
+                                                ["connection"], registry=r)
+        self.feed_connection_errors = Counter("tradingd_feed_connection_errors_total", "Refused handshakes "
+                                              "(http_<status>) and lost connections (network) of this feed "
+                                              "connection", ["connection", "reason"], registry=r)
         # failures counted in /status, here too (copied in by the daemon's collector)
         self.pipeline_errors = Counter("tradingd_pipeline_errors_total",
                                        "Pipeline failures survived (predict, bar_store, plan_store)", ["kind"],

@@ -154,7 +154,8 @@ def _stream_of(raw: bytes) -> str:
 
 
 class MarketDataProtocol:
-    """One market-data connection's state: a book, a guard clock and an oracle queue per symbol.
+    """The market-data state of a feed (one connection, or several each carrying some symbols: every symbol's
+    streams arrive on one): a book, a guard clock and an oracle queue per symbol.
 
     ``symbols``: the subscribed symbols (their books exist from the start, spot). Empty: the symbols are found in
     the data (a recording): a book is made at a symbol's first diff, USD-M futures when the diff carries ``pu``.
@@ -185,21 +186,26 @@ class MarketDataProtocol:
         self._orphans: list[DepthSnapshot] = []  # symbol-less inline snapshots seen before any book
         if cfg.book_oracle and "bookTicker" not in extra_streams:
             extra_streams = (*extra_streams, "bookTicker")
-        streams: list[str] = []
-        for s in self.symbols:
-            streams += stream_names(s, depth_ms) + [f"{s.lower()}@{x}" for x in extra_streams]
+        self.symbol_streams: dict[str, tuple[str, ...]] = {  # a symbol's streams: one connection carries them all
+            s: (*stream_names(s, depth_ms), *(f"{s.lower()}@{x}" for x in extra_streams)) for s in self.symbols}
+        streams = [name for names in self.symbol_streams.values() for name in names]
         self.streams = streams  # what to subscribe to
         self._stream_keys = frozenset(streams)  # stats.frames keys: a venue's stream names cannot grow the Counter
 
     # ------------------------------------------------------------------------------------------ connection
-    def connection_made(self, recv_ns: int) -> list[SnapshotNeeded]:
-        """A (re)connected stream: every book needs a snapshot (diffs buffer meanwhile)."""
-        return [SnapshotNeeded(s, "connect", recv_ns) for s in self._books]
+    def connection_made(self, recv_ns: int, symbols: Sequence[str] | None = None) -> list[SnapshotNeeded]:
+        """A (re)connected stream: every book it carries (``symbols``; None: all) needs a snapshot (diffs buffer
+        meanwhile)."""
+        return [SnapshotNeeded(s, "connect", recv_ns) for s in (self._books if symbols is None else symbols)]
 
-    def connection_lost(self, recv_ns: int) -> list[BookStatus]:
-        """The stream died: no book can be trusted, and the buffered diffs of the dead connection are void."""
+    def connection_lost(self, recv_ns: int, symbols: Sequence[str] | None = None) -> list[BookStatus]:
+        """The stream died: no book it carried (``symbols``; None: all) can be trusted, and their buffered diffs
+        are void. The books of other connections are untouched."""
         out = []
-        for sym, book in self._books.items():
+        for sym in (list(self._books) if symbols is None else symbols):
+            book = self._books.get(sym)
+            if book is None:
+                continue
             before = book.state
             book.mark_stale("disconnect")
             if before is not book.state or before is BookState.SYNCED:

@@ -9,7 +9,10 @@ connection silent to pings for 60 s is dropped, a client's ping is answered. RES
 ``/api/v3/ticker/price``, ``/api/v3/ticker/bookTicker``, errors as Binance's
 ``{"code": -1121, "msg": "Invalid symbol."}`` with HTTP 400. Behind it one source: a recording replay
 (:class:`daemon.venue.replay.ReplaySource`) or the market simulator (:class:`SimulatorSource`). Outgoing frames
-pass a per-connection :class:`daemon.venue.faults.FaultInjector`.
+pass a per-connection :class:`daemon.venue.faults.FaultInjector`. A connection carries at most ``max_streams``
+streams (Binance: 1024; ``[venue] max_streams``, ``--max-streams``): a SUBSCRIBE beyond it answers error 2, and a
+URL naming more is refused before the handshake with HTTP 400 and ``{"code": 2, "msg": ...}`` (Binance does not
+document how it refuses such a URL: this is our choice).
 
 Tests and the daemon use it as ``async with LocalVenue(source) as venue: venue.ws_url, venue.rest_url``.
 """
@@ -172,7 +175,7 @@ def _valid_id(rid) -> bool:
     return isinstance(rid, str) and bool(_ID_RE.match(rid))
 
 
-def ws_request(text: str | bytes, streams: set[str], props: dict[str, bool]) -> dict:
+def ws_request(text: str | bytes, streams: set[str], props: dict[str, bool], max_streams: int = MAX_STREAMS) -> dict:
     """Apply one live-subscription control message (Binance's SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS /
     SET_PROPERTY / GET_PROPERTY) to a connection's ``streams`` and ``props``; return the reply, errors as Binance
     words them (``{"error": {"code": 2, "msg": "Invalid request: ..."}, "id": ...}``). Pure: no I/O, no clock."""
@@ -203,8 +206,8 @@ def ws_request(text: str | bytes, streams: set[str], props: dict[str, bool]) -> 
         if bad:
             return _ws_error(2, f"Invalid request: stream(s) not served by this venue: {', '.join(bad)}", rid)
         if method == "SUBSCRIBE":
-            if len(streams | set(params)) > MAX_STREAMS:
-                return _ws_error(2, f"Invalid request: a connection listens to at most {MAX_STREAMS} streams", rid)
+            if len(streams | set(params)) > max_streams:
+                return _ws_error(2, f"Invalid request: a connection listens to at most {max_streams} streams", rid)
             streams.update(params)
         else:
             streams.difference_update(params)
@@ -230,7 +233,7 @@ def ws_request(text: str | bytes, streams: set[str], props: dict[str, bool]) -> 
 class LocalVenue:
     def __init__(self, source: Source, faults: FaultConfig = FaultConfig(), host: str = "127.0.0.1",
                  port: int = 0, start_on: str | None = None, ping_interval_s: float = PING_INTERVAL_S,
-                 pong_timeout_s: float = PONG_TIMEOUT_S) -> None:
+                 pong_timeout_s: float = PONG_TIMEOUT_S, max_streams: int = MAX_STREAMS) -> None:
         if start_on is None:  # a replay waits for its first synced client; a live market never waits
             start_on = "snapshot" if isinstance(source, ReplaySource) else "immediate"
         if start_on not in ("immediate", "subscriber", "snapshot"):
@@ -240,6 +243,7 @@ class LocalVenue:
         self.host, self.port = host, port
         self.start_on = start_on
         self.ping_interval_s, self.pong_timeout_s = ping_interval_s, pong_timeout_s
+        self.max_streams = max_streams  # per connection, by SUBSCRIBE or in the URL
         self.stats = VenueStats()
         self._trades: dict[str, deque] = {}  # symbol -> the last RECENT_TRADES trade frames published
         self._heartbeat_task: asyncio.Task | None = None
@@ -331,9 +335,12 @@ class LocalVenue:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    async def close_clients(self, abrupt: bool = True) -> None:
-        """Drop every websocket connection (abruptly: no close frame, as a network failure would)."""
+    async def close_clients(self, abrupt: bool = True, stream: str | None = None) -> None:
+        """Drop every websocket connection (abruptly: no close frame, as a network failure would); with ``stream``,
+        only the connections subscribed to it."""
         for c in list(self.clients):
+            if stream is not None and stream not in c.streams:
+                continue
             self._drop(c, abrupt)
             if not abrupt:
                 await c.ws.close()
@@ -364,6 +371,14 @@ class LocalVenue:
         bad = [n for n in names if not _valid_stream(n)]
         if bad:
             return _err(-1100, f"Invalid stream name(s): {', '.join(bad)}")
+        n = len(set(names))
+        if n > self.max_streams:
+            # Binance documents the limit ("a single connection can listen to a maximum of 1024 streams") but not
+            # how it refuses a URL over it: we refuse the handshake with HTTP 400 and the words SUBSCRIBE uses
+            self.stats.ws_errors[2] += 1
+            log.info("venue_ws_too_many_streams", streams=n, max_streams=self.max_streams)
+            return _err(2, f"Invalid request: a connection listens to at most {self.max_streams} streams, "
+                           f"the URL names {n}")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)  # pings/pongs handled below
         await ws.prepare(request)
         self._conn_index += 1
@@ -395,7 +410,7 @@ class LocalVenue:
     async def _method(self, client: _Client, text: str | bytes) -> None:
         props = {"combined": client.combined}
         before = len(client.streams)
-        reply = ws_request(text, client.streams, props)
+        reply = ws_request(text, client.streams, props, self.max_streams)
         client.combined = props["combined"]
         if "error" in reply:
             self.stats.ws_errors[reply["error"]["code"]] += 1
@@ -669,6 +684,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between the server's websocket pings (0 = never)")
     p.add_argument("--pong-timeout", type=float, default=PONG_TIMEOUT_S,
                    help="drop a connection that sent no pong for this many seconds")
+    p.add_argument("--max-streams", type=int, default=None,
+                   help=f"most streams per websocket connection (default: [venue] max_streams, {MAX_STREAMS}); a "
+                        "URL naming more is refused with HTTP 400, a SUBSCRIBE beyond it with error 2")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9443)
     p.add_argument("--drop-prob", type=float, default=None)
@@ -703,6 +721,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"tradingd venue: {e}")
         return 2
+    max_streams = cfg.venue.max_streams if args.max_streams is None else args.max_streams
+    if max_streams < 1:
+        print(f"tradingd venue: --max-streams must be >= 1, got {max_streams}")
+        return 2
     if args.recording:
         history = None
         if args.history not in ("simulated", "none"):
@@ -728,7 +750,8 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with LocalVenue(source, faults, args.host, args.port,
                               start_on=args.start_on if args.recording else "immediate",
-                              ping_interval_s=args.ping_interval, pong_timeout_s=args.pong_timeout) as venue:
+                              ping_interval_s=args.ping_interval, pong_timeout_s=args.pong_timeout,
+                              max_streams=max_streams) as venue:
             print(f"venue: websocket {venue.ws_url}/stream?streams=... or {venue.ws_url}/ws + SUBSCRIBE  "
                   f"REST {venue.rest_url}/api/v3/...", flush=True)
             await stop.wait()
