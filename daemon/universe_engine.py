@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +50,8 @@ class UniverseEngineSet:
         self.metrics = metrics
         self.threads = threads
         self._roll = UniverseRolling(self.symbols)
-        self._hist: deque[np.ndarray] = deque(maxlen=max(bundle.seq_len, 1))
+        self._hist = np.full((max(bundle.seq_len, 1), len(self.symbols), len(FEATURE_NAMES)), np.nan, np.float32)
+        self._n_hist = 0  # rows in _hist (the newest last; the first L - n are unused)
         self._primed: dict[int, dict[str, tuple[float, float, np.ndarray | None]]] = {}
         self.last_close = -1
         self.steps = 0
@@ -105,7 +106,7 @@ class UniverseEngineSet:
             else:
                 self._refuse("unknown_symbol")
         X = self._step(entries, close_ns)
-        hist = np.stack(self._hist)
+        hist = self._hist[len(self._hist) - self._n_hist:]
         t0 = time.perf_counter_ns()
         res = self.bundle.predict(hist, self.threads)
         dt = time.perf_counter_ns() - t0
@@ -134,7 +135,7 @@ class UniverseEngineSet:
         after the last symbol's history, so the first live boundary does not pay for thousands of steps. Only the
         last ``seq_len`` of them build feature rows (the LSTM's window); the older ones move the state only."""
         keys = sorted(k for k in self._primed if before is None or k < before)
-        keep = self._hist.maxlen or 1
+        keep = len(self._hist)
         for i, c in enumerate(keys):
             self._step(self._primed.pop(c), c, rows=i >= len(keys) - keep)
         return len(keys)
@@ -144,27 +145,39 @@ class UniverseEngineSet:
               ) -> np.ndarray | None:
         """One universe bar: the rolling state, then the (N, F) feature rows (NaN = no complete row); ``rows=False``
         (an old primed bar) moves the state only and keeps an all-NaN row (it leaves the LSTM window anyway)."""
-        bars = {s: (c, v) for s, (c, v, _) in entries.items()}
-        live = {s: r is not None and bool(np.isfinite(r).all()) for s, (_, _, r) in entries.items()}
-        x = self._roll.step(bars, live, beta=rows)
+        js, closes, vols, live, feats = [], [], [], [], []
+        for s, (c, v, r) in entries.items():
+            js.append(self._j[s])
+            closes.append(c)
+            vols.append(v)
+            live.append(r is not None and bool(np.isfinite(r).all()))
+            feats.append(r)
+        x = self._roll.step_indexed(js, closes, vols, live, beta=rows)
         if not rows:
             self.last_close = close_ns
             self.steps += 1
             return None
         N, nb = len(self.symbols), FEATURE_SCHEMA.n_features
         ps = np.full((N, nb + len(EXTRA_RET)), np.nan)
-        for s, (_, _, r) in entries.items():
-            j = self._j[s]
-            if x.present[j]:
-                ps[j, :nb] = r
-                for i, h in enumerate(EXTRA_RET):
-                    ps[j, nb + i] = x.ret[h][j]
+        pres = [k for k, j in enumerate(js) if x.present[j]]
+        if pres:
+            jj = np.array([js[k] for k in pres], dtype=np.intp)
+            ps[jj, :nb] = np.stack([feats[k] for k in pres])
+            for i, h in enumerate(EXTRA_RET):
+                ps[jj, nb + i] = x.ret[h][jj]
         cs = cross_section(ps, x.dv, x.beta, np.asarray(close_ns))
         X = np.concatenate([ps, cs], axis=-1).astype(np.float32)
-        self._hist.append(X)
+        self._push_hist(X)
         self.last_close = close_ns
         self.steps += 1
         return X
+
+    def _push_hist(self, X: np.ndarray) -> None:
+        """The LSTM's window as one (L, N, F) array, shifted in place (not a deque stacked at every boundary)."""
+        h = self._hist
+        h[:-1] = h[1:]
+        h[-1] = X
+        self._n_hist = min(self._n_hist + 1, len(h))
 
     def _refuse(self, reason: str, n: int = 1) -> None:
         self.counters[reason] += n
