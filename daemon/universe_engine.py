@@ -42,7 +42,7 @@ class UniverseEngineSet:
     """See the module docstring. ``symbols``: the pipeline's universe, in its order."""
 
     def __init__(self, timeframe: str, bundle: UniverseBundle, symbols: Sequence[str], *, metrics: Any = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, fast: bool = True) -> None:
         self.timeframe = timeframe
         self.bundle = bundle
         self.symbols = tuple(symbols)
@@ -58,6 +58,11 @@ class UniverseEngineSet:
         self.calls: Counter[str] = Counter()  # inference calls per model
         self.counters: Counter[str] = Counter()
         self.predictions = 0
+        self.fast = fast  # the faster runners (engines.pooled_runtime) where they agree with the libraries
+        self._runners: dict[str, Any] = {}
+        self._runners_of: UniverseBundle | None = None
+        self._runners_unused: dict[str, str] = {}
+        self._set_runners()
 
     # -------------------------------------------------------------------------------------- pipeline hooks
     @property
@@ -76,7 +81,9 @@ class UniverseEngineSet:
         return {UNIVERSE_KIND: {**i, "backend": "cpu", "reason": "pooled universe models (engines.pooled)",
                                 "schema_hash": UNIVERSE_SCHEMA_HASH,
                                 "fallback": False, "failed": [], "steps": self.steps,
-                                "inference_calls": dict(self.calls), "counters": dict(self.counters)}}
+                                "inference_calls": dict(self.calls), "counters": dict(self.counters),
+                                "runners": {k: self._runners[k].backend for k in self._runners},
+                                "runners_unused": dict(self._runners_unused)}}
 
     def observe(self, row: np.ndarray, symbol: str = "") -> None:
         """The per-symbol engine set's priming hook: the universe engine primes through :meth:`observe_bar`."""
@@ -108,7 +115,9 @@ class UniverseEngineSet:
         X = self._step(entries, close_ns)
         hist = self._hist[len(self._hist) - self._n_hist:]
         t0 = time.perf_counter_ns()
-        res = self.bundle.predict(hist, self.threads)
+        if self._runners_of is not self.bundle:  # a new bundle: its own runners
+            self._set_runners()
+        res = self.bundle.predict(hist, self.threads, self._calls)
         dt = time.perf_counter_ns() - t0
         valid = np.isfinite(X).all(axis=-1)
         if valid.any():
@@ -171,6 +180,35 @@ class UniverseEngineSet:
         self.last_close = close_ns
         self.steps += 1
         return X
+
+    def _set_runners(self) -> None:
+        """The bundle's faster runners (ONNX Runtime LSTM, compiled xgboost walker), each checked against its
+        library call when built; one passed over (or failing at a boundary) keeps the library call, counted in
+        ``counters["runner_unused.<kind>"]`` / ``["runner_error.<kind>"]`` and ``tradingd_backend_fallbacks_total``."""
+        from engines.pooled_runtime import runners_for
+        b = self.bundle
+        runners, unused = runners_for(b, self.threads) if self.fast else ({}, {})
+        self._runners, self._runners_unused, self._runners_of = dict(runners), dict(unused), b
+        for kind, why in unused.items():
+            self._fallback(kind, "build_failed", why)
+        self._calls = {k: self._guarded(k, r) for k, r in self._runners.items()}
+
+    def _guarded(self, kind: str, runner: Any):
+        def call(X: np.ndarray) -> np.ndarray:
+            try:
+                return runner(X)
+            except Exception as e:  # noqa: BLE001 - the library call answers this batch; counted
+                self._fallback(kind, "runtime_error", f"{type(e).__name__}: {e}")
+                return self.bundle.models[kind].predict(X, self.threads)
+        return call
+
+    def _fallback(self, kind: str, reason: str, why: str) -> None:
+        key = "runner_unused" if reason == "build_failed" else "runner_error"
+        self.counters[f"{key}.{kind}"] += 1
+        c = getattr(self.metrics, "backend_fallbacks", None) if self.metrics is not None else None
+        if c is not None:
+            c.labels(self.timeframe, f"u_{kind}", "fast", reason).inc()
+        log.warning("universe_runner_fallback", timeframe=self.timeframe, kind=kind, reason=reason, why=why)
 
     def _push_hist(self, X: np.ndarray) -> None:
         """The LSTM's window as one (L, N, F) array, shifted in place (not a deque stacked at every boundary)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,9 +159,11 @@ class UniverseBundle:
     def seq_len(self) -> int:
         return max((m.seq_len for m in self.models.values()), default=0)
 
-    def predict(self, hist: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
+    def predict(self, hist: np.ndarray, threads: int = 1,
+                runners: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, np.ndarray]:
         """``hist`` (L, N, F): the universe's last L feature rows, the newest last (NaN = no row). Returns per model
-        (N,) scores (NaN where the newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``."""
+        (N,) scores (NaN where the newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``.
+        ``runners``: per kind, a faster call with the model's input and output (engines.pooled_runtime)."""
         X = hist[-1]
         valid = np.isfinite(X).all(axis=-1)
         idx = np.flatnonzero(valid)
@@ -174,9 +176,9 @@ class UniverseBundle:
                     W = hist[-L:, idx].transpose(1, 0, 2)
                     if W.shape[1] < L:  # fewer universe bars than the window: the first row repeats (training's rule)
                         W = np.concatenate([np.repeat(W[:, :1], L - W.shape[1], axis=1), W], axis=1)
-                    s[idx] = m.predict(W, threads)
+                    s[idx] = run(W) if (run := (runners or {}).get(kind)) else m.predict(W, threads)
                 else:
-                    s[idx] = m.predict(X[idx], threads)
+                    s[idx] = run(X[idx]) if (run := (runners or {}).get(kind)) else m.predict(X[idx], threads)
             out[kind] = s
         ens = ensemble_score({k: out[k] for k in self.models}, self.weights)
         ens = np.where(valid, ens, np.nan)
