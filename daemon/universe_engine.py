@@ -154,13 +154,16 @@ class UniverseEngineSet:
               ) -> np.ndarray | None:
         """One universe bar: the rolling state, then the (N, F) feature rows (NaN = no complete row); ``rows=False``
         (an old primed bar) moves the state only and keeps an all-NaN row (it leaves the LSTM window anyway)."""
-        js, closes, vols, live, feats = [], [], [], [], []
+        js, closes, vols, feats = [], [], [], []
         for s, (c, v, r) in entries.items():
             js.append(self._j[s])
             closes.append(c)
             vols.append(v)
-            live.append(r is not None and bool(np.isfinite(r).all()))
             feats.append(r)
+        has = [k for k, r in enumerate(feats) if r is not None]
+        F = np.stack([feats[k] for k in has]) if has else np.zeros((0, FEATURE_SCHEMA.n_features))
+        live = np.zeros(len(js), dtype=bool)  # the live features finite (one isfinite over the stacked rows)
+        live[has] = np.isfinite(F).all(axis=1)
         x = self._roll.step_indexed(js, closes, vols, live, beta=rows)
         if not rows:
             self.last_close = close_ns
@@ -168,10 +171,10 @@ class UniverseEngineSet:
             return None
         N, nb = len(self.symbols), FEATURE_SCHEMA.n_features
         ps = np.full((N, nb + len(EXTRA_RET)), np.nan)
-        pres = [k for k, j in enumerate(js) if x.present[j]]
+        pres = [i for i, k in enumerate(has) if x.present[js[k]]]  # present implies live: a row exists
         if pres:
-            jj = np.array([js[k] for k in pres], dtype=np.intp)
-            ps[jj, :nb] = np.stack([feats[k] for k in pres])
+            jj = np.array([js[has[i]] for i in pres], dtype=np.intp)
+            ps[jj, :nb] = F[pres]
             for i, h in enumerate(EXTRA_RET):
                 ps[jj, nb + i] = x.ret[h][jj]
         cs = cross_section(ps, x.dv, x.beta, np.asarray(close_ns))
