@@ -114,9 +114,9 @@ class UniverseEngineSet:
                 self._refuse("unknown_symbol")
         X = self._step(entries, close_ns)
         hist = self._hist[len(self._hist) - self._n_hist:]
-        t0 = time.perf_counter_ns()
         if self._runners_of is not self.bundle:  # a new bundle: its own runners
             self._set_runners()
+        t0 = time.perf_counter_ns()
         res = self.bundle.predict(hist, self.threads, self._calls)
         dt = time.perf_counter_ns() - t0
         valid = np.isfinite(X).all(axis=-1)
@@ -125,16 +125,18 @@ class UniverseEngineSet:
                 self.calls[k] += 1
                 if self.metrics is not None:
                     self.metrics.inference_latency.labels(f"u_{k}", "cpu").observe(dt / 1e9 / len(self.bundle.models))
+        valid_l, er_l, z_l = valid.tolist(), res["expected_return"].tolist(), res["z"].tolist()  # Python floats
+        per_model = [(f"u_{k}", res[k].tolist()) for k in self.bundle.models]
         for i, (sym, _, _) in enumerate(rows):
             j = self._j.get(sym)
-            if j is None or not valid[j]:
+            if j is None or not valid_l[j]:
                 continue
-            er = float(res["expected_return"][j])
+            er = er_l[j]
             if not math.isfinite(er):
                 continue
-            p = {"expected_return": er, "score": float(res["z"][j])}
-            for k in self.bundle.models:
-                p[f"u_{k}"] = float(res[k][j])
+            p = {"expected_return": er, "score": z_l[j]}
+            for key, vals in per_model:
+                p[key] = vals[j]
             out[i] = p
             self.predictions += 1
         return out
