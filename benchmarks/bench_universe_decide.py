@@ -16,7 +16,8 @@ over the hour boundaries (where all 4 timeframes close).
 ``--family universe``: the pooled universe models instead (``daemon/universe_engine.py``: rolling universe state,
 the 33 cross-sectional features, ONE call per model for xgboost + ridge + lstm), trained by ``tradingd train --data``
 on the first 2 days of this market's 1m bars (the bundle serves all 4 timeframes: the timing does not depend on
-what it learned). Batched only (the universe models rank symbols against each other: there is no per-symbol path).
+what it learned). Batched only (the universe models rank symbols against each other: there is no per-symbol path). Both families
+side by side in one run: ``--family universe per_symbol``.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def pipeline(reg_root: Path, tmp: Path, syms, batch: bool, family: str = "per_sy
     from strategies.risk import RiskManager
     cfg = replace(Config(), general={"timeframes": TFS, "data_dir": str(tmp), "symbols": tuple(syms)})
     filters = {s: SymbolFilters(s, 0.0001, 0.001, 0.001, 1e7, 5.0) for s in syms}
-    store = SQLiteStore(tmp / f"store-{len(syms)}-{int(batch)}.sqlite")
+    store = SQLiteStore(tmp / f"store-{family}-{len(syms)}-{int(batch)}.sqlite")
     broker = PaperBroker(cfg.broker, store, symbols=tuple(syms), filters=filters)
     opt = DollarProfitOptimizer(cfg.optimizer, cfg.risk, filters=filters, fee_rate=cfg.broker.taker_fee,
                                 timeframes=TFS, starting_equity=cfg.broker.starting_cash)
@@ -174,7 +175,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", type=int, nargs="+", default=[30, 100])
     ap.add_argument("--hours", type=int, default=2)
-    ap.add_argument("--family", choices=("per_symbol", "universe"), default="per_symbol")
+    ap.add_argument("--family", choices=("per_symbol", "universe"), nargs="+", default=["per_symbol"],
+                    help="one or both (side by side in one run, per symbol count)")
     a = ap.parse_args()
     import logging
 
@@ -183,7 +185,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = registry(Path(d) / "registry")
         for n in a.symbols:
-            run(root, Path(d), n, a.hours, a.family)
+            for family in a.family:
+                run(root, Path(d), n, a.hours, family)
 
 
 if __name__ == "__main__":

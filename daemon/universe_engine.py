@@ -36,6 +36,7 @@ __all__ = ["UniverseEngineSet", "load_universe_sets", "history_extra_bars", "MIN
 log = structlog.get_logger(__name__)
 
 MIN_SYMBOLS = 3  # cross-sectional ranks and z-scores over fewer symbols carry no information
+WARM_CALLS = 3  # predictions on probe rows when a bundle's runners are set up (see _set_runners)
 
 
 class UniverseEngineSet:
@@ -197,6 +198,11 @@ class UniverseEngineSet:
         for kind, why in unused.items():
             self._fallback(kind, "build_failed", why)
         self._calls = {k: self._guarded(k, r) for k, r in self._runners.items()}
+        # warm-up: the first calls at the universe's batch size pay one-off costs (ONNX Runtime's arena and plans,
+        # cold caches) that would otherwise land on the first live boundary; the outputs are discarded
+        probe = np.zeros((max(b.seq_len, 1), len(self.symbols), len(FEATURE_NAMES)), np.float32)
+        for _ in range(WARM_CALLS):
+            b.predict(probe, self.threads, self._calls)
 
     def _guarded(self, kind: str, runner: Any):
         def call(X: np.ndarray) -> np.ndarray:
