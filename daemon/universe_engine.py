@@ -4,9 +4,10 @@ At each boundary (``predict_boundary``) the engine steps :class:`engines.xsectio
 symbol's closed bar (the universe's rolling state: long returns, dollar volume, beta), builds the ``(N, 15)``
 per-symbol rows from the pipeline's live 13 features plus those returns, the cross-sectional columns over the N rows
 (``engines.xsection.cross_section``), keeps the last ``seq_len`` universe rows for the LSTM, and scores all symbols
-with ONE call per model (``engines.pooled.UniverseBundle.predict``). Each symbol gets ``{"expected_return": r,
-"score": z, "u_<model>": raw score}`` (``u_`` because "xgboost"/"lstm" mean P(up) to the optimizer); a symbol
-without a complete row gets ``{}``.
+with ONE call per model (``engines.pooled.UniverseBundle.predict``; the LSTM on ONNX Runtime and xgboost by the
+compiled walker where they agree with the libraries when the bundle is loaded: ``engines.pooled_runtime``). Each
+symbol gets ``{"expected_return": r, "score": z, "u_<model>": raw score}`` (``u_`` because "xgboost"/"lstm" mean
+P(up) to the optimizer); a symbol without a complete row gets ``{}``.
 
 The rolling state must see every universe bar once, in order: history priming (``TradingPipeline.prime`` feeds one
 symbol's history after the other) hands bars to :meth:`observe_bar`, which keeps them by close time; they are

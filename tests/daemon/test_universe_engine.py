@@ -235,6 +235,7 @@ def test_a_model_without_a_runner_keeps_the_library_call_counted(trained, tmp_pa
     es = UniverseEngineSet("1h", bundle, syms, metrics=metrics)
     assert es.counters == {"runner_unused.xgboost": 1}
     assert es.info()["universe"]["runners"] == {"lstm": "onnxruntime-cpu"}
+    assert UniverseEngineSet("1h", bundle, syms, fast=False).info()["universe"]["runners"] == {}  # libraries only
     text = metrics.render().decode()
     assert ('tradingd_backend_fallbacks_total{kind="u_xgboost",reason="build_failed",requested="fast",'
             'timeframe="1h"} 1.0') in text
