@@ -16,8 +16,8 @@ over the hour boundaries (where all 4 timeframes close).
 ``--family universe``: the pooled universe models instead (``daemon/universe_engine.py``: rolling universe state,
 the 33 cross-sectional features, ONE call per model for xgboost + ridge + lstm), trained by ``tradingd train --data``
 on the first 2 days of this market's 1m bars (the bundle serves all 4 timeframes: the timing does not depend on
-what it learned). Batched only (the universe models rank symbols against each other: there is no per-symbol path). Both families
-side by side in one run: ``--family universe per_symbol``.
+what it learned). Batched only (the universe models rank symbols against each other: there is no per-symbol path).
+Both families side by side in one run: ``--family universe per_symbol``.
 """
 from __future__ import annotations
 
