@@ -26,7 +26,7 @@ from engines.features import FEATURE_SCHEMA
 
 __all__ = ["EXTRA_RET", "DV_N", "BETA_N", "WARMUP", "PS_NAMES", "RANKED", "CS_NAMES", "FEATURE_NAMES", "XRow",
            "UniverseRolling", "cross_section", "cs_rank", "cs_zscore", "quiet",
-           "avg_rank", "nanmean_last", "nanstd_last"]
+           "avg_rank", "nanmean_last", "nanstd_last", "nan_mean_std_last"]
 
 EXTRA_RET = (24, 96)
 DV_N = 48
@@ -100,6 +100,12 @@ def nanmean_last(x: np.ndarray) -> np.ndarray:
 
 def nanstd_last(x: np.ndarray) -> np.ndarray:
     """``np.nanstd(x, axis=-1, keepdims=True)`` (ddof 0) for float64 ``x``: numpy's nanvar steps, in its order."""
+    return nan_mean_std_last(x)[1]
+
+
+def nan_mean_std_last(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`nanmean_last`, :func:`nanstd_last`) of ``x`` with one NaN mask and one sum (nanvar's mean is
+    nanmean's: the same sum of the same zero-filled array)."""
     mask = np.isnan(x)
     arr = np.where(mask, 0.0, x)
     cnt = np.sum(~mask, axis=-1, dtype=np.intp, keepdims=True)
@@ -110,15 +116,14 @@ def nanstd_last(x: np.ndarray) -> np.ndarray:
         np.multiply(arr, arr, out=arr)
         var = np.divide(np.sum(arr, axis=-1, keepdims=True), cnt)
         var[cnt <= 0] = np.nan
-        return np.sqrt(var, out=var)
+        return avg, np.sqrt(var, out=var)
 
 
 def cs_zscore(x: np.ndarray) -> np.ndarray:
     """Cross-sectional z-score along the last axis (the symbols), over the finite entries; 0 where they do not
     vary, NaN stays NaN."""
     x = np.asarray(x, dtype=np.float64)
-    mu = nanmean_last(x)
-    sd = nanstd_last(x)
+    mu, sd = nan_mean_std_last(x)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sd > 0, (x - mu) / sd, 0.0) + np.where(np.isfinite(x), 0.0, np.nan)
 
@@ -134,9 +139,8 @@ def cross_section(ps: np.ndarray, dv: np.ndarray, beta: np.ndarray, close_ns: np
     rk = cs_rank(ranked)
     cols = [rk[..., k, :] for k in range(len(RANKED) + 1)]
     m1 = nanmean_last(ps[..., idx["ret_1"]])
-    m12 = nanmean_last(ps[..., idx["ret_12"]])
+    m12, disp = nan_mean_std_last(ps[..., idx["ret_12"]])
     m96 = nanmean_last(ps[..., idx["ret_96"]])
-    disp = nanstd_last(ps[..., idx["ret_12"]])
     shape = ps.shape[:-1]
     cols += [np.broadcast_to(m1, shape), np.broadcast_to(m12, shape), np.broadcast_to(disp, shape),
              ps[..., idx["ret_12"]] - m12, ps[..., idx["ret_96"]] - m96, np.where(present, beta, np.nan)]

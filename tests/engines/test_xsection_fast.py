@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import rankdata
 
 from engines.xsection import (BETA_N, DV_N, EXTRA_RET, WARMUP, UniverseRolling, avg_rank, cs_rank, cs_zscore,
-                              nanmean_last, nanstd_last)
+                              nan_mean_std_last, nanmean_last, nanstd_last)
 from tests.paths import UNIVERSE
 
 SYMS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT", "LINKUSDT", "TONUSDT", "DOGSUSDT")
@@ -51,6 +51,9 @@ def _check(x: np.ndarray) -> None:
         _same(avg_rank(x), rankdata(x, axis=-1, nan_policy="omit"))
         _same(nanmean_last(x), np.nanmean(x, axis=-1, keepdims=True))
         _same(nanstd_last(x), np.nanstd(x, axis=-1, keepdims=True))
+        mu, sd = nan_mean_std_last(x)
+        _same(mu, np.nanmean(x, axis=-1, keepdims=True))
+        _same(sd, np.nanstd(x, axis=-1, keepdims=True))
     _same(cs_rank(x), _old_rank(x))
     _same(cs_zscore(x), _old_zscore(x))
 
