@@ -175,9 +175,9 @@ class RetrainCycle:
             for kind in champ.info():
                 versions.setdefault(kind, self.registry.current_version(tf, kind))
             if isinstance(champ, UniverseEngineSet):  # scored on the champion's universe rows
-                b = await loop.run_in_executor(None, lambda tf=tf, v=versions: load_current_bundle(
-                    self.registry, tf, v[UNIVERSE_KIND]))
-                es = UniverseChallenger(champ, b)
+                prep = await loop.run_in_executor(None, lambda tf=tf, v=versions, c=champ: c.prepare(
+                    load_current_bundle(self.registry, tf, v[UNIVERSE_KIND])))
+                es = UniverseChallenger(champ, prep)
             else:
                 es = await loop.run_in_executor(None, lambda tf=tf, v=versions: EngineSet.load(
                     self.registry, tf, self.cfg.engines, metrics=self.metrics, versions=v, kinds=tuple(v)))
@@ -189,8 +189,9 @@ class RetrainCycle:
         mode the pooled bundle that ``UniverseEngineSet.swap`` takes (its rolling universe state stays)."""
         from daemon.engineset import EngineSet
         from daemon.universe_engine import UniverseEngineSet, load_current_bundle
-        if isinstance(self.engine_sets[tf], UniverseEngineSet):
-            return load_current_bundle(self.registry, tf)
+        es = self.engine_sets[tf]
+        if isinstance(es, UniverseEngineSet):  # runners built and warmed here, off the loop
+            return es.prepare(load_current_bundle(self.registry, tf))
         return EngineSet.load(self.registry, tf, self.cfg.engines, metrics=self.metrics)
 
     async def swap_changed_engines(self) -> tuple[dict, float]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,10 +175,12 @@ class UniverseBundle:
     def seq_len(self) -> int:
         return max((m.seq_len for m in self.models.values()), default=0)
 
-    def predict(self, hist: np.ndarray, threads: int = 1, symbols=None) -> dict[str, np.ndarray]:
+    def predict(self, hist: np.ndarray, threads: int = 1, symbols=None,
+                runners: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, np.ndarray]:
         """``hist`` (L, N, F): the universe's last L feature rows, the newest last (NaN = no row); ``symbols``: the
         N columns' symbol names (xgboost_ft / lstm_emb need them). Returns per model (N,) scores (NaN where the
-        newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``."""
+        newest row is incomplete), ``ensemble``, ``z`` and ``expected_return``. ``runners``: per kind, a faster
+        call with the model's input and output (engines.pooled_runtime; the default kinds only)."""
         X = hist[-1]
         valid = np.isfinite(X).all(axis=-1)
         idx = np.flatnonzero(valid)
@@ -192,9 +194,9 @@ class UniverseBundle:
                     W = hist[-L:, idx].transpose(1, 0, 2)
                     if W.shape[1] < L:  # fewer universe bars than the window: the first row repeats (training's rule)
                         W = np.concatenate([np.repeat(W[:, :1], L - W.shape[1], axis=1), W], axis=1)
-                    s[idx] = m.predict(W, threads, names)
+                    s[idx] = run(W) if (run := (runners or {}).get(kind)) else m.predict(W, threads, names)
                 else:
-                    s[idx] = m.predict(X[idx], threads, names)
+                    s[idx] = run(X[idx]) if (run := (runners or {}).get(kind)) else m.predict(X[idx], threads, names)
             out[kind] = s
         ens = ensemble_score({k: out[k] for k in self.models}, self.weights)
         ens = np.where(valid, ens, np.nan)

@@ -139,7 +139,10 @@ def test_universe_mode_decides_every_symbol_with_an_expected_return(tmp_path, fi
                 b2 = s2["pipeline"]["boundaries"].get("1m")
                 return s2 if u2["version"] == dec["version"] and n2 > calls and b2["predicted"] == list(SYMBOLS) \
                     else None
-            wait_until(swapped_and_deciding, 60, "a boundary decided by the swapped bundle", d)
+            s2 = wait_until(swapped_and_deciding, 60, "a boundary decided by the swapped bundle", d)
+            u2 = s2["models"]["1m"]["universe"]  # the promoted bundle's runners were built off the loop, before
+            assert u2["runners"] == {"xgboost": "compiled-cpu", "lstm": "onnxruntime-cpu"}, u2
+            assert not any(k.startswith("runner_") for k in u2["counters"]), u2["counters"]
             text = http_get(url + "/metrics")[1].decode()
             assert metric(text, "tradingd_retrain_promotions_total", timeframe="1m") == 1
             assert metric(text, "tradingd_shadow_outcomes_total", timeframe="1m", outcome="promote") == 1

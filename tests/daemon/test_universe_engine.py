@@ -109,6 +109,8 @@ def test_pipeline_predictions_equal_research_batch(model_set, request, real_univ
     es = sets["1h"]
     kinds = {"xgboost", "ridge", "lstm"} | ({"xgboost_ft", "lstm_emb"} if model_set == "extra" else set())
     assert set(es.bundle.models) == kinds and es.bundle.calibration.rows > 30
+    # the boundaries below are scored by the faster runners (engines.pooled_runtime), research by the libraries
+    assert es.info()["universe"]["runners"] == {"xgboost": "compiled-cpu", "lstm": "onnxruntime-cpu"}
     scores, er = reference(reg, panel, es)
 
     cfg = replace(Config(), general={"timeframes": ("1h",), "data_dir": str(tmp_path), "symbols": syms})
@@ -124,7 +126,7 @@ def test_pipeline_predictions_equal_research_batch(model_set, request, real_univ
     if model_set == "default":  # a shadow challenger (another bundle) scored on this engine set's universe rows
         from daemon.universe_engine import UniverseChallenger
         other = load_universe_sets(ModelRegistry(request.getfixturevalue("trained_extra")), ("1h",), syms)["1h"]
-        challenger = UniverseChallenger(es, other.bundle)
+        challenger = UniverseChallenger(es, es.prepare(other.bundle))
         _, er_other = reference(request.getfixturevalue("trained_extra"), panel, other)
 
         def shadow_observer(tf, ts, rows):
@@ -321,3 +323,66 @@ def test_corrupt_or_missing_extra_model_files_are_refused_naming_the_file(traine
     (vdir / name).write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match=name):
         load_universe_sets(reg, ("1h",), ("AUSDT", "BUSDT", "CUSDT"))
+
+
+def test_fast_runners_equal_the_library_calls_on_real_windows(trained, real_universe_1h):
+    """The daemon's ONNX Runtime LSTM (exported at load) and compiled xgboost walker score real universe rows and
+    LSTM windows (NaN rows of a symbol not yet listed included) like torch and xgboost's inplace_predict."""
+    from engines.pooled_runtime import build_runners
+    from research.dataset import panel_features
+    from research.universe import load_universe
+    panel = load_universe(real_universe_1h).panels["1h"]
+    es = load_universe_sets(ModelRegistry(trained), ("1h",), panel.symbols)["1h"]
+    pf = panel_features(panel)
+    runners, unused = build_runners(es.bundle)
+    assert unused == {} and set(runners) == {"xgboost", "lstm"}
+    lstm, xgb = es.bundle.models["lstm"], es.bundle.models["xgboost"]
+    L = lstm.seq_len
+    n_rows = with_nan = 0
+    for t in range(L - 1, pf.X.shape[0]):
+        ok = pf.valid[t]
+        if not ok.any():
+            continue
+        W = pf.X[t - L + 1:t + 1][:, ok].transpose(1, 0, 2)  # (n, L, F), as UniverseBundle.predict builds them
+        np.testing.assert_allclose(runners["lstm"](W), lstm.predict(W), rtol=1e-5, atol=1e-7)
+        X = np.ascontiguousarray(pf.X[t][ok])
+        np.testing.assert_array_equal(runners["xgboost"](X), xgb.predict(X))  # float32 sums in XGBoost's order
+        n_rows += int(ok.sum())
+        with_nan += int(np.isnan(W).any(axis=(1, 2)).sum())
+    assert n_rows > 1500 and with_nan > 0  # incl. windows reaching back before a symbol's first complete row
+
+def test_a_model_without_a_runner_keeps_the_library_call_counted(trained, tmp_path):
+    """A rank:pairwise XGBoost (the walker knows only margin objectives) is passed over at load: the library
+    scores it, and the fallback is counted in the engine set and in tradingd_backend_fallbacks_total."""
+    import dataclasses
+
+    import xgboost as xgb
+
+    from daemon.metrics import Metrics
+    from engines.pooled import PooledModel, load_bundle
+    from engines.pooled_runtime import build_runners
+    from engines.xsection import FEATURE_NAMES
+    b = load_bundle(trained / "universe" / "1h")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, len(FEATURE_NAMES))).astype(np.float32)
+    d = xgb.DMatrix(X, label=(X[:, 0] > 0).astype(float))
+    d.set_group([30] * 10)
+    booster = xgb.train({"objective": "rank:pairwise", "nthread": 1, "max_depth": 3}, d, num_boost_round=5)
+    ranked = PooledModel("xgboost", booster, "xgboost.ubj", best_iteration=4)
+    bundle = dataclasses.replace(b, models={**b.models, "xgboost": ranked})
+    runners, unused = build_runners(bundle)
+    assert set(runners) == {"lstm"} and "objective 'rank:pairwise'" in unused["xgboost"]
+    metrics = Metrics()
+    syms = ("AUSDT", "BUSDT", "CUSDT")
+    es = UniverseEngineSet("1h", bundle, syms, metrics=metrics)
+    assert es.counters == {"runner_unused.xgboost": 1}
+    assert es.info()["universe"]["runners"] == {"lstm": "onnxruntime-cpu"}
+    assert UniverseEngineSet("1h", bundle, syms, fast=False).info()["universe"]["runners"] == {}  # libraries only
+    text = metrics.render().decode()
+    assert ('tradingd_backend_fallbacks_total{kind="u_xgboost",reason="build_failed",requested="fast",'
+            'timeframe="1h"} 1.0') in text
+    hist = np.stack([X[:3]] * bundle.seq_len)
+    with_lib = bundle.predict(hist)
+    got = bundle.predict(hist, runners=runners)
+    assert np.isfinite(got["xgboost"]).all()
+    np.testing.assert_array_equal(got["xgboost"], with_lib["xgboost"])
