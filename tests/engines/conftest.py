@@ -82,3 +82,27 @@ def windows_with_labels():
         ok = np.isfinite(y[end])
         return seqs[ok], y[end][ok], fwd[end][ok], end[ok]
     return make
+
+
+
+@pytest.fixture(scope="module")
+def xs_panel() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(open_ms (T,), close (T, N), volume (T, N)) of real 1h bars of XS_SYMS since 2024-08-01 over the union of
+    their bars (TON lists on 08-08, DOGS on 08-26; BTC and ETH end early; NaN = absent), and a 3-hour gap of SOL
+    mid-slice (a venue outage)."""
+    from tests.paths import UNIVERSE, XS_SYMS
+    d = UNIVERSE / "binance-spot-1h"
+    if not d.is_dir():
+        pytest.skip(f"real universe data absent: {d}")
+    raw = {}
+    for s in XS_SYMS:
+        a = np.loadtxt(d / f"{s}-1h.csv.gz", delimiter=",", skiprows=1, ndmin=2)
+        raw[s] = a[a[:, 0] >= 1_722_470_400_000]
+    t = np.unique(np.concatenate([a[:, 0] for a in raw.values()]))
+    c = np.full((len(t), len(XS_SYMS)), np.nan)
+    v = np.full_like(c, np.nan)
+    for j, s in enumerate(XS_SYMS):
+        i = np.searchsorted(t, raw[s][:, 0])
+        c[i, j], v[i, j] = raw[s][:, 4], raw[s][:, 5]
+    c[300:303, XS_SYMS.index("SOLUSDT")] = np.nan
+    return t, c, v

@@ -2,7 +2,6 @@
 panel's definitions) on real 1h bars of 8 symbols: two listings and two ends inside the slice, and a gap."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import warnings
 
@@ -11,28 +10,12 @@ import pytest
 
 from engines.xsection import BETA_N, DV_N, EXTRA_RET, WARMUP, UniverseRolling
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "universe" / "binance-spot-1h"
-SYMS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT", "LINKUSDT", "TONUSDT", "DOGSUSDT")
-START_MS = 1_722_470_400_000  # 2024-08-01: TON lists on 08-08, DOGS on 08-26
+from tests.paths import XS_SYMS as SYMS
 
 
 @pytest.fixture(scope="module")
-def panel() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(open_ms (T,), close (T, N), volume (T, N)) over the union of the symbols' bars; NaN = absent."""
-    if not DATA.is_dir():
-        pytest.skip(f"real universe data absent: {DATA}")
-    raw = {}
-    for s in SYMS:
-        a = np.loadtxt(DATA / f"{s}-1h.csv.gz", delimiter=",", skiprows=1, ndmin=2)
-        raw[s] = a[a[:, 0] >= START_MS]
-    t = np.unique(np.concatenate([a[:, 0] for a in raw.values()]))
-    c = np.full((len(t), len(SYMS)), np.nan)
-    v = np.full_like(c, np.nan)
-    for j, s in enumerate(SYMS):
-        i = np.searchsorted(t, raw[s][:, 0])
-        c[i, j], v[i, j] = raw[s][:, 4], raw[s][:, 5]
-    c[300:303, SYMS.index("SOLUSDT")] = np.nan  # a symbol missing three hours mid-slice (a venue outage)
-    return t, c, v
+def panel(xs_panel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return xs_panel
 
 
 def _rolling_sum(x: np.ndarray, w: int) -> np.ndarray:

@@ -16,9 +16,7 @@ from scipy.stats import rankdata
 
 from engines.xsection import (BETA_N, DV_N, EXTRA_RET, WARMUP, UniverseRolling, avg_rank, cs_rank, cs_zscore,
                               nan_mean_std_last, nanmean_last, nanstd_last)
-from tests.paths import UNIVERSE
-
-SYMS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT", "LINKUSDT", "TONUSDT", "DOGSUSDT")
+from tests.paths import XS_SYMS as SYMS
 
 
 def _old_rank(x: np.ndarray) -> np.ndarray:
@@ -59,24 +57,9 @@ def _check(x: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_bars() -> tuple[np.ndarray, np.ndarray]:
-    """(close, volume), (T, N) 1h bars of 8 real symbols since 2024-08-01 (TON and DOGS list inside, BTC and ETH
-    end early: NaN = absent), and a 3-hour gap of SOL."""
-    d = UNIVERSE / "binance-spot-1h"
-    if not d.is_dir():
-        pytest.skip(f"real universe data absent: {d}")
-    raw = {}
-    for s in SYMS:
-        a = np.loadtxt(d / f"{s}-1h.csv.gz", delimiter=",", skiprows=1, ndmin=2)
-        raw[s] = a[a[:, 0] >= 1_722_470_400_000]
-    t = np.unique(np.concatenate([a[:, 0] for a in raw.values()]))
-    c = np.full((len(t), len(SYMS)), np.nan)
-    v = np.full_like(c, np.nan)
-    for j, s in enumerate(SYMS):
-        i = np.searchsorted(t, raw[s][:, 0])
-        c[i, j], v[i, j] = raw[s][:, 4], raw[s][:, 5]
-    c[300:303, SYMS.index("SOLUSDT")] = np.nan
-    return c, v
+def real_bars(xs_panel) -> tuple[np.ndarray, np.ndarray]:
+    """(close, volume) of the conftest's real 1h panel."""
+    return xs_panel[1], xs_panel[2]
 
 
 @pytest.fixture(scope="module")
