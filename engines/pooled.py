@@ -310,7 +310,8 @@ class UniverseBundle:
             i["fine_tuned_symbols"] = sorted(self.models["xgboost_ft"].obj[1])
         if "lstm" in self.models:  # which file the LSTM was loaded from (the .onnx graph, or the .pt by torch)
             m = self.models["lstm"]
-            i["lstm_loaded"] = {"file": m.file, "library": "onnxruntime" if isinstance(m.obj, OnnxLSTM) else "torch"}
+            lib = "onnxruntime" if isinstance(m.obj, OnnxLSTM) else "torch"
+            i["lstm_loaded"] = {"file": m.file, "library": lib}
         return i
 
 

@@ -51,11 +51,10 @@ def _probe(m: PooledModel, n: int, seed: int) -> np.ndarray:
 
 
 def _lstm_runner(m: PooledModel, threads: int) -> Runner:
-    if isinstance(m.obj, OnnxLSTM):  # the bundle's own graph (no torch)
-        graph = m.obj.graph
+    if isinstance(m.obj, OnnxLSTM):  # the bundle's own graph (no torch): the model's session for these threads
+        sess = m.obj.session(threads)
     else:  # a bundle trained before the graph was saved: the torch net, exported here
-        graph = export_lstm_onnx(m.obj, m.seq_len, int(np.asarray(m.mu).shape[-1]))
-    sess = ort_session(graph, threads)
+        sess = ort_session(export_lstm_onnx(m.obj, m.seq_len, int(np.asarray(m.mu).shape[-1])), threads)
     mu, sd = m.mu, m.sd
 
     def fn(X: np.ndarray) -> np.ndarray:
@@ -114,8 +113,8 @@ def build_runners(bundle: UniverseBundle, threads: int = 1) -> tuple[dict[str, R
             got = r(x)
             err = float(np.max(np.abs(got - want))) if len(want) else 0.0
             if not (got.shape == want.shape and err <= TOL):
-                raise ValueError(f"disagrees with the {'recorded torch answers' if m.answers is not None else 'library call'}"
-                                 f" by {err:.3g} (> {TOL}) on probe inputs")
+                ref = "library call" if m.answers is None else "torch answers recorded at training"
+                raise ValueError(f"disagrees with the {ref} by {err:.3g} (> {TOL}) on probe inputs")
             runners[kind] = Runner(r.kind, r.backend, r.fn, err)
         except Exception as e:  # noqa: BLE001 - any failure keeps the library call; the reason is counted
             passed[kind] = f"{type(e).__name__}: {str(e)[:200]}"
