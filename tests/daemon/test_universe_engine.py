@@ -562,3 +562,25 @@ def test_a_bundle_trained_before_the_onnx_graph_still_loads_with_torch(trained, 
     x, y = new.answers
     np.testing.assert_allclose(lstm.predict(x), y, rtol=0, atol=1e-7)  # the same net: torch answers again
 
+
+
+def test_training_writes_the_graph_only_when_onnx_runtime_agrees_with_torch(trained, tmp_path, monkeypatch):
+    """save_model (the one writer of bundle files): the graph and answers are reproducible byte for byte from the
+    same net; a graph that ONNX Runtime does not reproduce within TOL is not written (the entry keeps the .pt only,
+    the reason in its info), so the daemon loads that LSTM with torch."""
+    import research.models as rm
+    from engines.pooled import load_bundle
+    src = trained / "universe" / "1h"
+    tm = load_bundle(src, lstm="torch").models["lstm"]
+    fm = rm.FittedModel("lstm", rm.ModelParams(lstm_seq_len=tm.seq_len, threads=1), 0, tm.obj, tm.mu, tm.sd)
+    entry = rm.save_model(fm, tmp_path / "lstm")
+    assert entry["runtime_files"] == {"onnx": "lstm.onnx", "answers": "lstm.answers.npz"}
+    for f in ("lstm.onnx", "lstm.answers.npz"):
+        assert (tmp_path / f).read_bytes() == (src / f).read_bytes(), f
+    monkeypatch.setattr(rm, "TOL", -1.0)  # no graph can agree
+    d = tmp_path / "strict"
+    d.mkdir()
+    fm = rm.FittedModel("lstm", rm.ModelParams(lstm_seq_len=tm.seq_len, threads=1), 0, tm.obj, tm.mu, tm.sd)
+    entry = rm.save_model(fm, d / "lstm")
+    assert "runtime_files" not in entry and entry["info"]["onnx"].startswith("not saved: ValueError: ONNX Runtime")
+    assert sorted(p.name for p in d.iterdir()) == ["lstm.pt"]
