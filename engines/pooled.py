@@ -6,6 +6,17 @@ is ``universe.json`` next to the registry's own manifest) plus one file per mode
 refuses with :class:`ModelLoadError` naming the file on a missing or corrupt file, or a feature list other than
 ``engines.xsection.FEATURE_NAMES`` (the columns the daemon computes).
 
+The LSTM without torch: training (research/models.py ``save_model``) also writes the net's ONNX graph
+(:func:`export_lstm_onnx`, standardised windows in, dynamic batch) and ``lstm.answers.npz`` (probe windows ``x``,
+torch's answers ``y`` on them, ``mu``, ``sd``, ``seq_len``, ``hidden``, ``features``), named by the manifest entry's
+``runtime_files`` ``{"onnx": ..., "answers": ...}`` (:func:`entry_files` lists every file of an entry: the registry
+checksums them all). Where they are and onnxruntime imports, :func:`load_bundle` runs the LSTM on an ONNX Runtime
+session (:class:`OnnxLSTM`) and never imports torch; it first scores the recorded probe windows and compares with
+torch's recorded answers. The rule: a session that disagrees by more than ``TOL``, or a graph ONNX Runtime refuses,
+is a ModelLoadError naming the file — never a fallback to the ``.pt`` (the files of one bundle disagree: it was
+altered). A bundle trained before (no ``runtime_files``) loads the ``.pt`` with torch as before;
+``load_bundle(..., lstm="torch")`` does so for any bundle (research's reference). ``lstm_emb`` keeps torch.
+
 Scores: :func:`score` takes the rows of ONE batch — ``(N, F)`` features for xgboost/ridge, ``(N, L, F)`` raw feature
 windows for the LSTM (standardised here with the model's mu/sd, NaN -> 0, exactly as in training) — and answers in
 one call per model. The ensemble is ``sum(weight * cs_zscore(score))`` over the symbols present (a model without a
@@ -33,7 +44,8 @@ from engines.xsection import FEATURE_NAMES, cs_zscore
 
 __all__ = ["MODEL_KINDS", "Calibration", "PooledModel", "UniverseBundle", "load_bundle", "score", "lstm_net",
            "standardise_windows", "ensemble_score", "UNIVERSE_KIND", "UNIVERSE_SCHEMA_HASH", "BUNDLE_MANIFEST",
-           "EXTRA_KINDS", "lstm_emb_net", "sym_ids", "extra_calls", "score_extra", "load_extra", "refuse_file"]
+           "EXTRA_KINDS", "lstm_emb_net", "sym_ids", "extra_calls", "score_extra", "load_extra", "refuse_file",
+           "OnnxLSTM", "export_lstm_onnx", "probe_inputs", "entry_files", "ort_session", "TOL", "LSTM_LOADERS"]
 
 EXTRA_KINDS = ("xgboost_ft", "lstm_emb")  # need each row's symbol (the section at the end)
 MODEL_KINDS = ("xgboost", "ridge", "lstm") + EXTRA_KINDS
@@ -41,6 +53,9 @@ UNIVERSE_KIND = "universe"  # the registry's kind for a bundle (<root>/<tf>/univ
 BUNDLE_MANIFEST = "universe.json"  # the bundle's manifest inside a registry version
 # the pooled models' feature schema: the live per-symbol features' hash plus the universe columns, in order
 UNIVERSE_SCHEMA_HASH = hashlib.sha256(f"{FEATURE_SCHEMA.hash}|{','.join(FEATURE_NAMES)}".encode()).hexdigest()
+TOL = 1e-6  # max abs difference of an ONNX Runtime LSTM / compiled walker to the library's answers (scores ~1e-4..1e-1)
+ONNX_OPSET = 17
+LSTM_LOADERS = ("auto", "torch")  # load_bundle(lstm=): ONNX Runtime where the bundle has its graph, or the .pt
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,81 @@ def standardise_windows(S: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.nda
     return np.nan_to_num(S, nan=0.0).astype(np.float32)
 
 
+def probe_inputs(kind: str, seq_len: int, mu: np.ndarray | None, sd: np.ndarray | None, n: int = 64,
+                 seed: int = 0) -> np.ndarray:
+    """Probe inputs around a model's training distribution (mu +- sd, at 0.3, 1 and 3 sd), a row of NaN (no row:
+    0 after standardisation) included: (n, L, F) raw windows for the LSTM, (n, F) rows otherwise. The LSTM's are
+    recorded with torch's answers at training time (``lstm.answers.npz``) and checked at load."""
+    rng = np.random.default_rng(seed)
+    f = len(FEATURE_NAMES)
+    shape = (n, seq_len, f) if kind == "lstm" else (n, f)
+    z = rng.standard_normal(shape) * rng.choice([0.3, 1.0, 3.0], size=shape)
+    if mu is not None and sd is not None:
+        x = np.asarray(mu, np.float64) + z * np.asarray(sd, np.float64)
+    else:
+        x = z * 0.01
+    x = x.astype(np.float32)
+    if kind == "lstm":
+        x[0, : seq_len // 2] = np.nan  # a symbol listed mid-window
+    else:
+        x[0, ::3] = np.nan  # missing values take the trees' default branches
+    return x
+
+
+def export_lstm_onnx(net: Any, seq_len: int, n_feat: int) -> bytes:
+    """The pooled LSTM (torch) as an ONNX graph: standardised (batch, seq_len, n_feat) float32 windows ``x`` in,
+    (batch,) scores ``y`` out, dynamic batch; the TorchScript exporter maps ``nn.LSTM`` to the ONNX ``LSTM`` op."""
+    import warnings
+
+    import torch
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the LSTM batch-size warning: h0/c0 are built from Shape(x)
+        torch.onnx.export(net, (torch.zeros(1, int(seq_len), int(n_feat)),), buf, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return buf.getvalue()
+
+
+def ort_session(graph: bytes, threads: int = 1):
+    """An ONNX Runtime CPU session as the per-symbol LSTM's (engines.lstm_engine): ``threads`` intra-op threads,
+    sequential, every graph optimisation."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(int(threads), 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True, eq=False)
+class OnnxLSTM:
+    """The pooled LSTM's ONNX graph on ONNX Runtime (no torch): ``obj(x)`` with standardised windows, as the
+    torch net's ``net(x)``; one session per thread count, made on first use."""
+
+    graph: bytes = field(repr=False)
+    file: str
+    sessions: dict = field(default_factory=dict, repr=False)
+
+    def session(self, threads: int = 1):
+        s = self.sessions.get(threads)
+        if s is None:
+            s = self.sessions[threads] = ort_session(self.graph, threads)
+        return s
+
+    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        return self.session(threads).run(["y"], {"x": np.ascontiguousarray(x, np.float32)})[0]
+
+
+def entry_files(entry: Mapping[str, Any]) -> list[str]:
+    """Every file a bundle manifest entry names (``file``, xgboost_ft's ``symbol_files``, the LSTM's
+    ``runtime_files``): what a publish copies and the registry checksums."""
+    return [str(entry["file"]), *(entry.get("symbol_files") or {}).values(),
+            *(entry.get("runtime_files") or {}).values()]
+
+
 class torch_threads:
     """torch.set_num_threads for a block, restored after."""
 
@@ -121,6 +211,8 @@ def score(kind: str, obj: Any, X: np.ndarray, *, mu: np.ndarray | None = None, s
         # row-wise sums (not a BLAS GEMV): a row's score does not depend on the batch it is in
         return (((X - mu) / sd).astype(np.float64) * w).sum(axis=1) + ym
     if kind == "lstm":
+        if isinstance(obj, OnnxLSTM):  # the daemon's load of a bundle with the ONNX graph: no torch
+            return obj(standardise_windows(X, mu, sd), threads).astype(np.float64)
         import torch
         with torch.no_grad(), torch_threads(threads):
             return obj(torch.from_numpy(standardise_windows(X, mu, sd))).numpy().astype(np.float64)
@@ -147,6 +239,7 @@ class PooledModel:
     sd: np.ndarray | None = None
     seq_len: int = 0
     best_iteration: int | None = None
+    answers: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # LSTM: recorded torch (x, y)
 
     def predict(self, X: np.ndarray, threads: int = 1, symbols=None) -> np.ndarray:
         return score(self.kind, self.obj, X, mu=self.mu, sd=self.sd, threads=threads,
@@ -215,6 +308,10 @@ class UniverseBundle:
              "weights": dict(self.weights), "calibration": self.calibration.to_dict()}
         if "xgboost_ft" in self.models:  # one inference call per fine-tuned symbol present, plus one
             i["fine_tuned_symbols"] = sorted(self.models["xgboost_ft"].obj[1])
+        if "lstm" in self.models:  # which file the LSTM was loaded from (the .onnx graph, or the .pt by torch)
+            m = self.models["lstm"]
+            lib = "onnxruntime" if isinstance(m.obj, OnnxLSTM) else "torch"
+            i["lstm_loaded"] = {"file": m.file, "library": lib}
         return i
 
 
@@ -230,7 +327,46 @@ def _check_features(path: Path, names: Any) -> None:
                             f"retrain with `tradingd train --data`")
 
 
-def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) -> PooledModel:
+def _onnxruntime_importable() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_lstm_onnx(d: Path, rt: Any) -> PooledModel:
+    """The LSTM from its ONNX graph and recorded answers (module docstring): no torch. ModelLoadError naming the
+    file that is missing, corrupt, of another shape, or whose session disagrees with torch's recorded answers."""
+    if not isinstance(rt, Mapping):
+        raise refuse_file(d / "manifest", f"runtime_files of the lstm entry is not a mapping: {type(rt).__name__}")
+    fo, fa = _file(d, rt.get("onnx")), _file(d, rt.get("answers"))
+    n_features = len(FEATURE_NAMES)
+    try:
+        with np.load(fa, allow_pickle=False) as z:
+            x, y, mu, sd = (np.asarray(z[k]) for k in ("x", "y", "mu", "sd"))
+            seq_len, features = int(z["seq_len"]), [str(v) for v in z["features"]]
+    except Exception as e:  # a library's parse error is a corrupt file
+        raise refuse_file(fa, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+    _check_features(fa, features)
+    if not (mu.shape == sd.shape == (n_features,) and seq_len > 0 and x.shape[1:] == (seq_len, n_features)
+            and y.shape == x.shape[:1] and len(y) > 0):
+        raise refuse_file(fa, f"mu/sd {mu.shape}/{sd.shape}, probe windows {x.shape} and answers {y.shape} do not fit "
+                              f"seq_len {seq_len} and {n_features} features")
+    try:
+        net = OnnxLSTM(fo.read_bytes(), fo.name)
+        got = np.asarray(net(standardise_windows(x, mu, sd)), np.float64)
+    except Exception as e:  # ONNX Runtime refuses the graph, or it takes other inputs
+        raise refuse_file(fo, f"unreadable or corrupt for ONNX Runtime ({type(e).__name__}: {str(e)[:200]})") \
+            from None
+    err = float(np.max(np.abs(got - y))) if got.shape == y.shape else float("inf")
+    if not err <= TOL:
+        raise refuse_file(fo, f"its scores of the probe windows differ from torch's answers recorded at training in "
+                              f"{fa.name} by {err:.3g} (> {TOL}): the bundle's files were altered")
+    return PooledModel("lstm", net, fo.name, mu, sd, seq_len=seq_len, answers=(x, y))
+
+
+def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any], lstm: str = "auto") -> PooledModel:
     kind = entry.get("kind")
     f = d / str(entry.get("file", ""))
     if kind not in MODEL_KINDS:
@@ -239,6 +375,8 @@ def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) 
         raise refuse_file(f, "missing")
     if kind in EXTRA_KINDS:
         return PooledModel(kind, **load_extra(kind, d, entry))
+    if kind == "lstm" and lstm == "auto" and entry.get("runtime_files") and _onnxruntime_importable():
+        return _load_lstm_onnx(d, entry["runtime_files"])
     try:
         if kind == "xgboost":
             b = _booster(f)
@@ -264,8 +402,12 @@ def _load_model(d: Path, entry: Mapping[str, Any], manifest: Mapping[str, Any]) 
         raise refuse_file(f, f"unreadable or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def load_bundle(path: Path | str, *, version: str = "") -> UniverseBundle:
-    """Load a bundle folder (``universe.json`` or ``manifest.json``); ModelLoadError naming the file otherwise."""
+def load_bundle(path: Path | str, *, version: str = "", lstm: str = "auto") -> UniverseBundle:
+    """Load a bundle folder (``universe.json`` or ``manifest.json``); ModelLoadError naming the file otherwise.
+    ``lstm``: ``"auto"`` runs the LSTM on ONNX Runtime where the bundle has its graph (no torch), ``"torch"``
+    loads the ``.pt`` (see the module docstring)."""
+    if lstm not in LSTM_LOADERS:
+        raise ValueError(f"lstm must be one of {LSTM_LOADERS}, got {lstm!r}")
     d = Path(path)
     mf = d / BUNDLE_MANIFEST if (d / BUNDLE_MANIFEST).is_file() else d / "manifest.json"
     try:
@@ -286,7 +428,7 @@ def load_bundle(path: Path | str, *, version: str = "") -> UniverseBundle:
         raise refuse_file(mf, f"bad calibration or ensemble weights: {e}") from None
     models = {}
     for e in m.get("models", ()):
-        pm = _load_model(d, e, m)
+        pm = _load_model(d, e, m, lstm)
         models[pm.kind] = pm
     if not models or set(weights) - set(models):
         raise refuse_file(mf, f"ensemble weights for {sorted(weights)} but models {sorted(models)}")

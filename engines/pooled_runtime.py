@@ -3,21 +3,21 @@
 :mod:`engines.pooled` scores with the libraries (research's path). For one small batch per boundary their per-call
 overhead is most of the time: eager PyTorch's LSTM ~0.2-0.5 ms, xgboost's ``inplace_predict`` ~0.15-0.4 ms. Here:
 
-* ``lstm`` -> ONNX Runtime (CPU, ``threads`` intra-op threads, sequential): the torch net exported IN MEMORY when the
-  bundle is loaded (the TorchScript exporter, ``nn.LSTM`` -> the ONNX ``LSTM`` op, dynamic batch), fed the same
-  standardised windows (:func:`engines.pooled.standardise_windows`);
+* ``lstm`` -> ONNX Runtime (CPU, ``threads`` intra-op threads, sequential): the bundle's ONNX graph, written at
+  training time (:func:`engines.pooled.export_lstm_onnx`; no torch in the process); for a bundle trained before it
+  (the ``.pt`` only) the torch net exported IN MEMORY the same way; fed the same standardised windows
+  (:func:`engines.pooled.standardise_windows`);
 * ``xgboost`` -> the compiled tree walker of :mod:`engines.xgb_engine` (the booster's trees flattened from its JSON,
   the first ``best_iteration + 1`` rounds, float32 sums in tree order as XGBoost does).
 
-Each runner is checked against its library call when built, on probe inputs (max abs difference <= ``TOL``); one
+Each runner is checked when built, on probe inputs (max abs difference <= ``TOL``), against its library call — for
+an LSTM loaded from its ONNX graph, against torch's answers recorded at training (``lstm.answers.npz``); one
 that cannot be built or disagrees is not used (the model keeps the library call) and the reason is returned, for the
 caller to count (``tradingd_backend_fallbacks_total``). ridge has no runner (~10 us already). The same bundle object
 gets its runners built once (cached by identity; four timeframes may share a bundle in tests and benchmarks).
 """
 from __future__ import annotations
 
-import io
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from engines.pooled import PooledModel, UniverseBundle, standardise_windows
+from engines.pooled import TOL, OnnxLSTM, PooledModel, UniverseBundle, export_lstm_onnx, ort_session, probe_inputs
+from engines.pooled import standardise_windows
 
 __all__ = ["Runner", "build_runners", "runners_for", "TOL"]
 
 log = structlog.get_logger(__name__)
-
-TOL = 1e-6  # max abs difference to the library call on the probe inputs (the scores are ~1e-4..1e-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,42 +47,14 @@ class Runner:
 
 
 def _probe(m: PooledModel, n: int, seed: int) -> np.ndarray:
-    """Probe inputs around the model's training distribution (mu +- sd), a row of NaN (no row: 0 after
-    standardisation) included; (n, L, F) windows for the LSTM, (n, F) rows otherwise."""
-    from engines.xsection import FEATURE_NAMES
-    rng = np.random.default_rng(seed)
-    f = len(FEATURE_NAMES)
-    shape = (n, m.seq_len, f) if m.kind == "lstm" else (n, f)
-    z = rng.standard_normal(shape) * rng.choice([0.3, 1.0, 3.0], size=shape)
-    if m.mu is not None and m.sd is not None:
-        x = np.asarray(m.mu, np.float64) + z * np.asarray(m.sd, np.float64)
-    else:
-        x = z * 0.01
-    x = x.astype(np.float32)
-    if m.kind == "lstm":
-        x[0, : m.seq_len // 2] = np.nan  # a symbol listed mid-window
-    else:
-        x[0, ::3] = np.nan  # missing values take the trees' default branches
-    return x
+    return probe_inputs(m.kind, m.seq_len, m.mu, m.sd, n, seed)
 
 
 def _lstm_runner(m: PooledModel, threads: int) -> Runner:
-    import onnxruntime as ort
-    import torch
-    net = m.obj
-    x0 = torch.zeros(1, m.seq_len, int(np.asarray(m.mu).shape[-1]))
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the LSTM batch-size warning: h0/c0 are built from Shape(x)
-        torch.onnx.export(net, (x0,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(int(threads), 1)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    if isinstance(m.obj, OnnxLSTM):  # the bundle's own graph (no torch): the model's session for these threads
+        sess = m.obj.session(threads)
+    else:  # a bundle trained before the graph was saved: the torch net, exported here
+        sess = ort_session(export_lstm_onnx(m.obj, m.seq_len, int(np.asarray(m.mu).shape[-1])), threads)
     mu, sd = m.mu, m.sd
 
     def fn(X: np.ndarray) -> np.ndarray:
@@ -134,12 +105,16 @@ def build_runners(bundle: UniverseBundle, threads: int = 1) -> tuple[dict[str, R
             continue
         try:
             r = make(m, threads)
-            x = _probe(m, 64, seed=len(kind))
-            want = m.predict(x, threads)
+            if m.answers is not None:  # torch's answers recorded at training (the model itself runs the graph)
+                x, want = m.answers
+            else:
+                x = _probe(m, 64, seed=len(kind))
+                want = m.predict(x, threads)
             got = r(x)
             err = float(np.max(np.abs(got - want))) if len(want) else 0.0
             if not (got.shape == want.shape and err <= TOL):
-                raise ValueError(f"disagrees with the library call by {err:.3g} (> {TOL}) on probe inputs")
+                ref = "library call" if m.answers is None else "torch answers recorded at training"
+                raise ValueError(f"disagrees with the {ref} by {err:.3g} (> {TOL}) on probe inputs")
             runners[kind] = Runner(r.kind, r.backend, r.fn, err)
         except Exception as e:  # noqa: BLE001 - any failure keeps the library call; the reason is counted
             passed[kind] = f"{type(e).__name__}: {str(e)[:200]}"

@@ -24,7 +24,7 @@ from research.params import load_params, params_for
 from research.report import plain
 from research.universe import UniverseError, load_universe
 from research.walkforward import ensemble_weights
-from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, ensemble_score
+from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, UNIVERSE_SCHEMA_HASH, ensemble_score, entry_files
 from engines.xsection import cs_zscore
 from research.calibration import fit_calibration
 
@@ -99,7 +99,7 @@ def train_universe(args, uni=None, *, judge=None, extra: dict | None = None) -> 
         if gate is not None:
             manifest["gate"] = gate
         (d / "manifest.json").write_text(json.dumps(plain(manifest), indent=1))
-        files = [f for e in entries for f in (e["file"], *e.get("symbol_files", {}).values())]  # xgboost_ft's too
+        files = [f for e in entries for f in entry_files(e)]  # xgboost_ft's per-symbol files, the LSTM's ONNX too
         drift = _drift_reference(pf, fv, cut - h, h, cal.slope * cs_zscore(ens))
         ref = _publish(Path(args.registry), tf, d, files, plain(manifest),
                        make_current=gate is None or (bool(gate.get("promote")) and not gate.get("shadow")),

@@ -8,11 +8,15 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import structlog
 
 from engines.pooled import EXTRA_KINDS, load_extra, lstm_emb_net, lstm_net, score, standardise_windows, sym_ids
+from engines.pooled import TOL, OnnxLSTM, export_lstm_onnx, probe_inputs
 from engines.pooled import torch_threads as _threads
 from research.dataset import FEATURE_NAMES, PanelFeatures, Pooled, pooled
 from research.device import choose_device
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["ModelParams", "fit_model", "predict_panel", "factor_scores", "MODEL_KINDS", "FACTORS", "EXTRA_KINDS",
            "ALL_KINDS", "load_extra_model"]
@@ -256,7 +260,8 @@ def factor_scores(pf: PanelFeatures, name: str, lookback: int) -> np.ndarray:
 
 
 def save_model(m: FittedModel, path) -> dict:
-    """Write the model file; returns its manifest entry."""
+    """Write the model file(s); returns its manifest entry. The LSTM also gets its ONNX graph and torch's recorded
+    answers (``runtime_files``: the daemon runs it without torch, engines.pooled's module docstring)."""
     from pathlib import Path
     path = Path(path)
     if m.kind in EXTRA_KINDS:
@@ -275,7 +280,39 @@ def save_model(m: FittedModel, path) -> dict:
                     "sd": torch.from_numpy(np.asarray(m.sd)), "hidden": m.params.lstm_hidden,
                     "seq_len": m.params.lstm_seq_len, "features": list(FEATURE_NAMES)}, buf)
         f.write_bytes(buf.getvalue())
+        rt = _save_lstm_runtime(m, path)
+        if rt:
+            return {"kind": m.kind, "file": f.name, "runtime_files": rt, "seed": m.seed,
+                    "info": json.loads(json.dumps(m.info, default=str))}
     return {"kind": m.kind, "file": f.name, "seed": m.seed, "info": json.loads(json.dumps(m.info, default=str))}
+
+
+PROBE_WINDOWS = 64  # probe windows recorded with torch's answers next to the LSTM's ONNX graph
+
+
+def _save_lstm_runtime(m: FittedModel, path) -> dict[str, str]:
+    """The pooled LSTM's ONNX graph (``<path>.onnx``) and ``<path>.answers.npz``: probe windows, torch's answers on
+    them, mu, sd, seq_len, hidden, features. Checked here first: a graph that ONNX Runtime cannot run or that
+    disagrees with torch beyond ``TOL`` is not written (logged; the daemon then loads the ``.pt`` with torch)."""
+    L, F = m.params.lstm_seq_len, len(FEATURE_NAMES)
+    fo, fa = path.with_suffix(".onnx"), path.with_name(f"{path.name}.answers.npz")
+    try:
+        graph = export_lstm_onnx(m.obj, L, F)
+        x = probe_inputs("lstm", L, m.mu, m.sd, PROBE_WINDOWS, seed=m.seed)
+        y = score("lstm", m.obj, x, mu=m.mu, sd=m.sd, threads=1)
+        err = float(np.max(np.abs(score("lstm", OnnxLSTM(graph, fo.name), x, mu=m.mu, sd=m.sd) - y)))
+        if not err <= TOL:
+            raise ValueError(f"ONNX Runtime differs from torch by {err:.3g} (> {TOL}) on the probe windows")
+    except Exception as e:  # noqa: BLE001 - no graph: the .pt alone, as bundles trained before
+        log.warning("lstm_onnx_not_saved", file=str(fo), error=f"{type(e).__name__}: {e}")
+        m.info["onnx"] = f"not saved: {type(e).__name__}: {str(e)[:200]}"
+        return {}
+    fo.write_bytes(graph)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y, mu=np.asarray(m.mu), sd=np.asarray(m.sd), seq_len=np.int64(L),
+             hidden=np.int64(m.params.lstm_hidden), features=np.asarray(FEATURE_NAMES))
+    fa.write_bytes(buf.getvalue())
+    return {"onnx": fo.name, "answers": fa.name}
 
 
 def load_extra_model(entry: dict, folder, params: ModelParams) -> FittedModel:

@@ -14,7 +14,7 @@ import pytest
 from daemon.retrain_universe import universe_retrain_cycle
 from daemon.store import SQLiteStore
 from engines.data import Klines, klines_to_bars
-from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, load_bundle
+from engines.pooled import BUNDLE_MANIFEST, UNIVERSE_KIND, entry_files, load_bundle
 from engines.registry import ModelRegistry
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"]
@@ -82,7 +82,7 @@ def test_gate_keeps_a_better_champion_and_promotes_over_a_worse_one(uni_store, t
     src = reg.version_dir(TF, UNIVERSE_KIND, first)
     m = json.loads((src / BUNDLE_MANIFEST).read_text())
     m["ensemble"]["weights"] = {k: -v for k, v in m["ensemble"]["weights"].items()}
-    bad = _publish(reg.root, TF, src, [e["file"] for e in m["models"]], m).version
+    bad = _publish(reg.root, TF, src, [f for e in m["models"] for f in entry_files(e)], m).version
     assert reg.current_version(TF, UNIVERSE_KIND) == bad
     res = cycle(uni_store, reg.root)
     d = decision(res)
@@ -118,7 +118,7 @@ def test_retrain_keeps_the_champions_parameters(uni_store, tmp_path):
     m["params"]["horizon"] = 30
     tuned = tmp_path / "tuned"
     shutil.copytree(src, tuned)
-    _publish(reg.root, TF, tuned, [e["file"] for e in m["models"]], m)
+    _publish(reg.root, TF, tuned, [f for e in m["models"] for f in entry_files(e)], m)
     d = decision(cycle(uni_store, reg.root, min_improvement=-1e12))
     got = json.loads((reg.version_dir(TF, UNIVERSE_KIND, d["version"]) / BUNDLE_MANIFEST).read_text())["params"]
     assert got["ridge_alpha"] == 7.5 and got["horizon"] == 30

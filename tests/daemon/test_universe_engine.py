@@ -75,10 +75,14 @@ def reference(reg, panel, es: UniverseEngineSet):
     """Research's batch path over the same model files (the extra kinds read by research's own loader)."""
     from research.dataset import panel_features
     from research.models import EXTRA_KINDS, FittedModel, ModelParams, load_extra_model, predict_panel
+    from engines.pooled import load_bundle
     pf = panel_features(panel)
     b = es.bundle
     scores = {}
     for k, m in b.models.items():
+        if k == "lstm":  # research's net: the .pt by torch (the daemon runs the ONNX graph written at training)
+            m = load_bundle(b.path, lstm="torch").models["lstm"]
+            assert m.file == "lstm.pt" and es.bundle.models["lstm"].file == "lstm.onnx"
         fm = FittedModel(k, ModelParams(lstm_seq_len=max(m.seq_len, 1), threads=1), 0, m.obj, m.mu, m.sd)
         if k in EXTRA_KINDS:
             entry = next(e for e in b.manifest["models"] if e["kind"] == k)
@@ -326,8 +330,10 @@ def test_corrupt_or_missing_extra_model_files_are_refused_naming_the_file(traine
 
 
 def test_fast_runners_equal_the_library_calls_on_real_windows(trained, real_universe_1h):
-    """The daemon's ONNX Runtime LSTM (exported at load) and compiled xgboost walker score real universe rows and
-    LSTM windows (NaN rows of a symbol not yet listed included) like torch and xgboost's inplace_predict."""
+    """The daemon's ONNX Runtime LSTM (the graph written at training: the loaded model and its runner) and compiled
+    xgboost walker score real universe rows and LSTM windows (NaN rows of a symbol not yet listed included) like
+    torch (the bundle's .pt) and xgboost's inplace_predict."""
+    from engines.pooled import OnnxLSTM, load_bundle
     from engines.pooled_runtime import build_runners
     from research.dataset import panel_features
     from research.universe import load_universe
@@ -337,14 +343,21 @@ def test_fast_runners_equal_the_library_calls_on_real_windows(trained, real_univ
     runners, unused = build_runners(es.bundle)
     assert unused == {} and set(runners) == {"xgboost", "lstm"}
     lstm, xgb = es.bundle.models["lstm"], es.bundle.models["xgboost"]
+    torch_lstm = load_bundle(es.bundle.path, lstm="torch").models["lstm"]
+    assert isinstance(lstm.obj, OnnxLSTM) and not isinstance(torch_lstm.obj, OnnxLSTM)
     L = lstm.seq_len
+    assert L == torch_lstm.seq_len
+    np.testing.assert_array_equal(lstm.mu, torch_lstm.mu)
+    np.testing.assert_array_equal(lstm.sd, torch_lstm.sd)
     n_rows = with_nan = 0
     for t in range(L - 1, pf.X.shape[0]):
         ok = pf.valid[t]
         if not ok.any():
             continue
         W = pf.X[t - L + 1:t + 1][:, ok].transpose(1, 0, 2)  # (n, L, F), as UniverseBundle.predict builds them
-        np.testing.assert_allclose(runners["lstm"](W), lstm.predict(W), rtol=1e-5, atol=1e-7)
+        want = torch_lstm.predict(W)
+        np.testing.assert_allclose(runners["lstm"](W), want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(lstm.predict(W), want, rtol=1e-5, atol=1e-7)
         X = np.ascontiguousarray(pf.X[t][ok])
         np.testing.assert_array_equal(runners["xgboost"](X), xgb.predict(X))  # float32 sums in XGBoost's order
         n_rows += int(ok.sum())
@@ -386,3 +399,188 @@ def test_a_model_without_a_runner_keeps_the_library_call_counted(trained, tmp_pa
     got = bundle.predict(hist, runners=runners)
     assert np.isfinite(got["xgboost"]).all()
     np.testing.assert_array_equal(got["xgboost"], with_lib["xgboost"])
+
+
+# ------------------------------------------------------------------------- the pooled LSTM without torch (ONNX)
+NO_TORCH_SCRIPT = r"""
+import json, sys
+import numpy as np
+from daemon.universe_engine import load_universe_sets
+from engines.features import FEATURE_SCHEMA
+from engines.registry import ModelRegistry
+from market.events import Bar
+from research.dataset import panel_features
+from research.universe import load_universe
+panel = load_universe(sys.argv[2]).panels["1h"]
+pf = panel_features(panel)
+es = load_universe_sets(ModelRegistry(sys.argv[1]), ("1h",), panel.symbols)["1h"]
+H, nb, T, LIVE = 3600 * 10**9, FEATURE_SCHEMA.n_features, len(panel.open_ns), 12
+
+
+def rows(t):
+    out = []
+    for j, s in enumerate(panel.symbols):
+        if np.isfinite(panel.close[t, j]):
+            row = pf.X[t, j, :nb].astype(np.float64)
+            out.append((s, Bar(s, "1h", int(panel.open_ns[t]), float(panel.open[t, j]), float(panel.high[t, j]),
+                               float(panel.low[t, j]), float(panel.close[t, j]), float(panel.volume[t, j])),
+                        row if np.isfinite(row).all() else None))
+    return out
+
+
+for t in range(T - LIVE):  # priming, as kernel.prime: symbol after symbol, then stepped in time order
+    for s, bar, row in rows(t):
+        es.observe_bar(s, bar, row)
+es.finish_priming()
+answered = 0
+for t in range(T - LIVE, T):
+    answered += sum(bool(p) for p in es.predict_boundary(rows(t), int(panel.open_ns[t]) + H))
+info = es.info()["universe"]
+print(json.dumps({"torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")),
+                  "answered": answered, "valid": int(pf.valid[T - LIVE:].sum()), "lstm_calls": es.calls["lstm"],
+                  "runners": info["runners"],
+                  "unused": info["runners_unused"], "lstm_loaded": info.get("lstm_loaded")}))
+"""
+
+
+def test_the_daemon_loads_and_runs_the_universe_without_importing_torch(trained, real_universe_1h):
+    """A bundle fresh from `tradingd train --data`, loaded the daemon's way (load_universe_sets) in a new process
+    and run for a dozen boundaries: the LSTM runs its ONNX graph on ONNX Runtime and torch is never imported."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+    r = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, str(trained), str(real_universe_1h)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["torch"] == []
+    assert got["lstm_loaded"] == {"file": "lstm.onnx", "library": "onnxruntime"}
+    assert got["runners"] == {"xgboost": "compiled-cpu", "lstm": "onnxruntime-cpu"} and got["unused"] == {}
+    assert got["lstm_calls"] == 12  # one LSTM call per boundary, all symbols
+    assert got["answered"] == got["valid"] >= 12 * 3  # every symbol with a complete row (BTC, ETH: data ended)
+
+
+def test_the_onnx_graph_and_torch_answers_are_written_at_training_and_checksummed(trained):
+    """`tradingd train` writes the LSTM's ONNX graph and torch's recorded answers beside its .pt, the manifest entry
+    names them, the registry checksums them, and the loaded session reproduces the recorded answers within TOL."""
+    import json
+
+    from engines.pooled import TOL, load_bundle
+    reg = ModelRegistry(trained)
+    vdir = reg.current("1h", "universe")
+    entry = next(e for e in json.loads((vdir / "universe.json").read_text())["models"] if e["kind"] == "lstm")
+    assert entry["file"] == "lstm.pt"
+    assert entry["runtime_files"] == {"onnx": "lstm.onnx", "answers": "lstm.answers.npz"}
+    files = json.loads((vdir / "manifest.json").read_text())["files"]
+    assert {"lstm.pt", "lstm.onnx", "lstm.answers.npz"} <= set(files)
+    assert all(len(files[f]["sha256"]) == 64 for f in ("lstm.onnx", "lstm.answers.npz"))
+    m = load_bundle(vdir).models["lstm"]
+    x, y = m.answers
+    assert x.shape == (64, m.seq_len, len(m.mu)) and np.isnan(x[0]).any()  # a symbol listed mid-window
+    got = m.predict(x)
+    assert np.max(np.abs(got - y)) <= TOL and np.std(y) > 0
+
+
+def test_a_tampered_onnx_graph_or_recorded_answers_is_refused_naming_the_file(trained, tmp_path):
+    """The rule (engines/pooled.py docstring): the ONNX session disagreeing with torch's recorded answers, or a graph
+    ONNX Runtime cannot run, is a ModelLoadError naming the file, even with torch importable (no fallback)."""
+    import io
+    import shutil
+
+    from engines.pooled import export_lstm_onnx, load_bundle, lstm_net
+    src = trained / "universe" / "1h"
+
+    def fresh():
+        d = tmp_path / "b"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(src, d)
+        return d
+    d = fresh()
+    (d / "lstm.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="lstm.onnx: unreadable or corrupt"):
+        load_bundle(d)
+    d = fresh()
+    m = load_bundle(d).models["lstm"]
+    other = lstm_net(len(m.mu), 16)  # a valid graph of another (untrained) net
+    (d / "lstm.onnx").write_bytes(export_lstm_onnx(other.eval(), m.seq_len, len(m.mu)))
+    with pytest.raises(ModelLoadError, match=r"lstm.onnx: its scores .* recorded at training in lstm.answers.npz"):
+        load_bundle(d)
+    d = fresh()
+    with np.load(d / "lstm.answers.npz") as z:
+        parts = dict(z)
+    parts["y"] = parts["y"] + 1e-4  # answers altered
+    buf = io.BytesIO()
+    np.savez(buf, **parts)
+    (d / "lstm.answers.npz").write_bytes(buf.getvalue())
+    with pytest.raises(ModelLoadError, match=r"lstm.onnx: its scores .* lstm.answers.npz by 0.0001"):
+        load_bundle(d)
+    (d / "lstm.answers.npz").write_bytes(buf.getvalue()[:300])
+    with pytest.raises(ModelLoadError, match="lstm.answers.npz: unreadable or corrupt"):
+        load_bundle(d)
+    (d / "lstm.answers.npz").unlink()
+    with pytest.raises(ModelLoadError, match="lstm.answers.npz: missing"):
+        load_bundle(d)
+    assert load_bundle(d, lstm="torch").models["lstm"].file == "lstm.pt"  # research's reader ignores the graph
+    # in the registry (what the daemon loads): the graph is checksummed
+    root = tmp_path / "reg"
+    shutil.copytree(trained, root)
+    reg = ModelRegistry(root)
+    g = reg.current("1h", "universe") / "lstm.onnx"
+    g.write_bytes(g.read_bytes()[:-1] + bytes([g.read_bytes()[-1] ^ 1]))
+    with pytest.raises(ModelLoadError, match="lstm.onnx"):
+        load_universe_sets(reg, ("1h",), ("AUSDT", "BUSDT", "CUSDT"))
+
+
+def test_a_bundle_trained_before_the_onnx_graph_still_loads_with_torch(trained, tmp_path):
+    """A bundle without ``runtime_files`` (trained before): the .pt by torch, exported in memory for the ONNX
+    Runtime runner, checked against torch on probe windows; same scores as the graph written at training."""
+    import json
+    import shutil
+
+    import torch
+
+    from engines.pooled import OnnxLSTM, load_bundle
+    d = tmp_path / "old"
+    shutil.copytree(trained / "universe" / "1h", d)
+    m = json.loads((d / "manifest.json").read_text())
+    for e in m["models"]:
+        e.pop("runtime_files", None)
+    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "lstm.onnx").unlink()
+    (d / "lstm.answers.npz").unlink()
+    old = load_bundle(d)
+    lstm = old.models["lstm"]
+    assert isinstance(lstm.obj, torch.nn.Module) and lstm.file == "lstm.pt" and lstm.answers is None
+    assert old.info()["lstm_loaded"] == {"file": "lstm.pt", "library": "torch"}
+    es = UniverseEngineSet("1h", old, ("AUSDT", "BUSDT", "CUSDT"))
+    assert es.info()["universe"]["runners"] == {"xgboost": "compiled-cpu", "lstm": "onnxruntime-cpu"}
+    assert es.info()["universe"]["runners_unused"] == {}
+    new = load_bundle(trained / "universe" / "1h").models["lstm"]
+    assert isinstance(new.obj, OnnxLSTM)
+    x, y = new.answers
+    np.testing.assert_allclose(lstm.predict(x), y, rtol=0, atol=1e-7)  # the same net: torch answers again
+
+
+
+def test_training_writes_the_graph_only_when_onnx_runtime_agrees_with_torch(trained, tmp_path, monkeypatch):
+    """save_model (the one writer of bundle files): the graph and answers are reproducible byte for byte from the
+    same net; a graph that ONNX Runtime does not reproduce within TOL is not written (the entry keeps the .pt only,
+    the reason in its info), so the daemon loads that LSTM with torch."""
+    import research.models as rm
+    from engines.pooled import load_bundle
+    src = trained / "universe" / "1h"
+    tm = load_bundle(src, lstm="torch").models["lstm"]
+    fm = rm.FittedModel("lstm", rm.ModelParams(lstm_seq_len=tm.seq_len, threads=1), 0, tm.obj, tm.mu, tm.sd)
+    entry = rm.save_model(fm, tmp_path / "lstm")
+    assert entry["runtime_files"] == {"onnx": "lstm.onnx", "answers": "lstm.answers.npz"}
+    for f in ("lstm.onnx", "lstm.answers.npz"):
+        assert (tmp_path / f).read_bytes() == (src / f).read_bytes(), f
+    monkeypatch.setattr(rm, "TOL", -1.0)  # no graph can agree
+    d = tmp_path / "strict"
+    d.mkdir()
+    fm = rm.FittedModel("lstm", rm.ModelParams(lstm_seq_len=tm.seq_len, threads=1), 0, tm.obj, tm.mu, tm.sd)
+    entry = rm.save_model(fm, d / "lstm")
+    assert "runtime_files" not in entry and entry["info"]["onnx"].startswith("not saved: ValueError: ONNX Runtime")
+    assert sorted(p.name for p in d.iterdir()) == ["lstm.pt"]

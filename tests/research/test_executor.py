@@ -217,7 +217,7 @@ def test_universe_training_on_the_cluster_publishes_the_same_bundle_as_local(ray
         files[name] = {f.relative_to(reg / "universe").as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
                        for f in sorted((reg / "universe").rglob("*")) if f.is_file() and f.suffix != ".json"}
     assert files["local"] and files["local"] == files["ray"]
-    assert {Path(k).suffix for k in files["local"]} == {".ubj", ".npz", ".pt"}
+    assert {Path(k).suffix for k in files["local"]} == {".ubj", ".npz", ".pt", ".onnx"}
 
 
 def _klines_store(tmp: Path, days: int = 30) -> Path:
