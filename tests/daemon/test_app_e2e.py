@@ -234,7 +234,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, body, key):
 def test_embedded_default_trades_with_fees(tmp_path):
     """The embedded default as a newcomer gets it (sped-up simulator, 0.1 % fees, the shipped optimizer), with
     only the state dir, the port and the timeframes (1h alone: first-run training in seconds) set: a 1h decision
-    within 35 s of ready (a 1h bar closes every 30 s), then an order and a fee-paying fill. The optimizer enters
+    after ready (a 1h bar closes every 30 s on a quiet box; waited for up to 120 s, since a starved loop slows the
+    simulated market: the time is measured by benchmarks/bench_newcomer.py, not asserted), then an order and a
+    fee-paying fill. The optimizer enters
     only where the edge clears the fees, ~8 % of 1h closes on this market (README), so the fill is waited for
     up to 360 s (12 event hours); logs piped -> JSON lines on both streams, progress lines included."""
     port = free_port()
@@ -248,7 +250,7 @@ def test_embedded_default_trades_with_fees(tmp_path):
 
         def status():
             return orjson.loads(http_get(url + "/status")[1])
-        wait_until(lambda: status()["pipeline"]["counters"].get("decisions", 0) >= 1, 35, "a 1h decision", d)
+        wait_until(lambda: status()["pipeline"]["counters"].get("decisions", 0) >= 1, 120, "a 1h decision", d)
         t_decision = time.monotonic() - t_ready
         st = wait_until(lambda: (s := status())["account"]["fills"] >= 1 and s, 360, "an order and a fill", d)
         t_fill = time.monotonic() - t_ready
