@@ -67,24 +67,10 @@ def retrain_cycle(store_path: str | None, registry_root: str, symbol: str, timef
     the registry's ``.staging`` folder (a path every node shares); this process alone gates and publishes them,
     so a lost worker never leaves a half-published model (research.executor). With ``shadow`` a gate-passing
     challenger is published but not made current: the daemon runs it in shadow first (daemon.shadow)."""
-    from engines.data import Klines
+    from daemon.train_cli import load_symbol_bars
     from engines.registry import ModelRegistry
-    from daemon.store import StoreError
-    from daemon.train_cli import load_training_data
     from engines.train import TrainSpec, _rows, build_dataset, publish_trained, split_bounds, train_and_publish
-    k: Klines | None = None
-    if store_path and (store_path.startswith("postgresql://") or Path(store_path).exists()):
-        try:
-            k = load_training_data(None, store=store_path, symbol=symbol)
-        except ValueError:
-            k = None
-        except StoreError as e:  # e.g. the PostgreSQL server away: the venue's history instead
-            print(f"store unreadable, using venue history: {e}", file=sys.stderr)
-            k = None
-    if (k is None or len(k) < min_bars) and rest_url:
-        k = load_training_data(None, symbol=symbol, rest_url=rest_url, days=history_days)
-    if k is None:
-        raise RuntimeError("no training data: store empty and no venue URL")
+    k = load_symbol_bars(store_path, symbol, rest_url, history_days, min_bars)
     reg = ModelRegistry(registry_root)
     results = {}
     trained = _train_remote(k, timeframes, spec_overrides, registry_root, executor, address) \

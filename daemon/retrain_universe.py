@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,25 +79,6 @@ def make_judge(registry: Any, *, costs: Any, min_improvement: float, threads: in
     return judge
 
 
-def _load_symbol(store_path: str | None, sym: str, rest_url: str | None, history_days: float, min_bars: int):
-    """A symbol's 1m klines: the store's when it holds at least ``min_bars``, else the venue's history."""
-    from daemon.store import StoreError
-    from daemon.train_cli import load_training_data
-    k = None
-    if store_path and (store_path.startswith("postgresql://") or Path(store_path).exists()):
-        try:
-            k = load_training_data(None, store=store_path, symbol=sym)
-        except ValueError:
-            k = None
-        except StoreError as e:
-            print(f"store unreadable, using venue history for {sym}: {e}", file=sys.stderr)
-    if (k is None or len(k) < min_bars) and rest_url:
-        k = load_training_data(None, symbol=sym, rest_url=rest_url, days=history_days)
-    if k is None:
-        raise RuntimeError(f"no training data for {sym}: store empty and no venue URL")
-    return k
-
-
 def _current_params(registry: Any, timeframes: list[str]) -> tuple[dict[str, dict], list[str]]:
     """The current bundles' recorded parameters per timeframe (minus run-time choices) and their model kinds (all
     timeframes'), for retraining alike: a bundle with ``xgboost_ft`` is retrained with it."""
@@ -126,6 +106,7 @@ def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: 
                            shadow: bool = False) -> dict:
     """One universe retraining cycle; the result per timeframe has the per-symbol cycle's shape (``decision``
     keyed by kind, ``seconds``, ``window``, ``gate_error``) plus the gate's figures."""
+    from daemon.train_cli import load_symbol_bars
     from engines.pooled import UNIVERSE_KIND
     from engines.registry import ModelRegistry
     from research import cli_train
@@ -133,7 +114,7 @@ def universe_retrain_cycle(store_path: str | None, registry_root: str, symbols: 
     from research.universe import universe_from_klines
     t0 = time.perf_counter()
     reg = ModelRegistry(registry_root)
-    loaded = [(_load_symbol(store_path, s, rest_url, history_days, min_bars), f"retrain#{s}") for s in symbols]
+    loaded = [(load_symbol_bars(store_path, s, rest_url, history_days, min_bars), f"retrain#{s}") for s in symbols]
     uni = universe_from_klines(loaded, "1m", tuple(timeframes), where="retrain")
     seconds_data = time.perf_counter() - t0
     judge = make_judge(reg, costs=Costs(**(costs or {})), min_improvement=min_improvement, threads=threads,

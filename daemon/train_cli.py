@@ -2,6 +2,9 @@
 command line; the training itself is :mod:`engines.train` (pure, no venue or store)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from engines.data import Klines
 from engines.train import KINDS, TrainSpec, train_and_publish  # noqa: F401
 
@@ -33,6 +36,26 @@ def load_training_data(path: str | None, *, store: str | None = None, symbol: st
     raise ValueError("give --data CSV, --store PATH or --venue-url URL")
 
 
+def load_symbol_bars(store_path: str | None, symbol: str, rest_url: str | None, history_days: float,
+                     min_bars: int):
+    """A symbol's 1m klines to retrain on: the store's when it holds at least ``min_bars``, else the venue's
+    history (also when the store is unreadable, e.g. the PostgreSQL server away); RuntimeError when neither."""
+    from daemon.store import StoreError
+    k = None
+    if store_path and (store_path.startswith("postgresql://") or Path(store_path).exists()):
+        try:
+            k = load_training_data(None, store=store_path, symbol=symbol)
+        except ValueError:
+            k = None
+        except StoreError as e:
+            print(f"store unreadable, using venue history for {symbol}: {e}", file=sys.stderr)
+    if (k is None or len(k) < min_bars) and rest_url:
+        k = load_training_data(None, symbol=symbol, rest_url=rest_url, days=history_days)
+    if k is None:
+        raise RuntimeError(f"no training data for {symbol}: store empty and no venue URL")
+    return k
+
+
 # ----------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--data", help="1m klines CSV (open_time_ms,open,high,low,close,volume; .gz ok)")
@@ -56,7 +79,6 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    import sys
 
     import orjson
     from tqdm import tqdm

@@ -249,13 +249,7 @@ def run_hpo(args) -> dict:
         log.info("hpo.timeframe", tf=tf, **{k: v for k, v in best["hpo"][tf].items() if k != "journal"})
     executor.close()
     best["executor"] = executor.name
-    best["features"] = list(FEATURE_NAMES)
-    best["universe"] = uni.info()
-    best["seconds"] = time.perf_counter() - t0
-    from research.report import plain
-    (out / "best.json").write_text(json.dumps(plain(best), indent=1))
-    (out / "trials.json").write_text(json.dumps(plain(all_trials), indent=1))
-    return best
+    return _write_best(out, best, all_trials, uni, t0)
 
 
 def main(args) -> int:
@@ -352,10 +346,15 @@ def _run_per_window(args, opts: WFOptions, uni, out: Path, cfg: dict, t0: float)
                            "inner_folds": args.inner_folds, "search_seconds": secs,
                            "trials_per_minute": n_tr / secs * 60 if secs > 0 else float("nan"), "jobs": args.jobs}
         log.info("hpo.timeframe", tf=tf, **best["hpo"][tf])
+    return _write_best(out, best, all_trials, uni, t0)
+
+
+def _write_best(out, best: dict, all_trials: list, uni, t0: float) -> dict:
+    """``best.json`` (what ``--params`` reads) and ``trials.json``, with the features, universe and seconds."""
+    from research.report import plain
     best["features"] = list(FEATURE_NAMES)
     best["universe"] = uni.info()
     best["seconds"] = time.perf_counter() - t0
-    from research.report import plain
     (out / "best.json").write_text(json.dumps(plain(best), indent=1))
     (out / "trials.json").write_text(json.dumps(plain(all_trials), indent=1))
     return best

@@ -166,7 +166,10 @@ def _sequences(pf: PanelFeatures, t: np.ndarray, j: np.ndarray, L: int, mu, sd) 
 _lstm_net = lstm_net  # the one definition (engines.pooled): the daemon loads what research trains
 
 
-def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
+def _lstm_rows(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures):
+    """What both pooled LSTMs train on: torch seeded, a random subsample of at most ``lstm_max_rows`` rows, the
+    device decision, the standardisation and the (rows, L, F) windows and targets as tensors on that device.
+    Returns (rng, take, device, why, mu, sd, S, y); ``rng`` goes on from the subsample (lstm_emb draws from it)."""
     import torch
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -176,6 +179,12 @@ def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> Fitt
     mu, sd = _standardise(p.X)
     S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
     y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
+    return rng, take, device, why, mu, sd, S, y
+
+
+def _fit_lstm(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
+    _, take, device, why, mu, sd, S, y = _lstm_rows(p, prm, seed, pf)
+    n = len(p.y)
     net = _lstm_net(S.shape[-1], prm.lstm_hidden).to(device)
     loss = _train_mse(net, (S,), y, prm, device)
     return FittedModel("lstm", prm, seed, net.cpu(), mu, sd,
@@ -379,18 +388,12 @@ def _fit_xgb_ft(p: Pooled, pf: PanelFeatures, y: np.ndarray, t_lo: int, t_hi: in
 
 def _fit_lstm_emb(p: Pooled, prm: ModelParams, seed: int, pf: PanelFeatures) -> FittedModel:
     import torch
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rng, take, device, why, mu, sd, S, y = _lstm_rows(p, prm, seed, pf)
     n = len(p.y)
-    take = np.sort(rng.choice(n, size=min(n, prm.lstm_max_rows), replace=False))
-    device, why = choose_device("lstm", len(take), prm.device, prm.gpu_min_rows)
-    mu, sd = _standardise(p.X)
     vocab = {pf.symbols[j]: i + 1 for i, j in enumerate(np.unique(p.j))}
-    S = torch.from_numpy(_sequences(pf, p.t[take], p.j[take], prm.lstm_seq_len, mu, sd)).to(device)
     sid = sym_ids(vocab, np.asarray(pf.symbols, dtype=object)[p.j[take]])
     sid[rng.random(len(sid)) < prm.emb_unknown_p] = 0        # trains the shared "unknown" id
     sid = torch.from_numpy(sid).to(device)
-    y = torch.from_numpy(p.y[take].astype(np.float32)).to(device)
     net = lstm_emb_net(S.shape[-1], prm.lstm_hidden, len(vocab), prm.emb_dim).to(device)
     loss = _train_mse(net, (S, sid), y, prm, device)
     return FittedModel("lstm_emb", prm, seed, (net.cpu(), vocab), mu, sd,
