@@ -79,7 +79,6 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-
     import orjson
     from tqdm import tqdm
 
